@@ -1,0 +1,7 @@
+//! The clickstream pipeline runtime: Kafka → WASM enrich → PostgreSQL →
+//! WASM aggregate → Elasticsearch. See `docs/ARCHITECTURE.md` for the map.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod geoip;
+pub mod plugin;

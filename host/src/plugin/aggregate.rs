@@ -1,0 +1,170 @@
+//! The `aggregator` world: loading an aggregate plugin and streaming a run
+//! through it in batches.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use wasmtime::component::{Linker, ResourceAny};
+use wasmtime::Store;
+
+use super::{call_error, compile, engine, new_store, HostState, PluginError, PluginInfo, PluginSpec, Slot};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "aggregator",
+        path: "../wit/v0.1.0",
+    });
+}
+
+pub use bindings::clickstream::pipeline::types::{AggregateParams, AggregateRow, StoredClick};
+use bindings::{Aggregator, AggregatorPre};
+
+/// A compiled, checked aggregate plugin, ready to instantiate.
+pub struct LoadedAggregate {
+    /// What was loaded.
+    pub info: PluginInfo,
+    spec: PluginSpec,
+    pre: AggregatorPre<HostState>,
+}
+
+impl std::fmt::Debug for LoadedAggregate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedAggregate").field("info", &self.info).finish()
+    }
+}
+
+impl LoadedAggregate {
+    /// Compiles `spec.path`, checks it implements the `aggregator` world, and
+    /// instantiates and configures it once.
+    pub fn load(spec: PluginSpec) -> Result<Arc<LoadedAggregate>, PluginError> {
+        let (component, content_hash) = compile(&spec)?;
+        let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
+            plugin: spec.slot.clone(),
+            path: spec.path.clone(),
+            world: "aggregator",
+            reason: format!("{e:#}"),
+        };
+        let mut linker: Linker<HostState> = Linker::new(engine());
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(&wrong_world)?;
+        let pre = linker.instantiate_pre(&component).map_err(&wrong_world)?;
+        let pre = AggregatorPre::new(pre).map_err(&wrong_world)?;
+        let mut loaded = LoadedAggregate {
+            info: PluginInfo {
+                slot: spec.slot.clone(),
+                name: String::new(),
+                version: String::new(),
+                path: spec.path.clone(),
+                content_hash,
+                loaded_at: SystemTime::now(),
+            },
+            spec,
+            pre,
+        };
+        let AggregateInstance { mut store, bindings } = AggregateInstance::new(&loaded)?;
+        let name = bindings.call_name(&mut store);
+        let version = bindings.call_version(&mut store);
+        match (name, version) {
+            (Ok(name), Ok(version)) => {
+                loaded.info.name = name;
+                loaded.info.version = version;
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(call_error(e, &mut store, &loaded.info, &loaded.spec.limits)),
+        }
+        Ok(Arc::new(loaded))
+    }
+
+    /// The settings and limits it was loaded with.
+    pub fn spec(&self) -> &PluginSpec {
+        &self.spec
+    }
+}
+
+struct AggregateInstance {
+    store: Store<HostState>,
+    bindings: Aggregator,
+}
+
+impl AggregateInstance {
+    fn new(loaded: &LoadedAggregate) -> Result<AggregateInstance, PluginError> {
+        let mut store = new_store(&loaded.spec.limits, None);
+        store.set_epoch_deadline(loaded.spec.limits.deadline_ticks());
+        let bindings = loaded
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| call_error(e, &mut store, &loaded.info, &loaded.spec.limits))?;
+        match bindings.call_configure(&mut store, &loaded.spec.settings) {
+            Ok(Ok(())) => Ok(AggregateInstance { store, bindings }),
+            Ok(Err(reason)) => Err(PluginError::Configure {
+                plugin: loaded.spec.slot.clone(),
+                reason,
+            }),
+            Err(e) => Err(call_error(e, &mut store, &loaded.info, &loaded.spec.limits)),
+        }
+    }
+}
+
+/// One aggregation run in progress on a fresh instance of the version live
+/// when it started. Each call is bounded by the plugin's deadline separately,
+/// so a long run streams through as many batches as it needs.
+pub struct AggregateRun {
+    loaded: Arc<LoadedAggregate>,
+    instance: AggregateInstance,
+    run: ResourceAny,
+}
+
+impl AggregateRun {
+    /// Starts a run over the windows of `[from_ms, to_ms)`.
+    pub fn start(slot: &Slot<LoadedAggregate>, params: AggregateParams, from_ms: i64, to_ms: i64) -> Result<AggregateRun, PluginError> {
+        let loaded = slot.current();
+        let mut instance = AggregateInstance::new(&loaded)?;
+        instance.store.set_epoch_deadline(loaded.spec.limits.deadline_ticks());
+        let run = instance
+            .bindings
+            .clickstream_pipeline_aggregation()
+            .window_run()
+            .call_constructor(&mut instance.store, params, from_ms, to_ms)
+            .map_err(|e| call_error(e, &mut instance.store, &loaded.info, &loaded.spec.limits))?;
+        Ok(AggregateRun { loaded, instance, run })
+    }
+
+    /// The version doing this run.
+    pub fn plugin(&self) -> &PluginInfo {
+        &self.loaded.info
+    }
+
+    /// Pushes the next batch, continuing the (user, time, event id) order.
+    pub fn push(&mut self, batch: &[StoredClick]) -> Result<(), PluginError> {
+        let AggregateRun { loaded, instance, run } = self;
+        instance.store.set_epoch_deadline(loaded.spec.limits.deadline_ticks());
+        match instance
+            .bindings
+            .clickstream_pipeline_aggregation()
+            .window_run()
+            .call_push(&mut instance.store, *run, batch)
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(PluginError::Contract {
+                plugin: loaded.info.slot.clone(),
+                version: loaded.info.version.clone(),
+                reason: format!("refused a batch: {reason}"),
+            }),
+            Err(e) => Err(call_error(e, &mut instance.store, &loaded.info, &loaded.spec.limits)),
+        }
+    }
+
+    /// Ends the run and returns its rows.
+    pub fn finish(mut self) -> Result<Vec<AggregateRow>, PluginError> {
+        let AggregateRun { loaded, instance, run } = &mut self;
+        instance.store.set_epoch_deadline(loaded.spec.limits.deadline_ticks());
+        let rows = instance
+            .bindings
+            .clickstream_pipeline_aggregation()
+            .window_run()
+            .call_finish(&mut instance.store, *run)
+            .map_err(|e| call_error(e, &mut instance.store, &loaded.info, &loaded.spec.limits))?;
+        // The instance is dropped with the run; dropping the resource first
+        // keeps the guest's accounting honest should instances ever be reused.
+        let _ = run.resource_drop(&mut instance.store);
+        Ok(rows)
+    }
+}
