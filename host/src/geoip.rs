@@ -35,57 +35,69 @@ pub enum GeoIpError {
     },
 }
 
-/// An opened MMDB database, memory-mapped so its pages are shared and only
-/// the ones touched stay resident.
+/// One or more MMDB databases, memory-mapped so their pages are shared and
+/// only the ones touched stay resident. A lookup takes the country from the
+/// first database that has one, and the city likewise, so a city database
+/// can be backed by a country one.
 pub struct GeoIp {
-    reader: maxminddb::Reader<maxminddb::Mmap>,
-    path: PathBuf,
+    readers: Vec<(PathBuf, maxminddb::Reader<maxminddb::Mmap>)>,
 }
 
 impl fmt::Debug for GeoIp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GeoIp").field("path", &self.path).finish()
+        f.debug_list().entries(self.readers.iter().map(|(p, _)| p)).finish()
     }
 }
 
 impl GeoIp {
-    /// Opens an MMDB file.
-    pub fn open(path: &Path) -> Result<GeoIp, GeoIpError> {
-        let reader = maxminddb::Reader::open_mmap(path).map_err(|source| GeoIpError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Ok(GeoIp {
-            reader,
-            path: path.to_path_buf(),
-        })
+    /// Opens MMDB files, to be consulted in the given order.
+    pub fn open(paths: &[PathBuf]) -> Result<GeoIp, GeoIpError> {
+        let readers = paths
+            .iter()
+            .map(|path| {
+                maxminddb::Reader::open_mmap(path)
+                    .map(|reader| (path.clone(), reader))
+                    .map_err(|source| GeoIpError::Open {
+                        path: path.clone(),
+                        source,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(GeoIp { readers })
     }
 
-    /// The file this database was opened from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The database's type as its metadata names it (e.g. `GeoLite2-City`).
-    pub fn database_type(&self) -> &str {
-        &self.reader.metadata.database_type
+    /// The files, in lookup order, with each one's database type (e.g. `GeoLite2-City`).
+    pub fn databases(&self) -> impl Iterator<Item = (&Path, &str)> {
+        self.readers
+            .iter()
+            .map(|(p, r)| (p.as_path(), r.metadata.database_type.as_str()))
     }
 
     /// Looks up an address in text form. `None` for text that is not an IP
-    /// address and for addresses the database has no record of (private and
+    /// address and for addresses no database has a record of (private and
     /// loopback ranges among them).
     pub fn lookup(&self, ip: &str) -> Option<GeoLocation> {
         let ip: IpAddr = ip.trim().parse().ok()?;
-        let record: Record = self.reader.lookup(ip).ok().flatten()?;
-        let country = record
-            .country_code
-            .or(record.country.and_then(|c| c.0))
-            .filter(|c| !c.is_empty());
-        let city = record.city.and_then(|c| c.0).filter(|c| !c.is_empty());
-        if country.is_none() && city.is_none() {
-            return None;
+        let mut found = GeoLocation::default();
+        for (_, reader) in &self.readers {
+            // A v4-only database answers a v6 lookup with an error: not found.
+            let Ok(Some(record)) = reader.lookup::<Record>(ip) else {
+                continue;
+            };
+            if found.country.is_none() {
+                found.country = record
+                    .country_code
+                    .or(record.country.and_then(|c| c.0))
+                    .filter(|c| !c.is_empty());
+            }
+            if found.city.is_none() {
+                found.city = record.city.and_then(|c| c.0).filter(|c| !c.is_empty());
+            }
+            if found.country.is_some() && found.city.is_some() {
+                break;
+            }
         }
-        Some(GeoLocation { country, city })
+        (found != GeoLocation::default()).then_some(found)
     }
 }
 

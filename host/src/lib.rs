@@ -2,6 +2,8 @@
 //! WASM aggregate → Elasticsearch. See `docs/ARCHITECTURE.md` for the map.
 #![deny(missing_docs)]
 
+pub mod check;
 pub mod config;
+pub mod decode;
 pub mod geoip;
 pub mod plugin;

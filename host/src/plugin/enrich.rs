@@ -20,6 +20,17 @@ pub use bindings::clickstream::pipeline::geoip::Location;
 pub use bindings::clickstream::pipeline::types::{DeviceClass, EnrichError, EnrichedClick, RawClick};
 use bindings::{Enricher, EnricherPre};
 
+/// The name a device class is stored and indexed under.
+pub fn device_name(device: DeviceClass) -> &'static str {
+    match device {
+        DeviceClass::Desktop => "desktop",
+        DeviceClass::Mobile => "mobile",
+        DeviceClass::Tablet => "tablet",
+        DeviceClass::Bot => "bot",
+        DeviceClass::Unknown => "unknown",
+    }
+}
+
 /// One result per input click, in input order.
 pub type EnrichResults = Vec<Result<EnrichedClick, EnrichError>>;
 

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 wit_bindgen::generate!({
     world: "aggregator",
     path: "../../wit/v0.1.0",
+    additional_derives: [PartialEq],
 });
 
 pub use clickstream::pipeline::types::{AggregateParams, AggregateRow, StoredClick};

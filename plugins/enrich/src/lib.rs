@@ -10,6 +10,7 @@ use std::net::IpAddr;
 wit_bindgen::generate!({
     world: "enricher",
     path: "../../wit/v0.1.0",
+    additional_derives: [PartialEq],
 });
 
 pub use clickstream::pipeline::geoip::Location;
