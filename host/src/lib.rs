@@ -6,4 +6,6 @@ pub mod check;
 pub mod config;
 pub mod decode;
 pub mod geoip;
+pub mod kafka;
 pub mod plugin;
+pub mod produce;

@@ -1,0 +1,509 @@
+//! The load generator behind `clickstream produce`: realistic synthetic
+//! clickstream, the same for the same seed, with an optional share of
+//! deliberately bad records for testing the dead-letter path.
+
+use std::fmt;
+
+use rand::distributions::{Distribution, WeightedIndex};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GeneratorConfig {
+    /// Records to generate, bad ones included.
+    pub events: u64,
+    /// Distinct users.
+    pub users: u64,
+    /// Distinct pages.
+    pub urls: u64,
+    /// Same seed, same records.
+    pub seed: u64,
+    /// Event time of the first click, in ms since the epoch.
+    pub start_ms: i64,
+    /// Event times spread over about this many seconds.
+    pub span_secs: u64,
+    /// Share of records that are deliberately bad, 0.0 to 1.0.
+    pub bad_fraction: f64,
+    /// Size of the oversized records among the bad ones, in bytes.
+    pub huge_bytes: usize,
+}
+
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        GeneratorConfig {
+            events: 10_000,
+            users: 500,
+            urls: 50,
+            seed: 42,
+            start_ms: 1_764_000_000_000,
+            span_secs: 3_600,
+            bad_fraction: 0.0,
+            huge_bytes: 128 * 1024,
+        }
+    }
+}
+
+/// The kinds of deliberately bad records, generated in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BadKind {
+    /// Truncated JSON.
+    MalformedJson,
+    /// No `user_id`.
+    MissingField,
+    /// `timestamp` is a boolean.
+    WrongType,
+    /// An IP that is not one. Still a valid click: its location is `unknown`.
+    BadIp,
+    /// Larger than the default `source.max_record_bytes`.
+    Huge,
+    /// Well-formed but refused by the enrich plugin (an empty user id).
+    Refused,
+}
+
+impl BadKind {
+    /// Every kind, in the order they are generated.
+    pub const ALL: [BadKind; 6] = [
+        BadKind::MalformedJson,
+        BadKind::MissingField,
+        BadKind::WrongType,
+        BadKind::BadIp,
+        BadKind::Huge,
+        BadKind::Refused,
+    ];
+
+    /// Whether the pipeline must dead-letter this record (a bad IP is only
+    /// an unknown location).
+    pub fn is_dead_letter(self) -> bool {
+        self != BadKind::BadIp
+    }
+}
+
+impl fmt::Display for BadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BadKind::MalformedJson => "malformed_json",
+            BadKind::MissingField => "missing_field",
+            BadKind::WrongType => "wrong_type",
+            BadKind::BadIp => "bad_ip",
+            BadKind::Huge => "huge",
+            BadKind::Refused => "refused",
+        })
+    }
+}
+
+/// One generated record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The Kafka key: the user id, so a user's clicks stay in one partition, in order.
+    pub key: String,
+    /// The JSON bytes.
+    pub payload: Vec<u8>,
+    /// `None` for a good record.
+    pub bad: Option<BadKind>,
+    /// The event id the record carries (every good one carries one).
+    pub event_id: String,
+}
+
+const USER_AGENTS: &[(&str, u32)] = &[
+    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36", 30),
+    ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1", 20),
+    ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.6099.43 Mobile Safari/537.36", 15),
+    ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Safari/605.1.15", 10),
+    ("Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0", 6),
+    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36 Edg/120.0.2210.61", 6),
+    ("Mozilla/5.0 (iPad; CPU OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.6 Mobile/15E148 Safari/604.1", 5),
+    ("Mozilla/5.0 (Linux; Android 13; SM-X700) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/119.0.0.0 Safari/537.36", 3),
+    ("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", 2),
+    ("Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)", 1),
+    ("curl/8.4.0", 1),
+    ("", 1),
+];
+
+/// Public address blocks (first octets) of ISPs in many countries, so
+/// enrichment finds real locations. The last octets are random.
+const IP_BLOCKS: &[&str] = &[
+    "81.2.69", "86.128", "90.0", "91.0", "79.0", "88.0", "95.24", "126.0", "117.192",
+    "123.112", "1.128", "187.0", "177.0", "8.8", "24.0", "73.0", "201.0", "41.0",
+    "105.0", "197.0", "203.0", "58.0", "110.0", "175.0", "186.0", "190.0", "212.0",
+    "213.0", "217.0", "62.0",
+];
+
+const REFERRERS: &[&str] = &[
+    "https://www.google.com/",
+    "https://www.bing.com/",
+    "https://news.example/",
+    "https://social.example/feed",
+];
+
+/// The generator: an iterator of records.
+pub struct Generator {
+    config: GeneratorConfig,
+    rng: ChaCha8Rng,
+    produced: u64,
+    /// Per user: current event time, IP, user agent, session number.
+    users: Vec<(i64, String, &'static str, u32)>,
+    user_weights: WeightedIndex<f64>,
+    url_weights: WeightedIndex<f64>,
+    mean_gap_ms: f64,
+    next_bad: usize,
+}
+
+impl Generator {
+    /// A generator for `config`.
+    pub fn new(config: GeneratorConfig) -> Generator {
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let users = config.users.max(1);
+        let agents = WeightedIndex::new(USER_AGENTS.iter().map(|(_, w)| *w)).expect("weights");
+        let users_vec = (0..users)
+            .map(|_| {
+                let start = config.start_ms + rng.gen_range(0..(config.span_secs.max(1) * 1000 / 10).max(1)) as i64;
+                (start, random_ip(&mut rng), USER_AGENTS[agents.sample(&mut rng)].0, 0)
+            })
+            .collect();
+        // Zipf-like popularity: a few users and pages get most of the clicks.
+        let user_weights = WeightedIndex::new((1..=users).map(|i| 1.0 / (i as f64).powf(0.6))).expect("weights");
+        let url_weights = WeightedIndex::new((1..=config.urls.max(1)).map(|i| 1.0 / i as f64)).expect("weights");
+        let mean_gap_ms = (config.span_secs as f64 * 1000.0 * users as f64 / config.events.max(1) as f64).max(1.0);
+        Generator {
+            config,
+            rng,
+            produced: 0,
+            users: users_vec,
+            user_weights,
+            url_weights,
+            mean_gap_ms,
+            next_bad: 0,
+        }
+    }
+
+    fn url(&mut self) -> String {
+        let page = self.url_weights.sample(&mut self.rng);
+        let path = match page {
+            0 => "/".to_string(),
+            1 => "/cart".to_string(),
+            2 => "/checkout".to_string(),
+            3 => "/search".to_string(),
+            n if n % 3 == 0 => format!("/blog/post-{n}"),
+            n => format!("/products/item-{n}"),
+        };
+        // Query strings and fragments vary; aggregation strips them by default.
+        match self.rng.gen_range(0..10) {
+            0 => format!("https://shop.example{path}?utm_source=mail&id={}", self.rng.gen_range(0..1000)),
+            1 => format!("https://Shop.Example{path}#reviews"),
+            _ => format!("https://shop.example{path}"),
+        }
+    }
+
+    fn good(&mut self) -> (String, serde_json::Value) {
+        let u = self.user_weights.sample(&mut self.rng);
+        // Exponential gaps, with an occasional long break that ends a session.
+        let mut gap = -self.mean_gap_ms * (1.0 - self.rng.gen::<f64>()).ln();
+        if self.rng.gen_range(0..20) == 0 {
+            gap += 31.0 * 60_000.0;
+        }
+        let ts = self.users[u].0 + gap.max(1.0) as i64;
+        if gap > 30.0 * 60_000.0 {
+            self.users[u].3 += 1;
+        }
+        self.users[u].0 = ts;
+        let user_id = format!("user-{u:05}");
+        let event_id = format!("{:016x}{:016x}", self.rng.gen::<u64>(), self.rng.gen::<u64>());
+        let url = self.url();
+        let (_, ip, agent, session) = &self.users[u];
+        let timestamp = if self.rng.gen_range(0..4) == 0 {
+            json!(chrono::DateTime::from_timestamp_millis(ts).expect("in range").to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        } else {
+            json!(ts)
+        };
+        let referrer = (self.rng.gen_range(0..3) == 0).then(|| REFERRERS[self.rng.gen_range(0..REFERRERS.len())]);
+        let value = json!({
+            "event_id": event_id,
+            "user_id": user_id,
+            "timestamp": timestamp,
+            "url": url,
+            "ip": ip,
+            "user_agent": agent,
+            "referrer": referrer,
+            "session_id": format!("{user_id}-s{session}"),
+        });
+        (user_id, value)
+    }
+}
+
+fn random_ip<R: Rng>(rng: &mut R) -> String {
+    if rng.gen_range(0..20) == 0 {
+        return format!("2001:4860:{:x}::{:x}", rng.gen_range(0..0xffffu32), rng.gen_range(1..0xffffu32));
+    }
+    let block = IP_BLOCKS[rng.gen_range(0..IP_BLOCKS.len())];
+    let mut ip = block.to_string();
+    for _ in block.split('.').count()..4 {
+        ip.push_str(&format!(".{}", rng.gen_range(1..255)));
+    }
+    ip
+}
+
+impl Iterator for Generator {
+    type Item = Record;
+
+    fn next(&mut self) -> Option<Record> {
+        if self.produced >= self.config.events {
+            return None;
+        }
+        self.produced += 1;
+        let (user_id, mut value) = self.good();
+        let event_id = value["event_id"].as_str().unwrap_or_default().to_string();
+        let bad = (self.rng.gen::<f64>() < self.config.bad_fraction).then(|| {
+            let kind = BadKind::ALL[self.next_bad % BadKind::ALL.len()];
+            self.next_bad += 1;
+            kind
+        });
+        let payload = match bad {
+            None => value.to_string().into_bytes(),
+            Some(BadKind::MalformedJson) => {
+                let text = value.to_string();
+                text[..text.len() / 2].as_bytes().to_vec()
+            }
+            Some(BadKind::MissingField) => {
+                value.as_object_mut().expect("object").remove("user_id");
+                value.to_string().into_bytes()
+            }
+            Some(BadKind::WrongType) => {
+                value["timestamp"] = json!(true);
+                value.to_string().into_bytes()
+            }
+            Some(BadKind::BadIp) => {
+                value["ip"] = json!(format!("{}.{}.300.1", self.rng.gen_range(256..999), self.rng.gen_range(0..255)));
+                value.to_string().into_bytes()
+            }
+            Some(BadKind::Huge) => {
+                value["padding"] = json!("x".repeat(self.config.huge_bytes));
+                value.to_string().into_bytes()
+            }
+            Some(BadKind::Refused) => {
+                value["user_id"] = json!("");
+                value.to_string().into_bytes()
+            }
+        };
+        Some(Record {
+            key: user_id,
+            payload,
+            bad,
+            event_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::decode;
+
+    fn config(bad: f64) -> GeneratorConfig {
+        GeneratorConfig {
+            events: 3000,
+            bad_fraction: bad,
+            ..GeneratorConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_records() {
+        let a: Vec<_> = Generator::new(config(0.1)).map(|r| r.payload).collect();
+        let b: Vec<_> = Generator::new(config(0.1)).map(|r| r.payload).collect();
+        assert_eq!(a, b);
+        let c: Vec<_> = Generator::new(GeneratorConfig { seed: 7, ..config(0.1) }).map(|r| r.payload).collect();
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn good_records_decode_and_are_about_400_bytes() {
+        let records: Vec<_> = Generator::new(config(0.0)).collect();
+        assert_eq!(records.len(), 3000);
+        let total: usize = records.iter().map(|r| r.payload.len()).sum();
+        let mean = total / records.len();
+        assert!((250..=550).contains(&mean), "mean record size {mean}");
+        for r in &records {
+            let click = decode(&r.payload, 65536, || unreachable!()).unwrap();
+            assert_eq!(click.user_id, r.key);
+            assert_eq!(click.event_id, r.event_id);
+        }
+    }
+
+    #[test]
+    fn bad_records_of_every_kind_fail_to_decode_as_expected() {
+        let records: Vec<_> = Generator::new(config(0.2)).collect();
+        for kind in BadKind::ALL {
+            let of_kind: Vec<_> = records.iter().filter(|r| r.bad == Some(kind)).collect();
+            assert!(!of_kind.is_empty(), "no {kind} records");
+            for r in of_kind {
+                let decoded = decode(&r.payload, 65536, || "x".into());
+                match kind {
+                    BadKind::MalformedJson => assert_eq!(decoded.unwrap_err().kind(), "not_json"),
+                    BadKind::MissingField => assert_eq!(decoded.unwrap_err().kind(), "missing_field"),
+                    BadKind::WrongType => assert_eq!(decoded.unwrap_err().kind(), "wrong_type"),
+                    BadKind::Huge => assert_eq!(decoded.unwrap_err().kind(), "too_large"),
+                    BadKind::BadIp => assert!(decoded.unwrap().ip.contains(".300.")),
+                    BadKind::Refused => assert_eq!(decoded.unwrap().user_id, ""),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_users_clicks_move_forward_in_time() {
+        let mut last = std::collections::HashMap::new();
+        for r in Generator::new(config(0.0)) {
+            let c = decode(&r.payload, 65536, || unreachable!()).unwrap();
+            if let Some(prev) = last.insert(c.user_id.clone(), c.timestamp_ms) {
+                assert!(c.timestamp_ms > prev, "{} went back in time", c.user_id);
+            }
+        }
+    }
+}
+
+/// Counts of what was written.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Records written, bad ones included.
+    pub records: u64,
+    /// Bytes of payload written.
+    pub bytes: u64,
+    /// Bad records by kind.
+    pub bad: std::collections::BTreeMap<BadKind, u64>,
+    /// Wall time.
+    pub elapsed: std::time::Duration,
+}
+
+impl Summary {
+    fn count(&mut self, record: &Record) {
+        self.records += 1;
+        self.bytes += record.payload.len() as u64;
+        if let Some(kind) = record.bad {
+            *self.bad.entry(kind).or_default() += 1;
+        }
+    }
+
+    /// Records the pipeline must dead-letter.
+    pub fn dead_letters(&self) -> u64 {
+        self.bad.iter().filter(|(k, _)| k.is_dead_letter()).map(|(_, n)| n).sum()
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        write!(
+            f,
+            "{} records ({:.1} MiB) in {:.1} s: {:.0} records/s; {} bad",
+            self.records,
+            self.bytes as f64 / (1 << 20) as f64,
+            secs,
+            self.records as f64 / secs,
+            self.bad.values().sum::<u64>()
+        )?;
+        if !self.bad.is_empty() {
+            let kinds: Vec<String> = self.bad.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            write!(f, " ({}; {} to be dead-lettered)", kinds.join(", "), self.dead_letters())?;
+        }
+        Ok(())
+    }
+}
+
+/// Why producing stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// The broker refused or could not be reached.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The output file could not be written.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Paces output to `rate` records per second (no pacing when `None`).
+struct Pace {
+    rate: Option<u64>,
+    started: std::time::Instant,
+}
+
+impl Pace {
+    async fn wait(&self, sent: u64) {
+        if let Some(rate) = self.rate.filter(|r| *r > 0) {
+            let due = self.started + std::time::Duration::from_secs_f64(sent as f64 / rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+}
+
+/// Writes the records as NDJSON (one payload a line; payloads hold no newline).
+pub fn to_file(generator: Generator, path: &std::path::Path, progress: &indicatif::ProgressBar) -> Result<Summary, ProduceError> {
+    use std::io::Write;
+    let started = std::time::Instant::now();
+    let write_err = |source| ProduceError::Write { path: path.to_path_buf(), source };
+    let file = std::fs::File::create(path).map_err(write_err)?;
+    let mut out = std::io::BufWriter::new(file);
+    let mut summary = Summary::default();
+    for record in generator {
+        out.write_all(&record.payload).and_then(|_| out.write_all(b"\n")).map_err(write_err)?;
+        summary.count(&record);
+        progress.inc(1);
+    }
+    out.flush().map_err(write_err)?;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// Sends the records to `topic`, keyed by user id, at most `rate` per second,
+/// and waits until the broker has acknowledged every one.
+pub async fn to_kafka(generator: Generator, brokers: &str, topic: &str, rate: Option<u64>, progress: &indicatif::ProgressBar) -> Result<Summary, ProduceError> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let producer: FutureProducer = crate::kafka::client_config(brokers, &Default::default())
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("message.max.bytes", "10000000")
+        .set("compression.type", "lz4")
+        .set("enable.idempotence", "false")
+        .create()?;
+    let pace = Pace { rate, started: std::time::Instant::now() };
+    let mut summary = Summary::default();
+    let mut in_flight = FuturesUnordered::new();
+    // Bounded so a slow broker applies backpressure instead of filling memory.
+    const MAX_IN_FLIGHT: usize = 50_000;
+    for record in generator {
+        pace.wait(summary.records).await;
+        let delivery = producer
+            .send_result(FutureRecord::to(topic).key(&record.key).payload(&record.payload))
+            .map_err(|(e, _)| e)?;
+        in_flight.push(delivery);
+        summary.count(&record);
+        while in_flight.len() >= MAX_IN_FLIGHT {
+            settle(in_flight.next().await, progress)?;
+        }
+    }
+    while let Some(done) = in_flight.next().await {
+        settle(Some(done), progress)?;
+    }
+    summary.elapsed = pace.started.elapsed();
+    Ok(summary)
+}
+
+fn settle(done: Option<Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>>, progress: &indicatif::ProgressBar) -> Result<(), ProduceError> {
+    match done {
+        Some(Ok(Ok(_))) => {
+            progress.inc(1);
+            Ok(())
+        }
+        Some(Ok(Err((e, _)))) => Err(ProduceError::Kafka(e)),
+        Some(Err(_)) | None => Err(ProduceError::Kafka(rdkafka::error::KafkaError::Canceled)),
+    }
+}
