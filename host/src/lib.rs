@@ -5,7 +5,12 @@
 pub mod check;
 pub mod config;
 pub mod decode;
+pub mod enrich;
 pub mod geoip;
 pub mod kafka;
+pub mod pipeline;
 pub mod plugin;
 pub mod produce;
+pub mod source;
+pub mod stats;
+pub mod store;

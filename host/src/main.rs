@@ -23,6 +23,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the pipeline until SIGINT or SIGTERM.
+    Run {
+        /// The pipeline file.
+        #[arg(default_value = "pipeline.toml")]
+        pipeline: PathBuf,
+    },
     /// Check a pipeline.toml without running it: keys, values, plugin files and GeoIP databases.
     Validate {
         /// The pipeline file.
@@ -110,6 +116,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -122,6 +129,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run { pipeline } => run_pipeline(&pipeline),
         Command::Validate { pipeline } => validate(&pipeline),
         Command::Produce(args) => produce(args),
         Command::Plugin {
@@ -234,4 +242,34 @@ fn progress_bar(len: u64) -> indicatif::ProgressBar {
             .expect("template"),
     );
     bar
+}
+
+fn run_pipeline(pipeline: &Path) -> anyhow::Result<()> {
+    let config = PipelineConfig::load(pipeline)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                _ = int.recv() => tracing::info!("SIGINT: draining"),
+            }
+            let _ = stop_tx.send(true);
+            // A second signal means "now": in-flight batches are redelivered on restart.
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::warn!("second signal: exiting without draining");
+            std::process::exit(130);
+        });
+        let stats = std::sync::Arc::new(clickstream::stats::Stats::default());
+        clickstream::pipeline::run(config, stop_rx, stats)
+            .await
+            .with_context(|| format!("while running {}", pipeline.display()))
+    })?;
+    Ok(())
 }

@@ -1,0 +1,153 @@
+//! Wires the stages: source → enrich → store, each a task or thread joined
+//! by bounded channels so reading, plugin calls and database writes overlap
+//! and a slow stage applies backpressure upstream.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::CommitMode;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::PipelineConfig;
+use crate::geoip::{GeoIp, GeoIpError};
+use crate::plugin::enrich::{EnrichRunner, LoadedEnrich};
+use crate::plugin::{PluginError, Slot};
+use rdkafka::consumer::Consumer;
+
+use crate::source::{self, Batching};
+use crate::stats::Stats;
+use crate::store::{Store, StoreError, WriteBatch};
+
+/// Why the pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// GeoIP databases.
+    #[error(transparent)]
+    GeoIp(#[from] GeoIpError),
+    /// A plugin failed to load.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// PostgreSQL.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Kafka.
+    #[error("kafka ({brokers}): {source}")]
+    Kafka {
+        /// The brokers.
+        brokers: String,
+        /// Why.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+}
+
+/// The running pipeline's shared parts.
+pub struct Pipeline {
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// The live enrich plugin.
+    pub enrich: Arc<Slot<LoadedEnrich>>,
+    /// The store.
+    pub store: Store,
+}
+
+/// Longest pause between attempts to write a batch while PostgreSQL is down.
+const MAX_STORE_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Starts the pipeline and runs it until `shutdown` turns true, then drains:
+/// the source stops reading, in-flight batches are enriched and stored, and
+/// the final offsets are committed.
+pub async fn run(config: PipelineConfig, shutdown: watch::Receiver<bool>, stats: Arc<Stats>) -> Result<Pipeline, PipelineError> {
+    let geoip = Arc::new(GeoIp::open(&config.geoip.databases)?);
+    let enrich = Arc::new(Slot::new(LoadedEnrich::load(config.enrich_spec(), Some(geoip.clone()))?));
+    tracing::info!(plugin = %enrich.current().info.name, version = %enrich.current().info.version, "enrich plugin loaded");
+    let store = connect_store(&config.store.database_url, &shutdown).await?;
+    let consumer = source::connect(&config.source).map_err(|source| PipelineError::Kafka {
+        brokers: config.source.brokers.clone(),
+        source,
+    })?;
+    tracing::info!(brokers = %config.source.brokers, topics = ?config.source.topics, group = %config.source.group_id, "consuming");
+
+    let depth = config.store.max_in_flight_batches;
+    let (records_tx, records_rx) = mpsc::channel(depth);
+    let (batches_tx, mut batches_rx) = mpsc::channel::<WriteBatch>(depth);
+    let (_batching_tx, batching_rx) = watch::channel(Batching {
+        batch_size: config.source.batch_size,
+        max_wait: Duration::from_millis(config.source.batch_max_wait_ms),
+    });
+    let max_record_bytes = Arc::new(AtomicUsize::new(config.source.max_record_bytes));
+
+    let reading = tokio::spawn(source::run(consumer.clone(), batching_rx, records_tx, shutdown.clone(), stats.clone()));
+    let enriching = crate::enrich::spawn(EnrichRunner::new(enrich.clone()), max_record_bytes, records_rx, batches_tx, stats.clone());
+
+    while let Some(batch) = batches_rx.recv().await {
+        store_batch(&store, &batch, &stats).await;
+        source::commit(&consumer, &batch.next_offsets, CommitMode::Async);
+    }
+    let _ = reading.await;
+    let _ = tokio::task::spawn_blocking(move || enriching.join()).await;
+    // Only this host's partitions: committing another member's could move
+    // its visible offset backwards.
+    let assigned = consumer.assignment().map(|tpl| tpl.to_topic_map()).unwrap_or_default();
+    let final_offsets = store
+        .next_offsets_all()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(key, _)| assigned.contains_key(key))
+        .collect();
+    source::commit(&consumer, &final_offsets, CommitMode::Sync);
+    tracing::info!(
+        consumed = stats.consumed.get(),
+        stored = stats.stored.get(),
+        dead_lettered = stats.dead_lettered.get(),
+        redelivered = stats.redelivered.get(),
+        "pipeline stopped"
+    );
+    Ok(Pipeline { stats, enrich, store })
+}
+
+/// Connects to PostgreSQL, retrying with backoff until it answers or the
+/// pipeline is asked to stop.
+async fn connect_store(url: &str, shutdown: &watch::Receiver<bool>) -> Result<Store, StoreError> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match Store::connect(url).await {
+            Ok(store) => return Ok(store),
+            Err(StoreError::Database(e)) if !*shutdown.borrow() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "PostgreSQL unreachable; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_STORE_BACKOFF);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes a batch, retrying with backoff for as long as PostgreSQL refuses:
+/// meanwhile the channels fill and reading pauses, so nothing is dropped.
+async fn store_batch(store: &Store, batch: &WriteBatch, stats: &Stats) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match store.write(batch).await {
+            Ok(outcome) => {
+                stats.stored.add(outcome.stored);
+                stats.dead_lettered.add(outcome.dead_lettered);
+                stats.redelivered.add(outcome.redelivered);
+                stats.duplicates.add(outcome.duplicates);
+                stats.batches_written.inc();
+                if backoff > Duration::from_millis(100) {
+                    tracing::info!("PostgreSQL is back; ingestion resumed");
+                }
+                return;
+            }
+            Err(e) => {
+                stats.store_retries.inc();
+                tracing::warn!(error = %e, records = batch.len(), retry_in = ?backoff, "cannot store batch; ingestion paused");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_STORE_BACKOFF);
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Kafka → batches of records. The first stage: it reads, batches by size
+//! and wait, and hands batches downstream through a bounded channel, so a slow
+//! store slows reading instead of filling memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::SourceConfig;
+use crate::stats::Stats;
+use crate::store::Provenance;
+
+/// One record as read from Kafka.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    /// Where it came from.
+    pub provenance: Provenance,
+    /// Its key.
+    pub key: Option<Vec<u8>>,
+    /// Its bytes (empty for a tombstone).
+    pub payload: Vec<u8>,
+}
+
+impl Consumed {
+    /// The event id of a record that carries none: stable across
+    /// redeliveries because offsets are.
+    pub fn derived_event_id(&self) -> String {
+        let p = &self.provenance;
+        format!("{}-{}-{}", p.topic, p.partition, p.offset)
+    }
+}
+
+/// Logs partition assignments, which is what an operator wants to see when
+/// hosts join or leave the group.
+pub struct SourceContext;
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => tracing::info!(partitions = %describe(tpl), "partitions assigned"),
+            Rebalance::Revoke(tpl) => tracing::info!(partitions = %describe(tpl), "partitions revoked"),
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+fn describe(tpl: &TopicPartitionList) -> String {
+    tpl.elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The consumer, shared by the reading loop and the committer.
+pub type SourceConsumer = StreamConsumer<SourceContext>;
+
+/// Creates the consumer and subscribes to the configured topics.
+pub fn connect(config: &SourceConfig) -> Result<Arc<SourceConsumer>, KafkaError> {
+    let mut client = crate::kafka::client_config(&config.brokers, &config.kafka);
+    client
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("partition.assignment.strategy", "range,roundrobin")
+        .set("fetch.max.bytes", "52428800");
+    for (k, v) in &config.kafka {
+        client.set(k, v);
+    }
+    let consumer: SourceConsumer = client.create_with_context(SourceContext)?;
+    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    Ok(Arc::new(consumer))
+}
+
+/// Batching limits, adjustable while running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Most records per batch.
+    pub batch_size: usize,
+    /// Longest a partial batch waits.
+    pub max_wait: Duration,
+}
+
+/// Reads until `shutdown` turns true, sending batches to `out`. Returns when
+/// the last partial batch has been handed over.
+pub async fn run(
+    consumer: Arc<SourceConsumer>,
+    batching: watch::Receiver<Batching>,
+    out: mpsc::Sender<Vec<Consumed>>,
+    mut shutdown: watch::Receiver<bool>,
+    stats: Arc<Stats>,
+) {
+    let mut batch: Vec<Consumed> = Vec::new();
+    let mut deadline = tokio::time::Instant::now();
+    loop {
+        let limits = *batching.borrow();
+        tokio::select! {
+            biased;
+            _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => break,
+            _ = tokio::time::sleep_until(deadline), if !batch.is_empty() => {
+                if out.send(std::mem::take(&mut batch)).await.is_err() {
+                    return;
+                }
+            }
+            received = consumer.recv() => match received.map(|m| to_consumed(&m)) {
+                Ok(record) => {
+                    if batch.is_empty() {
+                        deadline = tokio::time::Instant::now() + limits.max_wait;
+                    }
+                    stats.consumed.inc();
+                    batch.push(record);
+                    if batch.len() >= limits.batch_size && out.send(std::mem::take(&mut batch)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka consumer error; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            },
+        }
+    }
+    if !batch.is_empty() {
+        let _ = out.send(batch).await;
+    }
+}
+
+fn to_consumed(message: &rdkafka::message::BorrowedMessage<'_>) -> Consumed {
+    Consumed {
+        provenance: Provenance {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            received_at: Utc::now(),
+        },
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+    }
+}
+
+/// Tells Kafka what the store has committed, for lag tools and for a
+/// faster restart; PostgreSQL remains the authority.
+pub fn commit(consumer: &SourceConsumer, next_offsets: &std::collections::BTreeMap<(String, i32), i64>, mode: CommitMode) {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), next) in next_offsets {
+        if tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)).is_err() {
+            return;
+        }
+    }
+    if let Err(e) = consumer.commit(&tpl, mode) {
+        // A partition revoked in the meantime refuses the commit; harmless.
+        tracing::debug!(error = %e, "kafka offset commit refused");
+    }
+}

@@ -1,0 +1,317 @@
+//! Enriched clicks and dead letters → PostgreSQL, effectively once.
+//!
+//! Each batch is one transaction that also advances `ingest_offsets`, the next
+//! offset to store per partition. Records below the stored offset were stored
+//! before (a redelivery after a crash or a rebalance) and are skipped, under a
+//! row lock, so two hosts that both briefly believe they own a partition still
+//! store each record once. Kafka's own commit follows the database's and is
+//! only for visibility.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Row};
+
+use crate::plugin::enrich::{device_name, EnrichedClick};
+
+/// Where a record came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    /// Kafka topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// When the host received it.
+    pub received_at: DateTime<Utc>,
+}
+
+/// An enriched click ready to store.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    /// The click.
+    pub click: EnrichedClick,
+    /// Name of the plugin that enriched it.
+    pub plugin_name: String,
+    /// Where it came from.
+    pub provenance: Provenance,
+}
+
+/// The stage at which a record was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Before enrichment: too large, not JSON, missing or mistyped fields.
+    Decode,
+    /// The enrich plugin refused it, or trapped on it.
+    Enrich,
+}
+
+impl Stage {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Enrich => "enrich",
+        }
+    }
+}
+
+/// A record that could not become an event.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Where it came from.
+    pub provenance: Provenance,
+    /// The record's key.
+    pub key: Option<Vec<u8>>,
+    /// The record's bytes, as received.
+    pub payload: Vec<u8>,
+    /// Where it was refused.
+    pub stage: Stage,
+    /// A short label (`not_json`, `missing_field`, `refused`, `trap`, ...).
+    pub kind: String,
+    /// Why, for a human.
+    pub reason: String,
+    /// The plugin version that refused it, for enrich-stage refusals.
+    pub plugin_version: Option<String>,
+}
+
+/// One transaction's worth of work.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    /// Events to store.
+    pub events: Vec<EventRow>,
+    /// Records to dead-letter.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Per (topic, partition): the offset after the last record in the batch.
+    pub next_offsets: BTreeMap<(String, i32), i64>,
+}
+
+impl WriteBatch {
+    /// Notes that `provenance`'s record is part of this batch.
+    pub fn saw(&mut self, provenance: &Provenance) {
+        let next = self
+            .next_offsets
+            .entry((provenance.topic.clone(), provenance.partition))
+            .or_insert(0);
+        *next = (*next).max(provenance.offset + 1);
+    }
+
+    /// Records in the batch.
+    pub fn len(&self) -> usize {
+        self.events.len() + self.dead_letters.len()
+    }
+
+    /// Whether the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Events inserted.
+    pub stored: u64,
+    /// Dead letters inserted.
+    pub dead_lettered: u64,
+    /// Records skipped as already stored (offset below the stored one).
+    pub redelivered: u64,
+    /// Events skipped because their event id was stored already from
+    /// another offset (the tracker sent the same event twice).
+    pub duplicates: u64,
+}
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL does not parse.
+    #[error("store.database_url is not a valid PostgreSQL URL: {0}")]
+    Url(#[source] sqlx::Error),
+    /// The database could not be reached or refused a statement.
+    #[error("PostgreSQL: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("PostgreSQL migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The PostgreSQL store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects and runs the migrations.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        let options: PgConnectOptions = url.parse().map_err(StoreError::Url)?;
+        let options = options.log_statements(tracing::log::LevelFilter::Trace);
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        let store = Store { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies pending migrations. An advisory lock inside sqlx keeps two
+    /// hosts starting at once from racing.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The connection pool, for the stages that read.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Writes a batch in one transaction; see the module docs.
+    pub async fn write(&self, batch: &WriteBatch) -> Result<WriteOutcome, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let (topics, partitions): (Vec<String>, Vec<i32>) = batch.next_offsets.keys().cloned().unzip();
+        sqlx::query(
+            "INSERT INTO ingest_offsets (topic, \"partition\", next_offset)
+             SELECT t, p, 0 FROM UNNEST($1::text[], $2::int[]) AS v(t, p)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&topics)
+        .bind(&partitions)
+        .execute(&mut *tx)
+        .await?;
+        let stored_offsets: BTreeMap<(String, i32), i64> = sqlx::query(
+            "SELECT o.topic, o.\"partition\", o.next_offset
+             FROM ingest_offsets o JOIN UNNEST($1::text[], $2::int[]) AS v(t, p)
+               ON o.topic = v.t AND o.\"partition\" = v.p
+             ORDER BY o.topic, o.\"partition\"
+             FOR UPDATE OF o",
+        )
+        .bind(&topics)
+        .bind(&partitions)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|row| ((row.get(0), row.get(1)), row.get(2)))
+        .collect();
+        let is_new = |p: &Provenance| p.offset >= stored_offsets.get(&(p.topic.clone(), p.partition)).copied().unwrap_or(0);
+
+        let events: Vec<&EventRow> = batch.events.iter().filter(|e| is_new(&e.provenance)).collect();
+        let dead: Vec<&DeadLetter> = batch.dead_letters.iter().filter(|d| is_new(&d.provenance)).collect();
+        let mut outcome = WriteOutcome {
+            redelivered: (batch.len() - events.len() - dead.len()) as u64,
+            ..WriteOutcome::default()
+        };
+        if !events.is_empty() {
+            outcome.stored = insert_events(&mut tx, &events).await?;
+            outcome.duplicates = events.len() as u64 - outcome.stored;
+        }
+        if !dead.is_empty() {
+            outcome.dead_lettered = insert_dead_letters(&mut tx, &dead).await?;
+        }
+        let next: Vec<i64> = batch.next_offsets.values().copied().collect();
+        sqlx::query(
+            "UPDATE ingest_offsets o SET next_offset = GREATEST(o.next_offset, v.n), updated_at = now()
+             FROM UNNEST($1::text[], $2::int[], $3::bigint[]) AS v(t, p, n)
+             WHERE o.topic = v.t AND o.\"partition\" = v.p",
+        )
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(&next)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// The stored next offset of every partition of every topic.
+    pub async fn next_offsets_all(&self) -> Result<BTreeMap<(String, i32), i64>, sqlx::Error> {
+        let rows = sqlx::query("SELECT topic, \"partition\", next_offset FROM ingest_offsets")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect())
+    }
+
+    /// The stored next offset of every partition of `topic`.
+    pub async fn next_offsets(&self, topic: &str) -> Result<BTreeMap<i32, i64>, sqlx::Error> {
+        let rows = sqlx::query("SELECT \"partition\", next_offset FROM ingest_offsets WHERE topic = $1")
+            .bind(topic)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+/// Inserts events with one statement over arrays (no per-row round trips);
+/// returns how many were new.
+pub(crate) async fn insert_events(tx: &mut sqlx::PgConnection, events: &[&EventRow]) -> Result<u64, sqlx::Error> {
+    macro_rules! column {
+        ($f:expr) => {
+            events.iter().map($f).collect::<Vec<_>>()
+        };
+    }
+    let result = sqlx::query(
+        "INSERT INTO events (event_id, user_id, ts_ms, url, ip, user_agent, referrer, session_id,
+                             country, city, browser, os, device, plugin_name, plugin_version,
+                             topic, \"partition\", \"offset\", received_at)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                              $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                              $13::text[], $14::text[], $15::text[], $16::text[], $17::int[], $18::bigint[],
+                              $19::timestamptz[])
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(column!(|e| e.click.raw.event_id.as_str()))
+    .bind(column!(|e| e.click.raw.user_id.as_str()))
+    .bind(column!(|e| e.click.raw.timestamp_ms))
+    .bind(column!(|e| e.click.raw.url.as_str()))
+    .bind(column!(|e| e.click.raw.ip.as_str()))
+    .bind(column!(|e| e.click.raw.user_agent.as_str()))
+    .bind(column!(|e| e.click.raw.referrer.as_deref()))
+    .bind(column!(|e| e.click.raw.session_id.as_deref()))
+    .bind(column!(|e| e.click.country.as_str()))
+    .bind(column!(|e| e.click.city.as_str()))
+    .bind(column!(|e| e.click.browser.as_str()))
+    .bind(column!(|e| e.click.os.as_str()))
+    .bind(column!(|e| device_name(e.click.device)))
+    .bind(column!(|e| e.plugin_name.as_str()))
+    .bind(column!(|e| e.click.plugin_version.as_str()))
+    .bind(column!(|e| e.provenance.topic.as_str()))
+    .bind(column!(|e| e.provenance.partition))
+    .bind(column!(|e| e.provenance.offset))
+    .bind(column!(|e| e.provenance.received_at))
+    .execute(&mut *tx)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+async fn insert_dead_letters(tx: &mut sqlx::PgConnection, dead: &[&DeadLetter]) -> Result<u64, sqlx::Error> {
+    macro_rules! column {
+        ($f:expr) => {
+            dead.iter().map($f).collect::<Vec<_>>()
+        };
+    }
+    let result = sqlx::query(
+        "INSERT INTO dead_letters (topic, \"partition\", \"offset\", record_key, payload, stage, kind, reason,
+                                   plugin_version, received_at)
+         SELECT * FROM UNNEST($1::text[], $2::int[], $3::bigint[], $4::bytea[], $5::bytea[], $6::text[],
+                              $7::text[], $8::text[], $9::text[], $10::timestamptz[])
+         ON CONFLICT (topic, \"partition\", \"offset\") DO NOTHING",
+    )
+    .bind(column!(|d| d.provenance.topic.as_str()))
+    .bind(column!(|d| d.provenance.partition))
+    .bind(column!(|d| d.provenance.offset))
+    .bind(column!(|d| d.key.as_deref()))
+    .bind(column!(|d| d.payload.as_slice()))
+    .bind(column!(|d| d.stage.as_str()))
+    .bind(column!(|d| d.kind.as_str()))
+    .bind(column!(|d| d.reason.as_str()))
+    .bind(column!(|d| d.plugin_version.as_deref()))
+    .bind(column!(|d| d.provenance.received_at))
+    .execute(&mut *tx)
+    .await?;
+    Ok(result.rows_affected())
+}
