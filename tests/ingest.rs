@@ -1,0 +1,142 @@
+//! Ingest against real tansu and PostgreSQL: every record ends up stored once
+//! or dead-lettered with its reason, across kills, restarts and rebalances.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clickstream::config::PipelineConfig;
+use clickstream::produce::{self, BadKind, Generator, GeneratorConfig, Record};
+use clickstream::stats::Stats;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn generator(events: u64, bad: f64, seed: u64) -> GeneratorConfig {
+    GeneratorConfig {
+        events,
+        users: 300,
+        urls: 40,
+        seed,
+        bad_fraction: bad,
+        ..GeneratorConfig::default()
+    }
+}
+
+/// Produces the generator's records to a new 4-partition topic and returns them.
+async fn produce_to(topic: &str, config: GeneratorConfig, rate: Option<u64>) -> Vec<Record> {
+    let brokers = support::brokers();
+    clickstream::kafka::ensure_topic(&brokers, topic, 4)
+        .await
+        .unwrap_or_else(|e| panic!("broker at {brokers} refused ({e}): run `scripts/services up`"));
+    let records: Vec<Record> = Generator::new(config.clone()).collect();
+    produce::to_kafka(Generator::new(config), &brokers, topic, rate, &indicatif::ProgressBar::hidden())
+        .await
+        .unwrap();
+    records
+}
+
+fn expected_event_ids(records: &[Record]) -> BTreeSet<String> {
+    records
+        .iter()
+        .filter(|r| r.bad.is_none_or(|k| !k.is_dead_letter()))
+        .map(|r| r.event_id.clone())
+        .collect()
+}
+
+async fn pool(url: &str) -> PgPool {
+    PgPoolOptions::new().max_connections(2).connect(url).await.unwrap()
+}
+
+async fn stored_ids(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar("SELECT event_id FROM events ORDER BY event_id").fetch_all(pool).await.unwrap()
+}
+
+async fn reconciled(pool: &PgPool, total: usize) -> bool {
+    let stored = support::count(pool, "SELECT count(*) FROM events").await;
+    let dead = support::count(pool, "SELECT count(*) FROM dead_letters").await;
+    stored >= 0 && dead >= 0 && (stored + dead) as usize >= total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_good_event_is_stored_once_enriched_and_every_bad_record_is_dead_lettered_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("ingest_all");
+    let db = support::fresh_database("ingest_all").await;
+    let records = produce_to(&topic, generator(4000, 0.08, 1), None).await;
+    // One click from an address the city database places in London.
+    let london = format!(
+        r#"{{"event_id":"london-1","user_id":"u-london","timestamp":"2026-11-28T12:00:00Z","url":"https://shop.example/","ip":"81.2.69.142","user_agent":"Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1"}}"#
+    );
+    {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = clickstream::kafka::client_config(&support::brokers(), &Default::default()).create().unwrap();
+        producer.send(FutureRecord::to(&topic).key("u-london").payload(&london), Duration::from_secs(5)).await.unwrap();
+    }
+    let total = records.len() + 1;
+
+    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
+    let config = PipelineConfig::load(&pipeline).unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stats = Arc::new(Stats::default());
+    let running = tokio::spawn(clickstream::pipeline::run(config, stopped, stats.clone()));
+    let pool = pool(&db).await;
+    support::wait_until(WAIT, "every record stored or dead-lettered", || reconciled(&pool, total)).await;
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+
+    // Exactly the good events (bad IPs included: only their location is unknown), once each.
+    let mut expected = expected_event_ids(&records);
+    expected.insert("london-1".into());
+    let stored = stored_ids(&pool).await;
+    assert_eq!(stored.len(), expected.len(), "stored count");
+    assert_eq!(stored.into_iter().collect::<BTreeSet<_>>(), expected);
+
+    // Enrichment: the London click, and bad IPs as unknown locations.
+    let (country, city, browser, os, device, version): (String, String, String, String, String, String) = sqlx::query_as(
+        "SELECT country, city, browser, os, device, plugin_version FROM events WHERE event_id = 'london-1'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((country.as_str(), city.as_str()), ("GB", "London"));
+    assert_eq!((browser.as_str(), os.as_str(), device.as_str()), ("Safari", "iPhone", "mobile"));
+    assert_eq!(version, clickstream_enrich::VERSION);
+    let bad_ips: Vec<&Record> = records.iter().filter(|r| r.bad == Some(BadKind::BadIp)).collect();
+    assert!(!bad_ips.is_empty());
+    for r in bad_ips {
+        let country: String = sqlx::query_scalar("SELECT country FROM events WHERE event_id = $1").bind(&r.event_id).fetch_one(&pool).await.unwrap();
+        assert_eq!(country, "unknown");
+    }
+    let located = support::count(&pool, "SELECT count(*) FROM events WHERE country <> 'unknown'").await;
+    assert!(located as f64 > 0.8 * expected.len() as f64, "only {located} of {} events located", expected.len());
+
+    // Each bad kind lands with its stage, reason and raw bytes.
+    let rows: Vec<(i32, i64, Vec<u8>, String, String, String)> =
+        sqlx::query_as("SELECT \"partition\", \"offset\", payload, stage, kind, reason FROM dead_letters").fetch_all(&pool).await.unwrap();
+    let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, _, payload, stage, kind, reason) in &rows {
+        *by_kind.entry(kind.clone()).or_default() += 1;
+        assert!(!reason.is_empty());
+        let original = records.iter().find(|r| &r.payload == payload).expect("dead letter holds the raw bytes");
+        let expected_kind = match original.bad {
+            Some(BadKind::MalformedJson) => ("decode", "not_json"),
+            Some(BadKind::MissingField) => ("decode", "missing_field"),
+            Some(BadKind::WrongType) => ("decode", "wrong_type"),
+            Some(BadKind::Huge) => ("decode", "too_large"),
+            Some(BadKind::Refused) => ("enrich", "refused"),
+            other => panic!("{other:?} was dead-lettered: {reason}"),
+        };
+        assert_eq!((stage.as_str(), kind.as_str()), expected_kind, "{reason}");
+    }
+    let expected_dead = records.iter().filter(|r| r.bad.is_some_and(BadKind::is_dead_letter)).count();
+    assert_eq!(rows.len(), expected_dead, "dead letters by kind: {by_kind:?}");
+    assert!(by_kind.len() == 5, "every dead-letter kind is exercised: {by_kind:?}");
+
+    // Counts reconcile, in the database and in the counters.
+    assert_eq!(stats.consumed.get() as usize, total);
+    assert_eq!((stats.stored.get() + stats.dead_lettered.get()) as usize, total);
+}
