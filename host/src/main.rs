@@ -101,6 +101,9 @@ struct ProduceArgs {
     /// wrong types, bad IPs, oversized records and records the enrich plugin refuses.
     #[arg(long, default_value_t = 0.0)]
     bad_fraction: f64,
+    /// A librdkafka producer property, as KEY=VALUE (repeatable), e.g. `linger.ms=0`.
+    #[arg(long = "kafka-property", value_parser = parse_setting)]
+    kafka_properties: Vec<(String, String)>,
     /// Write NDJSON to this file instead of Kafka.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -208,7 +211,8 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("while creating topic {topic} on {brokers} (is the broker up? scripts/services up)"))?;
                 progress.println(format!("producing {} records to {topic} on {brokers}", args.events));
-                produce::to_kafka(generator, &brokers, &topic, args.rate, &progress)
+                let properties = args.kafka_properties.iter().cloned().collect();
+                produce::to_kafka(generator, &brokers, &topic, args.rate, &properties, &progress)
                     .await
                     .with_context(|| format!("while producing to {topic} on {brokers}"))
             })?

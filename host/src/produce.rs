@@ -462,18 +462,30 @@ pub fn to_file(generator: Generator, path: &std::path::Path, progress: &indicati
 }
 
 /// Sends the records to `topic`, keyed by user id, at most `rate` per second,
-/// and waits until the broker has acknowledged every one.
-pub async fn to_kafka(generator: Generator, brokers: &str, topic: &str, rate: Option<u64>, progress: &indicatif::ProgressBar) -> Result<Summary, ProduceError> {
+/// and waits until the broker has acknowledged every one. `properties` are
+/// librdkafka producer settings on top of the defaults.
+pub async fn to_kafka(
+    generator: Generator,
+    brokers: &str,
+    topic: &str,
+    rate: Option<u64>,
+    properties: &std::collections::BTreeMap<String, String>,
+    progress: &indicatif::ProgressBar,
+) -> Result<Summary, ProduceError> {
     use futures::stream::{FuturesUnordered, StreamExt};
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
-    let producer: FutureProducer = crate::kafka::client_config(brokers, &Default::default())
+    let mut config = crate::kafka::client_config(brokers, &Default::default());
+    config
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
         .set("message.max.bytes", "10000000")
         .set("compression.type", "lz4")
-        .set("enable.idempotence", "false")
-        .create()?;
+        .set("enable.idempotence", "false");
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    let producer: FutureProducer = config.create()?;
     let pace = Pace { rate, started: std::time::Instant::now() };
     let mut summary = Summary::default();
     let mut in_flight = FuturesUnordered::new();

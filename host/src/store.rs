@@ -87,6 +87,8 @@ pub struct WriteBatch {
     pub dead_letters: Vec<DeadLetter>,
     /// Per (topic, partition): the offset after the last record in the batch.
     pub next_offsets: BTreeMap<(String, i32), i64>,
+    /// Per (topic, partition): the first offset in the batch.
+    pub first_offsets: BTreeMap<(String, i32), i64>,
 }
 
 impl WriteBatch {
@@ -97,6 +99,11 @@ impl WriteBatch {
             .entry((provenance.topic.clone(), provenance.partition))
             .or_insert(0);
         *next = (*next).max(provenance.offset + 1);
+        let first = self
+            .first_offsets
+            .entry((provenance.topic.clone(), provenance.partition))
+            .or_insert(i64::MAX);
+        *first = (*first).min(provenance.offset);
     }
 
     /// Records in the batch.
@@ -198,6 +205,14 @@ impl Store {
         .into_iter()
         .map(|row| ((row.get(0), row.get(1)), row.get(2)))
         .collect();
+        for (key, first) in &batch.first_offsets {
+            let stored = stored_offsets.get(key).copied().unwrap_or(0);
+            // A gap of one is a transaction marker; larger ones come from
+            // compaction or a broker fault, and those records never arrive.
+            if *first > stored + 1 && stored > 0 {
+                tracing::warn!(topic = %key.0, partition = key.1, from = stored, to = *first, "offset gap: records in between were not delivered by the broker");
+            }
+        }
         let is_new = |p: &Provenance| p.offset >= stored_offsets.get(&(p.topic.clone(), p.partition)).copied().unwrap_or(0);
 
         let events: Vec<&EventRow> = batch.events.iter().filter(|e| is_new(&e.provenance)).collect();
