@@ -226,3 +226,87 @@ async fn two_hosts_in_one_group_split_the_partitions_and_store_each_event_once()
     let (ca, cb) = (consumed(a.log()), consumed(b.log()));
     assert!(ca > 0 && cb > 0, "both hosts did work: {ca} and {cb}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_mid_stream_pauses_ingest_and_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = support::PrivatePostgres::start();
+    let topic = support::unique("ingest_pg_restart");
+    clickstream::kafka::ensure_topic(&support::brokers(), &topic, 4).await.unwrap();
+    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &pg.url, "");
+    let mut host = support::Host::start(&pipeline, &dir.path().join("host.log"));
+    let producing = tokio::spawn({
+        let topic = topic.clone();
+        async move { produce_to(&topic, generator(30_000, 0.02, 4), Some(4_000)).await }
+    });
+    let pool = PgPoolOptions::new().max_connections(1).connect_lazy(&pg.url).unwrap();
+    support::wait_until(WAIT, "some events stored", || async { support::count(&pool, "SELECT count(*) FROM events").await > 3_000 }).await;
+    pg.stop();
+    // Longer than the pool's acquire timeout, so writes fail and are retried.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    pg.start_again();
+    let records = producing.await.unwrap();
+    support::wait_until(WAIT, "everything stored after the restart", || reconciled(&pool, records.len())).await;
+    host.signal("TERM");
+    assert_eq!(host.wait(), Some(0), "{}", host.log());
+
+    let stored = stored_ids(&pool).await;
+    let expected = expected_event_ids(&records);
+    assert_eq!(stored.len(), expected.len(), "each event stored once");
+    assert_eq!(stored.into_iter().collect::<BTreeSet<_>>(), expected);
+    let log = host.log();
+    assert!(log.contains("ingestion paused"), "the outage was noticed and logged:\n{log}");
+    assert!(log.contains("ingestion resumed"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after_the_fix() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("ingest_trap");
+    let db = support::fresh_database("ingest_trap").await;
+    let records = produce_to(&topic, generator(300, 0.0, 5), None).await;
+    let producer: FutureProducer = clickstream::kafka::client_config(&support::brokers(), &Default::default()).create().unwrap();
+    for i in 0..3 {
+        let poison = format!(r#"{{"event_id":"poison-{i}","user_id":"trap","timestamp":1764000000000,"url":"https://shop.example/","ip":"81.2.69.142","user_agent":""}}"#);
+        producer.send(FutureRecord::to(&topic).key("trap").payload(&poison), Duration::from_secs(5)).await.unwrap();
+    }
+    let total = records.len() + 3;
+
+    // Run with the buggy plugin: it traps on user "trap".
+    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
+    let fixed = std::fs::read_to_string(&pipeline).unwrap();
+    std::fs::write(&pipeline, fixed.replace(&support::plugin("enrich").display().to_string(), &support::plugin("misbehave").display().to_string())).unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stats = Arc::new(Stats::default());
+    let running = tokio::spawn(clickstream::pipeline::run(PipelineConfig::load(&pipeline).unwrap(), stopped, stats.clone()));
+    let pool = pool(&db).await;
+    support::wait_until(WAIT, "every record stored or dead-lettered", || reconciled(&pool, total)).await;
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+
+    assert!(stats.enrich_batch_failures.get() >= 1, "the trap failed a whole batch first");
+    let trapped: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT kind, reason, plugin_version FROM dead_letters ORDER BY id").fetch_all(&pool).await.unwrap();
+    assert_eq!(trapped.len(), 3, "only the poison records are dead-lettered: {trapped:?}");
+    for (kind, reason, version) in &trapped {
+        assert_eq!(kind, "trap");
+        assert!(reason.contains("asked to trap"), "{reason}");
+        assert_eq!(version.as_deref(), Some("0.0.1-misbehave"));
+    }
+    assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await as usize, records.len(), "the rest of each batch was stored");
+
+    // Fix: the real plugin accepts those records; replay stores them once.
+    std::fs::write(&pipeline, fixed).unwrap();
+    let config = PipelineConfig::load(&pipeline).unwrap();
+    let loaded = clickstream::plugin::enrich::LoadedEnrich::load(config.enrich_spec(), None).unwrap();
+    let mut runner = clickstream::plugin::enrich::EnrichRunner::new(Arc::new(clickstream::plugin::Slot::new(loaded)));
+    let outcome = clickstream::dead_letters::replay(&pool, &mut runner, config.source.max_record_bytes, |_| {}).await.unwrap();
+    assert_eq!((outcome.stored, outcome.still_failing), (3, 0));
+    let versions: Vec<String> = sqlx::query_scalar("SELECT plugin_version FROM events WHERE event_id LIKE 'poison-%'").fetch_all(&pool).await.unwrap();
+    assert_eq!(versions, vec![clickstream_enrich::VERSION.to_string(); 3]);
+    assert_eq!(support::count(&pool, "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL").await, 0);
+    let again = clickstream::dead_letters::replay(&pool, &mut runner, config.source.max_record_bytes, |_| {}).await.unwrap();
+    assert_eq!(again, Default::default(), "a second replay finds nothing pending");
+    assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await as usize, total);
+}

@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod config;
+pub mod dead_letters;
 pub mod decode;
 pub mod enrich;
 pub mod geoip;

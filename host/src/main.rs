@@ -35,6 +35,22 @@ enum Command {
         #[arg(default_value = "pipeline.toml")]
         pipeline: PathBuf,
     },
+    /// List dead-lettered records, or replay them through the current enrich plugin.
+    DeadLetters {
+        /// The pipeline file.
+        #[arg(default_value = "pipeline.toml")]
+        pipeline: PathBuf,
+        /// Include records already replayed.
+        #[arg(long)]
+        all: bool,
+        /// Most records to list.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Re-run every pending dead letter through the plugin in pipeline.toml;
+        /// successes are stored, failures keep their new reason.
+        #[arg(long)]
+        replay: bool,
+    },
     /// Write synthetic clickstream to a Kafka topic (or an NDJSON file).
     Produce(ProduceArgs),
     /// Plugin author tools.
@@ -117,7 +133,7 @@ fn parse_setting(s: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -135,6 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { pipeline } => run_pipeline(&pipeline),
         Command::Validate { pipeline } => validate(&pipeline),
         Command::Produce(args) => produce(args),
+        Command::DeadLetters { pipeline, all, limit, replay } => dead_letters(&pipeline, all, limit, replay),
         Command::Plugin {
             command: PluginCommand::Check { file, events, settings, geoip },
         } => plugin_check(&file, events.as_deref(), settings, geoip),
@@ -276,4 +293,45 @@ fn run_pipeline(pipeline: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("while running {}", pipeline.display()))
     })?;
     Ok(())
+}
+
+fn dead_letters(pipeline: &Path, all: bool, limit: i64, replay: bool) -> anyhow::Result<()> {
+    use clickstream::dead_letters;
+    let config = PipelineConfig::load(pipeline)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let store = clickstream::store::Store::connect(&config.store.database_url)
+            .await
+            .context("while connecting to [store] database_url")?;
+        if replay {
+            let geoip = Arc::new(GeoIp::open(&config.geoip.databases)?);
+            let loaded = LoadedEnrich::load(config.enrich_spec(), Some(geoip)).context("while loading [plugins.enrich]")?;
+            println!("replaying pending dead letters through {} {}", loaded.info.name, loaded.info.version);
+            let mut runner = clickstream::plugin::enrich::EnrichRunner::new(Arc::new(clickstream::plugin::Slot::new(loaded)));
+            let outcome = dead_letters::replay(store.pool(), &mut runner, config.source.max_record_bytes, |o| {
+                eprintln!("  ... {} stored, {} still failing", o.stored, o.still_failing);
+            })
+            .await?;
+            println!("replay: {} stored, {} still failing", outcome.stored, outcome.still_failing);
+            return Ok(());
+        }
+        let (total, pending) = dead_letters::counts(store.pool()).await?;
+        println!("{total} dead letters, {pending} pending replay");
+        for row in dead_letters::list(store.pool(), !all, limit, 0).await? {
+            println!(
+                "#{} {}/{}@{} {}:{}{} — {}\n    {} bytes: {}",
+                row.id,
+                row.topic,
+                row.partition,
+                row.offset,
+                row.stage,
+                row.kind,
+                if row.replayed_at.is_some() { " (replayed)" } else { "" },
+                row.reason.lines().next().unwrap_or_default(),
+                row.payload_bytes,
+                row.payload_preview.chars().take(100).collect::<String>()
+            );
+        }
+        Ok(())
+    })
 }
