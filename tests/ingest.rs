@@ -301,12 +301,12 @@ async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after
     let config = PipelineConfig::load(&pipeline).unwrap();
     let loaded = clickstream::plugin::enrich::LoadedEnrich::load(config.enrich_spec(), None).unwrap();
     let mut runner = clickstream::plugin::enrich::EnrichRunner::new(Arc::new(clickstream::plugin::Slot::new(loaded)));
-    let outcome = clickstream::dead_letters::replay(&pool, &mut runner, config.source.max_record_bytes, |_| {}).await.unwrap();
+    let outcome = clickstream::dead_letters::replay(&pool, clickstream::store::WindowSpec::of(&config.aggregate), &mut runner, config.source.max_record_bytes, |_| {}).await.unwrap();
     assert_eq!((outcome.stored, outcome.still_failing), (3, 0));
     let versions: Vec<String> = sqlx::query_scalar("SELECT plugin_version FROM events WHERE event_id LIKE 'poison-%'").fetch_all(&pool).await.unwrap();
     assert_eq!(versions, vec![clickstream_enrich::VERSION.to_string(); 3]);
     assert_eq!(support::count(&pool, "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL").await, 0);
-    let again = clickstream::dead_letters::replay(&pool, &mut runner, config.source.max_record_bytes, |_| {}).await.unwrap();
+    let again = clickstream::dead_letters::replay(&pool, clickstream::store::WindowSpec::of(&config.aggregate), &mut runner, config.source.max_record_bytes, |_| {}).await.unwrap();
     assert_eq!(again, Default::default(), "a second replay finds nothing pending");
     assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await as usize, total);
 }

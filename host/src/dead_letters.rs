@@ -8,7 +8,7 @@ use crate::enrich::process;
 use crate::plugin::enrich::EnrichRunner;
 use crate::source::Consumed;
 use crate::stats::Stats;
-use crate::store::{insert_events, Provenance};
+use crate::store::{insert_events, mark_windows_changed, Provenance, WindowSpec};
 
 /// One dead letter, as listed.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -92,7 +92,7 @@ pub struct ReplayOutcome {
 /// with the current record size limit. A success is stored and marked
 /// replayed in the same transaction; a failure stays pending with its new
 /// reason. `progress` is called after each page with the running totals.
-pub async fn replay(pool: &PgPool, runner: &mut EnrichRunner, max_record_bytes: usize, mut progress: impl FnMut(ReplayOutcome)) -> Result<ReplayOutcome, sqlx::Error> {
+pub async fn replay(pool: &PgPool, windows: WindowSpec, runner: &mut EnrichRunner, max_record_bytes: usize, mut progress: impl FnMut(ReplayOutcome)) -> Result<ReplayOutcome, sqlx::Error> {
     const PAGE: i64 = 500;
     let stats = Stats::default();
     let mut outcome = ReplayOutcome::default();
@@ -127,6 +127,7 @@ pub async fn replay(pool: &PgPool, runner: &mut EnrichRunner, max_record_bytes: 
         let events: Vec<_> = batch.events.iter().collect();
         if !events.is_empty() {
             insert_events(&mut tx, &events).await?;
+            mark_windows_changed(&mut tx, &events, windows).await?;
         }
         for event in &batch.events {
             let p = &event.provenance;

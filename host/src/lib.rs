@@ -2,6 +2,7 @@
 //! WASM aggregate → Elasticsearch. See `docs/ARCHITECTURE.md` for the map.
 #![deny(missing_docs)]
 
+pub mod aggregate;
 pub mod check;
 pub mod config;
 pub mod dead_letters;

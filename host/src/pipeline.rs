@@ -11,13 +11,16 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::PipelineConfig;
 use crate::geoip::{GeoIp, GeoIpError};
+use crate::aggregate::Aggregator;
+use crate::index::Indexer;
+use crate::plugin::aggregate::LoadedAggregate;
 use crate::plugin::enrich::{EnrichRunner, LoadedEnrich};
 use crate::plugin::{PluginError, Slot};
 use rdkafka::consumer::Consumer;
 
 use crate::source::{self, Batching};
 use crate::stats::Stats;
-use crate::store::{Store, StoreError, WriteBatch};
+use crate::store::{Store, StoreError, WindowSpec, WriteBatch};
 
 /// Why the pipeline could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +34,9 @@ pub enum PipelineError {
     /// PostgreSQL.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The search server configuration.
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
     /// Kafka.
     #[error("kafka ({brokers}): {source}")]
     Kafka {
@@ -48,6 +54,8 @@ pub struct Pipeline {
     pub stats: Arc<Stats>,
     /// The live enrich plugin.
     pub enrich: Arc<Slot<LoadedEnrich>>,
+    /// The live aggregate plugin.
+    pub aggregate: Arc<Slot<LoadedAggregate>>,
     /// The store.
     pub store: Store,
 }
@@ -62,12 +70,22 @@ pub async fn run(config: PipelineConfig, shutdown: watch::Receiver<bool>, stats:
     let geoip = Arc::new(GeoIp::open(&config.geoip.databases)?);
     let enrich = Arc::new(Slot::new(LoadedEnrich::load(config.enrich_spec(), Some(geoip.clone()))?));
     tracing::info!(plugin = %enrich.current().info.name, version = %enrich.current().info.version, "enrich plugin loaded");
-    let store = connect_store(&config.store.database_url, &shutdown).await?;
+    let store = connect_store(&config.store.database_url, WindowSpec::of(&config.aggregate), &shutdown).await?;
     let consumer = source::connect(&config.source).map_err(|source| PipelineError::Kafka {
         brokers: config.source.brokers.clone(),
         source,
     })?;
     tracing::info!(brokers = %config.source.brokers, topics = ?config.source.topics, group = %config.source.group_id, "consuming");
+
+    let aggregate = Arc::new(Slot::new(LoadedAggregate::load(config.aggregate_spec())?));
+    let aggregator = Aggregator::new(
+        store.pool().clone(),
+        aggregate.clone(),
+        config.aggregate.clone(),
+        Indexer::new(&config.index)?,
+        stats.clone(),
+    );
+    let aggregating = tokio::spawn(aggregator.run(shutdown.clone()));
 
     let depth = config.store.max_in_flight_batches;
     let (records_tx, records_rx) = mpsc::channel(depth);
@@ -86,6 +104,7 @@ pub async fn run(config: PipelineConfig, shutdown: watch::Receiver<bool>, stats:
         source::commit(&consumer, &batch.next_offsets, CommitMode::Async);
     }
     let _ = reading.await;
+    let _ = aggregating.await;
     let _ = tokio::task::spawn_blocking(move || enriching.join()).await;
     // Only this host's partitions: committing another member's could move
     // its visible offset backwards.
@@ -105,15 +124,15 @@ pub async fn run(config: PipelineConfig, shutdown: watch::Receiver<bool>, stats:
         redelivered = stats.redelivered.get(),
         "pipeline stopped"
     );
-    Ok(Pipeline { stats, enrich, store })
+    Ok(Pipeline { stats, enrich, aggregate, store })
 }
 
 /// Connects to PostgreSQL, retrying with backoff until it answers or the
 /// pipeline is asked to stop.
-async fn connect_store(url: &str, shutdown: &watch::Receiver<bool>) -> Result<Store, StoreError> {
+async fn connect_store(url: &str, windows: WindowSpec, shutdown: &watch::Receiver<bool>) -> Result<Store, StoreError> {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match Store::connect(url).await {
+        match Store::connect(url, windows).await {
             Ok(store) => return Ok(store),
             Err(StoreError::Database(e)) if !*shutdown.borrow() => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "PostgreSQL unreachable; retrying");

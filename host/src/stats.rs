@@ -42,4 +42,12 @@ pub struct Stats {
     pub store_retries: Counter,
     /// Enrich calls that failed and were retried record by record.
     pub enrich_batch_failures: Counter,
+    /// Aggregation passes run.
+    pub aggregation_passes: Counter,
+    /// Windows aggregated.
+    pub windows_aggregated: Counter,
+    /// Aggregate documents the search server accepted.
+    pub documents_indexed: Counter,
+    /// Aggregate documents the search server refused.
+    pub documents_rejected: Counter,
 }

@@ -145,15 +145,36 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// The windowing that decides which aggregate windows an event changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSpec {
+    /// Window size in milliseconds.
+    pub window_ms: i64,
+    /// Session timeout in milliseconds: a new event changes the time spent of
+    /// its user's previous event when it is at most this much later.
+    pub session_timeout_ms: i64,
+}
+
+impl WindowSpec {
+    /// The spec of an `[aggregate]` section.
+    pub fn of(config: &crate::config::AggregateConfig) -> WindowSpec {
+        WindowSpec {
+            window_ms: config.window_secs as i64 * 1000,
+            session_timeout_ms: config.session_timeout_secs as i64 * 1000,
+        }
+    }
+}
+
 /// The PostgreSQL store.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    windows: WindowSpec,
 }
 
 impl Store {
     /// Connects and runs the migrations.
-    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+    pub async fn connect(url: &str, windows: WindowSpec) -> Result<Store, StoreError> {
         let options: PgConnectOptions = url.parse().map_err(StoreError::Url)?;
         let options = options.log_statements(tracing::log::LevelFilter::Trace);
         let pool = PgPoolOptions::new()
@@ -161,7 +182,7 @@ impl Store {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        let store = Store { pool };
+        let store = Store { pool, windows };
         store.migrate().await?;
         Ok(store)
     }
@@ -224,19 +245,28 @@ impl Store {
         if !events.is_empty() {
             outcome.stored = insert_events(&mut tx, &events).await?;
             outcome.duplicates = events.len() as u64 - outcome.stored;
+            mark_windows_changed(&mut tx, &events, self.windows).await?;
         }
         if !dead.is_empty() {
             outcome.dead_lettered = insert_dead_letters(&mut tx, &dead).await?;
         }
         let next: Vec<i64> = batch.next_offsets.values().copied().collect();
+        let mut max_ts: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for e in &events {
+            let ts = max_ts.entry((e.provenance.topic.as_str(), e.provenance.partition)).or_insert(i64::MIN);
+            *ts = (*ts).max(e.click.raw.timestamp_ms);
+        }
+        let max_ts: Vec<Option<i64>> = batch.next_offsets.keys().map(|(t, p)| max_ts.get(&(t.as_str(), *p)).copied()).collect();
         sqlx::query(
-            "UPDATE ingest_offsets o SET next_offset = GREATEST(o.next_offset, v.n), updated_at = now()
-             FROM UNNEST($1::text[], $2::int[], $3::bigint[]) AS v(t, p, n)
+            "UPDATE ingest_offsets o SET next_offset = GREATEST(o.next_offset, v.n), updated_at = now(),
+                    max_ts_ms = GREATEST(o.max_ts_ms, v.ts)
+             FROM UNNEST($1::text[], $2::int[], $3::bigint[], $4::bigint[]) AS v(t, p, n, ts)
              WHERE o.topic = v.t AND o.\"partition\" = v.p",
         )
         .bind(&topics)
         .bind(&partitions)
         .bind(&next)
+        .bind(&max_ts)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -301,6 +331,37 @@ pub(crate) async fn insert_events(tx: &mut sqlx::PgConnection, events: &[&EventR
     .execute(&mut *tx)
     .await?;
     Ok(result.rows_affected())
+}
+
+/// Marks the windows new events change: their own, and the window of each
+/// one's user's previous event within the session timeout, whose time spent
+/// the new event completes (a late event can change a neighbour window).
+pub(crate) async fn mark_windows_changed(tx: &mut sqlx::PgConnection, events: &[&EventRow], windows: WindowSpec) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO aggregate_windows (window_start_ms)
+         SELECT w FROM (
+             SELECT n.t - ((n.t % $4) + $4) % $4 AS w FROM UNNEST($1::bigint[]) AS n(t)
+             UNION
+             SELECT p.ts_ms - ((p.ts_ms % $4) + $4) % $4
+             FROM UNNEST($1::bigint[], $2::text[], $3::text[]) AS n(t, u, id)
+             CROSS JOIN LATERAL (
+                 SELECT e.ts_ms FROM events e
+                 WHERE e.user_id = n.u AND (e.ts_ms, e.event_id) < (n.t, n.id) AND e.ts_ms >= n.t - $5
+                 ORDER BY e.ts_ms DESC, e.event_id DESC LIMIT 1
+             ) p
+         ) changed
+         ORDER BY w
+         ON CONFLICT (window_start_ms) DO UPDATE
+         SET version = aggregate_windows.version + 1, changed_at = now()",
+    )
+    .bind(events.iter().map(|e| e.click.raw.timestamp_ms).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.click.raw.user_id.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.click.raw.event_id.as_str()).collect::<Vec<_>>())
+    .bind(windows.window_ms)
+    .bind(windows.session_timeout_ms)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 async fn insert_dead_letters(tx: &mut sqlx::PgConnection, dead: &[&DeadLetter]) -> Result<u64, sqlx::Error> {
