@@ -1,0 +1,201 @@
+//! Aggregation and indexing against real tansu, PostgreSQL and the search
+//! server: the indexed documents equal a reference computed here, late events
+//! update documents in place, and a search outage only delays indexing.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clickstream::config::PipelineConfig;
+use clickstream::index::{AggregateDoc, DocQuery, Indexer};
+use clickstream::produce::{self, Generator, GeneratorConfig};
+use clickstream::stats::Stats;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+const WAIT: Duration = Duration::from_secs(180);
+const WINDOW_MS: i64 = 60_000;
+const SESSION_TIMEOUT_MS: i64 = 30 * 60_000;
+
+/// The reference: the README's metric definitions, computed directly.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Expected {
+    clicks: u64,
+    users: std::collections::BTreeSet<String>,
+    total_ms: u64,
+    samples: u64,
+}
+
+fn normalise(url: &str) -> String {
+    let no_fragment = url.split('#').next().unwrap();
+    let no_query = no_fragment.split('?').next().unwrap();
+    match no_query.find("://") {
+        Some(i) => {
+            let (scheme, rest) = (&no_query[..i], &no_query[i + 3..]);
+            let slash = rest.find('/').unwrap_or(rest.len());
+            let path = if slash == rest.len() { "/" } else { &rest[slash..] };
+            format!("{}://{}{}", scheme.to_lowercase(), rest[..slash].to_lowercase(), path)
+        }
+        None => no_query.to_string(),
+    }
+}
+
+async fn reference(pool: &PgPool) -> BTreeMap<(i64, String, String), Expected> {
+    let mut events: Vec<(String, String, i64, String, String)> =
+        sqlx::query_as("SELECT event_id, user_id, ts_ms, url, country FROM events").fetch_all(pool).await.unwrap();
+    events.sort_by(|a, b| (&a.1, a.2, &a.0).cmp(&(&b.1, b.2, &b.0)));
+    let mut groups: BTreeMap<(i64, String, String), Expected> = BTreeMap::new();
+    for (i, (_, user, ts, url, country)) in events.iter().enumerate() {
+        let key = (ts.div_euclid(WINDOW_MS) * WINDOW_MS, normalise(url), country.clone());
+        let g = groups.entry(key).or_default();
+        g.clicks += 1;
+        g.users.insert(user.clone());
+        if let Some((_, next_user, next_ts, _, _)) = events.get(i + 1) {
+            if next_user == user && next_ts - ts <= SESSION_TIMEOUT_MS {
+                g.total_ms += (next_ts - ts) as u64;
+                g.samples += 1;
+            }
+        }
+    }
+    groups
+}
+
+fn assert_docs_match(docs: &[AggregateDoc], expected: &BTreeMap<(i64, String, String), Expected>) {
+    let mut seen: HashMap<(i64, String, String), &AggregateDoc> = HashMap::new();
+    for d in docs {
+        let key = (d.window_start_ms, d.url.clone(), d.country.clone());
+        assert!(seen.insert(key.clone(), d).is_none(), "two documents for {key:?}");
+    }
+    assert_eq!(seen.len(), expected.len(), "one document per group");
+    for (key, e) in expected {
+        let d = seen.get(key).unwrap_or_else(|| panic!("no document for {key:?}"));
+        assert_eq!(
+            (d.clicks, d.unique_users, d.time_spent_total_ms, d.time_spent_samples),
+            (e.clicks, e.users.len() as u64, e.total_ms, e.samples),
+            "metrics of {key:?}"
+        );
+        let avg = (e.samples > 0).then(|| e.total_ms as f64 / e.samples as f64 / 1000.0);
+        // The search server re-serialises doubles; equal to the last bits is not promised.
+        match (d.avg_time_spent_s, avg) {
+            (Some(got), Some(want)) => assert!((got - want).abs() <= want * 1e-12, "average of {key:?}: {got} vs {want}"),
+            (got, want) => assert_eq!(got, want, "average of {key:?}"),
+        }
+        assert_eq!(d.window_end_ms, key.0 + WINDOW_MS);
+    }
+}
+
+async fn settled(pool: &PgPool, events: usize) -> bool {
+    support::count(pool, "SELECT count(*) FROM events").await as usize >= events
+        && support::count(pool, "SELECT count(*) FROM aggregate_windows WHERE version > aggregated_version").await == 0
+        && support::count(pool, "SELECT count(*) FROM aggregates WHERE indexed_at IS NULL").await == 0
+}
+
+struct Running {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<clickstream::pipeline::Pipeline, clickstream::pipeline::PipelineError>>,
+    config: PipelineConfig,
+}
+
+async fn start(dir: &std::path::Path, topic: &str, db: &str, search: Option<&str>) -> Running {
+    let mut extra = "[aggregate]\ninterval_ms = 300\nallowed_lateness_secs = 0\n".to_string();
+    let pipeline = support::write_pipeline(dir, topic, &support::unique("agg"), db, "");
+    let mut text = std::fs::read_to_string(&pipeline).unwrap();
+    if let Some(url) = search {
+        text = text.replace(&std::env::var("ELASTICSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into()), url);
+    }
+    extra.insert_str(0, &text);
+    std::fs::write(&pipeline, extra).unwrap();
+    let config = PipelineConfig::load(&pipeline).unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(clickstream::pipeline::run(config.clone(), stopped, Arc::new(Stats::default())));
+    Running { stop, task, config }
+}
+
+async fn produce_to(topic: &str, config: GeneratorConfig) -> usize {
+    let brokers = support::brokers();
+    clickstream::kafka::ensure_topic(&brokers, topic, 4).await.unwrap();
+    let summary = produce::to_kafka(Generator::new(config), &brokers, topic, None, &Default::default(), &indicatif::ProgressBar::hidden())
+        .await
+        .unwrap();
+    summary.records as usize
+}
+
+fn clickstream_config(events: u64, seed: u64, start_ms: i64) -> GeneratorConfig {
+    GeneratorConfig {
+        events,
+        users: 120,
+        urls: 12,
+        seed,
+        start_ms,
+        span_secs: 1_200,
+        ..GeneratorConfig::default()
+    }
+}
+
+async fn all_docs(indexer: &Indexer) -> Vec<AggregateDoc> {
+    indexer.refresh().await.unwrap();
+    indexer
+        .search(&DocQuery { from_ms: None, to_ms: None, url: None, country: None, limit: 100_000 })
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexed_aggregates_match_a_reference_and_late_events_update_them_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("agg_reference");
+    let db = support::fresh_database("agg_reference").await;
+    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
+    let start_ms = 1_795_000_000_000;
+    let first = produce_to(&topic, clickstream_config(3_000, 11, start_ms)).await;
+    let running = start(dir.path(), &topic, &db, None).await;
+    let indexer = Indexer::new(&running.config.index).unwrap();
+    support::wait_until(WAIT, "aggregates indexed", || settled(&pool, first)).await;
+    let docs = all_docs(&indexer).await;
+    assert!(docs.len() > 100, "a realistic stream gives many groups: {}", docs.len());
+    assert_docs_match(&docs, &reference(&pool).await);
+    assert!(docs.iter().any(|d| d.time_spent_samples > 0) && docs.iter().any(|d| d.unique_users > 1));
+
+    // Late events: the same users, earlier in the same span, arriving now.
+    let late = produce_to(&topic, clickstream_config(400, 12, start_ms - 60_000)).await;
+    support::wait_until(WAIT, "late events aggregated and indexed", || settled(&pool, first + late)).await;
+    let updated = all_docs(&indexer).await;
+    assert_docs_match(&updated, &reference(&pool).await);
+    let changed = updated.iter().filter(|d| !docs.contains(d)).count();
+    assert!(changed > 0, "late events changed some documents");
+
+    running.stop.send(true).unwrap();
+    running.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_outage_delays_indexing_and_every_aggregate_arrives_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let search = support::PrivateSearch::start();
+    let topic = support::unique("agg_outage");
+    let db = support::fresh_database("agg_outage").await;
+    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
+    let start_ms = 1_795_100_000_000;
+    let first = produce_to(&topic, clickstream_config(1_000, 21, start_ms)).await;
+    let running = start(dir.path(), &topic, &db, Some(&search.url)).await;
+    let indexer = Indexer::new(&running.config.index).unwrap();
+    support::wait_until(WAIT, "first aggregates indexed", || settled(&pool, first)).await;
+
+    search.freeze(true);
+    let more = produce_to(&topic, clickstream_config(1_500, 22, start_ms + 600_000)).await;
+    support::wait_until(WAIT, "ingest and aggregation to go on during the outage", || async {
+        support::count(&pool, "SELECT count(*) FROM events").await as usize >= first + more
+            && support::count(&pool, "SELECT count(*) FROM aggregate_windows WHERE version > aggregated_version").await == 0
+    })
+    .await;
+    let waiting = support::count(&pool, "SELECT count(*) FROM aggregates WHERE indexed_at IS NULL").await;
+    assert!(waiting > 0, "aggregates wait in PostgreSQL while the search server is down");
+    search.freeze(false);
+
+    support::wait_until(WAIT, "every aggregate indexed after the outage", || settled(&pool, first + more)).await;
+    assert_docs_match(&all_docs(&indexer).await, &reference(&pool).await);
+    running.stop.send(true).unwrap();
+    running.task.await.unwrap().unwrap();
+}
