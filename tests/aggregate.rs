@@ -5,6 +5,7 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,51 +17,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 const WAIT: Duration = Duration::from_secs(180);
-const WINDOW_MS: i64 = 60_000;
-const SESSION_TIMEOUT_MS: i64 = 30 * 60_000;
-
-/// The reference: the README's metric definitions, computed directly.
-#[derive(Debug, Default, Clone, PartialEq)]
-struct Expected {
-    clicks: u64,
-    users: std::collections::BTreeSet<String>,
-    total_ms: u64,
-    samples: u64,
-}
-
-fn normalise(url: &str) -> String {
-    let no_fragment = url.split('#').next().unwrap();
-    let no_query = no_fragment.split('?').next().unwrap();
-    match no_query.find("://") {
-        Some(i) => {
-            let (scheme, rest) = (&no_query[..i], &no_query[i + 3..]);
-            let slash = rest.find('/').unwrap_or(rest.len());
-            let path = if slash == rest.len() { "/" } else { &rest[slash..] };
-            format!("{}://{}{}", scheme.to_lowercase(), rest[..slash].to_lowercase(), path)
-        }
-        None => no_query.to_string(),
-    }
-}
-
-async fn reference(pool: &PgPool) -> BTreeMap<(i64, String, String), Expected> {
-    let mut events: Vec<(String, String, i64, String, String)> =
-        sqlx::query_as("SELECT event_id, user_id, ts_ms, url, country FROM events").fetch_all(pool).await.unwrap();
-    events.sort_by(|a, b| (&a.1, a.2, &a.0).cmp(&(&b.1, b.2, &b.0)));
-    let mut groups: BTreeMap<(i64, String, String), Expected> = BTreeMap::new();
-    for (i, (_, user, ts, url, country)) in events.iter().enumerate() {
-        let key = (ts.div_euclid(WINDOW_MS) * WINDOW_MS, normalise(url), country.clone());
-        let g = groups.entry(key).or_default();
-        g.clicks += 1;
-        g.users.insert(user.clone());
-        if let Some((_, next_user, next_ts, _, _)) = events.get(i + 1) {
-            if next_user == user && next_ts - ts <= SESSION_TIMEOUT_MS {
-                g.total_ms += (next_ts - ts) as u64;
-                g.samples += 1;
-            }
-        }
-    }
-    groups
-}
+use support::reference::{reference, Expected, WINDOW_MS};
 
 fn assert_docs_match(docs: &[AggregateDoc], expected: &BTreeMap<(i64, String, String), Expected>) {
     let mut seen: HashMap<(i64, String, String), &AggregateDoc> = HashMap::new();

@@ -208,6 +208,25 @@ async fn two_hosts_in_one_group_split_the_partitions_and_store_each_event_once()
     .await;
     let records = produce_to(&topic, generator(20_000, 0.0, 3), Some(8_000)).await;
     support::wait_until(WAIT, "the pair to store everything", || reconciled(&pool, records.len())).await;
+    // Both hosts aggregate too; each window is done by one at a time, and the
+    // rows must equal the reference whichever host wrote them.
+    support::wait_until(WAIT, "the pair to aggregate every window", || async {
+        support::count(&pool, "SELECT count(*) FROM aggregate_windows WHERE version > aggregated_version").await == 0
+            && support::count(&pool, "SELECT count(*) FROM aggregate_windows").await > 0
+    })
+    .await;
+    let rows: Vec<(i64, String, String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT window_start_ms, url, country, clicks, unique_users, time_spent_total_ms, time_spent_samples FROM aggregates",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let expected = support::reference::reference(&pool).await;
+    assert_eq!(rows.len(), expected.len(), "one row per group");
+    for (w, url, country, clicks, users, total, samples) in rows {
+        let e = &expected[&(w, url, country)];
+        assert_eq!((clicks as u64, users as u64, total as u64, samples as u64), (e.clicks, e.users.len() as u64, e.total_ms, e.samples));
+    }
     a.signal("TERM");
     b.signal("TERM");
     assert_eq!(a.wait(), Some(0));

@@ -316,3 +316,60 @@ impl Drop for PrivateSearch {
         let _ = self.child.wait();
     }
 }
+
+/// The README's metric definitions computed directly over the stored events,
+/// independently of the aggregate plugin, for the default windowing.
+pub mod reference {
+    use std::collections::BTreeMap;
+
+    use sqlx::PgPool;
+
+    /// Default window size.
+    pub const WINDOW_MS: i64 = 60_000;
+    /// Default session timeout.
+    pub const SESSION_TIMEOUT_MS: i64 = 30 * 60_000;
+
+    /// The reference: the README's metric definitions, computed directly.
+    #[derive(Debug, Default, Clone, PartialEq)]
+    pub struct Expected {
+        pub clicks: u64,
+        pub users: std::collections::BTreeSet<String>,
+        pub total_ms: u64,
+        pub samples: u64,
+    }
+
+    fn normalise(url: &str) -> String {
+        let no_fragment = url.split('#').next().unwrap();
+        let no_query = no_fragment.split('?').next().unwrap();
+        match no_query.find("://") {
+            Some(i) => {
+                let (scheme, rest) = (&no_query[..i], &no_query[i + 3..]);
+                let slash = rest.find('/').unwrap_or(rest.len());
+                let path = if slash == rest.len() { "/" } else { &rest[slash..] };
+                format!("{}://{}{}", scheme.to_lowercase(), rest[..slash].to_lowercase(), path)
+            }
+            None => no_query.to_string(),
+        }
+    }
+
+    pub async fn reference(pool: &PgPool) -> BTreeMap<(i64, String, String), Expected> {
+        let mut events: Vec<(String, String, i64, String, String)> =
+            sqlx::query_as("SELECT event_id, user_id, ts_ms, url, country FROM events").fetch_all(pool).await.unwrap();
+        events.sort_by(|a, b| (&a.1, a.2, &a.0).cmp(&(&b.1, b.2, &b.0)));
+        let mut groups: BTreeMap<(i64, String, String), Expected> = BTreeMap::new();
+        for (i, (_, user, ts, url, country)) in events.iter().enumerate() {
+            let key = (ts.div_euclid(WINDOW_MS) * WINDOW_MS, normalise(url), country.clone());
+            let g = groups.entry(key).or_default();
+            g.clicks += 1;
+            g.users.insert(user.clone());
+            if let Some((_, next_user, next_ts, _, _)) = events.get(i + 1) {
+                if next_user == user && next_ts - ts <= SESSION_TIMEOUT_MS {
+                    g.total_ms += (next_ts - ts) as u64;
+                    g.samples += 1;
+                }
+            }
+        }
+        groups
+    }
+
+}
