@@ -56,6 +56,7 @@ struct Running {
 }
 
 async fn start(dir: &std::path::Path, topic: &str, db: &str, search: Option<&str>) -> Running {
+    support::init_logs();
     let mut extra = "[aggregate]\ninterval_ms = 300\nallowed_lateness_secs = 0\n".to_string();
     let pipeline = support::write_pipeline(dir, topic, &support::unique("agg"), db, "");
     let mut text = std::fs::read_to_string(&pipeline).unwrap();
@@ -66,7 +67,7 @@ async fn start(dir: &std::path::Path, topic: &str, db: &str, search: Option<&str
     std::fs::write(&pipeline, extra).unwrap();
     let config = PipelineConfig::load(&pipeline).unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(clickstream::pipeline::run(config.clone(), stopped, Arc::new(Stats::default())));
+    let task = tokio::spawn(clickstream::pipeline::run_until_stopped(config.clone(), stopped, Default::default(), Arc::new(Stats::default()), |_| {}));
     Running { stop, task, config }
 }
 

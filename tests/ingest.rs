@@ -97,7 +97,7 @@ async fn every_good_event_is_stored_once_enriched_and_every_bad_record_is_dead_l
     let config = PipelineConfig::load(&pipeline).unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stats = Arc::new(Stats::default());
-    let running = tokio::spawn(clickstream::pipeline::run(config, stopped, stats.clone()));
+    let running = tokio::spawn(clickstream::pipeline::run_until_stopped(config, stopped, Default::default(), stats.clone(), |_| {}));
     let pool = pool(&db).await;
     support::wait_until(WAIT, "every record stored or dead-lettered", || reconciled(&pool, total)).await;
     stop.send(true).unwrap();
@@ -298,7 +298,7 @@ async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after
     std::fs::write(&pipeline, fixed.replace(&support::plugin("enrich").display().to_string(), &support::plugin("misbehave").display().to_string())).unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stats = Arc::new(Stats::default());
-    let running = tokio::spawn(clickstream::pipeline::run(PipelineConfig::load(&pipeline).unwrap(), stopped, stats.clone()));
+    let running = tokio::spawn(clickstream::pipeline::run_until_stopped(PipelineConfig::load(&pipeline).unwrap(), stopped, Default::default(), stats.clone(), |_| {}));
     let pool = pool(&db).await;
     support::wait_until(WAIT, "every record stored or dead-lettered", || reconciled(&pool, total)).await;
     stop.send(true).unwrap();

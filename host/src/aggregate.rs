@@ -66,33 +66,38 @@ pub struct PassOutcome {
 pub struct Aggregator {
     pool: PgPool,
     plugin: Arc<Slot<LoadedAggregate>>,
-    config: AggregateConfig,
+    /// Live: interval, lateness and batch size may change while running;
+    /// window, timeout and query handling never do (reload refuses that).
+    config: watch::Receiver<AggregateConfig>,
     indexer: Indexer,
     stats: Arc<Stats>,
 }
 
 impl Aggregator {
     /// An aggregator over the store's pool.
-    pub fn new(pool: PgPool, plugin: Arc<Slot<LoadedAggregate>>, config: AggregateConfig, indexer: Indexer, stats: Arc<Stats>) -> Aggregator {
+    pub fn new(pool: PgPool, plugin: Arc<Slot<LoadedAggregate>>, config: watch::Receiver<AggregateConfig>, indexer: Indexer, stats: Arc<Stats>) -> Aggregator {
         Aggregator { pool, plugin, config, indexer, stats }
     }
 
+    fn settings(&self) -> AggregateConfig {
+        self.config.borrow().clone()
+    }
+
     fn window_ms(&self) -> i64 {
-        self.config.window_secs as i64 * 1000
+        self.settings().window_secs as i64 * 1000
     }
 
     fn session_timeout_ms(&self) -> i64 {
-        self.config.session_timeout_secs as i64 * 1000
+        self.settings().session_timeout_secs as i64 * 1000
     }
 
     /// Runs passes every `interval_ms` until `shutdown`.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut mapped = false;
-        let mut interval = tokio::time::interval(Duration::from_millis(self.config.interval_ms));
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let interval = Duration::from_millis(self.settings().interval_ms);
             tokio::select! {
-                _ = interval.tick() => {}
+                _ = tokio::time::sleep(interval) => {}
                 _ = shutdown.changed() => return,
             }
             if !mapped {
@@ -161,7 +166,7 @@ impl Aggregator {
         let min: Option<i64> = sqlx::query_scalar("SELECT min(max_ts_ms) FROM ingest_offsets WHERE max_ts_ms IS NOT NULL")
             .fetch_one(&self.pool)
             .await?;
-        Ok(min.map(|m| m - self.config.allowed_lateness_secs as i64 * 1000))
+        Ok(min.map(|m| m - self.settings().allowed_lateness_secs as i64 * 1000))
     }
 
     /// Aggregates consecutive windows in one plugin run and replaces their
@@ -188,10 +193,11 @@ impl Aggregator {
         .fetch_all(&mut *tx)
         .await?;
 
+        let settings = self.settings();
         let params = AggregateParams {
             window_ms: self.window_ms(),
             session_timeout_ms: self.session_timeout_ms(),
-            keep_query: self.config.keep_query,
+            keep_query: settings.keep_query,
         };
         let mut run = tokio::task::block_in_place(|| AggregateRun::start(&self.plugin, params, from, to))?;
         {
@@ -214,7 +220,7 @@ impl Aggregator {
             .bind(to)
             .bind(self.session_timeout_ms())
             .fetch(&mut *tx);
-            let mut batch = Vec::with_capacity(self.config.batch_size);
+            let mut batch = Vec::with_capacity(settings.batch_size);
             while let Some(row) = events.try_next().await? {
                 batch.push(StoredClick {
                     event_id: row.get(0),
@@ -223,7 +229,7 @@ impl Aggregator {
                     url: row.get(3),
                     country: row.get(4),
                 });
-                if batch.len() >= self.config.batch_size {
+                if batch.len() >= settings.batch_size {
                     tokio::task::block_in_place(|| run.push(&batch))?;
                     batch.clear();
                 }

@@ -14,6 +14,7 @@ pub mod kafka;
 pub mod pipeline;
 pub mod plugin;
 pub mod produce;
+pub mod reload;
 pub mod source;
 pub mod stats;
 pub mod store;

@@ -289,6 +289,15 @@ fn run_pipeline(pipeline: &Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let sighup = Arc::new(tokio::sync::Notify::new());
+        let hup = sighup.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut signals = signal(SignalKind::hangup()).expect("install SIGHUP handler");
+            while signals.recv().await.is_some() {
+                hup.notify_one();
+            }
+        });
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
             let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
@@ -306,8 +315,8 @@ fn run_pipeline(pipeline: &Path) -> anyhow::Result<()> {
             tracing::warn!("second signal: exiting without draining");
             std::process::exit(130);
         });
-        let stats = std::sync::Arc::new(clickstream::stats::Stats::default());
-        clickstream::pipeline::run(config, stop_rx, stats)
+        let stats = Arc::new(clickstream::stats::Stats::default());
+        clickstream::pipeline::run_until_stopped(config, stop_rx, sighup, stats, |_| {})
             .await
             .with_context(|| format!("while running {}", pipeline.display()))
     })?;
@@ -368,7 +377,7 @@ fn backfill(pipeline: &Path, from: i64, to: i64) -> anyhow::Result<()> {
         let aggregator = clickstream::aggregate::Aggregator::new(
             store.pool().clone(),
             Arc::new(clickstream::plugin::Slot::new(plugin)),
-            config.aggregate.clone(),
+            tokio::sync::watch::channel(config.aggregate.clone()).1,
             indexer,
             Arc::new(clickstream::stats::Stats::default()),
         );

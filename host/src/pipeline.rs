@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::CommitMode;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::PipelineConfig;
 use crate::geoip::{GeoIp, GeoIpError};
@@ -16,6 +16,7 @@ use crate::index::Indexer;
 use crate::plugin::aggregate::LoadedAggregate;
 use crate::plugin::enrich::{EnrichRunner, LoadedEnrich};
 use crate::plugin::{PluginError, Slot};
+use crate::reload::{LiveSettings, Reloader};
 use rdkafka::consumer::Consumer;
 
 use crate::source::{self, Batching};
@@ -48,7 +49,16 @@ pub enum PipelineError {
     },
 }
 
-/// The running pipeline's shared parts.
+/// How a run ended.
+pub enum Exit {
+    /// Asked to stop; everything in flight was stored.
+    Stopped(Pipeline),
+    /// pipeline.toml changed connection settings: drained, and to be started
+    /// again with this configuration.
+    Restart(Box<PipelineConfig>),
+}
+
+/// The pipeline's shared parts, for tests and the API.
 pub struct Pipeline {
     /// Counters.
     pub stats: Arc<Stats>,
@@ -63,13 +73,43 @@ pub struct Pipeline {
 /// Longest pause between attempts to write a batch while PostgreSQL is down.
 const MAX_STORE_BACKOFF: Duration = Duration::from_secs(10);
 
-/// Starts the pipeline and runs it until `shutdown` turns true, then drains:
-/// the source stops reading, in-flight batches are enriched and stored, and
-/// the final offsets are committed.
-pub async fn run(config: PipelineConfig, shutdown: watch::Receiver<bool>, stats: Arc<Stats>) -> Result<Pipeline, PipelineError> {
+/// Runs the pipeline until `shutdown`, draining at the end, and again each
+/// time pipeline.toml changes connection settings. `sighup` asks for a
+/// reload of pipeline.toml.
+pub async fn run_until_stopped(
+    mut config: PipelineConfig,
+    shutdown: watch::Receiver<bool>,
+    sighup: Arc<Notify>,
+    stats: Arc<Stats>,
+    started: impl Fn(&Pipeline),
+) -> Result<Pipeline, PipelineError> {
+    loop {
+        match run(config, shutdown.clone(), sighup.clone(), stats.clone(), &started).await? {
+            Exit::Stopped(pipeline) => return Ok(pipeline),
+            Exit::Restart(next) => config = *next,
+        }
+    }
+}
+
+/// Starts the pipeline and runs it until `shutdown` turns true or a reload
+/// asks for a restart, then drains: the source stops reading, in-flight
+/// batches are enriched and stored, and the final offsets are committed.
+/// `started` sees the live parts once everything is connected.
+pub async fn run(
+    config: PipelineConfig,
+    shutdown: watch::Receiver<bool>,
+    sighup: Arc<Notify>,
+    stats: Arc<Stats>,
+    started: impl Fn(&Pipeline),
+) -> Result<Exit, PipelineError> {
     let geoip = Arc::new(GeoIp::open(&config.geoip.databases)?);
     let enrich = Arc::new(Slot::new(LoadedEnrich::load(config.enrich_spec(), Some(geoip.clone()))?));
-    tracing::info!(plugin = %enrich.current().info.name, version = %enrich.current().info.version, "enrich plugin loaded");
+    let aggregate = Arc::new(Slot::new(LoadedAggregate::load(config.aggregate_spec())?));
+    tracing::info!(
+        enrich = %format!("{} {}", enrich.current().info.name, enrich.current().info.version),
+        aggregate = %format!("{} {}", aggregate.current().info.name, aggregate.current().info.version),
+        "plugins loaded"
+    );
     let store = connect_store(&config.store.database_url, WindowSpec::of(&config.aggregate), &shutdown).await?;
     let consumer = source::connect(&config.source).map_err(|source| PipelineError::Kafka {
         brokers: config.source.brokers.clone(),
@@ -77,27 +117,46 @@ pub async fn run(config: PipelineConfig, shutdown: watch::Receiver<bool>, stats:
     })?;
     tracing::info!(brokers = %config.source.brokers, topics = ?config.source.topics, group = %config.source.group_id, "consuming");
 
-    let aggregate = Arc::new(Slot::new(LoadedAggregate::load(config.aggregate_spec())?));
-    let aggregator = Aggregator::new(
-        store.pool().clone(),
-        aggregate.clone(),
-        config.aggregate.clone(),
-        Indexer::new(&config.index)?,
-        stats.clone(),
-    );
-    let aggregating = tokio::spawn(aggregator.run(shutdown.clone()));
+    // Drains on shutdown, and on a reload that needs a restart.
+    let (drain_tx, drain) = watch::channel(false);
+    let (restart_tx, mut restart_rx) = watch::channel::<Option<PipelineConfig>>(None);
+    let forward = tokio::spawn({
+        let mut shutdown = shutdown.clone();
+        let drain_tx = drain_tx.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => {}
+                _ = restart_rx.wait_for(|r| r.is_some()) => {}
+            }
+            let _ = drain_tx.send(true);
+        }
+    });
+
+    let (batching_tx, batching_rx) = watch::channel(Batching {
+        batch_size: config.source.batch_size,
+        max_wait: Duration::from_millis(config.source.batch_max_wait_ms),
+    });
+    let (aggregate_tx, aggregate_rx) = watch::channel(config.aggregate.clone());
+    let max_record_bytes = Arc::new(AtomicUsize::new(config.source.max_record_bytes));
+    let live = LiveSettings {
+        batching: batching_tx,
+        max_record_bytes: max_record_bytes.clone(),
+        aggregate: aggregate_tx,
+    };
+    let reloader = Reloader::new(config.clone(), enrich.clone(), aggregate.clone(), geoip, live, stats.clone(), restart_tx.clone());
+    let reloading = tokio::spawn(reloader.run(sighup, drain.clone()));
+
+    let aggregator = Aggregator::new(store.pool().clone(), aggregate.clone(), aggregate_rx, Indexer::new(&config.index)?, stats.clone());
+    let aggregating = tokio::spawn(aggregator.run(drain.clone()));
 
     let depth = config.store.max_in_flight_batches;
     let (records_tx, records_rx) = mpsc::channel(depth);
     let (batches_tx, mut batches_rx) = mpsc::channel::<WriteBatch>(depth);
-    let (_batching_tx, batching_rx) = watch::channel(Batching {
-        batch_size: config.source.batch_size,
-        max_wait: Duration::from_millis(config.source.batch_max_wait_ms),
-    });
-    let max_record_bytes = Arc::new(AtomicUsize::new(config.source.max_record_bytes));
-
-    let reading = tokio::spawn(source::run(consumer.clone(), batching_rx, records_tx, shutdown.clone(), stats.clone()));
+    let reading = tokio::spawn(source::run(consumer.clone(), batching_rx, records_tx, drain.clone(), stats.clone()));
     let enriching = crate::enrich::spawn(EnrichRunner::new(enrich.clone()), max_record_bytes, records_rx, batches_tx, stats.clone());
+
+    let pipeline = Pipeline { stats: stats.clone(), enrich, aggregate, store: store.clone() };
+    started(&pipeline);
 
     while let Some(batch) = batches_rx.recv().await {
         store_batch(&store, &batch, &stats).await;
@@ -105,6 +164,8 @@ pub async fn run(config: PipelineConfig, shutdown: watch::Receiver<bool>, stats:
     }
     let _ = reading.await;
     let _ = aggregating.await;
+    let _ = reloading.await;
+    forward.abort();
     let _ = tokio::task::spawn_blocking(move || enriching.join()).await;
     // Only this host's partitions: committing another member's could move
     // its visible offset backwards.
@@ -124,7 +185,11 @@ pub async fn run(config: PipelineConfig, shutdown: watch::Receiver<bool>, stats:
         redelivered = stats.redelivered.get(),
         "pipeline stopped"
     );
-    Ok(Pipeline { stats, enrich, aggregate, store })
+    let restart = restart_tx.borrow().clone();
+    Ok(match restart {
+        Some(next) if !*shutdown.borrow() => Exit::Restart(Box::new(next)),
+        _ => Exit::Stopped(pipeline),
+    })
 }
 
 /// Connects to PostgreSQL, retrying with backoff until it answers or the

@@ -73,6 +73,9 @@ pub fn connect(config: &SourceConfig) -> Result<Arc<SourceConsumer>, KafkaError>
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("partition.assignment.strategy", "range,roundrobin")
+        // A topic created after start-up is found within seconds, not the
+        // default five minutes.
+        .set("topic.metadata.refresh.interval.ms", "5000")
         .set("fetch.max.bytes", "52428800");
     for (k, v) in &config.kafka {
         client.set(k, v);

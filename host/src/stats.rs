@@ -1,6 +1,8 @@
 //! Counters every stage updates; the API renders them for Prometheus.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -50,4 +52,35 @@ pub struct Stats {
     pub documents_indexed: Counter,
     /// Aggregate documents the search server refused.
     pub documents_rejected: Counter,
+    /// Reloads by (what, outcome): what is a plugin slot or `pipeline.toml`,
+    /// outcome `accepted` or `rejected`.
+    pub reloads: Mutex<BTreeMap<(String, &'static str), u64>>,
+}
+
+impl Stats {
+    fn reload(&self, what: &str, accepted: bool) {
+        let outcome = if accepted { "accepted" } else { "rejected" };
+        *self.reloads.lock().unwrap_or_else(|e| e.into_inner()).entry((what.to_string(), outcome)).or_default() += 1;
+    }
+
+    /// Counts a plugin reload.
+    pub fn plugin_reloads(&self, slot: &str, accepted: bool) {
+        self.reload(slot, accepted);
+    }
+
+    /// Counts a pipeline.toml reload.
+    pub fn config_reloads(&self, accepted: bool) {
+        self.reload("pipeline.toml", accepted);
+    }
+
+    /// Reloads of `what` with `outcome` so far.
+    pub fn reloads_of(&self, what: &str, outcome: &str) -> u64 {
+        self.reloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|((w, o), _)| w == what && *o == outcome)
+            .map(|(_, n)| *n)
+            .sum()
+    }
 }

@@ -373,3 +373,11 @@ pub mod reference {
     }
 
 }
+
+/// Sends the pipeline's logs to the test output (shown for failing tests).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()))
+        .with_test_writer()
+        .try_init();
+}

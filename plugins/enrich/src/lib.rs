@@ -24,6 +24,7 @@ pub const NAME: &str = "enrich";
 /// two builds apart.
 pub const VERSION: &str = match option_env!("CLICKSTREAM_PLUGIN_VERSION") {
     Some(v) => v,
+    None if cfg!(feature = "canary") => concat!(env!("CARGO_PKG_VERSION"), "-canary"),
     None => env!("CARGO_PKG_VERSION"),
 };
 
@@ -111,11 +112,12 @@ pub fn enrich_one(
         None => (UNKNOWN.into(), UNKNOWN.into()),
     };
 
+    let browser = if cfg!(feature = "canary") { format!("{}+canary", agent.browser) } else { agent.browser };
     Ok(EnrichedClick {
         raw,
         country,
         city,
-        browser: agent.browser,
+        browser,
         os: agent.os,
         device: agent.device,
         plugin_version: VERSION.into(),

@@ -29,6 +29,11 @@ impl Guest for Plugin {
     }
 
     fn enrich(batch: Vec<RawClick>) -> Vec<Result<EnrichedClick, EnrichError>> {
+        // The `always-trap` build fails every batch: a plugin that cannot
+        // pass the golden batch a reload runs before swapping it in.
+        if cfg!(feature = "always-trap") {
+            panic!("built to trap on every batch");
+        }
         let mut hoard: Vec<Vec<u8>> = Vec::new();
         batch
             .into_iter()

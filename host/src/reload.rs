@@ -1,0 +1,365 @@
+//! Hot reload: plugin files and `pipeline.toml`, while the pipeline runs.
+//!
+//! A changed plugin file is compiled off the hot path, checked against its
+//! world, instantiated, configured and run on a golden batch; only then is it
+//! swapped into its slot, atomically. Batches already running finish on the
+//! old version; the next batch takes the new one. A file that fails any step
+//! is rejected with a log line and a counter, and the old version keeps
+//! serving. A changed `pipeline.toml` is parsed and validated completely and
+//! applied by what changed: plugin tables swap plugins, batch sizes and
+//! intervals apply live, connection settings drain and restart the pipeline,
+//! and metric-defining settings are refused.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::check::golden_batch;
+use crate::config::{AggregateConfig, PipelineConfig};
+use crate::geoip::GeoIp;
+use crate::plugin::aggregate::{AggregateParams, AggregateRun, LoadedAggregate};
+use crate::plugin::enrich::{EnrichRunner, LoadedEnrich};
+use crate::plugin::{PluginError, PluginInfo, PluginSpec, Slot};
+use crate::source::Batching;
+use crate::stats::Stats;
+
+/// Quiet time after the last file event before acting: editors and build
+/// tools write a file in several steps (truncate, write, rename).
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Why a reload was refused. The running pipeline is untouched.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new plugin failed to load or to pass the golden batch.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// The new plugin answered the golden batch wrongly.
+    #[error("plugin `{plugin}` failed the golden batch: {reason}")]
+    Golden {
+        /// The slot.
+        plugin: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The new pipeline.toml is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The new pipeline.toml changes what existing aggregates mean.
+    #[error("{file}: refused: {keys} changed; existing aggregates were computed with the old values and would be corrupted. Keep the old values, or point store.database_url at a new database (and index.index at a new index) to start fresh")]
+    MetricsChanged {
+        /// The file.
+        file: PathBuf,
+        /// The keys.
+        keys: String,
+    },
+}
+
+/// Settings the running stages read live.
+#[derive(Clone)]
+pub struct LiveSettings {
+    /// Source batching.
+    pub batching: watch::Sender<Batching>,
+    /// Decode size limit.
+    pub max_record_bytes: Arc<AtomicUsize>,
+    /// Aggregation interval, lateness and batch size.
+    pub aggregate: watch::Sender<AggregateConfig>,
+}
+
+/// A swap that happened.
+#[derive(Debug, Clone)]
+pub struct Swap {
+    /// The version that was serving.
+    pub old: PluginInfo,
+    /// The version serving now.
+    pub new: PluginInfo,
+    /// From noticing the change to serving the new version.
+    pub took: Duration,
+}
+
+/// Loads an enrich plugin and proves it on the golden batch; does not swap.
+pub fn prepare_enrich(spec: PluginSpec, geoip: Option<Arc<GeoIp>>) -> Result<Arc<LoadedEnrich>, ReloadError> {
+    let loaded = LoadedEnrich::load(spec, geoip)?;
+    let golden = golden_batch();
+    let mut runner = EnrichRunner::new(Arc::new(Slot::new(loaded.clone())));
+    let (_, results) = runner.enrich(&golden)?;
+    if let Some(bad) = results.iter().flatten().find(|r| r.plugin_version != loaded.info.version) {
+        return Err(ReloadError::Golden {
+            plugin: loaded.info.slot.clone(),
+            reason: format!("stamped version {:?} but reports {:?}", bad.plugin_version, loaded.info.version),
+        });
+    }
+    Ok(loaded)
+}
+
+/// Loads an aggregate plugin and proves it on the golden batch; does not swap.
+pub fn prepare_aggregate(spec: PluginSpec) -> Result<Arc<LoadedAggregate>, ReloadError> {
+    let loaded = LoadedAggregate::load(spec)?;
+    let mut clicks: Vec<_> = golden_batch()
+        .into_iter()
+        .map(|c| crate::plugin::aggregate::StoredClick {
+            event_id: c.event_id,
+            user_id: c.user_id,
+            timestamp_ms: c.timestamp_ms,
+            url: c.url,
+            country: "unknown".into(),
+        })
+        .collect();
+    clicks.sort_by(|a, b| (&a.user_id, a.timestamp_ms, &a.event_id).cmp(&(&b.user_id, b.timestamp_ms, &b.event_id)));
+    let params = AggregateParams {
+        window_ms: 60_000,
+        session_timeout_ms: 1_800_000,
+        keep_query: false,
+    };
+    let slot = Slot::new(loaded.clone());
+    let mut run = AggregateRun::start(&slot, params, i64::MIN / 2, i64::MAX / 2)?;
+    run.push(&clicks)?;
+    let rows = run.finish()?;
+    let clicks_out: u64 = rows.iter().map(|r| r.clicks).sum();
+    if clicks_out != clicks.len() as u64 {
+        return Err(ReloadError::Golden {
+            plugin: loaded.info.slot.clone(),
+            reason: format!("counted {clicks_out} clicks in a golden batch of {}", clicks.len()),
+        });
+    }
+    Ok(loaded)
+}
+
+/// Watches the plugin files and pipeline.toml and applies changes.
+pub struct Reloader {
+    config: PipelineConfig,
+    enrich: Arc<Slot<LoadedEnrich>>,
+    aggregate: Arc<Slot<LoadedAggregate>>,
+    geoip: Arc<GeoIp>,
+    live: LiveSettings,
+    stats: Arc<Stats>,
+    /// Set when a change needs the pipeline to drain and start again.
+    restart: watch::Sender<Option<PipelineConfig>>,
+}
+
+impl Reloader {
+    /// A reloader for a pipeline started with `config`.
+    pub fn new(
+        config: PipelineConfig,
+        enrich: Arc<Slot<LoadedEnrich>>,
+        aggregate: Arc<Slot<LoadedAggregate>>,
+        geoip: Arc<GeoIp>,
+        live: LiveSettings,
+        stats: Arc<Stats>,
+        restart: watch::Sender<Option<PipelineConfig>>,
+    ) -> Reloader {
+        Reloader { config, enrich, aggregate, geoip, live, stats, restart }
+    }
+
+    /// Replaces the enrich plugin with the file and settings of `spec` if it
+    /// passes every check.
+    pub async fn swap_enrich(&self, spec: PluginSpec) -> Result<Swap, ReloadError> {
+        let started = Instant::now();
+        let geoip = self.geoip.clone();
+        let result = tokio::task::spawn_blocking(move || prepare_enrich(spec, Some(geoip)))
+            .await
+            .expect("plugin preparation does not panic");
+        let loaded = self.count(result, "enrich")?;
+        let old = self.enrich.swap(loaded.clone());
+        Ok(self.swapped(old.info.clone(), loaded.info.clone(), started))
+    }
+
+    /// Replaces the aggregate plugin likewise.
+    pub async fn swap_aggregate(&self, spec: PluginSpec) -> Result<Swap, ReloadError> {
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || prepare_aggregate(spec))
+            .await
+            .expect("plugin preparation does not panic");
+        let loaded = self.count(result, "aggregate")?;
+        let old = self.aggregate.swap(loaded.clone());
+        Ok(self.swapped(old.info.clone(), loaded.info.clone(), started))
+    }
+
+    fn count<T>(&self, result: Result<T, ReloadError>, slot: &str) -> Result<T, ReloadError> {
+        match &result {
+            Ok(_) => self.stats.plugin_reloads(slot, true),
+            Err(e) => {
+                self.stats.plugin_reloads(slot, false);
+                tracing::error!(plugin = slot, error = %e, "plugin reload rejected; the old version keeps serving");
+            }
+        }
+        result
+    }
+
+    fn swapped(&self, old: PluginInfo, new: PluginInfo, started: Instant) -> Swap {
+        let took = started.elapsed();
+        tracing::info!(
+            plugin = %new.slot,
+            old = %format!("{} {}", old.name, old.version),
+            new = %format!("{} {}", new.name, new.version),
+            sha256 = %new.content_hash,
+            took_ms = took.as_millis() as u64,
+            "plugin swapped"
+        );
+        Swap { old, new, took }
+    }
+
+    /// Re-reads pipeline.toml and applies what changed.
+    pub async fn reload_config(&mut self) -> Result<(), ReloadError> {
+        let next = match PipelineConfig::load(&self.config.file) {
+            Ok(next) => next,
+            Err(e) => {
+                self.stats.config_reloads(false);
+                tracing::error!(error = %e, "pipeline.toml rejected; the running pipeline is untouched");
+                return Err(e.into());
+            }
+        };
+        let old = &self.config;
+        let metric_keys: Vec<&str> = [
+            ("aggregate.window_secs", old.aggregate.window_secs != next.aggregate.window_secs),
+            ("aggregate.session_timeout_secs", old.aggregate.session_timeout_secs != next.aggregate.session_timeout_secs),
+            ("aggregate.keep_query", old.aggregate.keep_query != next.aggregate.keep_query),
+        ]
+        .into_iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(k, _)| k)
+        .collect();
+        let new_tables = old.store.database_url != next.store.database_url;
+        if !metric_keys.is_empty() && !new_tables {
+            self.stats.config_reloads(false);
+            let err = ReloadError::MetricsChanged {
+                file: next.file.clone(),
+                keys: metric_keys.join(", "),
+            };
+            tracing::error!(error = %err, "pipeline.toml rejected");
+            return Err(err);
+        }
+        if old.plugins.enrich != next.plugins.enrich {
+            self.swap_enrich(next.enrich_spec()).await?;
+        }
+        if old.plugins.aggregate != next.plugins.aggregate {
+            self.swap_aggregate(next.aggregate_spec()).await?;
+        }
+        let needs_restart = old.source.brokers != next.source.brokers
+            || old.source.topics != next.source.topics
+            || old.source.group_id != next.source.group_id
+            || old.source.kafka != next.source.kafka
+            || old.store != next.store
+            || old.geoip != next.geoip
+            || old.index != next.index
+            || old.api != next.api
+            || !metric_keys.is_empty();
+        self.live.batching.send_replace(Batching {
+            batch_size: next.source.batch_size,
+            max_wait: Duration::from_millis(next.source.batch_max_wait_ms),
+        });
+        self.live.max_record_bytes.store(next.source.max_record_bytes, Ordering::Relaxed);
+        self.live.aggregate.send_replace(next.aggregate.clone());
+        self.stats.config_reloads(true);
+        tracing::info!(file = %next.file.display(), restart = needs_restart, "pipeline.toml applied");
+        self.config = next.clone();
+        if needs_restart {
+            tracing::info!("connection settings changed: draining and reconnecting");
+            self.restart.send_replace(Some(next));
+        }
+        Ok(())
+    }
+
+    /// Watches files and `sighup` until `shutdown`. Files are watched through
+    /// their folders, so a file replaced by rename is seen too.
+    pub async fn run(mut self, sighup: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
+        let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event {
+                for path in event.paths {
+                    let _ = tx.send(path);
+                }
+            }
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch files; hot reload is off (SIGHUP still reloads)");
+                return self.run_without_watcher(sighup, shutdown).await;
+            }
+        };
+        let mut watched = HashMap::new();
+        for (what, path) in self.watched_files() {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+            if !watched.contains_key(&dir) {
+                match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => {
+                        watched.insert(dir, ());
+                    }
+                    Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch {what}"),
+                }
+            }
+        }
+        loop {
+            let changed: Vec<PathBuf> = tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = sighup.notified() => {
+                    tracing::info!("reload requested");
+                    let _ = self.reload_config().await;
+                    continue;
+                }
+                Some(first) = rx.recv() => {
+                    let mut paths = vec![first];
+                    while let Ok(Some(p)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                        paths.push(p);
+                    }
+                    paths
+                }
+            };
+            let touched = |target: &Path| changed.iter().any(|p| same_file(p, target));
+            if touched(&self.config.file) {
+                let _ = self.reload_config().await;
+                continue;
+            }
+            if touched(&self.config.plugins.enrich.path) && self.differs(&self.config.plugins.enrich.path, &self.enrich.current().info) {
+                let _ = self.swap_enrich(self.config.enrich_spec()).await;
+            }
+            if touched(&self.config.plugins.aggregate.path) && self.differs(&self.config.plugins.aggregate.path, &self.aggregate.current().info) {
+                let _ = self.swap_aggregate(self.config.aggregate_spec()).await;
+            }
+        }
+    }
+
+    async fn run_without_watcher(mut self, sighup: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = sighup.notified() => { let _ = self.reload_config().await; }
+            }
+        }
+    }
+
+    fn watched_files(&self) -> Vec<(&'static str, PathBuf)> {
+        vec![
+            ("pipeline.toml", self.config.file.clone()),
+            ("the enrich plugin", self.config.plugins.enrich.path.clone()),
+            ("the aggregate plugin", self.config.plugins.aggregate.path.clone()),
+        ]
+    }
+
+    /// Whether the file's content differs from what is serving: an editor
+    /// touching a file, or a build rewriting the same bytes, is not a change.
+    fn differs(&self, path: &Path, serving: &PluginInfo) -> bool {
+        use sha2::{Digest, Sha256};
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let hash: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+                hash != serving.content_hash
+            }
+            // Mid-rename: the next event brings the new file.
+            Err(_) => false,
+        }
+    }
+}
+
+fn same_file(event_path: &Path, target: &Path) -> bool {
+    let canon = |p: &Path| {
+        let name = p.file_name().map(|n| n.to_os_string());
+        let dir = p.parent().and_then(|d| std::fs::canonicalize(if d.as_os_str().is_empty() { Path::new(".") } else { d }).ok());
+        (dir, name)
+    };
+    canon(event_path) == canon(target)
+}

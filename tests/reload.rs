@@ -1,0 +1,224 @@
+//! Hot reload against the real services: plugin files and pipeline.toml
+//! change under a running pipeline, and no event is lost or doubled.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clickstream::config::PipelineConfig;
+use clickstream::pipeline::Pipeline;
+use clickstream::plugin::enrich::LoadedEnrich;
+use clickstream::plugin::Slot;
+use clickstream::produce::{self, Generator, GeneratorConfig};
+use clickstream::stats::Stats;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Replaces `to` the way build tools do: write a temporary file beside it,
+/// then rename it over.
+fn install(from: &Path, to: &Path) {
+    let tmp = to.with_extension("tmp");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+struct Running {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<Pipeline, clickstream::pipeline::PipelineError>>,
+    enrich: Arc<Slot<LoadedEnrich>>,
+    stats: Arc<Stats>,
+    pipeline: std::path::PathBuf,
+}
+
+/// Reload tests compile plugins while they measure; one at a time keeps
+/// them from slowing each other down.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs a pipeline whose enrich plugin is a copy in `dir`, so the test can replace it.
+async fn start(dir: &Path, topic: &str, db: &str) -> Running {
+    support::init_logs();
+    clickstream::kafka::ensure_topic(&support::brokers(), topic, 4).await.unwrap();
+    install(&support::plugin("enrich"), &dir.join("enrich.wasm"));
+    let pipeline = support::write_pipeline(dir, topic, &support::unique("reload"), db, "");
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    std::fs::write(&pipeline, text.replace(&support::plugin("enrich").display().to_string(), "enrich.wasm")).unwrap();
+    let config = PipelineConfig::load(&pipeline).unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stats = Arc::new(Stats::default());
+    let slot: Arc<Mutex<Option<Arc<Slot<LoadedEnrich>>>>> = Default::default();
+    let task = tokio::spawn(clickstream::pipeline::run_until_stopped(config, stopped, Default::default(), stats.clone(), {
+        let slot = slot.clone();
+        move |p: &Pipeline| *slot.lock().unwrap() = Some(p.enrich.clone())
+    }));
+    let deadline = Instant::now() + WAIT;
+    let enrich = loop {
+        if let Some(s) = slot.lock().unwrap().clone() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "pipeline did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    Running { stop, task, enrich, stats, pipeline }
+}
+
+async fn produce_to(topic: &str, events: u64, seed: u64, rate: Option<u64>) -> BTreeSet<String> {
+    let brokers = support::brokers();
+    clickstream::kafka::ensure_topic(&brokers, topic, 4).await.unwrap();
+    let config = GeneratorConfig { events, users: 200, urls: 20, seed, ..GeneratorConfig::default() };
+    let ids = Generator::new(config.clone()).map(|r| r.event_id).collect();
+    produce::to_kafka(Generator::new(config), &brokers, topic, rate, &Default::default(), &indicatif::ProgressBar::hidden())
+        .await
+        .unwrap();
+    ids
+}
+
+async fn stored(pool: &PgPool) -> i64 {
+    support::count(pool, "SELECT count(*) FROM events").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_enrich_without_loss() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("reload_swap");
+    let db = support::fresh_database("reload_swap").await;
+    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
+    let running = start(dir.path(), &topic, &db).await;
+    let old_version = running.enrich.current().info.version.clone();
+
+    let producing = tokio::spawn({
+        let topic = topic.clone();
+        async move { produce_to(&topic, 12_000, 31, Some(2_500)).await }
+    });
+    support::wait_until(WAIT, "events flowing", || async { stored(&pool).await > 1_000 }).await;
+    let written = Instant::now();
+    install(&support::plugin("enrich-canary"), &dir.path().join("enrich.wasm"));
+    while !running.enrich.current().info.version.ends_with("-canary") {
+        assert!(written.elapsed() < WAIT, "the new version never went live");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let swap_took = written.elapsed();
+    let expected = producing.await.unwrap();
+    support::wait_until(WAIT, "everything stored", || async { stored(&pool).await as usize >= expected.len() }).await;
+    running.stop.send(true).unwrap();
+    running.task.await.unwrap().unwrap();
+    eprintln!("swap went live {swap_took:?} after the file write");
+
+    let rows: Vec<(String, i32, i64, String, String)> =
+        sqlx::query_as("SELECT event_id, \"partition\", \"offset\", plugin_version, browser FROM events ORDER BY \"partition\", \"offset\"")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), expected.len(), "each event stored once");
+    assert_eq!(rows.iter().map(|r| r.0.clone()).collect::<BTreeSet<_>>(), expected);
+    // Per partition, in offset order: old versions first, then new, never mixed.
+    let mut switched: BTreeMap<i32, bool> = BTreeMap::new();
+    let (mut old, mut new) = (0, 0);
+    for (_, partition, offset, version, browser) in &rows {
+        let is_new = version.ends_with("-canary");
+        let seen_new = switched.entry(*partition).or_default();
+        assert!(!(*seen_new && !is_new), "partition {partition} offset {offset} went back to the old version");
+        *seen_new |= is_new;
+        if is_new {
+            new += 1;
+            assert!(browser.ends_with("+canary"), "new version's output at {partition}/{offset}: {browser}");
+        } else {
+            old += 1;
+            assert_eq!(version, &old_version);
+            assert!(!browser.ends_with("+canary"));
+        }
+    }
+    assert!(old > 0 && new > 0, "events on both sides of the swap: {old} old, {new} new");
+    assert_eq!(running.stats.reloads_of("enrich", "accepted"), 1);
+    assert!(swap_took < Duration::from_secs(1), "the swap took {swap_took:?} from the file write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_plugin_files_leave_the_old_version_serving() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("reload_reject");
+    let db = support::fresh_database("reload_reject").await;
+    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
+    let running = start(dir.path(), &topic, &db).await;
+    let serving = running.enrich.current().info.clone();
+    let target = dir.path().join("enrich.wasm");
+    let corrupt = dir.path().join("corrupt.bin");
+    std::fs::write(&corrupt, b"\0asm\x0d\0\x01\0 definitely not a component").unwrap();
+
+    for (n, bad) in [corrupt, support::plugin("aggregate"), support::plugin("misbehave-trap")].iter().enumerate() {
+        install(bad, &target);
+        let stats = running.stats.clone();
+        support::wait_until(WAIT, &format!("rejection of {}", bad.display()), || {
+            let stats = stats.clone();
+            async move { stats.reloads_of("enrich", "rejected") as usize > n }
+        })
+        .await;
+        assert_eq!(running.enrich.current().info, serving, "the old version keeps serving after {}", bad.display());
+    }
+    let expected = produce_to(&topic, 1_000, 32, None).await;
+    support::wait_until(WAIT, "events stored by the old version", || async { stored(&pool).await as usize >= expected.len() }).await;
+    let versions: Vec<String> = sqlx::query_scalar("SELECT DISTINCT plugin_version FROM events").fetch_all(&pool).await.unwrap();
+    assert_eq!(versions, vec![serving.version.clone()]);
+    assert_eq!(running.stats.reloads_of("enrich", "accepted"), 0);
+    running.stop.send(true).unwrap();
+    running.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_toml_edits_apply_live_are_refused_when_invalid_and_reconnect_on_a_topic_change() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("reload_config");
+    let db = support::fresh_database("reload_config").await;
+    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
+    let running = start(dir.path(), &topic, &db).await;
+    let original = std::fs::read_to_string(&running.pipeline).unwrap();
+    let accepted = |n: u64| {
+        let stats = running.stats.clone();
+        move || {
+            let stats = stats.clone();
+            async move { stats.reloads_of("pipeline.toml", "accepted") >= n }
+        }
+    };
+    let rejected = |n: u64| {
+        let stats = running.stats.clone();
+        move || {
+            let stats = stats.clone();
+            async move { stats.reloads_of("pipeline.toml", "rejected") >= n }
+        }
+    };
+
+    // 1. A smaller batch size applies live: 600 records need at least 60 batches of 10.
+    std::fs::write(&running.pipeline, original.replace("batch_size = 500", "batch_size = 10")).unwrap();
+    support::wait_until(WAIT, "the batch size edit to apply", accepted(1)).await;
+    let before = running.stats.batches_written.get();
+    let first = produce_to(&topic, 600, 33, None).await;
+    support::wait_until(WAIT, "events stored", || async { stored(&pool).await as usize >= first.len() }).await;
+    let batches = running.stats.batches_written.get() - before;
+    assert!(batches >= 60, "600 records in {batches} batches: the batch size of 10 did not apply");
+
+    // 2. An invalid edit is refused and nothing changes.
+    std::fs::write(&running.pipeline, original.replace("batch_size = 500", "batch_size = 10\nbatch_sise = 3")).unwrap();
+    support::wait_until(WAIT, "the invalid edit to be refused", rejected(1)).await;
+    // 3. Changing what the metrics mean is refused too.
+    std::fs::write(&running.pipeline, format!("{}\n[aggregate]\nwindow_secs = 300\n", original.replace("batch_size = 500", "batch_size = 10"))).unwrap();
+    support::wait_until(WAIT, "the window change to be refused", rejected(2)).await;
+
+    // 4. A topic change drains, reconnects and consumes the new topic.
+    let second_topic = support::unique("reload_config_2");
+    let second = produce_to(&second_topic, 400, 34, None).await;
+    std::fs::write(&running.pipeline, original.replace(&topic, &second_topic)).unwrap();
+    support::wait_until(WAIT, "the new topic to be consumed", || async {
+        support::count(&pool, &format!("SELECT count(*) FROM events WHERE topic = '{second_topic}'")).await as usize >= second.len()
+    })
+    .await;
+    running.stop.send(true).unwrap();
+    running.task.await.unwrap().unwrap();
+    assert_eq!(stored(&pool).await as usize, first.len() + second.len(), "nothing lost or doubled across the restart");
+}
