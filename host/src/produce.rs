@@ -137,6 +137,9 @@ const REFERRERS: &[&str] = &[
     "https://social.example/feed",
 ];
 
+/// A pause longer than the default session timeout, which ends a session.
+const SESSION_BREAK_MS: f64 = 31.0 * 60_000.0;
+
 /// The generator: an iterator of records.
 pub struct Generator {
     config: GeneratorConfig,
@@ -146,7 +149,10 @@ pub struct Generator {
     users: Vec<(i64, String, &'static str, u32)>,
     user_weights: WeightedIndex<f64>,
     url_weights: WeightedIndex<f64>,
-    mean_gap_ms: f64,
+    /// Per user: the mean gap between clicks, and the chance a click starts
+    /// a new session (a 31-minute break), chosen so the user's expected share
+    /// of the events spreads over the span.
+    pacing: Vec<(f64, f64)>,
     next_bad: usize,
 }
 
@@ -163,9 +169,25 @@ impl Generator {
             })
             .collect();
         // Zipf-like popularity: a few users and pages get most of the clicks.
-        let user_weights = WeightedIndex::new((1..=users).map(|i| 1.0 / (i as f64).powf(0.6))).expect("weights");
+        let weights: Vec<f64> = (1..=users).map(|i| 1.0 / (i as f64).powf(0.6)).collect();
+        let total: f64 = weights.iter().sum();
+        let span_ms = config.span_secs as f64 * 1000.0;
+        let pacing = weights
+            .iter()
+            .map(|w| {
+                // Light users are paced as if they had a few clicks, so chance
+                // extra ones still land inside the span.
+                let clicks = (config.events as f64 * w / total).max(4.0);
+                // Breaks take at most a quarter of a span of two hours or more
+                // (in a shorter one they would overrun it), and come at most
+                // every 20 clicks.
+                let breaks = if span_ms >= 4.0 * SESSION_BREAK_MS { (span_ms / 4.0 / SESSION_BREAK_MS).min(clicks / 20.0) } else { 0.0 };
+                let gap = ((span_ms - breaks * SESSION_BREAK_MS) / clicks).max(1.0);
+                (gap, breaks / clicks)
+            })
+            .collect();
+        let user_weights = WeightedIndex::new(&weights).expect("weights");
         let url_weights = WeightedIndex::new((1..=config.urls.max(1)).map(|i| 1.0 / i as f64)).expect("weights");
-        let mean_gap_ms = (config.span_secs as f64 * 1000.0 * users as f64 / config.events.max(1) as f64).max(1.0);
         Generator {
             config,
             rng,
@@ -173,7 +195,7 @@ impl Generator {
             users: users_vec,
             user_weights,
             url_weights,
-            mean_gap_ms,
+            pacing,
             next_bad: 0,
         }
     }
@@ -199,9 +221,10 @@ impl Generator {
     fn good(&mut self) -> (String, serde_json::Value) {
         let u = self.user_weights.sample(&mut self.rng);
         // Exponential gaps, with an occasional long break that ends a session.
-        let mut gap = -self.mean_gap_ms * (1.0 - self.rng.gen::<f64>()).ln();
-        if self.rng.gen_range(0..20) == 0 {
-            gap += 31.0 * 60_000.0;
+        let (mean_gap, break_chance) = self.pacing[u];
+        let mut gap = -mean_gap * (1.0 - self.rng.gen::<f64>()).ln();
+        if self.rng.gen::<f64>() < break_chance {
+            gap += SESSION_BREAK_MS;
         }
         let ts = self.users[u].0 + gap.max(1.0) as i64;
         if gap > 30.0 * 60_000.0 {
@@ -348,6 +371,21 @@ mod tests {
                     BadKind::Refused => assert_eq!(decoded.unwrap().user_id, ""),
                 }
             }
+        }
+    }
+
+    #[test]
+    fn event_times_stay_near_the_span() {
+        for span_secs in [1_800, 6 * 3_600] {
+            let config = GeneratorConfig { events: 20_000, users: 800, span_secs, ..config(0.0) };
+            let mut times: Vec<i64> = Generator::new(config.clone())
+                .map(|r| decode(&r.payload, 65536, || unreachable!()).unwrap().timestamp_ms - config.start_ms)
+                .collect();
+            times.sort_unstable();
+            let (p50, p99) = (times[times.len() / 2], times[times.len() * 99 / 100]);
+            let span_ms = span_secs as i64 * 1000;
+            assert!(p50 <= span_ms && p50 >= span_ms / 4, "half the events in the span's middle: p50 {p50} of {span_ms} ms");
+            assert!(p99 <= span_ms * 2, "99% of events within two spans: p99 {p99} of {span_ms} ms");
         }
     }
 

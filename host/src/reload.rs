@@ -206,6 +206,8 @@ impl Reloader {
     /// Re-reads pipeline.toml and applies what changed.
     pub async fn reload_config(&mut self) -> Result<(), ReloadError> {
         let next = match PipelineConfig::load(&self.config.file) {
+            // An editor saving the same content, or a touch, is no change.
+            Ok(next) if next == self.config => return Ok(()),
             Ok(next) => next,
             Err(e) => {
                 self.stats.config_reloads(false);
@@ -269,7 +271,9 @@ impl Reloader {
     pub async fn run(mut self, sighup: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
         let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
         let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
+            // Only writes, creations, renames and removals: reads (ours
+            // included, when hashing a file) must not look like changes.
+            if let Some(event) = event.ok().filter(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
                 for path in event.paths {
                     let _ = tx.send(path);
                 }
