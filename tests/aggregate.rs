@@ -61,11 +61,11 @@ async fn start(dir: &std::path::Path, topic: &str, db: &str, search: Option<&str
     let pipeline = support::write_pipeline(dir, topic, &support::unique("agg"), db, "");
     let mut text = std::fs::read_to_string(&pipeline).unwrap();
     if let Some(url) = search {
-        text = text.replace(&std::env::var("ELASTICSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into()), url);
+        text = text.replace(&support::search_url(), url);
     }
     extra.insert_str(0, &text);
     std::fs::write(&pipeline, extra).unwrap();
-    let config = PipelineConfig::load(&pipeline).unwrap();
+    let config = support::load_config(&pipeline);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(clickstream::pipeline::run_until_stopped(config.clone(), stopped, Default::default(), Arc::new(Stats::default()), |_| {}));
     Running { stop, task, config }

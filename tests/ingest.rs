@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clickstream::config::PipelineConfig;
 use clickstream::produce::{self, BadKind, Generator, GeneratorConfig, Record};
 use clickstream::stats::Stats;
 use sqlx::postgres::PgPoolOptions;
@@ -94,7 +93,7 @@ async fn every_good_event_is_stored_once_enriched_and_every_bad_record_is_dead_l
     let total = records.len() + 1;
 
     let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
-    let config = PipelineConfig::load(&pipeline).unwrap();
+    let config = support::load_config(&pipeline);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stats = Arc::new(Stats::default());
     let running = tokio::spawn(clickstream::pipeline::run_until_stopped(config, stopped, Default::default(), stats.clone(), |_| {}));
@@ -298,7 +297,7 @@ async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after
     std::fs::write(&pipeline, fixed.replace(&support::plugin("enrich").display().to_string(), &support::plugin("misbehave").display().to_string())).unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stats = Arc::new(Stats::default());
-    let running = tokio::spawn(clickstream::pipeline::run_until_stopped(PipelineConfig::load(&pipeline).unwrap(), stopped, Default::default(), stats.clone(), |_| {}));
+    let running = tokio::spawn(clickstream::pipeline::run_until_stopped(support::load_config(&pipeline), stopped, Default::default(), stats.clone(), |_| {}));
     let pool = pool(&db).await;
     support::wait_until(WAIT, "every record stored or dead-lettered", || reconciled(&pool, total)).await;
     stop.send(true).unwrap();
@@ -317,7 +316,7 @@ async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after
 
     // Fix: the real plugin accepts those records; replay stores them once.
     std::fs::write(&pipeline, fixed).unwrap();
-    let config = PipelineConfig::load(&pipeline).unwrap();
+    let config = support::load_config(&pipeline);
     let loaded = clickstream::plugin::enrich::LoadedEnrich::load(config.enrich_spec(), None).unwrap();
     let mut runner = clickstream::plugin::enrich::EnrichRunner::new(Arc::new(clickstream::plugin::Slot::new(loaded)));
     let outcome = clickstream::dead_letters::replay(&pool, clickstream::store::WindowSpec::of(&config.aggregate), &mut runner, config.source.max_record_bytes, |_| {}).await.unwrap();

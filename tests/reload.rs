@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clickstream::config::PipelineConfig;
 use clickstream::pipeline::Pipeline;
 use clickstream::plugin::enrich::LoadedEnrich;
 use clickstream::plugin::Slot;
@@ -47,7 +46,7 @@ async fn start(dir: &Path, topic: &str, db: &str) -> Running {
     let pipeline = support::write_pipeline(dir, topic, &support::unique("reload"), db, "");
     let text = std::fs::read_to_string(&pipeline).unwrap();
     std::fs::write(&pipeline, text.replace(&support::plugin("enrich").display().to_string(), "enrich.wasm")).unwrap();
-    let config = PipelineConfig::load(&pipeline).unwrap();
+    let config = support::load_config(&pipeline);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stats = Arc::new(Stats::default());
     let slot: Arc<Mutex<Option<Arc<Slot<LoadedEnrich>>>>> = Default::default();

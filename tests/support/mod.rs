@@ -36,14 +36,46 @@ pub fn city_db() -> PathBuf {
     path
 }
 
+/// The test stack's addresses, read once from the environment (as
+/// `scripts/services env` exports them). The variables are then removed from
+/// this process: they override pipeline.toml, and a test's own pipeline file
+/// (its own database, its own search server) must win, in-process pipelines
+/// and reloads included.
+struct Stack {
+    brokers: String,
+    database_url: String,
+    search_url: String,
+}
+
+fn stack() -> &'static Stack {
+    static STACK: OnceLock<Stack> = OnceLock::new();
+    STACK.get_or_init(|| {
+        let get = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+        let stack = Stack {
+            brokers: get("KAFKA_BROKERS", "127.0.0.1:9092"),
+            database_url: get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
+            search_url: get("ELASTICSEARCH_URL", "http://127.0.0.1:9200"),
+        };
+        for name in OVERRIDES {
+            std::env::remove_var(name);
+        }
+        stack
+    })
+}
+
 /// Brokers of the test stack (`KAFKA_BROKERS`, default the local tansu).
 pub fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+    stack().brokers.clone()
 }
 
 /// The PostgreSQL server of the test stack (`DATABASE_URL`, default local).
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    stack().database_url.clone()
+}
+
+/// The search server of the test stack (`ELASTICSEARCH_URL`, default local).
+pub fn search_url() -> String {
+    stack().search_url.clone()
 }
 
 /// A name no other test or run uses.
@@ -107,12 +139,23 @@ listen = "127.0.0.1:0"
         country = geoip.join("geo-whois-asn-country.mmdb").display(),
         enrich = plugin("enrich").display(),
         aggregate = plugin("aggregate").display(),
-        search = std::env::var("ELASTICSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into()),
+        search = search_url(),
         index = group.to_lowercase().replace('_', "-"),
     );
     let path = dir.join("pipeline.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Environment variables that override pipeline.toml's service addresses.
+/// CI exports them for the whole suite; a test's own pipeline file (its own
+/// database, its own search server) must win over them.
+pub const OVERRIDES: [&str; 4] = ["KAFKA_BROKERS", "DATABASE_URL", "ELASTICSEARCH_URL", "CLICKSTREAM_API_LISTEN"];
+
+/// Loads a test's pipeline file as written, without environment overrides.
+pub fn load_config(path: &Path) -> clickstream::config::PipelineConfig {
+    let text = std::fs::read_to_string(path).unwrap();
+    clickstream::config::PipelineConfig::parse(&text, path, |_| None).unwrap()
 }
 
 /// Waits until `check` returns true, polling; panics with `what` after `timeout`.
@@ -143,7 +186,11 @@ impl Host {
     /// Starts `clickstream run PIPELINE`, logging to `log`.
     pub fn start(pipeline: &Path, log: &Path) -> Host {
         let file = std::fs::File::create(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_clickstream"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_clickstream"));
+        for name in OVERRIDES {
+            command.env_remove(name);
+        }
+        let child = command
             .arg("run")
             .arg(pipeline)
             .env("RUST_LOG", "info")
