@@ -115,9 +115,9 @@ pub fn check(file: &Path, settings: Vec<(String, String)>, limits: PluginLimits,
     Ok(CheckReport::Enricher { name, version, lines })
 }
 
-fn check_aggregator(spec: PluginSpec, events: Vec<RawClick>) -> Result<CheckReport, PluginError> {
-    let loaded = LoadedAggregate::load(spec)?;
-    let (name, version) = (loaded.info.name.clone(), loaded.info.version.clone());
+/// Sample clicks as an aggregator sees them (country unknown), in the
+/// (user, time, event id) order it requires.
+pub fn as_stored_clicks(events: Vec<RawClick>) -> Vec<StoredClick> {
     let mut clicks: Vec<StoredClick> = events
         .into_iter()
         .map(|c| StoredClick {
@@ -129,11 +129,21 @@ fn check_aggregator(spec: PluginSpec, events: Vec<RawClick>) -> Result<CheckRepo
         })
         .collect();
     clicks.sort_by(|a, b| (&a.user_id, a.timestamp_ms, &a.event_id).cmp(&(&b.user_id, b.timestamp_ms, &b.event_id)));
-    let params = AggregateParams {
-        window_ms: 60_000,
-        session_timeout_ms: 30 * 60_000,
-        keep_query: false,
-    };
+    clicks
+}
+
+/// The default metric parameters (60 s windows, 30 min session timeout).
+pub const SAMPLE_PARAMS: AggregateParams = AggregateParams {
+    window_ms: 60_000,
+    session_timeout_ms: 30 * 60_000,
+    keep_query: false,
+};
+
+fn check_aggregator(spec: PluginSpec, events: Vec<RawClick>) -> Result<CheckReport, PluginError> {
+    let loaded = LoadedAggregate::load(spec)?;
+    let (name, version) = (loaded.info.name.clone(), loaded.info.version.clone());
+    let clicks = as_stored_clicks(events);
+    let params = SAMPLE_PARAMS;
     let from = clicks.iter().map(|c| c.timestamp_ms).min().unwrap_or(0).div_euclid(60_000) * 60_000;
     let to = (clicks.iter().map(|c| c.timestamp_ms).max().unwrap_or(0).div_euclid(60_000) + 1) * 60_000;
     let mut run = AggregateRun::start(&Slot::new(loaded), params, from, to)?;

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::check::golden_batch;
+use crate::check::{as_stored_clicks, golden_batch, SAMPLE_PARAMS};
 use crate::config::{AggregateConfig, PipelineConfig};
 use crate::geoip::GeoIp;
-use crate::plugin::aggregate::{AggregateParams, AggregateRun, LoadedAggregate};
+use crate::plugin::aggregate::{AggregateRun, LoadedAggregate};
 use crate::plugin::enrich::{EnrichRunner, LoadedEnrich};
 use crate::plugin::{PluginError, PluginInfo, PluginSpec, Slot};
 use crate::source::Batching;
@@ -99,24 +99,9 @@ pub fn prepare_enrich(spec: PluginSpec, geoip: Option<Arc<GeoIp>>) -> Result<Arc
 /// Loads an aggregate plugin and proves it on the golden batch; does not swap.
 pub fn prepare_aggregate(spec: PluginSpec) -> Result<Arc<LoadedAggregate>, ReloadError> {
     let loaded = LoadedAggregate::load(spec)?;
-    let mut clicks: Vec<_> = golden_batch()
-        .into_iter()
-        .map(|c| crate::plugin::aggregate::StoredClick {
-            event_id: c.event_id,
-            user_id: c.user_id,
-            timestamp_ms: c.timestamp_ms,
-            url: c.url,
-            country: "unknown".into(),
-        })
-        .collect();
-    clicks.sort_by(|a, b| (&a.user_id, a.timestamp_ms, &a.event_id).cmp(&(&b.user_id, b.timestamp_ms, &b.event_id)));
-    let params = AggregateParams {
-        window_ms: 60_000,
-        session_timeout_ms: 1_800_000,
-        keep_query: false,
-    };
+    let clicks = as_stored_clicks(golden_batch());
     let slot = Slot::new(loaded.clone());
-    let mut run = AggregateRun::start(&slot, params, i64::MIN / 2, i64::MAX / 2)?;
+    let mut run = AggregateRun::start(&slot, SAMPLE_PARAMS, i64::MIN / 2, i64::MAX / 2)?;
     run.push(&clicks)?;
     let rows = run.finish()?;
     let clicks_out: u64 = rows.iter().map(|r| r.clicks).sum();
