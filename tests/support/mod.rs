@@ -95,6 +95,18 @@ pub async fn fresh_database(name: &str) -> String {
     let mut conn = sqlx::PgConnection::connect(&base)
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL at {base} does not answer ({e}): run `scripts/services up`"));
+    // Databases left by earlier runs of this test whose process is gone.
+    let stale: Vec<String> = sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE $1")
+        .bind(format!("{}\\_%", name.to_lowercase()))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_default();
+    for old in stale {
+        let pid = old[name.len() + 1..].split('_').next().unwrap_or_default();
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{old}\" WITH (FORCE)")).execute(&mut conn).await;
+        }
+    }
     let db = unique(name).to_lowercase();
     sqlx::query(&format!("CREATE DATABASE \"{db}\"")).execute(&mut conn).await.unwrap();
     let (server, _) = base.rsplit_once('/').unwrap();
