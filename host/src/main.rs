@@ -328,9 +328,7 @@ fn dead_letters(pipeline: &Path, all: bool, limit: i64, replay: bool) -> anyhow:
     let config = PipelineConfig::load(pipeline)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let store = clickstream::store::Store::connect(&config.store.database_url, clickstream::store::WindowSpec::of(&config.aggregate))
-            .await
-            .context("while connecting to [store] database_url")?;
+        let store = connect_store(&config).await?;
         if replay {
             let geoip = Arc::new(GeoIp::open(&config.geoip.databases)?);
             let loaded = LoadedEnrich::load(config.enrich_spec(), Some(geoip)).context("while loading [plugins.enrich]")?;
@@ -369,9 +367,7 @@ fn backfill(pipeline: &Path, from: i64, to: i64) -> anyhow::Result<()> {
     let config = PipelineConfig::load(pipeline)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let store = clickstream::store::Store::connect(&config.store.database_url, clickstream::store::WindowSpec::of(&config.aggregate))
-            .await
-            .context("while connecting to [store] database_url")?;
+        let store = connect_store(&config).await?;
         let plugin = LoadedAggregate::load(config.aggregate_spec()).context("while loading [plugins.aggregate]")?;
         let indexer = clickstream::index::Indexer::new(&config.index)?;
         let aggregator = clickstream::aggregate::Aggregator::new(
@@ -396,4 +392,11 @@ fn backfill(pipeline: &Path, from: i64, to: i64) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+/// The store of a pipeline file, for the commands that work on its tables.
+async fn connect_store(config: &PipelineConfig) -> anyhow::Result<clickstream::store::Store> {
+    clickstream::store::Store::connect(&config.store.database_url, clickstream::store::WindowSpec::of(&config.aggregate))
+        .await
+        .with_context(|| format!("while connecting to [store] database_url in {}", config.file.display()))
 }
