@@ -234,7 +234,10 @@ impl Store {
                 tracing::warn!(topic = %key.0, partition = key.1, from = stored, to = *first, "offset gap: records in between were not delivered by the broker");
             }
         }
-        let is_new = |p: &Provenance| p.offset >= stored_offsets.get(&(p.topic.clone(), p.partition)).copied().unwrap_or(0);
+        // Borrowed keys: this runs once per record, on the hot path.
+        let stored: std::collections::HashMap<(&str, i32), i64> =
+            stored_offsets.iter().map(|((t, p), n)| ((t.as_str(), *p), *n)).collect();
+        let is_new = |p: &Provenance| p.offset >= stored.get(&(p.topic.as_str(), p.partition)).copied().unwrap_or(0);
 
         let events: Vec<&EventRow> = batch.events.iter().filter(|e| is_new(&e.provenance)).collect();
         let dead: Vec<&DeadLetter> = batch.dead_letters.iter().filter(|d| is_new(&d.provenance)).collect();
@@ -279,15 +282,6 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.into_iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect())
-    }
-
-    /// The stored next offset of every partition of `topic`.
-    pub async fn next_offsets(&self, topic: &str) -> Result<BTreeMap<i32, i64>, sqlx::Error> {
-        let rows = sqlx::query("SELECT \"partition\", next_offset FROM ingest_offsets WHERE topic = $1")
-            .bind(topic)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }
 

@@ -73,10 +73,6 @@ impl LoadedAggregate {
         Ok(Arc::new(loaded))
     }
 
-    /// The settings and limits it was loaded with.
-    pub fn spec(&self) -> &PluginSpec {
-        &self.spec
-    }
 }
 
 struct AggregateInstance {

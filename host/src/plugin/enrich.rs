@@ -105,10 +105,6 @@ impl LoadedEnrich {
         Ok(Arc::new(loaded))
     }
 
-    /// The settings and limits it was loaded with.
-    pub fn spec(&self) -> &PluginSpec {
-        &self.spec
-    }
 }
 
 /// A live instance: one store, owned by one runner.
