@@ -10,6 +10,7 @@
 //! Rows not yet in the search index are indexed after; the table tracks what
 //! the index holds, so an outage only delays indexing.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use crate::config::AggregateConfig;
 use crate::index::{AggregateDoc, IndexError, Indexer};
 use crate::plugin::aggregate::{AggregateParams, AggregateRun, LoadedAggregate, StoredClick};
 use crate::plugin::{PluginError, Slot};
-use crate::stats::Stats;
+use crate::stats::{BatchStage, Stats};
 
 /// Most windows aggregated in one plugin run; bounds a run's memory and
 /// the time a window's lock is held.
@@ -199,6 +200,9 @@ impl Aggregator {
             session_timeout_ms: self.session_timeout_ms(),
             keep_query: settings.keep_query,
         };
+        let started = std::time::Instant::now();
+        let mut streamed = 0usize;
+        let mut newest: HashMap<i64, i64> = HashMap::new();
         let mut run = tokio::task::block_in_place(|| AggregateRun::start(&self.plugin, params, from, to))?;
         {
             let mut events = sqlx::query(
@@ -222,10 +226,17 @@ impl Aggregator {
             .fetch(&mut *tx);
             let mut batch = Vec::with_capacity(settings.batch_size);
             while let Some(row) = events.try_next().await? {
+                let ts: i64 = row.get(2);
+                if ts < to {
+                    let window = from + (ts - from) / self.window_ms() * self.window_ms();
+                    let newest = newest.entry(window).or_insert(ts);
+                    *newest = (*newest).max(ts);
+                }
+                streamed += 1;
                 batch.push(StoredClick {
                     event_id: row.get(0),
                     user_id: row.get(1),
-                    timestamp_ms: row.get(2),
+                    timestamp_ms: ts,
                     url: row.get(3),
                     country: row.get(4),
                 });
@@ -245,9 +256,10 @@ impl Aggregator {
         sqlx::query("DELETE FROM aggregates WHERE window_start_ms = ANY($1)").bind(windows).execute(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO aggregates (window_start_ms, window_end_ms, url, country, clicks, unique_users,
-                                     time_spent_total_ms, time_spent_samples, is_final, plugin_name, plugin_version, aggregated_at)
-             SELECT *, $10, $11, now() FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[],
-                                                 $6::bigint[], $7::bigint[], $8::bigint[], $9::bool[])",
+                                     time_spent_total_ms, time_spent_samples, is_final, newest_event_ms,
+                                     plugin_name, plugin_version, aggregated_at)
+             SELECT *, $11, $12, now() FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[],
+                                                 $6::bigint[], $7::bigint[], $8::bigint[], $9::bool[], $10::bigint[])",
         )
         .bind(rows.iter().map(|r| r.window_start_ms).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.window_start_ms + self.window_ms()).collect::<Vec<_>>())
@@ -258,6 +270,7 @@ impl Aggregator {
         .bind(rows.iter().map(|r| r.time_spent_total_ms as i64).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.time_spent_samples as i64).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| is_final(r.window_start_ms)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| newest.get(&r.window_start_ms).copied()).collect::<Vec<_>>())
         .bind(&plugin.name)
         .bind(&plugin.version)
         .execute(&mut *tx)
@@ -273,6 +286,7 @@ impl Aggregator {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.stats.batch(BatchStage::Aggregate, streamed, started.elapsed());
         Ok(Some(rows.len() as u64))
     }
 
@@ -283,7 +297,7 @@ impl Aggregator {
         loop {
             let rows = sqlx::query(
                 "SELECT window_start_ms, window_end_ms, url, country, clicks, unique_users, time_spent_total_ms,
-                        time_spent_samples, is_final, plugin_name, plugin_version, aggregated_at
+                        time_spent_samples, is_final, plugin_name, plugin_version, aggregated_at, newest_event_ms
                  FROM aggregates WHERE indexed_at IS NULL AND index_error IS NULL
                  ORDER BY window_start_ms LIMIT $1",
             )
@@ -315,7 +329,9 @@ impl Aggregator {
                     }
                 })
                 .collect();
+            let started = std::time::Instant::now();
             let outcome = self.indexer.index(&docs).await?;
+            self.stats.batch(BatchStage::Index, docs.len(), started.elapsed());
             let mut rejected = vec![None; docs.len()];
             for r in &outcome.rejected {
                 rejected[r.position] = Some(format!("{} ({})", r.reason, r.status));
@@ -334,6 +350,12 @@ impl Aggregator {
             .bind(&rejected)
             .execute(&self.pool)
             .await?;
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            for (row, error) in rows.iter().zip(&rejected) {
+                if let (None, Some(newest)) = (error, row.get::<Option<i64>, _>(12)) {
+                    self.stats.event_to_index_seconds.observe((now_ms - newest).max(0) as f64 / 1000.0);
+                }
+            }
             let refused = outcome.rejected.len() as u64;
             self.stats.documents_indexed.add(outcome.indexed as u64);
             self.stats.documents_rejected.add(refused);

@@ -12,7 +12,7 @@ use crate::decode::decode;
 use crate::plugin::enrich::{EnrichResults, EnrichRunner, LoadedEnrich, RawClick};
 use crate::plugin::PluginError;
 use crate::source::Consumed;
-use crate::stats::Stats;
+use crate::stats::{BatchStage, Stats};
 use crate::store::{DeadLetter, EventRow, Stage, WriteBatch};
 
 /// Runs the stage until `input` closes; `output` closes when it returns.
@@ -27,7 +27,10 @@ pub fn spawn(
         .name("enrich".into())
         .spawn(move || {
             while let Some(records) = input.blocking_recv() {
+                let started = std::time::Instant::now();
+                let len = records.len();
                 let batch = process(&mut runner, records, max_record_bytes.load(Ordering::Relaxed), &stats);
+                stats.batch(BatchStage::Enrich, len, started.elapsed());
                 if output.blocking_send(batch).is_err() {
                     return;
                 }

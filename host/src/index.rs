@@ -698,7 +698,8 @@ impl Indexer {
     }
 
     /// The JSON body of a successful answer; the error otherwise.
-    async fn json(&self, response: Result<Response, elasticsearch::Error>, operation: &str) -> Result<Value, IndexError> {
+    /// The JSON body of a response, or the error it stands for.
+    pub(crate) async fn json(&self, response: Result<Response, elasticsearch::Error>, operation: &str) -> Result<Value, IndexError> {
         let response = response.map_err(|e| self.unavailable(&e))?;
         let status = response.status_code().as_u16();
         let text = response.text().await.map_err(|e| self.unavailable(&e))?;

@@ -316,9 +316,23 @@ fn run_pipeline(pipeline: &Path) -> anyhow::Result<()> {
             std::process::exit(130);
         });
         let stats = Arc::new(clickstream::stats::Stats::default());
-        clickstream::pipeline::run_until_stopped(config, stop_rx, sighup, stats, |_| {})
+        let api = clickstream::api::Api::new(stats.clone());
+        let listen = config.api.listen.clone();
+        let listener = tokio::net::TcpListener::bind(&listen)
             .await
-            .with_context(|| format!("while running {}", pipeline.display()))
+            .with_context(|| format!("while binding [api] listen = {listen:?} in {} (is another process on that port?)", pipeline.display()))?;
+        tracing::info!(listen = %listen, "HTTP API and dashboard at http://{listen}/");
+        let serving = tokio::spawn(api.clone().serve(listener, stop_rx.clone()));
+        let result = clickstream::pipeline::run_until_stopped(config, stop_rx, sighup, stats, |running| {
+            if running.config.api.listen != listen {
+                tracing::warn!(listen = %listen, wanted = %running.config.api.listen, "api.listen changed; the API keeps its address until the process restarts");
+            }
+            api.serve_pipeline(running);
+        })
+        .await
+        .with_context(|| format!("while running {}", pipeline.display()));
+        let _ = serving.await;
+        result
     })?;
     Ok(())
 }

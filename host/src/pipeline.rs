@@ -16,11 +16,11 @@ use crate::index::Indexer;
 use crate::plugin::aggregate::LoadedAggregate;
 use crate::plugin::enrich::{EnrichRunner, LoadedEnrich};
 use crate::plugin::{PluginError, Slot};
-use crate::reload::{LiveSettings, Reloader};
+use crate::reload::{LiveSettings, ReloadRequest, Reloader};
 use rdkafka::consumer::Consumer;
 
-use crate::source::{self, Batching};
-use crate::stats::Stats;
+use crate::source::{self, Batching, SourceConsumer};
+use crate::stats::{BatchStage, Stats};
 use crate::store::{Store, StoreError, WindowSpec, WriteBatch};
 
 /// Why the pipeline could not start.
@@ -59,7 +59,10 @@ pub enum Exit {
 }
 
 /// The pipeline's shared parts, for tests and the API.
+#[derive(Clone)]
 pub struct Pipeline {
+    /// The configuration it runs with.
+    pub config: Arc<PipelineConfig>,
     /// Counters.
     pub stats: Arc<Stats>,
     /// The live enrich plugin.
@@ -68,6 +71,12 @@ pub struct Pipeline {
     pub aggregate: Arc<Slot<LoadedAggregate>>,
     /// The store.
     pub store: Store,
+    /// The Kafka consumer, for readiness.
+    pub consumer: Arc<SourceConsumer>,
+    /// The search index, for readiness and queries.
+    pub indexer: Indexer,
+    /// Forced plugin reloads.
+    pub reload: mpsc::Sender<ReloadRequest>,
 }
 
 /// Longest pause between attempts to write a batch while PostgreSQL is down.
@@ -111,7 +120,7 @@ pub async fn run(
         "plugins loaded"
     );
     let store = connect_store(&config.store.database_url, WindowSpec::of(&config.aggregate), &shutdown).await?;
-    let consumer = source::connect(&config.source).map_err(|source| PipelineError::Kafka {
+    let consumer = source::connect(&config.source, stats.clone()).map_err(|source| PipelineError::Kafka {
         brokers: config.source.brokers.clone(),
         source,
     })?;
@@ -144,9 +153,11 @@ pub async fn run(
         aggregate: aggregate_tx,
     };
     let reloader = Reloader::new(config.clone(), enrich.clone(), aggregate.clone(), geoip, live, stats.clone(), restart_tx.clone());
-    let reloading = tokio::spawn(reloader.run(sighup, drain.clone()));
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let reloading = tokio::spawn(reloader.run(sighup, reload_rx, drain.clone()));
 
-    let aggregator = Aggregator::new(store.pool().clone(), aggregate.clone(), aggregate_rx, Indexer::new(&config.index)?, stats.clone());
+    let indexer = Indexer::new(&config.index)?;
+    let aggregator = Aggregator::new(store.pool().clone(), aggregate.clone(), aggregate_rx, indexer.clone(), stats.clone());
     let aggregating = tokio::spawn(aggregator.run(drain.clone()));
 
     let depth = config.store.max_in_flight_batches;
@@ -155,7 +166,16 @@ pub async fn run(
     let reading = tokio::spawn(source::run(consumer.clone(), batching_rx, records_tx, drain.clone(), stats.clone()));
     let enriching = crate::enrich::spawn(EnrichRunner::new(enrich.clone()), max_record_bytes, records_rx, batches_tx, stats.clone());
 
-    let pipeline = Pipeline { stats: stats.clone(), enrich, aggregate, store: store.clone() };
+    let pipeline = Pipeline {
+        config: Arc::new(config),
+        stats: stats.clone(),
+        enrich,
+        aggregate,
+        store: store.clone(),
+        consumer: consumer.clone(),
+        indexer,
+        reload: reload_tx,
+    };
     started(&pipeline);
 
     while let Some(batch) = batches_rx.recv().await {
@@ -213,14 +233,22 @@ async fn connect_store(url: &str, windows: WindowSpec, shutdown: &watch::Receive
 /// meanwhile the channels fill and reading pauses, so nothing is dropped.
 async fn store_batch(store: &Store, batch: &WriteBatch, stats: &Stats) {
     let mut backoff = Duration::from_millis(100);
+    let started = std::time::Instant::now();
     loop {
         match store.write(batch).await {
             Ok(outcome) => {
+                stats.batch(BatchStage::Store, batch.len(), started.elapsed());
                 stats.stored.add(outcome.stored);
                 stats.dead_lettered.add(outcome.dead_lettered);
                 stats.redelivered.add(outcome.redelivered);
                 stats.duplicates.add(outcome.duplicates);
                 stats.batches_written.inc();
+                for ((stage, kind), n) in &outcome.dead_letters_by {
+                    stats.dead_letters(stage, kind, *n);
+                }
+                for ((topic, partition), next) in &batch.next_offsets {
+                    stats.stored_next(topic, *partition, *next);
+                }
                 if backoff > Duration::from_millis(100) {
                     tracing::info!("PostgreSQL is back; ingestion resumed");
                 }

@@ -114,6 +114,33 @@ pub fn prepare_aggregate(spec: PluginSpec) -> Result<Arc<LoadedAggregate>, Reloa
     Ok(loaded)
 }
 
+/// Loaded plugins of either kind, for the reload history.
+pub trait HasInfo {
+    /// What identifies the version.
+    fn info(&self) -> &PluginInfo;
+}
+
+impl HasInfo for LoadedEnrich {
+    fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+}
+
+impl HasInfo for LoadedAggregate {
+    fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+}
+
+/// A request to reload a plugin from its file now (the API's forced reload):
+/// the file is loaded and proven even when its content is unchanged.
+pub struct ReloadRequest {
+    /// The slot: `enrich` or `aggregate`.
+    pub slot: String,
+    /// Gets the version now serving, or why the reload was refused.
+    pub reply: tokio::sync::oneshot::Sender<Result<PluginInfo, String>>,
+}
+
 /// Watches the plugin files and pipeline.toml and applies changes.
 pub struct Reloader {
     config: PipelineConfig,
@@ -164,11 +191,14 @@ impl Reloader {
         Ok(self.swapped(old.info.clone(), loaded.info.clone(), started))
     }
 
-    fn count<T>(&self, result: Result<T, ReloadError>, slot: &str) -> Result<T, ReloadError> {
+    fn count<T: std::ops::Deref<Target = impl HasInfo>>(&self, result: Result<T, ReloadError>, slot: &str) -> Result<T, ReloadError> {
         match &result {
-            Ok(_) => self.stats.plugin_reloads(slot, true),
+            Ok(loaded) => {
+                let info = loaded.info();
+                self.stats.plugin_reloads(slot, true, format!("{} {} (sha256 {})", info.name, info.version, &info.content_hash[..12]));
+            }
             Err(e) => {
-                self.stats.plugin_reloads(slot, false);
+                self.stats.plugin_reloads(slot, false, e.to_string());
                 tracing::error!(plugin = slot, error = %e, "plugin reload rejected; the old version keeps serving");
             }
         }
@@ -195,7 +225,7 @@ impl Reloader {
             Ok(next) if next == self.config => return Ok(()),
             Ok(next) => next,
             Err(e) => {
-                self.stats.config_reloads(false);
+                self.stats.config_reloads(false, e.to_string());
                 tracing::error!(error = %e, "pipeline.toml rejected; the running pipeline is untouched");
                 return Err(e.into());
             }
@@ -212,11 +242,11 @@ impl Reloader {
         .collect();
         let new_tables = old.store.database_url != next.store.database_url;
         if !metric_keys.is_empty() && !new_tables {
-            self.stats.config_reloads(false);
             let err = ReloadError::MetricsChanged {
                 file: next.file.clone(),
                 keys: metric_keys.join(", "),
             };
+            self.stats.config_reloads(false, err.to_string());
             tracing::error!(error = %err, "pipeline.toml rejected");
             return Err(err);
         }
@@ -241,7 +271,7 @@ impl Reloader {
         });
         self.live.max_record_bytes.store(next.source.max_record_bytes, Ordering::Relaxed);
         self.live.aggregate.send_replace(next.aggregate.clone());
-        self.stats.config_reloads(true);
+        self.stats.config_reloads(true, if needs_restart { "applied; reconnecting".into() } else { "applied live".into() });
         tracing::info!(file = %next.file.display(), restart = needs_restart, "pipeline.toml applied");
         self.config = next.clone();
         if needs_restart {
@@ -253,7 +283,7 @@ impl Reloader {
 
     /// Watches files and `sighup` until `shutdown`. Files are watched through
     /// their folders, so a file replaced by rename is seen too.
-    pub async fn run(mut self, sighup: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, sighup: Arc<Notify>, mut requests: mpsc::Receiver<ReloadRequest>, mut shutdown: watch::Receiver<bool>) {
         let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
         let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             // Only writes, creations, renames and removals: reads (ours
@@ -267,7 +297,7 @@ impl Reloader {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(error = %e, "cannot watch files; hot reload is off (SIGHUP still reloads)");
-                return self.run_without_watcher(sighup, shutdown).await;
+                return self.run_without_watcher(sighup, requests, shutdown).await;
             }
         };
         let mut watched = HashMap::new();
@@ -288,6 +318,10 @@ impl Reloader {
                 _ = sighup.notified() => {
                     tracing::info!("reload requested");
                     let _ = self.reload_config().await;
+                    continue;
+                }
+                Some(request) = requests.recv() => {
+                    self.forced(request).await;
                     continue;
                 }
                 Some(first) = rx.recv() => {
@@ -312,13 +346,25 @@ impl Reloader {
         }
     }
 
-    async fn run_without_watcher(mut self, sighup: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    async fn run_without_watcher(mut self, sighup: Arc<Notify>, mut requests: mpsc::Receiver<ReloadRequest>, mut shutdown: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = sighup.notified() => { let _ = self.reload_config().await; }
+                Some(request) = requests.recv() => self.forced(request).await,
             }
         }
+    }
+
+    /// Serves a forced reload of one plugin slot.
+    async fn forced(&self, request: ReloadRequest) {
+        tracing::info!(plugin = %request.slot, "reload requested through the API");
+        let result = match request.slot.as_str() {
+            "enrich" => self.swap_enrich(self.config.enrich_spec()).await.map(|s| s.new).map_err(|e| e.to_string()),
+            "aggregate" => self.swap_aggregate(self.config.aggregate_spec()).await.map(|s| s.new).map_err(|e| e.to_string()),
+            other => Err(format!("no plugin slot `{other}`; the slots are `enrich` and `aggregate`")),
+        };
+        let _ = request.reply.send(result);
     }
 
     fn watched_files(&self) -> Vec<(&'static str, PathBuf)> {

@@ -12,7 +12,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::SourceConfig;
-use crate::stats::Stats;
+use crate::stats::{BatchStage, Stats};
 use crate::store::Provenance;
 
 /// One record as read from Kafka.
@@ -36,16 +36,35 @@ impl Consumed {
 }
 
 /// Logs partition assignments, which is what an operator wants to see when
-/// hosts join or leave the group.
-pub struct SourceContext;
+/// hosts join or leave the group, and feeds the client's statistics (the
+/// brokers' high watermarks) into the lag metric.
+pub struct SourceContext {
+    stats: Arc<Stats>,
+}
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (name, topic) in &statistics.topics {
+            for (id, partition) in &topic.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; a
+                // negative watermark means "not known yet".
+                if *id >= 0 && partition.desired && partition.hi_offset >= 0 {
+                    self.stats.high_watermark(name, *id, partition.hi_offset);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => tracing::info!(partitions = %describe(tpl), "partitions assigned"),
-            Rebalance::Revoke(tpl) => tracing::info!(partitions = %describe(tpl), "partitions revoked"),
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = %describe(tpl), "partitions revoked");
+                let revoked: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+                self.stats.partitions_revoked(&revoked);
+            }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }
@@ -63,7 +82,7 @@ fn describe(tpl: &TopicPartitionList) -> String {
 pub type SourceConsumer = StreamConsumer<SourceContext>;
 
 /// Creates the consumer and subscribes to the configured topics.
-pub fn connect(config: &SourceConfig) -> Result<Arc<SourceConsumer>, KafkaError> {
+pub fn connect(config: &SourceConfig, stats: Arc<Stats>) -> Result<Arc<SourceConsumer>, KafkaError> {
     let mut client = crate::kafka::client_config(&config.brokers, &config.kafka);
     client
         .set("group.id", &config.group_id)
@@ -76,11 +95,14 @@ pub fn connect(config: &SourceConfig) -> Result<Arc<SourceConsumer>, KafkaError>
         // A topic created after start-up is found within seconds, not the
         // default five minutes.
         .set("topic.metadata.refresh.interval.ms", "5000")
-        .set("fetch.max.bytes", "52428800");
+        .set("fetch.max.bytes", "52428800")
+        // High watermarks for the lag metric; parsing the statistics costs
+        // little at this interval.
+        .set("statistics.interval.ms", "2000");
     for (k, v) in &config.kafka {
         client.set(k, v);
     }
-    let consumer: SourceConsumer = client.create_with_context(SourceContext)?;
+    let consumer: SourceConsumer = client.create_with_context(SourceContext { stats })?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(Arc::new(consumer))
@@ -106,12 +128,15 @@ pub async fn run(
 ) {
     let mut batch: Vec<Consumed> = Vec::new();
     let mut deadline = tokio::time::Instant::now();
+    let mut started = std::time::Instant::now();
+    let handed = |batch: &[Consumed], started: std::time::Instant| stats.batch(BatchStage::Source, batch.len(), started.elapsed());
     loop {
         let limits = *batching.borrow();
         tokio::select! {
             biased;
             _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => break,
             _ = tokio::time::sleep_until(deadline), if !batch.is_empty() => {
+                handed(&batch, started);
                 if out.send(std::mem::take(&mut batch)).await.is_err() {
                     return;
                 }
@@ -120,11 +145,16 @@ pub async fn run(
                 Ok(record) => {
                     if batch.is_empty() {
                         deadline = tokio::time::Instant::now() + limits.max_wait;
+                        started = std::time::Instant::now();
                     }
                     stats.consumed.inc();
+                    stats.consumed_bytes.add(record.payload.len() as u64);
                     batch.push(record);
-                    if batch.len() >= limits.batch_size && out.send(std::mem::take(&mut batch)).await.is_err() {
-                        return;
+                    if batch.len() >= limits.batch_size {
+                        handed(&batch, started);
+                        if out.send(std::mem::take(&mut batch)).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 Err(e) => {

@@ -118,7 +118,7 @@ impl WriteBatch {
 }
 
 /// What a write did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteOutcome {
     /// Events inserted.
     pub stored: u64,
@@ -129,6 +129,8 @@ pub struct WriteOutcome {
     /// Events skipped because their event id was stored already from
     /// another offset (the tracker sent the same event twice).
     pub duplicates: u64,
+    /// Dead letters inserted, by (stage, kind).
+    pub dead_letters_by: BTreeMap<(&'static str, String), u64>,
 }
 
 /// Store errors.
@@ -252,6 +254,9 @@ impl Store {
         }
         if !dead.is_empty() {
             outcome.dead_lettered = insert_dead_letters(&mut tx, &dead).await?;
+            for d in &dead {
+                *outcome.dead_letters_by.entry((d.stage.as_str(), d.kind.clone())).or_default() += 1;
+            }
         }
         let next: Vec<i64> = batch.next_offsets.values().copied().collect();
         let mut max_ts: BTreeMap<(&str, i32), i64> = BTreeMap::new();

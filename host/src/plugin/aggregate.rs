@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use wasmtime::component::{Linker, ResourceAny};
 use wasmtime::Store;
 
-use super::{call_error, compile, engine, new_store, HostState, PluginError, PluginInfo, PluginSpec, Slot};
+use super::{call_error, compile, engine, new_store, HostState, PluginCounters, PluginError, PluginInfo, PluginSpec, Slot};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -106,21 +106,42 @@ pub struct AggregateRun {
     loaded: Arc<LoadedAggregate>,
     instance: AggregateInstance,
     run: ResourceAny,
+    counters: Arc<PluginCounters>,
 }
 
 impl AggregateRun {
     /// Starts a run over the windows of `[from_ms, to_ms)`.
     pub fn start(slot: &Slot<LoadedAggregate>, params: AggregateParams, from_ms: i64, to_ms: i64) -> Result<AggregateRun, PluginError> {
         let loaded = slot.current();
-        let mut instance = AggregateInstance::new(&loaded)?;
-        instance.store.set_epoch_deadline(loaded.spec.limits.deadline_ticks());
-        let run = instance
-            .bindings
-            .clickstream_pipeline_aggregation()
-            .window_run()
-            .call_constructor(&mut instance.store, params, from_ms, to_ms)
-            .map_err(|e| call_error(e, &mut instance.store, &loaded.info, &loaded.spec.limits))?;
-        Ok(AggregateRun { loaded, instance, run })
+        let counters = slot.counters().clone();
+        counters.calls.inc();
+        let started = AggregateInstance::new(&loaded).and_then(|mut instance| {
+            instance.store.set_epoch_deadline(loaded.spec.limits.deadline_ticks());
+            let run = instance
+                .bindings
+                .clickstream_pipeline_aggregation()
+                .window_run()
+                .call_constructor(&mut instance.store, params, from_ms, to_ms)
+                .map_err(|e| call_error(e, &mut instance.store, &loaded.info, &loaded.spec.limits))?;
+            Ok((instance, run))
+        });
+        match started {
+            Ok((instance, run)) => Ok(AggregateRun { loaded, instance, run, counters }),
+            Err(e) => {
+                counters.failed(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts a call's outcome and the instance's memory.
+    fn counted<T>(&self, result: Result<T, PluginError>) -> Result<T, PluginError> {
+        self.counters.calls.inc();
+        self.counters.memory(self.instance.store.data().limiter.high_water);
+        if let Err(e) = &result {
+            self.counters.failed(e);
+        }
+        result
     }
 
     /// The version doing this run.
@@ -130,9 +151,9 @@ impl AggregateRun {
 
     /// Pushes the next batch, continuing the (user, time, event id) order.
     pub fn push(&mut self, batch: &[StoredClick]) -> Result<(), PluginError> {
-        let AggregateRun { loaded, instance, run } = self;
+        let AggregateRun { loaded, instance, run, .. } = self;
         instance.store.set_epoch_deadline(loaded.spec.limits.deadline_ticks());
-        match instance
+        let result = match instance
             .bindings
             .clickstream_pipeline_aggregation()
             .window_run()
@@ -145,19 +166,22 @@ impl AggregateRun {
                 reason: format!("refused a batch: {reason}"),
             }),
             Err(e) => Err(call_error(e, &mut instance.store, &loaded.info, &loaded.spec.limits)),
-        }
+        };
+        self.counted(result)
     }
 
     /// Ends the run and returns its rows.
     pub fn finish(mut self) -> Result<Vec<AggregateRow>, PluginError> {
-        let AggregateRun { loaded, instance, run } = &mut self;
+        let AggregateRun { loaded, instance, run, .. } = &mut self;
         instance.store.set_epoch_deadline(loaded.spec.limits.deadline_ticks());
         let rows = instance
             .bindings
             .clickstream_pipeline_aggregation()
             .window_run()
             .call_finish(&mut instance.store, *run)
-            .map_err(|e| call_error(e, &mut instance.store, &loaded.info, &loaded.spec.limits))?;
+            .map_err(|e| call_error(e, &mut instance.store, &loaded.info, &loaded.spec.limits));
+        let rows = self.counted(rows)?;
+        let AggregateRun { instance, run, .. } = &mut self;
         // The instance is dropped with the run; dropping the resource first
         // keeps the guest's accounting honest should instances ever be reused.
         let _ = run.resource_drop(&mut instance.store);

@@ -157,14 +157,18 @@ impl EnrichRunner {
         let live = self.slot.current();
         let reuse = matches!(&self.instance, Some((loaded, _)) if Arc::ptr_eq(loaded, &live));
         if !reuse {
-            self.instance = Some((live.clone(), EnrichInstance::new(&live)?));
+            let instance = EnrichInstance::new(&live).inspect_err(|e| self.slot.counters().failed(e))?;
+            self.instance = Some((live.clone(), instance));
         }
         let (loaded, instance) = self.instance.as_mut().expect("instance set above");
         let limits = &loaded.spec.limits;
         instance.store.set_epoch_deadline(limits.deadline_ticks());
+        let counters = self.slot.counters();
+        counters.calls.inc();
         let result = instance.bindings.call_enrich(&mut instance.store, batch);
         self.memory_high_water = self.memory_high_water.max(instance.store.data().limiter.high_water);
-        match result {
+        counters.memory(self.memory_high_water);
+        let outcome = match result {
             Ok(results) if results.len() == batch.len() => Ok((live, results)),
             Ok(results) => {
                 let err = PluginError::Contract {
@@ -180,7 +184,11 @@ impl EnrichRunner {
                 self.instance = None;
                 Err(err)
             }
+        };
+        if let Err(e) = &outcome {
+            counters.failed(e);
         }
+        outcome
     }
 
     /// The version a call made now would use.
