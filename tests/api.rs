@@ -319,6 +319,9 @@ async fn api_reports_what_the_pipeline_did() {
     let (status, body) = client.get("/api/nothing").await;
     assert_eq!(status, 404);
     assert!(body["error"].is_string());
+    let (status, body) = client.get("/api/plugins/enrich/reload").await;
+    assert_eq!(status, 405, "{body}");
+    assert!(body["error"].is_string());
 
     // /api/dead-letters: totals and paging.
     let first = client.ok("/api/dead-letters?limit=10").await;
@@ -362,7 +365,7 @@ async fn api_reports_what_the_pipeline_did() {
     let dom = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(points(&dom, "urls") > 0, "top-URL chart drew no points:\n{dom}");
-    assert!(points(&dom, "countries") > 0, "country chart drew no bars");
+    assert!(points(&dom, "countries") > 0, "country chart drew no points");
     assert!(points(&dom, "lag") == 4, "lag chart has one bar per partition");
     assert!(points(&dom, "throughput") > 0, "throughput chart drew no points");
     assert!(dom.contains("live · updated"), "status line reports no error");

@@ -99,6 +99,7 @@ impl Api {
             .route("/api/plugins/{name}/reload", post(reload))
             .route("/api/dead-letters", get(dead_letters))
             .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see README.md, \"HTTP API\"") })
+            .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint; see README.md, \"HTTP API\"") })
             .with_state(self.clone())
     }
 
