@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use crate::pipeline::Pipeline;
 use crate::plugin::{PluginCounters, PluginInfo};
-use crate::stats::{BatchStage, HistogramSnapshot, Stats};
+use crate::stats::{BatchStage, HistogramSnapshot, PartitionOffsets, Stats};
 
 /// Builds the text of one scrape.
 struct Exposition(String);
@@ -63,15 +63,20 @@ pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> String {
         "Seconds since the process started.",
         stats.started_at.elapsed().unwrap_or_default().as_secs_f64(),
     );
-    out.single("clickstream_records_consumed_total", "counter", "Records read from Kafka, redeliveries included.", stats.consumed.get());
-    out.single("clickstream_consumed_bytes_total", "counter", "Payload bytes read from Kafka.", stats.consumed_bytes.get());
-    out.single("clickstream_events_stored_total", "counter", "Enriched events inserted into PostgreSQL.", stats.stored.get());
-    out.single(
-        "clickstream_records_dead_lettered_total",
-        "counter",
-        "Records inserted into the dead-letter table (all stages and kinds).",
-        stats.dead_lettered.get(),
-    );
+    let ingest_counters: [(&str, &str, &crate::stats::Counter); 9] = [
+        ("clickstream_records_consumed_total", "Records read from Kafka, redeliveries included.", &stats.consumed),
+        ("clickstream_consumed_bytes_total", "Payload bytes read from Kafka.", &stats.consumed_bytes),
+        ("clickstream_events_stored_total", "Enriched events inserted into PostgreSQL.", &stats.stored),
+        ("clickstream_records_dead_lettered_total", "Records inserted into the dead-letter table (all stages and kinds).", &stats.dead_lettered),
+        ("clickstream_records_redelivered_total", "Records skipped because PostgreSQL had stored their offset before (redeliveries).", &stats.redelivered),
+        ("clickstream_events_duplicate_total", "Events skipped because their event id was already stored.", &stats.duplicates),
+        ("clickstream_store_batches_total", "Batches written to PostgreSQL.", &stats.batches_written),
+        ("clickstream_store_retries_total", "Failed PostgreSQL write attempts (each retried).", &stats.store_retries),
+        ("clickstream_enrich_batch_failures_total", "Enrich calls that failed as a batch and were retried record by record.", &stats.enrich_batch_failures),
+    ];
+    for (name, help, counter) in ingest_counters {
+        out.single(name, "counter", help, counter.get());
+    }
     out.header(
         "clickstream_dead_letters_total",
         "counter",
@@ -80,26 +85,6 @@ pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> String {
     for ((stage, kind), n) in stats.dead_letters_by() {
         out.sample("clickstream_dead_letters_total", &[("stage", stage), ("kind", &kind)], n);
     }
-    out.single(
-        "clickstream_records_redelivered_total",
-        "counter",
-        "Records skipped because PostgreSQL had stored their offset before (redeliveries).",
-        stats.redelivered.get(),
-    );
-    out.single(
-        "clickstream_events_duplicate_total",
-        "counter",
-        "Events skipped because their event id was already stored.",
-        stats.duplicates.get(),
-    );
-    out.single("clickstream_store_batches_total", "counter", "Batches written to PostgreSQL.", stats.batches_written.get());
-    out.single("clickstream_store_retries_total", "counter", "Failed PostgreSQL write attempts (each retried).", stats.store_retries.get());
-    out.single(
-        "clickstream_enrich_batch_failures_total",
-        "counter",
-        "Enrich calls that failed as a batch and were retried record by record.",
-        stats.enrich_batch_failures.get(),
-    );
 
     out.header("clickstream_batch_records", "histogram", "Records per batch, by stage.");
     for stage in BatchStage::ALL {
@@ -111,22 +96,17 @@ pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> String {
     }
 
     let partitions = stats.partitions();
-    out.header("clickstream_consumer_lag", "gauge", "Records on the broker not yet stored, per partition this host consumes.");
-    for ((topic, partition), offsets) in &partitions {
-        if let Some(lag) = offsets.lag() {
-            out.sample("clickstream_consumer_lag", &[("topic", topic), ("partition", &partition.to_string())], lag);
-        }
-    }
-    out.header("clickstream_partition_high_watermark", "gauge", "The broker's next offset, per partition this host consumes.");
-    for ((topic, partition), offsets) in &partitions {
-        if let Some(high) = offsets.high_watermark {
-            out.sample("clickstream_partition_high_watermark", &[("topic", topic), ("partition", &partition.to_string())], high);
-        }
-    }
-    out.header("clickstream_partition_stored_offset", "gauge", "The next offset this host has stored in PostgreSQL, per partition.");
-    for ((topic, partition), offsets) in &partitions {
-        if let Some(stored) = offsets.stored_next {
-            out.sample("clickstream_partition_stored_offset", &[("topic", topic), ("partition", &partition.to_string())], stored);
+    let per_partition: [(&str, &str, fn(&PartitionOffsets) -> Option<i64>); 3] = [
+        ("clickstream_consumer_lag", "Records on the broker not yet stored, per partition this host consumes.", PartitionOffsets::lag),
+        ("clickstream_partition_high_watermark", "The broker's next offset, per partition this host consumes.", |o| o.high_watermark),
+        ("clickstream_partition_stored_offset", "The next offset this host has stored in PostgreSQL, per partition.", |o| o.stored_next),
+    ];
+    for (name, help, value) in per_partition {
+        out.header(name, "gauge", help);
+        for ((topic, partition), offsets) in &partitions {
+            if let Some(v) = value(offsets) {
+                out.sample(name, &[("topic", topic), ("partition", &partition.to_string())], v);
+            }
         }
     }
 
@@ -167,10 +147,15 @@ pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> String {
         }
     }
 
-    out.single("clickstream_aggregation_passes_total", "counter", "Aggregation passes run.", stats.aggregation_passes.get());
-    out.single("clickstream_windows_aggregated_total", "counter", "Windows aggregated (re-aggregations included).", stats.windows_aggregated.get());
-    out.single("clickstream_documents_indexed_total", "counter", "Aggregate documents the search server accepted.", stats.documents_indexed.get());
-    out.single("clickstream_documents_rejected_total", "counter", "Aggregate documents the search server refused.", stats.documents_rejected.get());
+    let output_counters: [(&str, &str, &crate::stats::Counter); 4] = [
+        ("clickstream_aggregation_passes_total", "Aggregation passes run.", &stats.aggregation_passes),
+        ("clickstream_windows_aggregated_total", "Windows aggregated (re-aggregations included).", &stats.windows_aggregated),
+        ("clickstream_documents_indexed_total", "Aggregate documents the search server accepted.", &stats.documents_indexed),
+        ("clickstream_documents_rejected_total", "Aggregate documents the search server refused.", &stats.documents_rejected),
+    ];
+    for (name, help, counter) in output_counters {
+        out.single(name, "counter", help, counter.get());
+    }
     out.header(
         "clickstream_event_to_index_seconds",
         "histogram",
