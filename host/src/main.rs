@@ -321,7 +321,8 @@ fn run_pipeline(pipeline: &Path) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("while binding [api] listen = {listen:?} in {} (is another process on that port?)", pipeline.display()))?;
-        tracing::info!(listen = %listen, "HTTP API and dashboard at http://{listen}/");
+        let bound = listener.local_addr().map_or_else(|_| listen.clone(), |a| a.to_string());
+        tracing::info!(listen = %bound, "HTTP API and dashboard at http://{bound}/");
         let serving = tokio::spawn(api.clone().serve(listener, stop_rx.clone()));
         let result = clickstream::pipeline::run_until_stopped(config, stop_rx, sighup, stats, |running| {
             if running.config.api.listen != listen {
