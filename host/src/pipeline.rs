@@ -77,6 +77,9 @@ pub struct Pipeline {
     pub indexer: Indexer,
     /// Forced plugin reloads.
     pub reload: mpsc::Sender<ReloadRequest>,
+    /// True once the pipeline drains (stopping, or restarting with a new
+    /// pipeline.toml): its parts are about to go away.
+    pub draining: watch::Receiver<bool>,
 }
 
 /// Longest pause between attempts to write a batch while PostgreSQL is down.
@@ -175,6 +178,7 @@ pub async fn run(
         consumer: consumer.clone(),
         indexer,
         reload: reload_tx,
+        draining: drain.clone(),
     };
     started(&pipeline);
 

@@ -112,10 +112,16 @@ impl Api {
             .await
     }
 
+    /// The running pipeline, or why there is none to answer from.
     fn live(&self) -> ApiResult<Arc<Pipeline>> {
-        self.pipeline
+        let pipeline = self
+            .pipeline
             .load_full()
-            .ok_or_else(|| ApiError::unavailable("the pipeline is starting (connecting to PostgreSQL, Kafka and the search server)"))
+            .ok_or_else(|| ApiError::unavailable("the pipeline is starting (connecting to PostgreSQL, Kafka and the search server)"))?;
+        if *pipeline.draining.borrow() {
+            return Err(ApiError::unavailable("the pipeline is draining (stopping, or restarting after a pipeline.toml change)"));
+        }
+        Ok(pipeline)
     }
 }
 
@@ -140,9 +146,9 @@ fn check(result: Result<Value, String>) -> Value {
 }
 
 async fn ready(State(api): State<Api>) -> Response {
-    let Ok(pipeline) = api.live() else {
-        let body = json!({ "ready": false, "reason": "the pipeline is starting (connecting to PostgreSQL, Kafka and the search server)" });
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    let pipeline = match api.live() {
+        Ok(pipeline) => pipeline,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "reason": e.message }))).into_response(),
     };
     let postgres = async {
         let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pipeline.store.pool());
@@ -209,7 +215,7 @@ fn redact(url: &str) -> String {
 }
 
 async fn prometheus(State(api): State<Api>) -> Response {
-    let pipeline = api.pipeline.load_full();
+    let pipeline = api.live().ok();
     let body = metrics::render(&api.stats, pipeline.as_deref());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
