@@ -2,12 +2,11 @@
 //! through it in batches.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use wasmtime::component::{Linker, ResourceAny};
+use wasmtime::component::ResourceAny;
 use wasmtime::Store;
 
-use super::{call_error, compile, engine, new_store, HostState, PluginCounters, PluginError, PluginInfo, PluginSpec, Slot};
+use super::{call_error, identify, new_store, prelink, HostState, PluginCounters, PluginError, PluginInfo, PluginSpec, Slot};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -37,39 +36,17 @@ impl LoadedAggregate {
     /// Compiles `spec.path`, checks it implements the `aggregator` world, and
     /// instantiates and configures it once.
     pub fn load(spec: PluginSpec) -> Result<Arc<LoadedAggregate>, PluginError> {
-        let (component, content_hash) = compile(&spec)?;
-        let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
+        let (pre, info) = prelink(&spec, "aggregator", |_| Ok(()))?;
+        let pre = AggregatorPre::new(pre).map_err(|e| PluginError::WrongWorld {
             plugin: spec.slot.clone(),
             path: spec.path.clone(),
             world: "aggregator",
             reason: format!("{e:#}"),
-        };
-        let mut linker: Linker<HostState> = Linker::new(engine());
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(&wrong_world)?;
-        let pre = linker.instantiate_pre(&component).map_err(&wrong_world)?;
-        let pre = AggregatorPre::new(pre).map_err(&wrong_world)?;
-        let mut loaded = LoadedAggregate {
-            info: PluginInfo {
-                slot: spec.slot.clone(),
-                name: String::new(),
-                version: String::new(),
-                path: spec.path.clone(),
-                content_hash,
-                loaded_at: SystemTime::now(),
-            },
-            spec,
-            pre,
-        };
+        })?;
+        let mut loaded = LoadedAggregate { info, spec, pre };
         let AggregateInstance { mut store, bindings } = AggregateInstance::new(&loaded)?;
-        let name = bindings.call_name(&mut store);
-        let version = bindings.call_version(&mut store);
-        match (name, version) {
-            (Ok(name), Ok(version)) => {
-                loaded.info.name = name;
-                loaded.info.version = version;
-            }
-            (Err(e), _) | (_, Err(e)) => return Err(call_error(e, &mut store, &loaded.info, &loaded.spec.limits)),
-        }
+        let (name, version) = (bindings.call_name(&mut store), bindings.call_version(&mut store));
+        identify(&mut loaded.info, &loaded.spec.limits, &mut store, name, version)?;
         Ok(Arc::new(loaded))
     }
 

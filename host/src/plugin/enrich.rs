@@ -1,12 +1,11 @@
 //! The `enricher` world: loading an enrich plugin and calling it in batches.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::HasSelf;
 use wasmtime::Store;
 
-use super::{call_error, compile, engine, new_store, HostState, PluginError, PluginInfo, PluginSpec, Slot};
+use super::{call_error, identify, new_store, prelink, HostState, PluginError, PluginInfo, PluginSpec, Slot};
 use crate::geoip::GeoIp;
 
 mod bindings {
@@ -66,42 +65,17 @@ impl LoadedEnrich {
     /// instantiates and configures it once, so a broken plugin fails here
     /// rather than on the first batch.
     pub fn load(spec: PluginSpec, geoip: Option<Arc<GeoIp>>) -> Result<Arc<LoadedEnrich>, PluginError> {
-        let (component, content_hash) = compile(&spec)?;
-        let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
+        let (pre, info) = prelink(&spec, "enricher", |linker| Enricher::add_to_linker::<_, HasSelf<_>>(linker, |s| s))?;
+        let pre = EnricherPre::new(pre).map_err(|e| PluginError::WrongWorld {
             plugin: spec.slot.clone(),
             path: spec.path.clone(),
             world: "enricher",
             reason: format!("{e:#}"),
-        };
-        let mut linker: Linker<HostState> = Linker::new(engine());
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(&wrong_world)?;
-        Enricher::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(&wrong_world)?;
-        let pre = linker.instantiate_pre(&component).map_err(&wrong_world)?;
-        let pre = EnricherPre::new(pre).map_err(&wrong_world)?;
-
-        let mut loaded = LoadedEnrich {
-            info: PluginInfo {
-                slot: spec.slot.clone(),
-                name: String::new(),
-                version: String::new(),
-                path: spec.path.clone(),
-                content_hash,
-                loaded_at: SystemTime::now(),
-            },
-            spec,
-            pre,
-            geoip,
-        };
+        })?;
+        let mut loaded = LoadedEnrich { info, spec, pre, geoip };
         let EnrichInstance { mut store, bindings } = EnrichInstance::new(&loaded)?;
-        let name = bindings.call_name(&mut store);
-        let version = bindings.call_version(&mut store);
-        match (name, version) {
-            (Ok(name), Ok(version)) => {
-                loaded.info.name = name;
-                loaded.info.version = version;
-            }
-            (Err(e), _) | (_, Err(e)) => return Err(call_error(e, &mut store, &loaded.info, &loaded.spec.limits)),
-        }
+        let (name, version) = (bindings.call_name(&mut store), bindings.call_version(&mut store));
+        identify(&mut loaded.info, &loaded.spec.limits, &mut store, name, version)?;
         Ok(Arc::new(loaded))
     }
 

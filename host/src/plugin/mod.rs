@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, ResourceTable};
+use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
@@ -308,6 +308,55 @@ fn compile(spec: &PluginSpec) -> Result<(Component, String), PluginError> {
         reason: format!("{e:#}"),
     })?;
     Ok((component, hash))
+}
+
+/// Compiles a plugin file and links it against `world`'s imports (WASI plus
+/// what `add_imports` adds), returning the pre-linked component and the
+/// identity of the version (name and version still empty: the caller asks
+/// the instance). The shared part of loading either world.
+fn prelink(
+    spec: &PluginSpec,
+    world: &'static str,
+    add_imports: impl FnOnce(&mut Linker<HostState>) -> wasmtime::Result<()>,
+) -> Result<(InstancePre<HostState>, PluginInfo), PluginError> {
+    let (component, content_hash) = compile(spec)?;
+    let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
+        plugin: spec.slot.clone(),
+        path: spec.path.clone(),
+        world,
+        reason: format!("{e:#}"),
+    };
+    let mut linker: Linker<HostState> = Linker::new(engine());
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(wrong_world)?;
+    add_imports(&mut linker).map_err(wrong_world)?;
+    let pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
+    let info = PluginInfo {
+        slot: spec.slot.clone(),
+        name: String::new(),
+        version: String::new(),
+        path: spec.path.clone(),
+        content_hash,
+        loaded_at: SystemTime::now(),
+    };
+    Ok((pre, info))
+}
+
+/// Fills in the name and version a fresh instance reports.
+fn identify(
+    info: &mut PluginInfo,
+    limits: &PluginLimits,
+    store: &mut Store<HostState>,
+    name: wasmtime::Result<String>,
+    version: wasmtime::Result<String>,
+) -> Result<(), PluginError> {
+    match (name, version) {
+        (Ok(name), Ok(version)) => {
+            info.name = name;
+            info.version = version;
+            Ok(())
+        }
+        (Err(e), _) | (_, Err(e)) => Err(call_error(e, store, info, limits)),
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
