@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 pub mod aggregate;
+pub mod bench;
 pub mod check;
 pub mod config;
 pub mod dead_letters;
