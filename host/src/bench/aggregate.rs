@@ -79,7 +79,7 @@ pub fn compare(left: &[AggRow], right: &[AggRow]) -> Comparison {
         rmap.entry(key(r)).or_default().push(r);
     }
     let mut c = Comparison::default();
-    let mut example = |c: &mut Comparison, s: String| {
+    let example = |c: &mut Comparison, s: String| {
         if c.examples.len() < 5 {
             c.examples.push(s);
         }
