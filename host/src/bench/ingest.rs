@@ -29,9 +29,15 @@ impl Host {
     /// Starts `<this binary> run <pipeline>`, without the service variables
     /// that would override the bench's pipeline file.
     pub fn start(pipeline: &Path, log: &Path) -> anyhow::Result<Host> {
+        Host::start_with(pipeline, log, &[])
+    }
+
+    /// [`start`](Self::start) with extra environment variables.
+    pub fn start_with(pipeline: &Path, log: &Path, env: &[(&str, &str)]) -> anyhow::Result<Host> {
         let exe = std::env::current_exe().context("locating the clickstream binary")?;
         let file = std::fs::File::create(log)?;
         let child = Command::new(exe)
+            .envs(env.iter().copied())
             .arg("run")
             .arg(pipeline)
             .env_remove("KAFKA_BROKERS")

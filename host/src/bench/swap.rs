@@ -64,9 +64,36 @@ fn ms(d: chrono::TimeDelta) -> f64 {
     d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0
 }
 
-/// Runs arm 6. `arm1_rate` (events/s) sizes the produce rate when not given.
+/// Runs arm 6 twice: with the host's compiled-component cache off
+/// (`CLICKSTREAM_COMPILE_CACHE=off`: every swap compiles) and on (the
+/// default: swapping back to a build compiled before skips compiling). The
+/// default's figures are at the top level, the other's under
+/// `compile_cache_off`. `arm1_rate` (events/s) sizes the produce rate when
+/// not given.
 pub async fn run(bench: &Bench, arm1_rate: Option<f64>) -> anyhow::Result<Value> {
     let rate = bench.sizes.swap_rate.unwrap_or_else(|| arm1_rate.map_or(5_000, |r| ((r * 0.5) as u64).clamp(500, 10_000)));
+    progress("  compiled-component cache off");
+    let off = run_once(bench, rate, false).await?;
+    progress("  compiled-component cache on (the default)");
+    let mut on = run_once(bench, rate, true).await?;
+    // With the cache, the first swap to each of the two builds compiles
+    // (cold); later ones find it compiled (cached).
+    let per = |from: usize, to: usize| -> Vec<f64> {
+        on["per_swap"].as_array().map_or(Vec::new(), |a| {
+            a.iter().skip(from).take(to - from).filter_map(|s| s["write_to_log_ms"].as_f64()).collect()
+        })
+    };
+    on["cold_vs_cached"] = json!({
+        "cold_write_to_log_ms": Spread::of(&per(0, 2)),
+        "cached_write_to_log_ms": Spread::of(&per(2, usize::MAX)),
+        "note": "cache on: swaps 1 and 2 load each build for the first time (compile); later swaps load a build compiled before",
+    });
+    on["compile_cache_off"] = off;
+    Ok(on)
+}
+
+async fn run_once(bench: &Bench, rate: u64, cache: bool) -> anyhow::Result<Value> {
+    let variant = if cache { "swap" } else { "swapnocache" };
     let swaps = bench.sizes.swaps as usize;
     let interval = Duration::from_millis(bench.sizes.swap_interval_ms);
     let warmup = Duration::from_secs(5);
@@ -77,16 +104,16 @@ pub async fn run(bench: &Bench, arm1_rate: Option<f64>) -> anyhow::Result<Value>
     let normal_version = format!("enrich {}", clickstream_enrich::VERSION);
     let canary_version = format!("enrich {}-canary", clickstream_enrich::VERSION);
 
-    let dir = bench.work.join("swap-plugins");
+    let dir = bench.work.join(format!("{variant}-plugins"));
     std::fs::create_dir_all(&dir)?;
     let target = dir.join("enrich.wasm");
     install(&normal, &target)?;
-    let topic = format!("bench-{}-swap", bench.unique);
+    let topic = format!("bench-{}-{variant}", bench.unique);
     crate::kafka::ensure_topic(&bench.services.brokers, &topic, super::data::PARTITIONS).await?;
-    let db = bench.fresh_database("swap").await?;
-    let pipeline = bench.write_pipeline("swap", &topic, &db, &target)?;
-    let log = bench.work.join("swap-host.log");
-    let mut host = Host::start(&pipeline, &log)?;
+    let db = bench.fresh_database(variant).await?;
+    let pipeline = bench.write_pipeline(variant, &topic, &db, &target)?;
+    let log = bench.work.join(format!("{variant}-host.log"));
+    let mut host = Host::start_with(&pipeline, &log, &[("CLICKSTREAM_COMPILE_CACHE", if cache { "on" } else { "off" })])?;
     let started = Instant::now();
     while !std::fs::read_to_string(&log).unwrap_or_default().contains("consuming") {
         host.check_alive()?;
@@ -197,7 +224,9 @@ pub async fn run(bench: &Bench, arm1_rate: Option<f64>) -> anyhow::Result<Value>
         stored_spread.p50.map(|v| v.round()),
         stored_spread.p99.map(|v| v.round()),
     ));
+    super::data::delete_topic(bench, &topic).await;
     Ok(json!({
+        "compile_cache": if cache { "on" } else { "off" },
         "swaps": swaps,
         "swaps_logged": to_log.len(),
         "swaps_rejected": rejected,
