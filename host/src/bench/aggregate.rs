@@ -284,6 +284,16 @@ pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
     let wasm_vs_sql = compare(&wasm_rows, &sql_rows);
     let native_vs_sql = compare(&native_rows, &sql_rows);
 
+    // 4. Spark local mode, when pyspark is installed.
+    let spark = match run_spark(bench, &db, &sql_rows, window_ms, timeout_ms).await {
+        Ok(v) => v,
+        Err(e) => {
+            progress(format_args!("  Spark FAILED: {e:#}"));
+            json!({ "status": "failed", "error": format!("{e:#}") })
+        }
+    };
+    anyhow::ensure!(spark["status"] != "failed", "Spark comparison failed: {}", spark["error"]);
+
     // Documents for arm 7.
     let plugin = slot.current().info.clone();
     state.aggregates = plugin_rows
@@ -333,26 +343,118 @@ pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
             "wasm_over_native": ratio(Some(wasm_s), Some(native_s)),
             "measures": "all events sorted in memory, pushed in batches of aggregate.batch_size (one range); no database",
         },
-        "spark": spark_status(),
+        "spark": spark,
+        "plugin_path_over_spark": ratio(Some(plugin_path_s), spark["aggregate_seconds"].as_f64()),
         "measures": "plugin path = Aggregator::aggregate_windows over every window in runs of 30 (read events + lookahead from PostgreSQL, plugin, delete/insert rows in aggregates, commit), no indexing; SQL = one query with lead() over (user_id ORDER BY ts_ms, event_id), rows fetched to the client",
     }))
 }
 
-/// Whether Spark local mode was run; it is not (see docs/BENCHMARKS.md).
-fn spark_status() -> Value {
-    let installed = std::process::Command::new("python3")
+/// The same metrics in Spark local mode (`bench/spark/aggregate.py`) over
+/// the same rows, exported to CSV; start-up reported separately. Not run
+/// (with the reason) when pyspark does not import.
+async fn run_spark(bench: &Bench, db: &str, sql_rows: &[AggRow], window_ms: i64, timeout_ms: i64) -> anyhow::Result<Value> {
+    use sqlx::Connection;
+    use std::io::Write;
+    let importable = std::process::Command::new("python3")
         .args(["-c", "import pyspark"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    json!({
-        "status": "not run",
-        "reason": if installed {
-            "pyspark is installed, but the Spark comparison is not implemented in this harness yet (time budget of issue #8's first pass)"
-        } else {
-            "pyspark is not installed (pip install pyspark), and the Spark comparison is not implemented in this harness yet"
-        },
+    if !importable {
+        return Ok(json!({ "status": "not run", "reason": "pyspark does not import (pip install pyspark; Java 17 is needed)" }));
+    }
+    let script = bench.root.join("bench/spark/aggregate.py");
+    anyhow::ensure!(script.exists(), "{} is missing", script.display());
+    let dir = bench.work.join("spark");
+    std::fs::create_dir_all(&dir)?;
+    let (events_csv, out_csv) = (dir.join("events.csv"), dir.join("rows.csv"));
+    let t = Instant::now();
+    let mut conn = sqlx::PgConnection::connect(db).await?;
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&events_csv)?);
+        let mut stream = conn.copy_out_raw("COPY (SELECT event_id, user_id, ts_ms, url, country FROM events) TO STDOUT (FORMAT csv)").await?;
+        while let Some(chunk) = stream.try_next().await? {
+            file.write_all(&chunk)?;
+        }
+        file.flush()?;
+    }
+    conn.close().await?;
+    let export_s = t.elapsed().as_secs_f64();
+    progress("  Spark local mode (start-up, then the aggregation)");
+    let t = Instant::now();
+    let output = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(&events_csv)
+        .arg(&out_csv)
+        .arg(window_ms.to_string())
+        .arg(timeout_ms.to_string())
+        .output()
+        .await?;
+    let wall_s = t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        output.status.success(),
+        "Spark run failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).lines().rev().take(10).collect::<Vec<_>>().join(" | ")
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let timings: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))?;
+    let rows: Vec<AggRow> = std::fs::read_to_string(&out_csv)?
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(parse_csv_row)
+        .collect::<anyhow::Result<_>>()?;
+    let c = compare(&rows, sql_rows);
+    anyhow::ensure!(
+        c.matches(),
+        "Spark and the SQL query disagree: {} equal, {} only in Spark, {} only in SQL, {} different; e.g. {}",
+        c.equal,
+        c.only_left,
+        c.only_right,
+        c.different,
+        c.examples.join("; ")
+    );
+    let _ = std::fs::remove_file(&events_csv);
+    Ok(json!({
+        "status": "ok",
+        "export_csv_seconds": export_s,
+        "startup_seconds": timings["startup_seconds"],
+        "aggregate_seconds": timings["aggregate_seconds"],
+        "wall_seconds": wall_s,
+        "match_vs_sql": c,
+        "measures": "local[*] on this machine; aggregate = read the CSV, lead() over user, group, collect to the driver; start-up = SparkSession creation (JVM start)",
+    }))
+}
+
+/// One line of the Spark CSV output (fields may be quoted).
+fn parse_csv_row(line: &str) -> anyhow::Result<AggRow> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut field)),
+            c => field.push(c),
+        }
+    }
+    fields.push(field);
+    anyhow::ensure!(fields.len() == 7, "bad Spark output line {line:?}");
+    let n = |i: usize| fields[i].parse::<i64>().map_err(|e| anyhow::anyhow!("bad number in {line:?}: {e}"));
+    Ok(AggRow {
+        window_start_ms: n(0)?,
+        url: fields[1].clone(),
+        country: fields[2].clone(),
+        clicks: n(3)?,
+        unique_users: n(4)?,
+        time_spent_total_ms: n(5)?,
+        time_spent_samples: n(6)?,
     })
 }
 
@@ -412,6 +514,13 @@ mod tests {
         // A key twice with different figures is a difference, not a match.
         let c = compare(&[row(0, "/a", 1), row(0, "/a", 2)], &[row(0, "/a", 1)]);
         assert_eq!(c.different, 1);
+    }
+
+    #[test]
+    fn spark_csv_lines_parse_with_quotes() {
+        let r = parse_csv_row("60000,\"https://x/a,b\",DE,3,2,1500,1").unwrap();
+        assert_eq!((r.window_start_ms, r.url.as_str(), r.clicks, r.time_spent_samples), (60000, "https://x/a,b", 3, 1));
+        assert!(parse_csv_row("1,2").is_err());
     }
 
     #[test]

@@ -52,7 +52,21 @@ pub fn targets(r: &Results) -> Vec<Target> {
             "×",
             "results equal (checked row by row)".into(),
         ),
-        Target::new("Aggregation: plugin faster than Spark local mode", None, Goal::AtMost, 1.0, "×", "Spark not run (see arm 5)".into()),
+        Target::new(
+            "Aggregation: plugin path time / Spark local mode time",
+            r.num(5, "/plugin_path_over_spark"),
+            Goal::AtMost,
+            1.0,
+            "×",
+            match r.arm(5).and_then(|v| v["spark"]["status"].as_str()) {
+                Some("ok") => format!(
+                    "Spark aggregation {:.1} s after a {:.1} s start-up; results equal",
+                    r.num(5, "/spark/aggregate_seconds").unwrap_or(0.0),
+                    r.num(5, "/spark/startup_seconds").unwrap_or(0.0)
+                ),
+                _ => format!("Spark not run: {}", r.arm(5).and_then(|v| v["spark"]["reason"].as_str()).unwrap_or("arm 5 did not run")),
+            },
+        ),
         Target::new(
             "Swap p99, file write → swap logged (new version serving)",
             r.num(6, "/write_to_log_ms/p99"),
@@ -169,6 +183,34 @@ pub fn markdown(r: &Results) -> String {
             _ => format!("{}: {}", a.status, a.error.as_deref().unwrap_or("").lines().next().unwrap_or("")),
         };
         let _ = writeln!(s, "| {} | {} | {} | {:.0} s |", a.arm, a.name, result.replace('|', "\\|"), a.seconds);
+    }
+
+    if let Some(swap) = r.arm(6) {
+        let _ = writeln!(s, "\n### Hot swap, compiled-component cache off vs on (ms from file write)\n\n| cache | write → swap logged p50 / p99 | write → first stored p50 / p99 | host took_ms p50 / p99 | lost | duplicated | peak RSS MiB |\n|---|---|---|---|---|---|---|");
+        for (label, v) in [("off (every swap compiles)", &swap["compile_cache_off"]), ("on (default)", swap)] {
+            let g = |p: &str| f(v.pointer(p).and_then(|x| x.as_f64()));
+            let _ = writeln!(
+                s,
+                "| {label} | {} / {} | {} / {} | {} / {} | {} | {} | {} |",
+                g("/write_to_log_ms/p50"),
+                g("/write_to_log_ms/p99"),
+                g("/write_to_first_stored_ms/p50"),
+                g("/write_to_first_stored_ms/p99"),
+                g("/host_took_ms/p50"),
+                g("/host_took_ms/p99"),
+                g("/lost"),
+                g("/duplicated"),
+                g("/host_peak_rss_mib"),
+            );
+        }
+        let g = |p: &str| f(swap.pointer(p).and_then(|x| x.as_f64()));
+        let _ = writeln!(
+            s,
+            "\nCache on: first load of each build (swaps 1–2) p50 {} ms; builds compiled before p50 {} / p99 {} ms.",
+            g("/cold_vs_cached/cold_write_to_log_ms/p50"),
+            g("/cold_vs_cached/cached_write_to_log_ms/p50"),
+            g("/cold_vs_cached/cached_write_to_log_ms/p99"),
+        );
     }
 
     if let Some(sweep) = r.arm(3).and_then(|v| v["sweep"].as_array()) {
