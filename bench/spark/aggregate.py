@@ -23,6 +23,7 @@ spark = (
     SparkSession.builder.master("local[*]")
     .appName("clickstream-bench")
     .config("spark.ui.enabled", "false")
+    .config("spark.ui.showConsoleProgress", "false")
     .config("spark.sql.shuffle.partitions", "4")
     .config("spark.driver.memory", "2g")
     .getOrCreate()
@@ -56,7 +57,7 @@ gap = F.col("next_ts") - F.col("ts_ms")
 n = e.select(
     (F.col("ts_ms") - F.pmod(F.col("ts_ms"), F.lit(window_ms))).alias("window_start_ms"),
     url.alias("url"),
-    F.when(F.col("country") == "", F.lit("unknown")).otherwise(F.col("country")).alias("country"),
+    F.when(F.col("country").isNull() | (F.col("country") == ""), F.lit("unknown")).otherwise(F.col("country")).alias("country"),
     F.col("user_id"),
     F.when(gap <= timeout_ms, gap).alias("spent"),
 )

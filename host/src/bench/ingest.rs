@@ -144,13 +144,13 @@ pub async fn stored_records(pool: &PgPool) -> i64 {
 pub async fn latencies(pool: &PgPool, filter: &str) -> anyhow::Result<Value> {
     let per_event: (Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(&format!(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d), max(d)
-         FROM (SELECT extract(epoch FROM stored_at - received_at) * 1000 AS d FROM events WHERE {filter}) x"
+         FROM (SELECT extract(epoch FROM stored_at - received_at)::float8 * 1000 AS d FROM events WHERE {filter}) x"
     ))
     .fetch_one(pool)
     .await?;
     let per_batch: (Option<f64>, Option<f64>, Option<f64>, i64) = sqlx::query_as(&format!(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d), max(d), count(*)
-         FROM (SELECT extract(epoch FROM stored_at - min(received_at)) * 1000 AS d FROM events WHERE {filter} GROUP BY stored_at) x"
+         FROM (SELECT extract(epoch FROM stored_at - min(received_at))::float8 * 1000 AS d FROM events WHERE {filter} GROUP BY stored_at) x"
     ))
     .fetch_one(pool)
     .await?;

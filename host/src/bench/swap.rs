@@ -46,7 +46,7 @@ pub fn swap_lines(log: &str) -> Vec<SwapLine> {
         .filter(|l| l.contains("plugin swapped") && l.contains("plugin=enrich"))
         .filter_map(|l| {
             let at = DateTime::parse_from_rfc3339(l.split_whitespace().next()?).ok()?.with_timezone(&Utc);
-            let new = l.split_once("new=\"")?.1.split('"').next()?.to_string();
+            let new = l.split_once(" new=")?.1.split(" sha256=").next()?.trim_matches('"').to_string();
             let took_ms = l.split_whitespace().find_map(|w| w.strip_prefix("took_ms="))?.parse().ok();
             Some(SwapLine { at, new, took_ms })
         })
@@ -265,7 +265,7 @@ mod tests {
 
     #[test]
     fn swap_lines_are_parsed_from_the_host_log() {
-        let log = "2026-11-28T20:00:01.250000Z  INFO clickstream::reload: plugin swapped plugin=enrich old=\"enrich 0.1.0\" new=\"enrich 0.1.0-canary\" sha256=ab took_ms=612\n\
+        let log = "2026-11-28T20:00:01.250000Z  INFO clickstream::reload: plugin swapped plugin=enrich old=enrich 0.1.0 new=enrich 0.1.0-canary sha256=ab took_ms=612\n\
                    2026-11-28T20:00:02Z  INFO clickstream::reload: something else\n";
         let lines = swap_lines(log);
         assert_eq!(lines.len(), 1);
