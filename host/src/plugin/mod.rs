@@ -43,6 +43,11 @@ pub fn engine() -> &'static Engine {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        // `perf` names the plugins' compiled functions (a /tmp/perf-PID.map)
+        // when asked to: docs/BENCHMARKS.md shows how it is used.
+        if std::env::var_os("CLICKSTREAM_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).expect("the engine configuration is valid");
         let weak = engine.weak();
         std::thread::Builder::new()
