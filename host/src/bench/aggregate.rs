@@ -191,7 +191,7 @@ pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
     };
     let pipeline = bench.write_pipeline("aggregate", "unused", &db, &bench.plugin("enrich")?)?;
     let config = bench.load_pipeline(&pipeline)?;
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&db).await?;
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect_with(super::ingest::options(&db)?).await?;
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await?;
     let window_ms = config.aggregate.window_secs as i64 * 1000;
     let timeout_ms = config.aggregate.session_timeout_secs as i64 * 1000;

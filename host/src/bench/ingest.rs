@@ -124,9 +124,35 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Connection options for a bench database: no slow-statement warnings
+/// (the bench's queries are meant to be long).
+pub fn options(url: &str) -> anyhow::Result<sqlx::postgres::PgConnectOptions> {
+    use sqlx::ConnectOptions;
+    let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+    Ok(options.log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(3600)))
+}
+
 /// A small pool on a bench database.
 pub async fn pool(url: &str) -> anyhow::Result<PgPool> {
-    Ok(PgPoolOptions::new().max_connections(2).connect(url).await?)
+    Ok(PgPoolOptions::new().max_connections(2).connect_with(options(url)?).await?)
+}
+
+/// CPU seconds (user + system) used so far by every process whose command
+/// name is one of `names`, e.g. the PostgreSQL backends.
+pub fn cpu_seconds_of(names: &[&str]) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0.0 };
+    let mut ticks = 0.0;
+    for entry in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some((head, tail)) = stat.rsplit_once(')') else { continue };
+        let comm = head.split_once('(').map_or("", |(_, c)| c);
+        if !names.iter().any(|n| comm.starts_with(n)) {
+            continue;
+        }
+        let f: Vec<&str> = tail.split_whitespace().collect();
+        ticks += f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    }
+    ticks / 100.0
 }
 
 /// Records stored so far (events and dead letters): the sum of the stored
@@ -183,6 +209,7 @@ pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
     let db = bench.fresh_database("ingest").await?;
     let pipeline = bench.write_pipeline("ingest", &topic.name, &db, &bench.plugin("enrich")?)?;
     let log = bench.work.join("ingest-host.log");
+    let (pg_cpu0, broker_cpu0, wall0) = (cpu_seconds_of(&["postgres"]), cpu_seconds_of(&["tansu"]), Instant::now());
     let mut host = Host::start(&pipeline, &log)?;
     let pool = pool(&db).await?;
     let total = topic.records as i64;
@@ -220,6 +247,7 @@ pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let cpu = host.cpu_seconds();
+    let (pg_cpu, broker_cpu, wall) = (cpu_seconds_of(&["postgres"]) - pg_cpu0, cpu_seconds_of(&["tansu"]) - broker_cpu0, wall0.elapsed().as_secs_f64());
     let host_log = tokio::task::spawn_blocking(move || host.stop()).await??;
     let counters = final_counters(&host_log);
 
@@ -255,6 +283,14 @@ pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
         "host_max_rss_sampled_mib": max_rss,
         "host_cpu_seconds": cpu,
         "host_cpu_ms_per_1000_events": cpu.map(|c| c * 1000.0 * 1000.0 / total as f64),
+        "cpu_seconds": {
+            "host": cpu,
+            "postgres": pg_cpu,
+            "broker": broker_cpu,
+            "wall": wall,
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "measures": "user + system CPU from /proc over the arm (host start to host exit): the host process, every postgres process, the tansu broker; anything else on the machine is not counted",
+        },
         "latency": latency,
         "host_counters": counters,
         "batch_size": bench.sizes.batch_size,

@@ -39,7 +39,7 @@ pub struct BenchArgs {
     /// CI smoke test: small sizes (about 1–2 minutes); timings are reported, never asserted.
     #[arg(long)]
     pub quick: bool,
-    /// Events produced for the ingest arms (0, 1, 2, 5) [default: 500000, quick 20000].
+    /// Events produced for the ingest arms (0, 1, 2, 5) [default: 1000000, quick 20000].
     #[arg(long)]
     pub events: Option<u64>,
     /// Events enriched per batch size in the native/WASM sweep [default: 50000, quick 5000].
@@ -118,7 +118,7 @@ pub struct Sizes {
 impl Sizes {
     fn of(args: &BenchArgs) -> Sizes {
         let q = args.quick;
-        let events = args.events.unwrap_or(if q { 20_000 } else { 500_000 });
+        let events = args.events.unwrap_or(if q { 20_000 } else { 1_000_000 });
         Sizes {
             events,
             enrich_events: args.enrich_events.unwrap_or(if q { 5_000 } else { 50_000 }),

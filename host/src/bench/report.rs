@@ -206,8 +206,8 @@ pub fn markdown(r: &Results) -> String {
         let g = |p: &str| f(swap.pointer(p).and_then(|x| x.as_f64()));
         let _ = writeln!(
             s,
-            "\nCache on: first load of each build (swaps 1–2) p50 {} ms; builds compiled before p50 {} / p99 {} ms.",
-            g("/cold_vs_cached/cold_write_to_log_ms/p50"),
+            "\nCache on: the one swap to a build never compiled before (swap 1) {} ms; swaps to builds compiled before p50 {} / p99 {} ms.",
+            g("/cold_vs_cached/cold_write_to_log_ms/max"),
             g("/cold_vs_cached/cached_write_to_log_ms/p50"),
             g("/cold_vs_cached/cached_write_to_log_ms/p99"),
         );
