@@ -82,7 +82,7 @@ pub fn format_number(x: f64) -> String {
     if !x.is_finite() {
         return "n/a".into();
     }
-    if x.abs() < 100.0 {
+    if x.abs() < 100.0 && x.fract() != 0.0 {
         return format!("{x:.1}");
     }
     let n = x.round() as i64;
@@ -210,6 +210,8 @@ mod tests {
         assert_eq!(format_number(-1234.0), "-1,234");
         assert_eq!(format_number(999.0), "999");
         assert_eq!(format_number(12.34), "12.3");
+        assert_eq!(format_number(0.0), "0");
+        assert_eq!(format_number(20.0), "20");
         assert_eq!(rate(10.0, 0.0), 0.0);
         assert_eq!(mib_per_s(2.0 * 1024.0 * 1024.0, 2.0), 1.0);
     }
