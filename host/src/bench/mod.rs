@@ -429,7 +429,8 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
     let started_at = chrono::Utc::now();
     let root = std::env::current_dir()?;
     let sha = git(&root, &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "nogit".into());
-    let dirty = git(&root, &["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    // Changes to earlier results do not make the measured code dirty.
+    let dirty = git(&root, &["status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"]).is_some_and(|s| !s.is_empty());
     let run_id = format!("{}-{sha}", started_at.format("%Y-%m-%d"));
     let unique = format!("{}{}", started_at.format("%H%M%S"), std::process::id());
     let sizes = Sizes::of(&args);
