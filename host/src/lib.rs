@@ -4,6 +4,7 @@
 
 pub mod aggregate;
 pub mod api;
+pub mod bench;
 pub mod check;
 pub mod config;
 pub mod dead_letters;

@@ -65,6 +65,8 @@ enum Command {
     },
     /// Write synthetic clickstream to a Kafka topic (or an NDJSON file).
     Produce(ProduceArgs),
+    /// Run the benchmark arms of issue #8 and write bench/results/ (see docs/BENCHMARKS.md).
+    Bench(clickstream::bench::BenchArgs),
     /// Plugin author tools.
     Plugin {
         #[command(subcommand)]
@@ -169,6 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { pipeline } => run_pipeline(&pipeline),
         Command::Validate { pipeline } => validate(&pipeline),
         Command::Produce(args) => produce(args),
+        Command::Bench(args) => clickstream::bench::run(args),
         Command::Aggregate { pipeline, from, to } => backfill(&pipeline, from, to),
         Command::DeadLetters { pipeline, all, limit, replay } => dead_letters(&pipeline, all, limit, replay),
         Command::Plugin {

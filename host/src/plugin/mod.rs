@@ -12,8 +12,9 @@ pub mod enrich;
 mod stderr;
 
 use std::path::PathBuf;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -44,6 +45,11 @@ pub fn engine() -> &'static Engine {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        // `perf` names the plugins' compiled functions (a /tmp/perf-PID.map)
+        // when asked to: docs/BENCHMARKS.md shows how it is used.
+        if std::env::var_os("CLICKSTREAM_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).expect("the engine configuration is valid");
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -294,6 +300,25 @@ fn new_store(limits: &PluginLimits, geoip: Option<Arc<GeoIp>>) -> Store<HostStat
     store
 }
 
+/// How many compiled components [`compile`] keeps by content hash.
+const COMPILED_KEPT: usize = 4;
+
+/// Compiled components by content hash, most recent last: loading a file
+/// whose bytes this process compiled before (a rollback to the previous
+/// version, a restart of the pipeline after a config change) skips
+/// compiling, which is most of a swap's time. Bounded, so a long series of
+/// deploys does not grow memory. `CLICKSTREAM_COMPILE_CACHE=off` turns it
+/// off (the benchmarks measure swaps both ways).
+fn compiled() -> Option<&'static Mutex<VecDeque<(String, Component)>>> {
+    static CACHE: OnceLock<Option<Mutex<VecDeque<(String, Component)>>>> = OnceLock::new();
+    CACHE
+        .get_or_init(|| {
+            let off = std::env::var("CLICKSTREAM_COMPILE_CACHE").is_ok_and(|v| matches!(v.as_str(), "off" | "0" | "false"));
+            (!off).then(|| Mutex::new(VecDeque::new()))
+        })
+        .as_ref()
+}
+
 /// Reads and compiles a component file, returning it with its content hash.
 fn compile(spec: &PluginSpec) -> Result<(Component, String), PluginError> {
     let bytes = std::fs::read(&spec.path).map_err(|source| PluginError::Read {
@@ -302,11 +327,26 @@ fn compile(spec: &PluginSpec) -> Result<(Component, String), PluginError> {
         source,
     })?;
     let hash = hex(&Sha256::digest(&bytes));
+    let cache = compiled();
+    if let Some(cache) = cache {
+        let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, component)) = cache.iter().find(|(h, _)| *h == hash) {
+            return Ok((component.clone(), hash));
+        }
+    }
     let component = Component::from_binary(engine(), &bytes).map_err(|e| PluginError::NotAComponent {
         plugin: spec.slot.clone(),
         path: spec.path.clone(),
         reason: format!("{e:#}"),
     })?;
+    if let Some(cache) = cache {
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|(h, _)| *h != hash);
+        cache.push_back((hash.clone(), component.clone()));
+        while cache.len() > COMPILED_KEPT {
+            cache.pop_front();
+        }
+    }
     Ok((component, hash))
 }
 

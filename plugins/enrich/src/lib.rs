@@ -5,6 +5,7 @@
 //! and benchmarked natively by the host; the component export at the bottom
 //! is a thin shell around it.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 wit_bindgen::generate!({
@@ -66,14 +67,29 @@ impl Settings {
 }
 
 /// Enriches a batch: one result per input, in input order.
+///
+/// A clickstream repeats a few user agents many times, and parsing one is
+/// most of the work (substring searches and regexes; in WASM, without the
+/// SIMD substring search native code gets, more so): each distinct user
+/// agent is parsed once per batch (docs/BENCHMARKS.md, arm 3).
 pub fn enrich_batch(
     batch: Vec<RawClick>,
     settings: &Settings,
     geoip: impl Fn(&str) -> Option<Location>,
 ) -> Vec<Result<EnrichedClick, EnrichError>> {
+    let mut agents: HashMap<String, Agent> = HashMap::new();
     batch
         .into_iter()
-        .map(|click| enrich_one(click, settings, &geoip))
+        .map(|click| {
+            enrich_with(click, &geoip, |user_agent| match agents.get(user_agent) {
+                Some(agent) => agent.clone(),
+                None => {
+                    let agent = parse_user_agent(user_agent, settings);
+                    agents.insert(user_agent.to_string(), agent.clone());
+                    agent
+                }
+            })
+        })
         .collect()
 }
 
@@ -83,6 +99,14 @@ pub fn enrich_one(
     raw: RawClick,
     settings: &Settings,
     geoip: &impl Fn(&str) -> Option<Location>,
+) -> Result<EnrichedClick, EnrichError> {
+    enrich_with(raw, geoip, |user_agent| parse_user_agent(user_agent, settings))
+}
+
+fn enrich_with(
+    raw: RawClick,
+    geoip: &impl Fn(&str) -> Option<Location>,
+    agent_of: impl FnOnce(&str) -> Agent,
 ) -> Result<EnrichedClick, EnrichError> {
     if raw.user_id.trim().is_empty() {
         return Err(refuse("user_id", "user_id is empty"));
@@ -97,7 +121,7 @@ pub fn enrich_one(
         return Err(refuse("url", "url is empty"));
     }
 
-    let agent = parse_user_agent(&raw.user_agent, settings);
+    let agent = agent_of(&raw.user_agent);
     let location = raw
         .ip
         .trim()

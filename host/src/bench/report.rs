@@ -1,0 +1,230 @@
+//! The issue's targets, judged from a run's figures, and the Markdown summary.
+
+use std::fmt::Write as _;
+
+use super::stats::{format_number, format_ratio, ratio, Goal, Target};
+use super::Results;
+
+/// The targets of issue #8, each with its measured value and verdict.
+pub fn targets(r: &Results) -> Vec<Target> {
+    let arm1 = r.num(1, "/steady/events_per_s");
+    let arm0 = r.num(0, "/events_per_s");
+    let arm2 = r.num(2, "/events_per_s");
+    let limit = match (arm0, arm2) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        _ => None,
+    };
+    let arm4 = r.num(4, "/events_per_s");
+    let rss = [r.num(1, "/host_peak_rss_mib"), r.num(6, "/host_peak_rss_mib")].into_iter().flatten().reduce(f64::max);
+    let lost_dup = match (r.num(6, "/lost"), r.num(6, "/duplicated")) {
+        (Some(l), Some(d)) => Some(l + d),
+        _ => None,
+    };
+    vec![
+        Target::new("Arm 1 sustained throughput", arm1, Goal::AtLeast, 50_000.0, "events/s", "steady state (10%→90% of the events stored)".into()),
+        Target::new(
+            "Arm 1 / min(arm 0, arm 2)",
+            ratio(arm1, limit),
+            Goal::AtLeast,
+            0.5,
+            "×",
+            format!(
+                "arm 1 {} events/s; broker ceiling {}; binary COPY {}",
+                arm1.map_or("n/a".into(), format_number),
+                arm0.map_or("n/a".into(), format_number),
+                arm2.map_or("n/a".into(), format_number)
+            ),
+        ),
+        Target::new(
+            "WASM / native enrich at the default batch size",
+            r.num(3, "/wasm_over_native_at_default"),
+            Goal::AtLeast,
+            0.85,
+            "×",
+            format!("batch size {}", r.sizes.batch_size),
+        ),
+        Target::new("Arm 1 / arm 4 (classic)", ratio(arm1, arm4), Goal::AtLeast, 50.0, "×", format!("classic {} events/s", arm4.map_or("n/a".into(), format_number))),
+        Target::new(
+            "Aggregation: plugin path time / SQL time",
+            r.num(5, "/plugin_path_over_sql"),
+            Goal::AtMost,
+            2.0,
+            "×",
+            "results equal (checked row by row)".into(),
+        ),
+        Target::new(
+            "Aggregation: plugin path time / Spark local mode time",
+            r.num(5, "/plugin_path_over_spark"),
+            Goal::AtMost,
+            1.0,
+            "×",
+            match r.arm(5).and_then(|v| v["spark"]["status"].as_str()) {
+                Some("ok") => format!(
+                    "Spark aggregation {:.1} s after a {:.1} s start-up; results equal",
+                    r.num(5, "/spark/aggregate_seconds").unwrap_or(0.0),
+                    r.num(5, "/spark/startup_seconds").unwrap_or(0.0)
+                ),
+                _ => format!("Spark not run: {}", r.arm(5).and_then(|v| v["spark"]["reason"].as_str()).unwrap_or("arm 5 did not run")),
+            },
+        ),
+        Target::new(
+            "Swap p99, file write → swap logged (new version serving)",
+            r.num(6, "/write_to_log_ms/p99"),
+            Goal::AtMost,
+            250.0,
+            "ms",
+            format!("p50 {} ms", r.num(6, "/write_to_log_ms/p50").map_or("n/a".into(), format_number)),
+        ),
+        Target::new(
+            "Swap p99, file write → first stored event of the new version",
+            r.num(6, "/write_to_first_stored_ms/p99"),
+            Goal::AtMost,
+            250.0,
+            "ms",
+            "includes batching (up to batch_max_wait_ms = 200) and queueing".into(),
+        ),
+        Target::new("Events lost + duplicated during swaps", lost_dup, Goal::AtMost, 0.0, "events", "every produced event id stored exactly once".into()),
+        Target::new("Host peak RSS under sustained load", rss, Goal::AtMost, 300.0, "MiB", "VmHWM of the host process, arms 1 and 6".into()),
+    ]
+}
+
+fn f(v: Option<f64>) -> String {
+    v.map_or("n/a".into(), format_number)
+}
+
+/// The Markdown summary of a run.
+pub fn markdown(r: &Results) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "## Benchmark run {}{}\n", r.run_id, if r.quick { " (quick: smoke sizes, not comparable)" } else { "" });
+    let m = &r.machine;
+    let _ = writeln!(
+        s,
+        "Machine: {} CPUs ({}), {} MiB RAM, kernel {}; load average at start `{}`, at end `{}`. PostgreSQL {} (synchronous_commit {}, fsync {}), Kafka API: tansu, search: osmem — all on this machine.\n",
+        m.nproc,
+        m.cpu_model,
+        m.memory_mib,
+        m.kernel,
+        m.loadavg_start,
+        m.loadavg_end,
+        m.postgres.get("server_version").and_then(|v| v.as_str()).unwrap_or("?"),
+        m.postgres.get("synchronous_commit").and_then(|v| v.as_str()).unwrap_or("?"),
+        m.postgres.get("fsync").and_then(|v| v.as_str()).unwrap_or("?"),
+    );
+    let _ = writeln!(
+        s,
+        "Sizes: {} events (~{} bytes each, seed {}), batch size {}, {} enrich events per batch size, {} classic events, {} swaps, {} documents per bulk size. Commit {}{}. Total {:.0} s.\n",
+        r.sizes.events,
+        f(r.num(0, "/mean_record_bytes")),
+        r.sizes.seed,
+        r.sizes.batch_size,
+        r.sizes.enrich_events,
+        r.sizes.classic_events,
+        r.sizes.swaps,
+        r.sizes.index_docs,
+        r.git["sha"].as_str().unwrap_or("?"),
+        if r.git["dirty"].as_bool() == Some(true) { " (with uncommitted changes)" } else { "" },
+        r.total_seconds
+    );
+
+    let _ = writeln!(s, "### Targets\n\n| target | measured (threshold) | verdict | notes |\n|---|---|---|---|");
+    for t in &r.targets {
+        let _ = writeln!(s, "| {} | {} | **{}** | {} |", t.name, t.describe(), t.verdict, t.detail);
+    }
+
+    let _ = writeln!(s, "\n### Arms\n\n| arm | what | result | time |\n|---|---|---|---|");
+    for a in &r.arms {
+        let result = match (a.status.as_str(), a.arm) {
+            ("ok", 0) => format!("{} events/s, {:.1} MiB/s", f(r.num(0, "/events_per_s")), r.num(0, "/mib_per_s").unwrap_or(0.0)),
+            ("ok", 1) => format!(
+                "{} events/s steady ({:.1} MiB/s); batch latency p50 {} / p99 {} ms (per event p50 {} / p99 {} ms); peak RSS {} MiB",
+                f(r.num(1, "/steady/events_per_s")),
+                r.num(1, "/steady/mib_per_s").unwrap_or(0.0),
+                f(r.num(1, "/latency/per_batch_ms/p50")),
+                f(r.num(1, "/latency/per_batch_ms/p99")),
+                f(r.num(1, "/latency/per_event_ms/p50")),
+                f(r.num(1, "/latency/per_event_ms/p99")),
+                f(r.num(1, "/host_peak_rss_mib")),
+            ),
+            ("ok", 2) => format!("{} events/s ({:.1} MiB/s of Kafka payload)", f(r.num(2, "/events_per_s")), r.num(2, "/mib_per_s").unwrap_or(0.0)),
+            ("ok", 3) => format!("WASM/native at batch {}: {}", r.sizes.batch_size, format_ratio(r.num(3, "/wasm_over_native_at_default"))),
+            ("ok", 4) => format!("{} events/s", f(r.num(4, "/events_per_s"))),
+            ("ok", 5) => format!(
+                "{} rows, equal; plugin path {:.2} s vs SQL {:.2} s ({}); compute only: WASM {:.2} s, native {:.2} s",
+                f(r.num(5, "/rows")),
+                r.num(5, "/plugin_path_seconds").unwrap_or(0.0),
+                r.num(5, "/sql_seconds").unwrap_or(0.0),
+                format_ratio(r.num(5, "/plugin_path_over_sql")),
+                r.num(5, "/compute_only/wasm_plugin_seconds").unwrap_or(0.0),
+                r.num(5, "/compute_only/native_seconds").unwrap_or(0.0),
+            ),
+            ("ok", 6) => format!(
+                "{}/{} swaps; write→logged p50 {} / p99 {} ms; write→first stored p50 {} / p99 {} ms; lost {}, duplicated {}; {} events/s produced",
+                f(r.num(6, "/swaps_logged")),
+                f(r.num(6, "/swaps")),
+                f(r.num(6, "/write_to_log_ms/p50")),
+                f(r.num(6, "/write_to_log_ms/p99")),
+                f(r.num(6, "/write_to_first_stored_ms/p50")),
+                f(r.num(6, "/write_to_first_stored_ms/p99")),
+                f(r.num(6, "/lost")),
+                f(r.num(6, "/duplicated")),
+                f(r.num(6, "/produce_rate")),
+            ),
+            ("ok", 7) => r
+                .arm(7)
+                .and_then(|v| v["sweep"].as_array())
+                .map(|sweep| {
+                    sweep
+                        .iter()
+                        .map(|x| format!("{} MiB: {} docs/s", x["bulk_max_mib"], f(x["documents_per_s"].as_f64())))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_default(),
+            _ => format!("{}: {}", a.status, a.error.as_deref().unwrap_or("").lines().next().unwrap_or("")),
+        };
+        let _ = writeln!(s, "| {} | {} | {} | {:.0} s |", a.arm, a.name, result.replace('|', "\\|"), a.seconds);
+    }
+
+    if let Some(swap) = r.arm(6) {
+        let _ = writeln!(s, "\n### Hot swap, compiled-component cache off vs on (ms from file write)\n\n| cache | write → swap logged p50 / p99 | write → first stored p50 / p99 | host took_ms p50 / p99 | lost | duplicated | peak RSS MiB |\n|---|---|---|---|---|---|---|");
+        for (label, v) in [("off (every swap compiles)", &swap["compile_cache_off"]), ("on (default)", swap)] {
+            let g = |p: &str| f(v.pointer(p).and_then(|x| x.as_f64()));
+            let _ = writeln!(
+                s,
+                "| {label} | {} / {} | {} / {} | {} / {} | {} | {} | {} |",
+                g("/write_to_log_ms/p50"),
+                g("/write_to_log_ms/p99"),
+                g("/write_to_first_stored_ms/p50"),
+                g("/write_to_first_stored_ms/p99"),
+                g("/host_took_ms/p50"),
+                g("/host_took_ms/p99"),
+                g("/lost"),
+                g("/duplicated"),
+                g("/host_peak_rss_mib"),
+            );
+        }
+        let g = |p: &str| f(swap.pointer(p).and_then(|x| x.as_f64()));
+        let _ = writeln!(
+            s,
+            "\nCache on: the one swap to a build never compiled before (swap 1) {} ms; swaps to builds compiled before p50 {} / p99 {} ms.",
+            g("/cold_vs_cached/cold_write_to_log_ms/max"),
+            g("/cold_vs_cached/cached_write_to_log_ms/p50"),
+            g("/cold_vs_cached/cached_write_to_log_ms/p99"),
+        );
+    }
+
+    if let Some(sweep) = r.arm(3).and_then(|v| v["sweep"].as_array()) {
+        let _ = writeln!(s, "\n### Enrich, native vs WASM (events/s, one thread)\n\n| batch size | native | WASM | WASM/native |\n|---|---|---|---|");
+        for x in sweep {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                x["batch_size"],
+                f(x["native_events_per_s"].as_f64()),
+                f(x["wasm_events_per_s"].as_f64()),
+                format_ratio(x["wasm_over_native"].as_f64())
+            );
+        }
+    }
+    s
+}
