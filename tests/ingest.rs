@@ -328,3 +328,48 @@ async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after
     assert_eq!(again, Default::default(), "a second replay finds nothing pending");
     assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await as usize, total);
 }
+
+/// The same event sent twice — in one batch, in a later batch, and under
+/// another key (another partition) — is stored once; the repeats are counted
+/// as duplicates, not dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_event_id_is_stored_once_and_counted_as_a_duplicate() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("ingest_dup");
+    let db = support::fresh_database("ingest_dup").await;
+    let first = produce_to(&topic, generator(300, 0.0, 11), None).await;
+    let producer: FutureProducer = clickstream::kafka::client_config(&support::brokers(), &Default::default()).create().unwrap();
+    // Repeats within the first wave: the same records again, right behind.
+    for r in first.iter().take(10) {
+        producer.send(FutureRecord::to(&topic).key(&r.key).payload(&r.payload), Duration::from_secs(5)).await.unwrap();
+    }
+    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stats = Arc::new(Stats::default());
+    let running = tokio::spawn(clickstream::pipeline::run_until_stopped(support::load_config(&pipeline), stopped, Default::default(), stats.clone(), |_| {}));
+    let pool = pool(&db).await;
+    support::wait_until(WAIT, "the first wave stored", || {
+        let stats = stats.clone();
+        async move { stats.stored.get() + stats.duplicates.get() >= 310 }
+    })
+    .await;
+    // Repeats of events stored long before, under other keys, so other partitions.
+    for (i, r) in first.iter().skip(100).take(15).enumerate() {
+        let key = format!("elsewhere-{i}");
+        producer.send(FutureRecord::to(&topic).key(&key).payload(&r.payload), Duration::from_secs(5)).await.unwrap();
+    }
+    support::wait_until(WAIT, "the repeats consumed", || {
+        let stats = stats.clone();
+        async move { stats.consumed.get() >= 325 && stats.stored.get() + stats.duplicates.get() >= 325 }
+    })
+    .await;
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+
+    let stored = stored_ids(&pool).await;
+    assert_eq!(stored.into_iter().collect::<BTreeSet<_>>(), expected_event_ids(&first), "each event once");
+    assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await, 300);
+    assert_eq!(support::count(&pool, "SELECT count(*) FROM dead_letters").await, 0, "a repeat is not an error");
+    assert_eq!((stats.stored.get(), stats.duplicates.get()), (300, 25));
+}

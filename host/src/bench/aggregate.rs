@@ -469,8 +469,8 @@ async fn copy_events(bench: &Bench) -> anyhow::Result<String> {
     let mut conn = sqlx::PgConnection::connect(&url).await?;
     let mut buf = Vec::new();
     for batch in rows.chunks(bench.sizes.batch_size) {
-        super::copy::encode_binary(batch, &mut buf);
-        let mut copy = conn.copy_in_raw(&format!("COPY events ({}) FROM STDIN (FORMAT binary)", super::copy::COLUMNS)).await?;
+        crate::store::encode_copy(batch.iter().map(super::data::Row::as_copy), &mut buf);
+        let mut copy = conn.copy_in_raw(&format!("COPY events ({}) FROM STDIN (FORMAT binary)", crate::store::EVENT_COLUMNS)).await?;
         copy.send(buf.as_slice()).await?;
         copy.finish().await?;
     }

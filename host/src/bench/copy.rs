@@ -14,58 +14,7 @@ use sqlx::Connection;
 use super::data::{enriched_rows, Row};
 use super::stats::{mib_per_s, rate};
 use super::{progress, Bench};
-use crate::store::{Store, WindowSpec};
-
-pub(crate) const COLUMNS: &str = "event_id, user_id, ts_ms, url, ip, user_agent, referrer, session_id, country, city, browser, os, device, \
-                       plugin_name, plugin_version, topic, \"partition\", \"offset\", received_at";
-
-/// PostgreSQL's epoch (2000-01-01T00:00:00Z) in Unix microseconds.
-const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
-
-/// Encodes rows in PostgreSQL's binary `COPY` format (header, tuples, trailer).
-pub fn encode_binary(rows: &[Row], out: &mut Vec<u8>) {
-    out.clear();
-    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-    out.extend_from_slice(&0i32.to_be_bytes()); // flags
-    out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
-    fn text(out: &mut Vec<u8>, s: &str) {
-        out.extend_from_slice(&(s.len() as i32).to_be_bytes());
-        out.extend_from_slice(s.as_bytes());
-    }
-    fn opt_text(out: &mut Vec<u8>, s: Option<&str>) {
-        match s {
-            Some(s) => text(out, s),
-            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
-        }
-    }
-    for r in rows {
-        out.extend_from_slice(&19i16.to_be_bytes());
-        text(out, &r.event_id);
-        text(out, &r.user_id);
-        out.extend_from_slice(&8i32.to_be_bytes());
-        out.extend_from_slice(&r.ts_ms.to_be_bytes());
-        text(out, &r.url);
-        text(out, &r.ip);
-        text(out, &r.user_agent);
-        opt_text(out, r.referrer.as_deref());
-        opt_text(out, r.session_id.as_deref());
-        text(out, &r.country);
-        text(out, &r.city);
-        text(out, &r.browser);
-        text(out, &r.os);
-        text(out, r.device);
-        text(out, &r.plugin_name);
-        text(out, &r.plugin_version);
-        text(out, &r.topic);
-        out.extend_from_slice(&4i32.to_be_bytes());
-        out.extend_from_slice(&r.partition.to_be_bytes());
-        out.extend_from_slice(&8i32.to_be_bytes());
-        out.extend_from_slice(&r.offset.to_be_bytes());
-        out.extend_from_slice(&8i32.to_be_bytes());
-        out.extend_from_slice(&(r.received_at.timestamp_micros() - PG_EPOCH_MICROS).to_be_bytes());
-    }
-    out.extend_from_slice(&(-1i16).to_be_bytes());
-}
+use crate::store::{encode_copy, Store, WindowSpec, EVENT_COLUMNS};
 
 /// A fresh database with the store's tables.
 async fn fresh_store(bench: &Bench, name: &str) -> anyhow::Result<(String, Store)> {
@@ -82,7 +31,7 @@ pub async fn run_copy(bench: &Bench) -> anyhow::Result<Value> {
     let (url, store) = fresh_store(bench, "copy").await?;
     store.pool().close().await;
     let mut conn = sqlx::PgConnection::connect(&url).await?;
-    let statement = format!("COPY events ({COLUMNS}) FROM STDIN (FORMAT binary)");
+    let statement = format!("COPY events ({EVENT_COLUMNS}) FROM STDIN (FORMAT binary)");
     let mut buf = Vec::new();
     let (mut encode, mut bytes) = (Duration::ZERO, 0u64);
     let started = Instant::now();
@@ -90,7 +39,7 @@ pub async fn run_copy(bench: &Bench) -> anyhow::Result<Value> {
     let mut done = 0usize;
     for batch in rows.chunks(bench.sizes.batch_size) {
         let t = Instant::now();
-        encode_binary(batch, &mut buf);
+        encode_copy(batch.iter().map(Row::as_copy), &mut buf);
         encode += t.elapsed();
         bytes += buf.len() as u64;
         let mut copy = conn.copy_in_raw(&statement).await?;
@@ -134,7 +83,7 @@ pub async fn run_classic(bench: &Bench) -> anyhow::Result<Value> {
     store.pool().close().await;
     let mut conn = sqlx::PgConnection::connect(&url).await?;
     let statement = format!(
-        "INSERT INTO events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+        "INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
     );
     let started = Instant::now();
     for r in &rows {
@@ -203,7 +152,7 @@ mod tests {
             received_at: chrono::DateTime::from_timestamp(946_684_800, 0).unwrap(),
         };
         let mut buf = Vec::new();
-        encode_binary(&[row], &mut buf);
+        encode_copy([row.as_copy()], &mut buf);
         assert!(buf.starts_with(b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0"));
         assert_eq!(&buf[19..21], &19i16.to_be_bytes());
         assert!(buf.ends_with(&[0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]), "the PostgreSQL epoch is 0 µs, then the trailer");

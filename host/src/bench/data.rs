@@ -139,6 +139,33 @@ pub struct Row {
     pub received_at: chrono::DateTime<chrono::Utc>,
 }
 
+impl Row {
+    /// The row as the store's COPY encoder takes it.
+    pub fn as_copy(&self) -> crate::store::CopyRow<'_> {
+        crate::store::CopyRow {
+            event_id: &self.event_id,
+            user_id: &self.user_id,
+            ts_ms: self.ts_ms,
+            url: &self.url,
+            ip: &self.ip,
+            user_agent: &self.user_agent,
+            referrer: self.referrer.as_deref(),
+            session_id: self.session_id.as_deref(),
+            country: &self.country,
+            city: &self.city,
+            browser: &self.browser,
+            os: &self.os,
+            device: self.device,
+            plugin_name: &self.plugin_name,
+            plugin_version: &self.plugin_version,
+            topic: &self.topic,
+            partition: self.partition,
+            offset: self.offset,
+            received_at: self.received_at,
+        }
+    }
+}
+
 /// Native enrich of host clicks: the plugin crate's logic compiled into the
 /// host, with the host's GeoIP. Converts types at the edges.
 pub fn to_native(click: &crate::plugin::enrich::RawClick) -> clickstream_enrich::RawClick {
