@@ -157,3 +157,54 @@ async fn a_search_outage_delays_indexing_and_every_aggregate_arrives_after() {
     running.stop.send(true).unwrap();
     running.task.await.unwrap().unwrap();
 }
+
+/// A late batch holding a user's events on both sides of an event stored
+/// earlier changes that stored event's time on page (its next event is now
+/// the late one): its window is re-aggregated although no new event falls
+/// in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_batch_around_a_stored_event_re_aggregates_that_events_window() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("agg_between");
+    let db = support::fresh_database("agg_between").await;
+    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
+    clickstream::kafka::ensure_topic(&support::brokers(), &topic, 1).await.unwrap();
+    let producer: FutureProducer = clickstream::kafka::client_config(&support::brokers(), &Default::default()).create().unwrap();
+    let t0 = 1_795_200_000_000 - 1_795_200_000_000 % WINDOW_MS;
+    let click = |id: &str, user: &str, at_s: i64| {
+        format!(
+            r#"{{"event_id":"{id}","user_id":"{user}","timestamp":{},"url":"https://shop.example/p{id}","ip":"81.2.69.142","user_agent":"Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0"}}"#,
+            t0 + at_s * 1000
+        )
+    };
+    let send = |events: Vec<String>| {
+        let producer = producer.clone();
+        let topic = topic.clone();
+        async move {
+            let sends: Vec<_> = events.iter().map(|e| producer.send(FutureRecord::to(&topic).key("u1").payload(e), Duration::from_secs(5))).collect();
+            for s in sends {
+                s.await.unwrap();
+            }
+        }
+    };
+    // Stored first: A in window 0, B in window 1, C in window 2 (C is the
+    // user's last page: no time on page yet).
+    send(vec![click("a", "u1", 0), click("b", "u1", 70), click("c", "u1", 130)]).await;
+    let running = start(dir.path(), &topic, &db, None).await;
+    let indexer = Indexer::new(&running.config.index).unwrap();
+    support::wait_until(WAIT, "the first events aggregated", || settled(&pool, 3)).await;
+    assert_docs_match(&all_docs(&indexer).await, &reference(&pool).await);
+
+    // One late batch: n1 in window 0 and n3 in window 3. C's next page is now
+    // n3, 70 s later; window 2 gets no new event.
+    send(vec![click("n1", "u1", 10), click("n3", "u1", 200)]).await;
+    support::wait_until(WAIT, "the late events aggregated", || settled(&pool, 5)).await;
+    let docs = all_docs(&indexer).await;
+    assert_docs_match(&docs, &reference(&pool).await);
+    let window_2 = docs.iter().find(|d| d.window_start_ms == t0 + 2 * WINDOW_MS).expect("a document for window 2");
+    assert_eq!((window_2.time_spent_total_ms, window_2.time_spent_samples), (70_000, 1), "C's time on page counts");
+
+    running.stop.send(true).unwrap();
+    running.task.await.unwrap().unwrap();
+}
