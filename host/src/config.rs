@@ -238,7 +238,7 @@ const fn default_max_record_bytes() -> usize {
     64 * 1024
 }
 const fn default_batch_size() -> usize {
-    2048
+    4096
 }
 const fn default_batch_max_wait_ms() -> u64 {
     200
@@ -403,7 +403,7 @@ impl PipelineConfig {
             return Err(invalid("source.group_id", "is empty".into(), "name the consumer group"));
         }
         if !(1..=100_000).contains(&s.batch_size) {
-            return Err(invalid("source.batch_size", format!("is {}", s.batch_size), "use 1 to 100000 (default 2048)"));
+            return Err(invalid("source.batch_size", format!("is {}", s.batch_size), "use 1 to 100000 (default 4096)"));
         }
         if !(1..=60_000).contains(&s.batch_max_wait_ms) {
             return Err(invalid("source.batch_max_wait_ms", format!("is {}", s.batch_max_wait_ms), "use 1 to 60000 (default 200)"));
@@ -510,7 +510,7 @@ path = "plugins/aggregate.wasm"
     #[test]
     fn minimal_file_gets_documented_defaults_and_resolved_paths() {
         let c = parse(MINIMAL).unwrap();
-        assert_eq!(c.source.batch_size, 2048);
+        assert_eq!(c.source.batch_size, 4096);
         assert_eq!(c.aggregate.window_secs, 60);
         assert_eq!(c.aggregate.session_timeout_secs, 1800);
         assert_eq!(c.plugins.enrich.path, Path::new("/etc/cs/plugins/enrich.wasm"));

@@ -61,7 +61,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub index_docs: Option<u64>,
     /// Records per batch (enrich call and database transaction), as `source.batch_size`.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 4096)]
     pub batch_size: usize,
     /// Same seed, same events, for every arm.
     #[arg(long, default_value_t = 42)]
