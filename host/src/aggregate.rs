@@ -410,7 +410,7 @@ impl Aggregator {
 
 /// Splits sorted window starts into runs of consecutive windows, at most
 /// `max` long, so each run is one contiguous range for the plugin.
-fn contiguous_runs(windows: &[i64], window_ms: i64, max: usize) -> Vec<Vec<i64>> {
+pub(crate) fn contiguous_runs(windows: &[i64], window_ms: i64, max: usize) -> Vec<Vec<i64>> {
     let mut runs: Vec<Vec<i64>> = Vec::new();
     for &w in windows {
         match runs.last_mut() {

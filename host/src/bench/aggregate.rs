@@ -170,19 +170,6 @@ fn from_plugin(rows: Vec<crate::plugin::aggregate::AggregateRow>) -> Vec<AggRow>
         .collect()
 }
 
-/// Splits sorted window starts into runs of at most `max` consecutive windows
-/// (what the host's aggregation pass does).
-fn runs(windows: &[i64], window_ms: i64, max: usize) -> Vec<Vec<i64>> {
-    let mut out: Vec<Vec<i64>> = Vec::new();
-    for &w in windows {
-        match out.last_mut() {
-            Some(run) if run.len() < max && run.last().is_some_and(|&l| l + window_ms == w) => run.push(w),
-            _ => out.push(vec![w]),
-        }
-    }
-    out
-}
-
 /// Runs arm 5.
 pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
     let (db, source) = match &state.ingest_db {
@@ -213,7 +200,7 @@ pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
     );
     let t = Instant::now();
     let mut written = 0u64;
-    for run in runs(&windows, window_ms, 30) {
+    for run in crate::aggregate::contiguous_runs(&windows, window_ms, 30) {
         written += aggregator.aggregate_windows(&run, None).await?.unwrap_or(0);
     }
     let plugin_path_s = t.elapsed().as_secs_f64();
@@ -525,6 +512,6 @@ mod tests {
 
     #[test]
     fn window_runs_split_at_gaps_and_length() {
-        assert_eq!(runs(&[0, 60, 120, 300], 60, 2), vec![vec![0, 60], vec![120], vec![300]]);
+        assert_eq!(crate::aggregate::contiguous_runs(&[0, 60, 120, 300], 60, 2), vec![vec![0, 60], vec![120], vec![300]]);
     }
 }
