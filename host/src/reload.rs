@@ -114,24 +114,6 @@ pub fn prepare_aggregate(spec: PluginSpec) -> Result<Arc<LoadedAggregate>, Reloa
     Ok(loaded)
 }
 
-/// Loaded plugins of either kind, for the reload history.
-pub trait HasInfo {
-    /// What identifies the version.
-    fn info(&self) -> &PluginInfo;
-}
-
-impl HasInfo for LoadedEnrich {
-    fn info(&self) -> &PluginInfo {
-        &self.info
-    }
-}
-
-impl HasInfo for LoadedAggregate {
-    fn info(&self) -> &PluginInfo {
-        &self.info
-    }
-}
-
 /// A request to reload a plugin from its file now (the API's forced reload):
 /// the file is loaded and proven even when its content is unchanged.
 pub struct ReloadRequest {
@@ -175,7 +157,8 @@ impl Reloader {
         let result = tokio::task::spawn_blocking(move || prepare_enrich(spec, Some(geoip)))
             .await
             .expect("plugin preparation does not panic");
-        let loaded = self.count(result, "enrich")?;
+        self.count("enrich", result.as_ref().map(|l| &l.info));
+        let loaded = result?;
         let old = self.enrich.swap(loaded.clone());
         Ok(self.swapped(old.info.clone(), loaded.info.clone(), started))
     }
@@ -186,15 +169,16 @@ impl Reloader {
         let result = tokio::task::spawn_blocking(move || prepare_aggregate(spec))
             .await
             .expect("plugin preparation does not panic");
-        let loaded = self.count(result, "aggregate")?;
+        self.count("aggregate", result.as_ref().map(|l| &l.info));
+        let loaded = result?;
         let old = self.aggregate.swap(loaded.clone());
         Ok(self.swapped(old.info.clone(), loaded.info.clone(), started))
     }
 
-    fn count<T: std::ops::Deref<Target = impl HasInfo>>(&self, result: Result<T, ReloadError>, slot: &str) -> Result<T, ReloadError> {
-        match &result {
-            Ok(loaded) => {
-                let info = loaded.info();
+    /// Records a reload attempt's outcome in the metrics and its history.
+    fn count(&self, slot: &str, outcome: Result<&PluginInfo, &ReloadError>) {
+        match outcome {
+            Ok(info) => {
                 self.stats.plugin_reloads(slot, true, format!("{} {} (sha256 {})", info.name, info.version, &info.content_hash[..12]));
             }
             Err(e) => {
@@ -202,7 +186,6 @@ impl Reloader {
                 tracing::error!(plugin = slot, error = %e, "plugin reload rejected; the old version keeps serving");
             }
         }
-        result
     }
 
     fn swapped(&self, old: PluginInfo, new: PluginInfo, started: Instant) -> Swap {
@@ -378,12 +361,8 @@ impl Reloader {
     /// Whether the file's content differs from what is serving: an editor
     /// touching a file, or a build rewriting the same bytes, is not a change.
     fn differs(&self, path: &Path, serving: &PluginInfo) -> bool {
-        use sha2::{Digest, Sha256};
         match std::fs::read(path) {
-            Ok(bytes) => {
-                let hash: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-                hash != serving.content_hash
-            }
+            Ok(bytes) => crate::plugin::content_hash(&bytes) != serving.content_hash,
             // Mid-rename: the next event brings the new file.
             Err(_) => false,
         }

@@ -326,7 +326,7 @@ fn compile(spec: &PluginSpec) -> Result<(Component, String), PluginError> {
         path: spec.path.clone(),
         source,
     })?;
-    let hash = hex(&Sha256::digest(&bytes));
+    let hash = content_hash(&bytes);
     let cache = compiled();
     if let Some(cache) = cache {
         let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -399,8 +399,10 @@ fn identify(
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// SHA-256 of a plugin file, hex: what identifies a version in
+/// [`PluginInfo::content_hash`] and in the compiled-component cache.
+pub fn content_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Turns a failed call into the error that says what happened.
