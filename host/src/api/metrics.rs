@@ -130,8 +130,9 @@ pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> String {
             "Failed plugin calls by kind: trap, deadline (epoch interruption), memory (cap hit), contract, configure.",
         );
         for (info, counters) in &plugins {
+            let errors = counters.errors();
             for kind in ["trap", "deadline", "memory", "contract", "configure"] {
-                let n = counters.errors().get(kind).copied().unwrap_or(0);
+                let n = errors.get(kind).copied().unwrap_or(0);
                 out.sample("clickstream_plugin_errors_total", &[("plugin", &info.slot), ("kind", kind)], n);
             }
         }

@@ -222,8 +222,9 @@ async fn prometheus(State(api): State<Api>) -> Response {
 
 async fn stats(State(api): State<Api>) -> Json<Value> {
     let s = &api.stats;
-    let partitions: Vec<Value> = s
-        .partitions()
+    let offsets = s.partitions();
+    let lag_total: i64 = offsets.values().filter_map(|o| o.lag()).sum();
+    let partitions: Vec<Value> = offsets
         .into_iter()
         .map(|((topic, partition), o)| {
             json!({ "topic": topic, "partition": partition, "high_watermark": o.high_watermark, "stored_next": o.stored_next, "lag": o.lag() })
@@ -241,7 +242,7 @@ async fn stats(State(api): State<Api>) -> Json<Value> {
         "windows_aggregated": s.windows_aggregated.get(),
         "documents_indexed": s.documents_indexed.get(),
         "documents_rejected": s.documents_rejected.get(),
-        "lag_total": s.partitions().values().filter_map(|o| o.lag()).sum::<i64>(),
+        "lag_total": lag_total,
         "partitions": partitions,
         "store_batch_seconds_p50": store.quantile(0.5),
         "store_batch_seconds_p99": store.quantile(0.99),
