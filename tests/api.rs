@@ -38,6 +38,15 @@ impl Client {
         (status, body)
     }
 
+    /// Waits up to a minute for `path` to answer 200.
+    async fn wait_for_ok(&self, path: &str) {
+        support::wait_until(Duration::from_secs(60), &format!("{path} to answer 200"), || {
+            let request = self.http.get(format!("{}{path}", self.base));
+            async move { request.send().await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await;
+    }
+
     async fn ok(&self, path: &str) -> Value {
         let (status, body) = self.get(path).await;
         assert_eq!(status, 200, "GET {path}: {body}");
@@ -168,18 +177,8 @@ async fn api_reports_what_the_pipeline_did() {
     let mut host = support::Host::start(&pipeline, &dir.path().join("host.log"));
     let client = Client { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
     let log = host.log.clone();
-    support::wait_until(Duration::from_secs(60), "/health to answer", || {
-        let http = client.http.clone();
-        let url = format!("{}/health", client.base);
-        async move { http.get(url).send().await.is_ok_and(|r| r.status() == 200) }
-    })
-    .await;
-    support::wait_until(Duration::from_secs(60), "/ready to say ready", || {
-        let http = client.http.clone();
-        let url = format!("{}/ready", client.base);
-        async move { http.get(url).send().await.is_ok_and(|r| r.status() == 200) }
-    })
-    .await;
+    client.wait_for_ok("/health").await;
+    client.wait_for_ok("/ready").await;
     let ready = client.ok("/ready").await;
     for check in ["postgres", "kafka", "search", "plugins"] {
         assert_eq!(ready["checks"][check]["ok"], true, "{check}: {ready}");
@@ -424,12 +423,7 @@ async fn ready_names_what_is_missing_and_reload_needs_a_configured_token() {
         let api = api.clone();
         clickstream::pipeline::run_until_stopped(config, stopped, Default::default(), stats, move |p| api.serve_pipeline(p))
     });
-    support::wait_until(Duration::from_secs(60), "/ready", || {
-        let http = client.http.clone();
-        let url = format!("{}/ready", client.base);
-        async move { http.get(url).send().await.is_ok_and(|r| r.status() == 200) }
-    })
-    .await;
+    client.wait_for_ok("/ready").await;
 
     let (status, body) = client.post("/api/plugins/enrich/reload", Some(TOKEN)).await;
     assert_eq!(status, 403, "{body}");
