@@ -23,6 +23,7 @@ use crate::index::{AggregateDoc, IndexError, Indexer};
 use crate::plugin::aggregate::{AggregateParams, AggregateRun, LoadedAggregate, StoredClick};
 use crate::plugin::{PluginError, Slot};
 use crate::stats::{BatchStage, Stats};
+use crate::store::WindowSpec;
 
 /// Most windows aggregated in one plugin run; bounds a run's memory and
 /// the time a window's lock is held.
@@ -200,6 +201,7 @@ impl Aggregator {
             session_timeout_ms: self.session_timeout_ms(),
             keep_query: settings.keep_query,
         };
+        let spec = WindowSpec { window_ms: params.window_ms, session_timeout_ms: params.session_timeout_ms };
         let started = std::time::Instant::now();
         let mut streamed = 0usize;
         let mut newest: HashMap<i64, i64> = HashMap::new();
@@ -228,8 +230,7 @@ impl Aggregator {
             while let Some(row) = events.try_next().await? {
                 let ts: i64 = row.get(2);
                 if ts < to {
-                    let window = from + (ts - from) / self.window_ms() * self.window_ms();
-                    let newest = newest.entry(window).or_insert(ts);
+                    let newest = newest.entry(spec.window_start(ts)).or_insert(ts);
                     *newest = (*newest).max(ts);
                 }
                 streamed += 1;

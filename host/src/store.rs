@@ -165,6 +165,11 @@ impl WindowSpec {
             session_timeout_ms: config.session_timeout_secs as i64 * 1000,
         }
     }
+
+    /// Start of the epoch-aligned window holding `ts_ms`.
+    pub fn window_start(&self, ts_ms: i64) -> i64 {
+        ts_ms.div_euclid(self.window_ms) * self.window_ms
+    }
 }
 
 /// The PostgreSQL store.
@@ -429,8 +434,7 @@ pub(crate) async fn insert_events(tx: &mut sqlx::PgConnection, events: &[&EventR
 /// so the windows of the user's stored events between n1 and nk are marked
 /// too (a superset: usually none, as events arrive in order).
 pub(crate) async fn mark_windows_changed(tx: &mut sqlx::PgConnection, events: &[&EventRow], windows: WindowSpec) -> Result<(), sqlx::Error> {
-    let window_of = |ts: i64| ts - ts.rem_euclid(windows.window_ms);
-    let own: std::collections::BTreeSet<i64> = events.iter().map(|e| window_of(e.click.raw.timestamp_ms)).collect();
+    let own: std::collections::BTreeSet<i64> = events.iter().map(|e| windows.window_start(e.click.raw.timestamp_ms)).collect();
     // Per user: (first, last) new event by (time, id).
     let mut span: std::collections::HashMap<&str, ((i64, &str), (i64, &str))> = std::collections::HashMap::new();
     for e in events {
