@@ -25,7 +25,7 @@ pub struct GeoLocation {
 #[derive(Debug, thiserror::Error)]
 pub enum GeoIpError {
     /// The file is missing or is not an MMDB database.
-    #[error("cannot open GeoIP database {path}: {source} (run `scripts/services up` to download one, or set [geoip] city_db in pipeline.toml)")]
+    #[error("cannot open GeoIP database {path}: {source} (run `scripts/services up geoip` to download the default ones, or list other files in `geoip.databases` in pipeline.toml)")]
     Open {
         /// The file that was opened.
         path: PathBuf,
@@ -40,48 +40,70 @@ pub enum GeoIpError {
 /// first database that has one, and the city likewise, so a city database
 /// can be backed by a country one.
 pub struct GeoIp {
-    readers: Vec<(PathBuf, maxminddb::Reader<maxminddb::Mmap>)>,
+    databases: Vec<Database>,
+}
+
+struct Database {
+    path: PathBuf,
+    reader: maxminddb::Reader<maxminddb::Mmap>,
+    /// Read once at open because `lookup` runs for every click. maxminddb
+    /// does not refuse an IPv6 lookup in an IPv4-only database: it walks the
+    /// 32-bit tree with the address's first 32 bits and answers with an
+    /// unrelated IPv4 network's record (`2001:4860::` reads as `32.1.72.96`).
+    holds_ipv6: bool,
 }
 
 impl fmt::Debug for GeoIp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.readers.iter().map(|(p, _)| p)).finish()
+        f.debug_list().entries(self.databases.iter().map(|d| &d.path)).finish()
     }
 }
 
 impl GeoIp {
     /// Opens MMDB files, to be consulted in the given order.
     pub fn open(paths: &[PathBuf]) -> Result<GeoIp, GeoIpError> {
-        let readers = paths
+        let databases = paths
             .iter()
             .map(|path| {
-                maxminddb::Reader::open_mmap(path)
-                    .map(|reader| (path.clone(), reader))
-                    .map_err(|source| GeoIpError::Open {
-                        path: path.clone(),
-                        source,
-                    })
+                let reader = maxminddb::Reader::open_mmap(path).map_err(|source| GeoIpError::Open {
+                    path: path.clone(),
+                    source,
+                })?;
+                // maxminddb walks a 128-bit tree only when ip_version is 6 and
+                // treats any other value as a 32-bit tree.
+                let holds_ipv6 = reader.metadata.ip_version == 6;
+                Ok(Database {
+                    path: path.clone(),
+                    reader,
+                    holds_ipv6,
+                })
             })
             .collect::<Result<_, _>>()?;
-        Ok(GeoIp { readers })
+        Ok(GeoIp { databases })
     }
 
     /// The files, in lookup order, with each one's database type (e.g. `GeoLite2-City`).
     pub fn databases(&self) -> impl Iterator<Item = (&Path, &str)> {
-        self.readers
+        self.databases
             .iter()
-            .map(|(p, r)| (p.as_path(), r.metadata.database_type.as_str()))
+            .map(|d| (d.path.as_path(), d.reader.metadata.database_type.as_str()))
     }
 
     /// Looks up an address in text form. `None` for text that is not an IP
     /// address and for addresses no database has a record of (private and
-    /// loopback ranges among them).
+    /// loopback ranges among them). An IPv6 address is looked up only in
+    /// IPv6 databases; `::ffff:a.b.c.d` is looked up as `a.b.c.d`.
     pub fn lookup(&self, ip: &str) -> Option<GeoLocation> {
-        let ip: IpAddr = ip.trim().parse().ok()?;
+        let ip = parse_address(ip)?;
         let mut found = GeoLocation::default();
-        for (_, reader) in &self.readers {
-            // A v4-only database answers a v6 lookup with an error: not found.
-            let Ok(Some(record)) = reader.lookup::<Record>(ip) else {
+        for database in &self.databases {
+            if ip.is_ipv6() && !database.holds_ipv6 {
+                continue;
+            }
+            // An IPv4 address in an IPv6 database is found under `::a.b.c.d`,
+            // where maxminddb starts IPv4 lookups. A record that does not
+            // decode as either layout counts as no record.
+            let Ok(Some(record)) = database.reader.lookup::<Record>(ip) else {
                 continue;
             };
             if found.country.is_none() {
@@ -98,6 +120,18 @@ impl GeoIp {
             }
         }
         (found != GeoLocation::default()).then_some(found)
+    }
+}
+
+/// Parses an address as clicks carry it. `::ffff:a.b.c.d` becomes IPv4:
+/// it is the same host, and IPv6 databases need not hold IPv4 under the
+/// mapped prefix (the `@ip-location-db` files hold it only under `::/96`).
+/// The deprecated IPv4-compatible form (`::a.b.c.d`) stays IPv6, as `::1`
+/// must.
+fn parse_address(text: &str) -> Option<IpAddr> {
+    match text.trim().parse().ok()? {
+        IpAddr::V6(v6) => Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)),
+        v4 => Some(v4),
     }
 }
 
@@ -147,5 +181,31 @@ impl<'de> Deserialize<'de> for NameOrNames {
             }
         }
         deserializer.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_address;
+
+    #[test]
+    fn an_ipv4_mapped_ipv6_address_is_looked_up_as_ipv4() {
+        assert_eq!(parse_address("::ffff:81.2.69.142"), "81.2.69.142".parse().ok());
+        assert_eq!(parse_address("::FFFF:5102:458e"), "81.2.69.142".parse().ok());
+    }
+
+    #[test]
+    fn loopback_and_ipv4_compatible_ipv6_addresses_stay_ipv6() {
+        // `Ipv6Addr::to_ipv4` would turn these into 0.0.0.1 and 81.2.69.142.
+        assert_eq!(parse_address("::1"), "::1".parse().ok());
+        assert_eq!(parse_address("::81.2.69.142"), "::5102:458e".parse().ok());
+    }
+
+    #[test]
+    fn surrounding_whitespace_is_ignored_and_malformed_text_is_no_address() {
+        assert_eq!(parse_address(" 81.2.69.142\n"), "81.2.69.142".parse().ok());
+        for text in ["", "999.1.1.1", "abc", "1.2.3", "01.2.3.4", "[::1]", "fe80::1%eth0"] {
+            assert_eq!(parse_address(text), None, "{text:?}");
+        }
     }
 }
