@@ -56,6 +56,11 @@ struct Running {
 }
 
 async fn start(dir: &std::path::Path, topic: &str, db: &str, search: Option<&str>) -> Running {
+    start_with(dir, topic, db, search, None, Arc::new(Stats::default())).await
+}
+
+/// [`start`], with another aggregate plugin file when given.
+async fn start_with(dir: &std::path::Path, topic: &str, db: &str, search: Option<&str>, aggregate: Option<&std::path::Path>, stats: Arc<Stats>) -> Running {
     support::init_logs();
     let mut extra = "[aggregate]\ninterval_ms = 300\nallowed_lateness_secs = 0\n".to_string();
     let pipeline = support::write_pipeline(dir, topic, &support::unique("agg"), db, "");
@@ -63,11 +68,14 @@ async fn start(dir: &std::path::Path, topic: &str, db: &str, search: Option<&str
     if let Some(url) = search {
         text = text.replace(&support::search_url(), url);
     }
+    if let Some(plugin) = aggregate {
+        text = text.replace(&support::plugin("aggregate").display().to_string(), &plugin.display().to_string());
+    }
     extra.insert_str(0, &text);
     std::fs::write(&pipeline, extra).unwrap();
     let config = support::load_config(&pipeline);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(clickstream::pipeline::run_until_stopped(config.clone(), stopped, Default::default(), Arc::new(Stats::default()), |_| {}));
+    let task = tokio::spawn(clickstream::pipeline::run_until_stopped(config.clone(), stopped, Default::default(), stats, |_| {}));
     Running { stop, task, config }
 }
 
@@ -205,6 +213,66 @@ async fn a_late_batch_around_a_stored_event_re_aggregates_that_events_window() {
     let window_2 = docs.iter().find(|d| d.window_start_ms == t0 + 2 * WINDOW_MS).expect("a document for window 2");
     assert_eq!((window_2.time_spent_total_ms, window_2.time_spent_samples), (70_000, 1), "C's time on page counts");
 
+    running.stop.send(true).unwrap();
+    running.task.await.unwrap().unwrap();
+}
+
+/// A window whose aggregation fails (the plugin traps on one of its events,
+/// or returns a row outside its run) is set aside with its error while every
+/// other window is aggregated and indexed; once a fixed plugin is swapped in,
+/// the set-aside windows are retried and everything matches the reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_window_is_set_aside_while_the_others_are_aggregated_and_indexed() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("agg_poison");
+    let db = support::fresh_database("agg_poison").await;
+    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
+    let start_ms = 1_795_300_000_000 - 1_795_300_000_000 % WINDOW_MS;
+    let good = produce_to(&topic, clickstream_config(1_500, 31, start_ms)).await;
+    let producer: FutureProducer = clickstream::kafka::client_config(&support::brokers(), &Default::default()).create().unwrap();
+    let (trap_window, bad_window) = (start_ms + 5 * WINDOW_MS, start_ms + 9 * WINDOW_MS);
+    for (id, at, path) in [("p-trap", trap_window + 1_000, "/trap-aggregate"), ("p-bad", bad_window + 1_000, "/bad-row")] {
+        let click = format!(r#"{{"event_id":"{id}","user_id":"poison-{id}","timestamp":{at},"url":"https://shop.example{path}","ip":"81.2.69.142"}}"#);
+        producer.send(FutureRecord::to(&topic).key(id).payload(&click), Duration::from_secs(5)).await.unwrap();
+    }
+    // The plugin file is the test's own copy, so swapping it touches no other test.
+    let plugin = dir.path().join("aggregate.wasm");
+    std::fs::copy(support::plugin("aggregate-poison"), &plugin).unwrap();
+    let stats = Arc::new(Stats::default());
+    let running = start_with(dir.path(), &topic, &db, None, Some(&plugin), stats.clone()).await;
+    let indexer = Indexer::new(&running.config.index).unwrap();
+
+    let total = good + 2;
+    support::wait_until(WAIT, "every window but the two poisoned ones aggregated and indexed", || async {
+        support::count(&pool, "SELECT count(*) FROM events").await as usize >= total
+            && support::count(&pool, "SELECT count(*) FROM aggregate_windows WHERE version > aggregated_version AND last_error IS NULL").await == 0
+            && support::count(&pool, "SELECT count(*) FROM aggregate_windows WHERE last_error IS NOT NULL").await == 2
+            && support::count(&pool, "SELECT count(*) FROM aggregates WHERE indexed_at IS NULL").await == 0
+    })
+    .await;
+    let failing = clickstream::aggregate::failing_windows(&pool, 100).await.unwrap();
+    assert_eq!(failing.iter().map(|f| f.window_start_ms).collect::<Vec<_>>(), vec![trap_window, bad_window]);
+    assert!(failing[0].last_error.contains("trapped") && failing[0].last_error.contains("/trap-aggregate"), "{}", failing[0].last_error);
+    assert!(failing[1].last_error.contains("not a window of the run"), "{}", failing[1].last_error);
+    assert!(failing.iter().all(|f| f.failures >= 1 && f.retry_at > f.failed_at));
+    assert!(stats.window_failures_by().get("trap").is_some_and(|n| *n >= 1), "{:?}", stats.window_failures_by());
+    assert!(stats.window_failures_by().get("contract").is_some_and(|n| *n >= 1));
+    // Every other window is indexed and right.
+    let expected: BTreeMap<_, _> = reference(&pool).await.into_iter().filter(|((w, _, _), _)| *w != trap_window && *w != bad_window).collect();
+    let docs: Vec<AggregateDoc> = all_docs(&indexer).await.into_iter().filter(|d| d.window_start_ms != trap_window && d.window_start_ms != bad_window).collect();
+    assert_docs_match(&docs, &expected);
+
+    // The fix: the real plugin swapped in over the file. The set-aside
+    // windows come back on their next retry.
+    let fixed = dir.path().join("fixed.wasm");
+    std::fs::copy(support::plugin("aggregate"), &fixed).unwrap();
+    std::fs::rename(&fixed, &plugin).unwrap();
+    support::wait_until(WAIT, "the set-aside windows aggregated after the fix", || async {
+        support::count(&pool, "SELECT count(*) FROM aggregate_windows WHERE last_error IS NOT NULL").await == 0 && settled(&pool, total).await
+    })
+    .await;
+    assert_docs_match(&all_docs(&indexer).await, &reference(&pool).await);
     running.stop.send(true).unwrap();
     running.task.await.unwrap().unwrap();
 }

@@ -142,13 +142,16 @@ async fn every_good_event_is_stored_once_enriched_and_every_bad_record_is_dead_l
             Some(BadKind::WrongType) => ("decode", "wrong_type"),
             Some(BadKind::Huge) => ("decode", "too_large"),
             Some(BadKind::Refused) => ("enrich", "refused"),
+            Some(BadKind::NulCharacter) => ("decode", "nul_character"),
+            Some(BadKind::FarTimestamp) => ("decode", "timestamp_out_of_range"),
+            Some(BadKind::LongId) => ("decode", "field_too_long"),
             other => panic!("{other:?} was dead-lettered: {reason}"),
         };
         assert_eq!((stage.as_str(), kind.as_str()), expected_kind, "{reason}");
     }
     let expected_dead = records.iter().filter(|r| r.bad.is_some_and(BadKind::is_dead_letter)).count();
     assert_eq!(rows.len(), expected_dead, "dead letters by kind: {by_kind:?}");
-    assert!(by_kind.len() == 5, "every dead-letter kind is exercised: {by_kind:?}");
+    assert!(by_kind.len() == 8, "every dead-letter kind is exercised: {by_kind:?}");
 
     // Counts reconcile, in the database and in the counters.
     assert_eq!(stats.consumed.get() as usize, total);
@@ -319,12 +322,12 @@ async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after
     let config = support::load_config(&pipeline);
     let loaded = clickstream::plugin::enrich::LoadedEnrich::load(config.enrich_spec(), None).unwrap();
     let mut runner = clickstream::plugin::enrich::EnrichRunner::new(Arc::new(clickstream::plugin::Slot::new(loaded)));
-    let outcome = clickstream::dead_letters::replay(&pool, clickstream::store::WindowSpec::of(&config.aggregate), &mut runner, config.source.max_record_bytes, |_| {}).await.unwrap();
+    let outcome = clickstream::dead_letters::replay(&pool, clickstream::store::WindowSpec::of(&config.aggregate), &mut runner, &clickstream::decode::DecodeLimits::of(&config.source), |_| {}).await.unwrap();
     assert_eq!((outcome.stored, outcome.still_failing), (3, 0));
     let versions: Vec<String> = sqlx::query_scalar("SELECT plugin_version FROM events WHERE event_id LIKE 'poison-%'").fetch_all(&pool).await.unwrap();
     assert_eq!(versions, vec![clickstream_enrich::VERSION.to_string(); 3]);
     assert_eq!(support::count(&pool, "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL").await, 0);
-    let again = clickstream::dead_letters::replay(&pool, clickstream::store::WindowSpec::of(&config.aggregate), &mut runner, config.source.max_record_bytes, |_| {}).await.unwrap();
+    let again = clickstream::dead_letters::replay(&pool, clickstream::store::WindowSpec::of(&config.aggregate), &mut runner, &clickstream::decode::DecodeLimits::of(&config.source), |_| {}).await.unwrap();
     assert_eq!(again, Default::default(), "a second replay finds nothing pending");
     assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await as usize, total);
 }

@@ -6,7 +6,7 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::decode::decode;
+use crate::decode::{decode, DecodeLimits};
 use crate::geoip::GeoIp;
 use crate::plugin::aggregate::{AggregateParams, AggregateRun, LoadedAggregate, StoredClick};
 use crate::plugin::enrich::{device_name, EnrichRunner, LoadedEnrich, RawClick};
@@ -49,7 +49,7 @@ pub fn read_events(path: &Path) -> anyhow::Result<Vec<RawClick>> {
         if line.trim().is_empty() {
             continue;
         }
-        let click = decode(line.as_bytes(), usize::MAX, || format!("line-{}", n + 1))
+        let click = decode(line.as_bytes(), &DecodeLimits::UNBOUNDED, 0, || format!("line-{}", n + 1))
             .with_context(|| format!("{}:{}: not a valid event", path.display(), n + 1))?;
         clicks.push(click);
     }

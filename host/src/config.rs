@@ -99,10 +99,35 @@ pub struct SourceConfig {
     /// Longest a partial batch waits for more records.
     #[serde(default = "default_batch_max_wait_ms")]
     pub batch_max_wait_ms: u64,
-    /// Extra librdkafka consumer properties (e.g. `security.protocol`).
+    /// Extra librdkafka consumer properties (e.g. `security.protocol`);
+    /// the ones the effectively-once guarantee depends on are refused
+    /// ([`RESERVED_KAFKA_KEYS`]).
     #[serde(default)]
     pub kafka: BTreeMap<String, String>,
+    /// Events timed more than this far ahead of the host's clock are
+    /// dead-lettered (`timestamp_out_of_range`). Applied live.
+    #[serde(default = "default_max_future_secs")]
+    pub max_future_secs: u64,
+    /// Events timed before this instant (RFC 3339) are dead-lettered
+    /// (`timestamp_out_of_range`). Applied live.
+    #[serde(default = "default_min_event_time")]
+    pub min_event_time: String,
 }
+
+/// librdkafka properties the pipeline sets itself because exactly-once
+/// storage depends on them: offsets are stored and committed by the store
+/// only after PostgreSQL has the records, partitions start where PostgreSQL
+/// says, and only committed transactional records are read.
+pub const RESERVED_KAFKA_KEYS: [&str; 8] = [
+    "group.id",
+    "bootstrap.servers",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "isolation.level",
+    "enable.partition.eof",
+    "auto.commit.interval.ms",
+];
 
 /// `[store]`: PostgreSQL.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -179,6 +204,15 @@ pub struct AggregateConfig {
     /// Clicks per batch pushed to the aggregate plugin.
     #[serde(default = "default_aggregate_batch_size")]
     pub batch_size: usize,
+    /// A partition whose newest stored record is older than this no longer
+    /// holds the watermark back (README, "Metrics": the watermark rule).
+    #[serde(default = "default_idle_partition_secs")]
+    pub idle_partition_secs: u64,
+    /// Event times count toward the watermark at most this far ahead of
+    /// PostgreSQL's clock, so one event from a wrong clock cannot finalise
+    /// every window.
+    #[serde(default = "default_clock_skew_secs")]
+    pub clock_skew_secs: u64,
 }
 
 /// `[index]`: the Elasticsearch-compatible search server.
@@ -242,6 +276,18 @@ const fn default_batch_size() -> usize {
 }
 const fn default_batch_max_wait_ms() -> u64 {
     200
+}
+const fn default_max_future_secs() -> u64 {
+    86_400
+}
+fn default_min_event_time() -> String {
+    "2000-01-01T00:00:00Z".into()
+}
+const fn default_idle_partition_secs() -> u64 {
+    300
+}
+const fn default_clock_skew_secs() -> u64 {
+    300
 }
 fn default_database_url() -> String {
     "postgres://postgres@127.0.0.1:5432/test".into()
@@ -314,6 +360,8 @@ impl Default for AggregateConfig {
             interval_ms: default_aggregate_interval_ms(),
             allowed_lateness_secs: default_allowed_lateness_secs(),
             batch_size: default_aggregate_batch_size(),
+            idle_partition_secs: default_idle_partition_secs(),
+            clock_skew_secs: default_clock_skew_secs(),
         }
     }
 }
@@ -411,6 +459,19 @@ impl PipelineConfig {
         if !(256..=16 << 20).contains(&s.max_record_bytes) {
             return Err(invalid("source.max_record_bytes", format!("is {}", s.max_record_bytes), "use 256 to 16777216 (default 65536)"));
         }
+        if let Some(key) = s.kafka.keys().find(|k| RESERVED_KAFKA_KEYS.contains(&k.trim())) {
+            return Err(invalid(
+                &format!("source.kafka.\"{key}\""),
+                "is set by the pipeline itself: exactly-once storage depends on it".into(),
+                "remove it (offsets live in PostgreSQL; brokers and group are source.brokers and source.group_id)",
+            ));
+        }
+        if !(1..=31_536_000).contains(&s.max_future_secs) {
+            return Err(invalid("source.max_future_secs", format!("is {}", s.max_future_secs), "use 1 to 31536000 (a year; default 86400)"));
+        }
+        if chrono::DateTime::parse_from_rfc3339(&s.min_event_time).is_err() {
+            return Err(invalid("source.min_event_time", format!("is {:?}", s.min_event_time), "use an RFC 3339 instant such as \"2000-01-01T00:00:00Z\" (the default)"));
+        }
         if !self.store.database_url.starts_with("postgres://") && !self.store.database_url.starts_with("postgresql://") {
             return Err(invalid("store.database_url", format!("is {:?}", self.store.database_url), "use a postgres://user@host:port/db URL"));
         }
@@ -444,6 +505,12 @@ impl PipelineConfig {
         if !(1..=100_000).contains(&a.batch_size) {
             return Err(invalid("aggregate.batch_size", format!("is {}", a.batch_size), "use 1 to 100000 (default 4096)"));
         }
+        if !(1..=7 * 86_400).contains(&a.idle_partition_secs) {
+            return Err(invalid("aggregate.idle_partition_secs", format!("is {}", a.idle_partition_secs), "use 1 to 604800 (default 300)"));
+        }
+        if a.clock_skew_secs > 7 * 86_400 {
+            return Err(invalid("aggregate.clock_skew_secs", format!("is {}", a.clock_skew_secs), "use 0 to 604800 (default 300)"));
+        }
         if !self.index.url.starts_with("http://") && !self.index.url.starts_with("https://") {
             return Err(invalid("index.url", format!("is {:?}", self.index.url), "use an http:// or https:// URL"));
         }
@@ -471,6 +538,13 @@ impl PipelineConfig {
     /// How the aggregate plugin is loaded.
     pub fn aggregate_spec(&self) -> PluginSpec {
         self.plugins.aggregate.spec("aggregate")
+    }
+}
+
+impl SourceConfig {
+    /// `min_event_time` in epoch milliseconds (validated to parse).
+    pub fn min_event_time_ms(&self) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(&self.min_event_time).map_or(i64::MIN, |t| t.timestamp_millis())
     }
 }
 
@@ -535,6 +609,25 @@ path = "plugins/aggregate.wasm"
         assert!(err.contains("`source.batch_size` is 0") && err.contains("use 1 to"), "{err}");
         let err = parse(&format!("{MINIMAL}\n[aggregate]\nwindow_secs = 7\n")).unwrap_err().to_string();
         assert!(err.contains("aggregate.window_secs"), "{err}");
+    }
+
+    #[test]
+    fn kafka_properties_the_guarantee_depends_on_are_refused_by_name() {
+        for key in ["enable.auto.commit", "auto.offset.reset", "isolation.level", "enable.auto.offset.store"] {
+            let text = MINIMAL.replacen("[source]\n", &format!("[source]\nkafka = {{ \"{key}\" = \"x\" }}\n"), 1);
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("exactly-once"), "{err}");
+        }
+        let fine = MINIMAL.replacen("[source]\n", "[source]\nkafka = { \"security.protocol\" = \"SSL\" }\n", 1);
+        parse(&fine).unwrap();
+    }
+
+    #[test]
+    fn event_time_bounds_are_validated() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!((c.source.max_future_secs, c.source.min_event_time_ms()), (86_400, 946_684_800_000));
+        let err = parse(&MINIMAL.replacen("[source]\n", "[source]\nmin_event_time = \"yesterday\"\n", 1)).unwrap_err().to_string();
+        assert!(err.contains("source.min_event_time") && err.contains("RFC 3339"), "{err}");
     }
 
     #[test]

@@ -4,11 +4,12 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 
+use crate::decode::DecodeLimits;
 use crate::enrich::process;
 use crate::plugin::enrich::EnrichRunner;
 use crate::source::Consumed;
 use crate::stats::Stats;
-use crate::store::{insert_events, mark_windows_changed, Provenance, WindowSpec};
+use crate::store::{insert_isolating, pg_text, DeadLetter, Item, Provenance, Refused, WindowSpec, MAX_REASON_BYTES};
 
 /// One dead letter, as listed.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -89,10 +90,11 @@ pub struct ReplayOutcome {
 }
 
 /// Replays every pending dead letter through `runner` (the current plugin)
-/// with the current record size limit. A success is stored and marked
-/// replayed in the same transaction; a failure stays pending with its new
-/// reason. `progress` is called after each page with the running totals.
-pub async fn replay(pool: &PgPool, windows: WindowSpec, runner: &mut EnrichRunner, max_record_bytes: usize, mut progress: impl FnMut(ReplayOutcome)) -> Result<ReplayOutcome, sqlx::Error> {
+/// with the current decode limits. A success is stored and marked replayed
+/// in the same transaction; a failure (PostgreSQL refusing the event
+/// included) stays pending with its new reason. `progress` is called after
+/// each page with the running totals.
+pub async fn replay(pool: &PgPool, windows: WindowSpec, runner: &mut EnrichRunner, limits: &DecodeLimits, mut progress: impl FnMut(ReplayOutcome)) -> Result<ReplayOutcome, sqlx::Error> {
     const PAGE: i64 = 500;
     let stats = Stats::default();
     let mut outcome = ReplayOutcome::default();
@@ -122,14 +124,14 @@ pub async fn replay(pool: &PgPool, windows: WindowSpec, runner: &mut EnrichRunne
             })
             .collect();
         // Plugin calls block; this is a batch job, so blocking this task is fine.
-        let batch = tokio::task::block_in_place(|| process(runner, records, max_record_bytes, &stats));
+        let batch = tokio::task::block_in_place(|| process(runner, records, limits, &stats));
         let mut tx = pool.begin().await?;
-        let events: Vec<_> = batch.events.iter().collect();
-        if !events.is_empty() {
-            insert_events(&mut tx, &events).await?;
-            mark_windows_changed(&mut tx, &events, windows).await?;
-        }
-        for event in &batch.events {
+        let items: Vec<Item<'_>> = batch.events.iter().map(Item::Event).collect();
+        let inserted = insert_isolating(&mut tx, &items, windows).await?;
+        let refused: Vec<DeadLetter> = inserted.refused.iter().map(Refused::dead_letter).collect();
+        let refused_at: std::collections::HashSet<(&str, i32, i64)> = refused.iter().map(|d| d.provenance.key()).collect();
+        let stored: Vec<_> = batch.events.iter().filter(|e| !refused_at.contains(&e.provenance.key())).collect();
+        for event in &stored {
             let p = &event.provenance;
             sqlx::query(
                 "UPDATE dead_letters SET replayed_at = now(), replayed_event_id = $4
@@ -142,7 +144,7 @@ pub async fn replay(pool: &PgPool, windows: WindowSpec, runner: &mut EnrichRunne
             .execute(&mut *tx)
             .await?;
         }
-        for dead in &batch.dead_letters {
+        for dead in batch.dead_letters.iter().chain(&refused) {
             let p = &dead.provenance;
             sqlx::query(
                 "UPDATE dead_letters SET stage = $4, kind = $5, reason = $6, plugin_version = $7
@@ -153,14 +155,14 @@ pub async fn replay(pool: &PgPool, windows: WindowSpec, runner: &mut EnrichRunne
             .bind(p.offset)
             .bind(dead.stage.as_str())
             .bind(&dead.kind)
-            .bind(&dead.reason)
-            .bind(&dead.plugin_version)
+            .bind(pg_text(&dead.reason, MAX_REASON_BYTES))
+            .bind(dead.plugin_version.as_deref().map(|v| pg_text(v, MAX_REASON_BYTES)))
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
-        outcome.stored += batch.events.len() as u64;
-        outcome.still_failing += batch.dead_letters.len() as u64;
+        outcome.stored += stored.len() as u64;
+        outcome.still_failing += (batch.dead_letters.len() + refused.len()) as u64;
         progress(outcome);
     }
     Ok(outcome)

@@ -5,6 +5,13 @@
 //! string) and `url` (string), all required; `event_id`, `ip`, `user_agent`,
 //! `referrer` and `session_id` (strings) are optional. Other keys are ignored,
 //! so trackers can send more than the pipeline reads.
+//!
+//! What is refused here would otherwise be refused later, one batch at a
+//! time, by the plugin or by PostgreSQL: a NUL character (`text` cannot hold
+//! one), a field longer than [`ID_MAX_BYTES`] / [`TEXT_MAX_BYTES`] (an id
+//! that long overflows a btree row), a timestamp outside
+//! [`DecodeLimits`]'s range (PostgreSQL's `timestamptz` ends in year 294276,
+//! and a far-future event would finalise every aggregate window).
 
 use serde_json::{Map, Value};
 
@@ -38,6 +45,37 @@ pub enum DecodeError {
         /// What it was.
         got: String,
     },
+    /// The event time is before `source.min_event_time` or more than
+    /// `source.max_future_secs` ahead of the host's clock.
+    #[error("timestamp {timestamp_ms} ms ({shown}) is outside the accepted range {min_ms} .. {max_ms} ms (source.min_event_time, source.max_future_secs)")]
+    TimestampOutOfRange {
+        /// The event time, epoch milliseconds.
+        timestamp_ms: i64,
+        /// It as a date, when it is one.
+        shown: String,
+        /// The earliest accepted.
+        min_ms: i64,
+        /// The latest accepted (now plus the allowed skew).
+        max_ms: i64,
+    },
+    /// A string holds a NUL character, which PostgreSQL's `text` cannot store.
+    #[error("field `{field}` contains a NUL character (\\u0000) at byte {at}")]
+    NulCharacter {
+        /// The key.
+        field: &'static str,
+        /// Where, in bytes.
+        at: usize,
+    },
+    /// A string is longer than its documented limit.
+    #[error("field `{field}` is {len} bytes, longer than its limit of {max}")]
+    FieldTooLong {
+        /// The key.
+        field: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl DecodeError {
@@ -48,28 +86,68 @@ impl DecodeError {
             DecodeError::NotJson(_) => "not_json",
             DecodeError::MissingField(_) => "missing_field",
             DecodeError::WrongType { .. } => "wrong_type",
+            DecodeError::TimestampOutOfRange { .. } => "timestamp_out_of_range",
+            DecodeError::NulCharacter { .. } => "nul_character",
+            DecodeError::FieldTooLong { .. } => "field_too_long",
         }
     }
 }
 
-/// Decodes one record. `derived_event_id` supplies the id of a record that
-/// carries none (the source derives it from topic, partition and offset, so a
-/// redelivery maps to the same id).
-pub fn decode(bytes: &[u8], max_bytes: usize, derived_event_id: impl FnOnce() -> String) -> Result<RawClick, DecodeError> {
-    if bytes.len() > max_bytes {
+/// Longest `event_id`, `user_id`, `session_id` and `ip`, in bytes: ids are
+/// keys of btree indexes, whose rows must stay far below PostgreSQL's ~2.7 kB.
+pub const ID_MAX_BYTES: usize = 256;
+
+/// Longest `url`, `user_agent` and `referrer`, in bytes: real ones stay
+/// under 2 kB; 8 KiB leaves room for long tracking query strings.
+pub const TEXT_MAX_BYTES: usize = 8 * 1024;
+
+/// What a record may be, from `[source]`; applied live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Larger records are not parsed.
+    pub max_record_bytes: usize,
+    /// The earliest event time accepted, epoch milliseconds.
+    pub min_timestamp_ms: i64,
+    /// How far ahead of the host's clock an event time may be, milliseconds.
+    pub max_future_ms: i64,
+}
+
+impl DecodeLimits {
+    /// No size or time bound, for events a user hands to a tool (`plugin
+    /// check`, the benchmark); the field limits still apply.
+    pub const UNBOUNDED: DecodeLimits = DecodeLimits { max_record_bytes: usize::MAX, min_timestamp_ms: i64::MIN, max_future_ms: i64::MAX };
+
+    /// The limits of a `[source]` section (already validated).
+    pub fn of(source: &crate::config::SourceConfig) -> DecodeLimits {
+        DecodeLimits {
+            max_record_bytes: source.max_record_bytes,
+            min_timestamp_ms: source.min_event_time_ms(),
+            max_future_ms: source.max_future_secs as i64 * 1000,
+        }
+    }
+}
+
+/// Decodes one record at `now_ms` (the host's clock, for the future bound).
+/// `derived_event_id` supplies the id of a record that carries none (the
+/// source derives it from topic, partition and offset, so a redelivery maps
+/// to the same id).
+pub fn decode(bytes: &[u8], limits: &DecodeLimits, now_ms: i64, derived_event_id: impl FnOnce() -> String) -> Result<RawClick, DecodeError> {
+    if bytes.len() > limits.max_record_bytes {
         return Err(DecodeError::TooLarge {
             size: bytes.len(),
-            max: max_bytes,
+            max: limits.max_record_bytes,
         });
     }
     let value: Value = serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let Value::Object(mut obj) = value else {
         return Err(DecodeError::NotJson(format!("got {}", describe(&value))));
     };
-    let event_id = optional_string(&mut obj, "event_id")?
-        .filter(|id| !id.is_empty())
-        .unwrap_or_else(derived_event_id);
-    Ok(RawClick {
+    let event_id = optional_string(&mut obj, "event_id")?.filter(|id| !id.is_empty());
+    if let Some(id) = &event_id {
+        check_text("event_id", id, ID_MAX_BYTES)?;
+    }
+    let event_id = event_id.unwrap_or_else(derived_event_id);
+    let click = RawClick {
         event_id,
         user_id: required_string(&mut obj, "user_id")?,
         timestamp_ms: timestamp(&mut obj)?,
@@ -78,7 +156,43 @@ pub fn decode(bytes: &[u8], max_bytes: usize, derived_event_id: impl FnOnce() ->
         user_agent: optional_string(&mut obj, "user_agent")?.unwrap_or_default(),
         referrer: optional_string(&mut obj, "referrer")?,
         session_id: optional_string(&mut obj, "session_id")?,
-    })
+    };
+    check_fields(&click)?;
+    let (min_ms, max_ms) = (limits.min_timestamp_ms, now_ms.saturating_add(limits.max_future_ms));
+    if !(min_ms..=max_ms).contains(&click.timestamp_ms) {
+        let shown = chrono::DateTime::from_timestamp_millis(click.timestamp_ms).map_or_else(|| "not a date".into(), |t| t.to_rfc3339());
+        return Err(DecodeError::TimestampOutOfRange { timestamp_ms: click.timestamp_ms, shown, min_ms, max_ms });
+    }
+    Ok(click)
+}
+
+/// Every string of a click but its event id (checked before one is derived)
+/// within its limit and free of NUL characters. Also applied to what a
+/// plugin returns, which may have rewritten them.
+pub fn check_fields(click: &RawClick) -> Result<(), DecodeError> {
+    let fields: [(&'static str, Option<&str>, usize); 6] = [
+        ("user_id", Some(&click.user_id), ID_MAX_BYTES),
+        ("url", Some(&click.url), TEXT_MAX_BYTES),
+        ("ip", Some(&click.ip), ID_MAX_BYTES),
+        ("user_agent", Some(&click.user_agent), TEXT_MAX_BYTES),
+        ("referrer", click.referrer.as_deref(), TEXT_MAX_BYTES),
+        ("session_id", click.session_id.as_deref(), ID_MAX_BYTES),
+    ];
+    for (field, value, max) in fields {
+        check_text(field, value.unwrap_or_default(), max)?;
+    }
+    Ok(())
+}
+
+/// One string within `max` bytes and free of NUL characters.
+pub fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), DecodeError> {
+    if value.len() > max {
+        return Err(DecodeError::FieldTooLong { field, len: value.len(), max });
+    }
+    match value.bytes().position(|b| b == 0) {
+        Some(at) => Err(DecodeError::NulCharacter { field, at }),
+        None => Ok(()),
+    }
 }
 
 fn describe(value: &Value) -> String {
@@ -135,8 +249,17 @@ fn timestamp(obj: &mut Map<String, Value>) -> Result<i64, DecodeError> {
 mod tests {
     use super::*;
 
+    /// 2026-11-28T10:00:00Z, the tests' "now".
+    const NOW_MS: i64 = 1_795_860_000_000;
+
+    const LIMITS: DecodeLimits = DecodeLimits {
+        max_record_bytes: 65536,
+        min_timestamp_ms: 946_684_800_000,
+        max_future_ms: 86_400_000,
+    };
+
     fn dec(json: &str) -> Result<RawClick, DecodeError> {
-        decode(json.as_bytes(), 65536, || "derived".into())
+        decode(json.as_bytes(), &LIMITS, NOW_MS, || "derived".into())
     }
 
     #[test]
@@ -160,7 +283,42 @@ mod tests {
         assert!(err.to_string().contains("RFC 3339"), "{err}");
         let err = dec(r#"{"user_id":"u","timestamp":1.5,"url":"/"}"#).unwrap_err();
         assert_eq!(err.kind(), "wrong_type");
-        let err = decode(&[b' '; 300], 256, || unreachable!()).unwrap_err();
+        let small = DecodeLimits { max_record_bytes: 256, ..LIMITS };
+        let err = decode(&[b' '; 300], &small, NOW_MS, || unreachable!()).unwrap_err();
         assert_eq!(err, DecodeError::TooLarge { size: 300, max: 256 });
+    }
+
+    #[test]
+    fn a_nul_character_in_any_kept_string_is_refused_with_its_field() {
+        for field in ["event_id", "user_id", "url", "ip", "user_agent", "referrer", "session_id"] {
+            let json = format!(r#"{{"user_id":"u","timestamp":1795856400250,"url":"/a","{field}":"x\u0000y"}}"#);
+            assert_eq!(dec(&json).unwrap_err(), DecodeError::NulCharacter { field, at: 1 }, "{field}");
+        }
+        // A key the pipeline does not keep may hold anything.
+        assert!(dec(r#"{"user_id":"u","timestamp":1795856400250,"url":"/a","other":"\u0000"}"#).is_ok());
+    }
+
+    #[test]
+    fn fields_longer_than_their_limit_are_refused_and_the_limit_itself_is_accepted() {
+        let id = |n: usize| format!(r#"{{"event_id":"{}","user_id":"u","timestamp":1795856400250,"url":"/a"}}"#, "e".repeat(n));
+        assert!(dec(&id(ID_MAX_BYTES)).is_ok());
+        assert_eq!(dec(&id(ID_MAX_BYTES + 1)).unwrap_err(), DecodeError::FieldTooLong { field: "event_id", len: 257, max: 256 });
+        let url = |n: usize| format!(r#"{{"user_id":"u","timestamp":1795856400250,"url":"/{}"}}"#, "p".repeat(n - 1));
+        assert!(dec(&url(TEXT_MAX_BYTES)).is_ok());
+        assert_eq!(dec(&url(TEXT_MAX_BYTES + 1)).unwrap_err().kind(), "field_too_long");
+    }
+
+    #[test]
+    fn timestamps_outside_the_configured_range_are_refused() {
+        let at = |ts: &str| dec(&format!(r#"{{"user_id":"u","timestamp":{ts},"url":"/a"}}"#));
+        assert!(at("946684800000").is_ok(), "the lower bound itself");
+        assert_eq!(at("946684799999").unwrap_err().kind(), "timestamp_out_of_range");
+        assert!(at(&(NOW_MS + 86_400_000).to_string()).is_ok(), "a day ahead, the allowed skew");
+        assert_eq!(at(&(NOW_MS + 86_400_001).to_string()).unwrap_err().kind(), "timestamp_out_of_range");
+        // Beyond PostgreSQL's timestamptz (year 294276) and i64 itself.
+        let err = at("9223372036854775807").unwrap_err();
+        assert!(err.to_string().contains("outside the accepted range"), "{err}");
+        assert_eq!(at(r#""0001-01-01T00:00:00Z""#).unwrap_err().kind(), "timestamp_out_of_range");
+        assert_eq!(at("-62135596800000").unwrap_err().kind(), "timestamp_out_of_range");
     }
 }

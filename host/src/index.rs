@@ -127,14 +127,45 @@ pub struct Rejected {
     pub reason: String,
 }
 
-/// What [`Indexer::index`] did.
+/// What [`Indexer::index`] or [`Indexer::apply`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IndexOutcome {
-    /// Documents the server stored (created or overwritten).
+    /// Operations the server carried out: documents created or overwritten,
+    /// documents deleted (or already absent).
     pub indexed: usize,
-    /// Documents it refused; every input document is either counted in
-    /// `indexed` or listed here.
+    /// Positions of operations the server skipped because it holds the
+    /// document of a newer aggregation (a version conflict): nothing to do.
+    pub superseded: Vec<usize>,
+    /// Operations it refused; every input operation is counted in `indexed`,
+    /// listed in `superseded`, or listed here.
     pub rejected: Vec<Rejected>,
+}
+
+/// One change to a group's document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexOp {
+    /// Write the document. With a `version`, only when the index does not
+    /// hold one of a newer version (`version_type=external_gte`): two hosts,
+    /// or a backfill beside a pass, never put an older aggregation over a
+    /// newer one.
+    Put {
+        /// The document.
+        doc: AggregateDoc,
+        /// The aggregation's version (the window's), if versioned.
+        version: Option<i64>,
+    },
+    /// Delete the document of a group that no longer exists in its window,
+    /// unless the index holds one of a newer version.
+    Delete {
+        /// The group's window start, Unix milliseconds.
+        window_start_ms: i64,
+        /// The group's URL.
+        url: String,
+        /// The group's country.
+        country: String,
+        /// The version of the aggregation that dropped the group.
+        version: i64,
+    },
 }
 
 /// Which documents [`Indexer::search`] returns.
@@ -242,12 +273,18 @@ pub struct Indexer {
 struct Op {
     id: String,
     index: String,
+    /// A delete: a missing document or index means done.
+    delete: bool,
     lines: Vec<u8>,
 }
 
 /// How the server answered one bulk item.
 enum ItemResult {
     Indexed,
+    /// A version conflict: the index holds a newer version of the document.
+    Superseded,
+    /// A delete of a document that is not there.
+    NotFound,
     /// Worth retrying after a pause.
     Busy { status: u16, reason: String },
     /// The target index does not exist (auto-creation is disabled on the
@@ -384,7 +421,12 @@ impl Indexer {
     /// encoding keeps `("a|b", "c")` and `("a", "b|c")` apart; 64 characters
     /// whatever the URL's length (ids are limited to 512 bytes).
     pub fn doc_id(doc: &AggregateDoc) -> String {
-        let key = json!([doc.window_start_ms, doc.url, doc.country]).to_string();
+        Self::group_id(doc.window_start_ms, &doc.url, &doc.country)
+    }
+
+    /// [`doc_id`](Self::doc_id) of a group given by its parts.
+    pub fn group_id(window_start_ms: i64, url: &str, country: &str) -> String {
+        let key = json!([window_start_ms, url, country]).to_string();
         Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
     }
 
@@ -417,7 +459,16 @@ impl Indexer {
     /// the remedy (the ids make that harmless). A connection failure or
     /// timeout is [`IndexError::Unavailable`] at once, without retrying.
     pub async fn index(&self, docs: &[AggregateDoc]) -> Result<IndexOutcome, IndexError> {
-        let ops: Vec<Op> = docs.iter().map(|doc| self.op(doc)).collect();
+        let ops: Vec<IndexOp> = docs.iter().map(|doc| IndexOp::Put { doc: doc.clone(), version: None }).collect();
+        self.apply(&ops).await
+    }
+
+    /// Sends puts and deletes as [`index`](Self::index) sends documents.
+    /// A versioned operation the index already has a newer version of is
+    /// listed in [`IndexOutcome::superseded`]; deleting a document (or an
+    /// index) that does not exist counts as done.
+    pub async fn apply(&self, ops: &[IndexOp]) -> Result<IndexOutcome, IndexError> {
+        let ops: Vec<Op> = ops.iter().map(|op| self.op(op)).collect();
         let mut outcome = IndexOutcome::default();
         let mut start = 0;
         for chunk in chunks(&ops, self.bulk_max_bytes) {
@@ -528,18 +579,33 @@ impl Indexer {
         Ok(docs)
     }
 
-    fn op(&self, doc: &AggregateDoc) -> Op {
-        let id = Self::doc_id(doc);
-        let index = self.index_for(doc.window_start_ms);
-        let action = json!({ "index": { "_index": &index, "_id": &id } });
+    fn op(&self, op: &IndexOp) -> Op {
+        let (window_start_ms, id, version) = match op {
+            IndexOp::Put { doc, version } => (doc.window_start_ms, Self::doc_id(doc), *version),
+            IndexOp::Delete { window_start_ms, url, country, version } => (*window_start_ms, Self::group_id(*window_start_ms, url, country), Some(*version)),
+        };
+        let index = self.index_for(window_start_ms);
+        let mut meta = json!({ "_index": &index, "_id": &id });
+        if let Some(version) = version {
+            // external_gte, not external: re-sending the same aggregation
+            // (after a timeout, by a second host) is a success, not a conflict.
+            meta["version"] = version.into();
+            meta["version_type"] = "external_gte".into();
+        }
+        let action = match op {
+            IndexOp::Put { .. } => json!({ "index": meta }),
+            IndexOp::Delete { .. } => json!({ "delete": meta }),
+        };
         let mut lines = action.to_string().into_bytes();
         lines.push(b'\n');
-        let source = Source { doc, window_start: doc.window_start_ms };
-        // Strings, integers, floats (NaN becomes null) and bools: serde_json
-        // has no failure case for this type.
-        serde_json::to_writer(&mut lines, &source).expect("an aggregate serialises to JSON");
-        lines.push(b'\n');
-        Op { id, index, lines }
+        if let IndexOp::Put { doc, .. } = op {
+            let source = Source { doc, window_start: doc.window_start_ms };
+            // Strings, integers, floats (NaN becomes null) and bools: serde_json
+            // has no failure case for this type.
+            serde_json::to_writer(&mut lines, &source).expect("an aggregate serialises to JSON");
+            lines.push(b'\n');
+        }
+        Op { id, index, delete: matches!(op, IndexOp::Delete { .. }), lines }
     }
 
     /// Sends one chunk, then re-sends what the server was too busy for until
@@ -559,6 +625,15 @@ impl Indexer {
                 let op = &chunk[i];
                 match result {
                     ItemResult::Indexed => outcome.indexed += 1,
+                    ItemResult::Superseded => outcome.superseded.push(start + i),
+                    ItemResult::NotFound | ItemResult::NoIndex if op.delete => outcome.indexed += 1,
+                    ItemResult::NotFound => outcome.rejected.push(Rejected {
+                        position: start + i,
+                        id: op.id.clone(),
+                        index: op.index.clone(),
+                        status: 404,
+                        reason: "not_found".into(),
+                    }),
                     ItemResult::Busy { status, reason } => {
                         busy.push(i);
                         last_busy = (status, reason);
@@ -656,6 +731,8 @@ impl Indexer {
                 match item.status {
                     200..=299 => ItemResult::Indexed,
                     404 if kind == Some("index_not_found_exception") => ItemResult::NoIndex,
+                    404 if item.error.is_none() => ItemResult::NotFound,
+                    409 if kind == Some("version_conflict_engine_exception") => ItemResult::Superseded,
                     status if is_busy(status) => ItemResult::Busy { status, reason },
                     status => ItemResult::Refused { status, reason },
                 }

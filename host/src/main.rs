@@ -352,7 +352,7 @@ fn dead_letters(pipeline: &Path, all: bool, limit: i64, replay: bool) -> anyhow:
             let loaded = LoadedEnrich::load(config.enrich_spec(), Some(geoip)).context("while loading [plugins.enrich]")?;
             println!("replaying pending dead letters through {} {}", loaded.info.name, loaded.info.version);
             let mut runner = clickstream::plugin::enrich::EnrichRunner::new(Arc::new(clickstream::plugin::Slot::new(loaded)));
-            let outcome = dead_letters::replay(store.pool(), clickstream::store::WindowSpec::of(&config.aggregate), &mut runner, config.source.max_record_bytes, |o| {
+            let outcome = dead_letters::replay(store.pool(), clickstream::store::WindowSpec::of(&config.aggregate), &mut runner, &clickstream::decode::DecodeLimits::of(&config.source), |o| {
                 eprintln!("  ... {} stored, {} still failing", o.stored, o.still_failing);
             })
             .await?;
@@ -392,6 +392,7 @@ fn backfill(pipeline: &Path, from: i64, to: i64) -> anyhow::Result<()> {
             store.pool().clone(),
             Arc::new(clickstream::plugin::Slot::new(plugin)),
             tokio::sync::watch::channel(config.aggregate.clone()).1,
+            config.source.topics.clone(),
             indexer,
             Arc::new(clickstream::stats::Stats::default()),
         );

@@ -2,7 +2,6 @@
 //! by bounded channels so reading, plugin calls and database writes overlap
 //! and a slow stage applies backpressure upstream.
 
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use rdkafka::consumer::CommitMode;
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::PipelineConfig;
+use crate::decode::DecodeLimits;
 use crate::geoip::{GeoIp, GeoIpError};
 use crate::aggregate::Aggregator;
 use crate::index::Indexer;
@@ -123,7 +123,8 @@ pub async fn run(
         "plugins loaded"
     );
     let store = connect_store(&config.store.database_url, WindowSpec::of(&config.aggregate), &shutdown).await?;
-    let consumer = source::connect(&config.source, stats.clone()).map_err(|source| PipelineError::Kafka {
+    let offsets = source::OffsetLookup::start(&config.store.database_url).map_err(|e| PipelineError::Store(StoreError::Url(e)))?;
+    let consumer = source::connect(&config.source, offsets, stats.clone()).map_err(|source| PipelineError::Kafka {
         brokers: config.source.brokers.clone(),
         source,
     })?;
@@ -149,10 +150,10 @@ pub async fn run(
         max_wait: Duration::from_millis(config.source.batch_max_wait_ms),
     });
     let (aggregate_tx, aggregate_rx) = watch::channel(config.aggregate.clone());
-    let max_record_bytes = Arc::new(AtomicUsize::new(config.source.max_record_bytes));
+    let (decode_tx, decode_rx) = watch::channel(DecodeLimits::of(&config.source));
     let live = LiveSettings {
         batching: batching_tx,
-        max_record_bytes: max_record_bytes.clone(),
+        decode: decode_tx,
         aggregate: aggregate_tx,
     };
     let reloader = Reloader::new(config.clone(), enrich.clone(), aggregate.clone(), geoip, live, stats.clone(), restart_tx.clone());
@@ -160,14 +161,14 @@ pub async fn run(
     let reloading = tokio::spawn(reloader.run(sighup, reload_rx, drain.clone()));
 
     let indexer = Indexer::new(&config.index)?;
-    let aggregator = Aggregator::new(store.pool().clone(), aggregate.clone(), aggregate_rx, indexer.clone(), stats.clone());
+    let aggregator = Aggregator::new(store.pool().clone(), aggregate.clone(), aggregate_rx, config.source.topics.clone(), indexer.clone(), stats.clone());
     let aggregating = tokio::spawn(aggregator.run(drain.clone()));
 
     let depth = config.store.max_in_flight_batches;
     let (records_tx, records_rx) = mpsc::channel(depth);
     let (batches_tx, mut batches_rx) = mpsc::channel::<WriteBatch>(depth);
     let reading = tokio::spawn(source::run(consumer.clone(), batching_rx, records_tx, drain.clone(), stats.clone()));
-    let enriching = crate::enrich::spawn(EnrichRunner::new(enrich.clone()), max_record_bytes, records_rx, batches_tx, stats.clone());
+    let enriching = crate::enrich::spawn(EnrichRunner::new(enrich.clone()), decode_rx, records_rx, batches_tx, stats.clone());
 
     let pipeline = Pipeline {
         config: Arc::new(config),
@@ -183,7 +184,12 @@ pub async fn run(
     started(&pipeline);
 
     while let Some(batch) = batches_rx.recv().await {
-        store_batch(&store, &batch, &stats).await;
+        if let Err(abandoned) = store_batch(&store, &batch, &stats, drain.clone()).await {
+            tracing::warn!(records = batch.len(), error = %abandoned, "stopping with a batch PostgreSQL did not take; its records are read again on restart");
+            // The stages upstream see their channels close and stop.
+            drop(batches_rx);
+            break;
+        }
         source::commit(&consumer, &batch.next_offsets, CommitMode::Async);
     }
     let _ = reading.await;
@@ -220,12 +226,16 @@ pub async fn run(
 /// pipeline is asked to stop.
 async fn connect_store(url: &str, windows: WindowSpec, shutdown: &watch::Receiver<bool>) -> Result<Store, StoreError> {
     let mut backoff = Duration::from_millis(200);
+    let mut shutdown = shutdown.clone();
     loop {
         match Store::connect(url, windows).await {
             Ok(store) => return Ok(store),
             Err(StoreError::Database(e)) if !*shutdown.borrow() => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "PostgreSQL unreachable; retrying");
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return Err(StoreError::Database(e)),
+                }
                 backoff = (backoff * 2).min(MAX_STORE_BACKOFF);
             }
             Err(e) => return Err(e),
@@ -233,13 +243,45 @@ async fn connect_store(url: &str, windows: WindowSpec, shutdown: &watch::Receive
     }
 }
 
-/// Writes a batch, retrying with backoff for as long as PostgreSQL refuses:
-/// meanwhile the channels fill and reading pauses, so nothing is dropped.
-async fn store_batch(store: &Store, batch: &WriteBatch, stats: &Stats) {
+/// How long a write already under way may still finish once the pipeline
+/// drains: a healthy PostgreSQL answers in well under a second, and a hung
+/// one must not hold up a shutdown.
+const DRAIN_WRITE_GRACE: Duration = Duration::from_secs(5);
+
+/// The pipeline drained while a batch was not yet stored.
+#[derive(Debug, thiserror::Error)]
+#[error("drained after {attempts} failed attempts to store the batch; last error: {last}")]
+pub struct Abandoned {
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error, or that the write did not finish in time.
+    pub last: String,
+}
+
+/// Writes a batch, retrying with backoff for as long as PostgreSQL cannot
+/// take it (records PostgreSQL refuses are dead-lettered inside the write;
+/// what is retried here is the server's fault): meanwhile the channels fill
+/// and reading pauses, so nothing is dropped. Once `drain` turns true it
+/// stops retrying and gives the batch up unstored: its offsets were not
+/// advanced, so it is read again on restart.
+async fn store_batch(store: &Store, batch: &WriteBatch, stats: &Stats, mut drain: watch::Receiver<bool>) -> Result<(), Abandoned> {
     let mut backoff = Duration::from_millis(100);
     let started = std::time::Instant::now();
+    let mut attempts = 0;
     loop {
-        match store.write(batch).await {
+        let write = store.write(batch);
+        tokio::pin!(write);
+        let result = tokio::select! {
+            result = &mut write => result,
+            _ = async {
+                let _ = drain.wait_for(|d| *d).await;
+                tokio::time::sleep(DRAIN_WRITE_GRACE).await;
+            } => {
+                return Err(Abandoned { attempts: attempts + 1, last: format!("no answer from PostgreSQL within {DRAIN_WRITE_GRACE:?} of draining") });
+            }
+        };
+        attempts += 1;
+        match result {
             Ok(outcome) => {
                 stats.batch(BatchStage::Store, batch.len(), started.elapsed());
                 stats.stored.add(outcome.stored);
@@ -253,15 +295,21 @@ async fn store_batch(store: &Store, batch: &WriteBatch, stats: &Stats) {
                 for ((topic, partition), next) in &batch.next_offsets {
                     stats.stored_next(topic, *partition, *next);
                 }
-                if backoff > Duration::from_millis(100) {
+                if attempts > 1 {
                     tracing::info!("PostgreSQL is back; ingestion resumed");
                 }
-                return;
+                return Ok(());
             }
             Err(e) => {
                 stats.store_retries.inc();
-                tracing::warn!(error = %e, records = batch.len(), retry_in = ?backoff, "cannot store batch; ingestion paused");
-                tokio::time::sleep(backoff).await;
+                tracing::warn!(error = %crate::store::describe(&e), records = batch.len(), retry_in = ?backoff, "cannot store batch; ingestion paused");
+                if *drain.borrow() {
+                    return Err(Abandoned { attempts, last: crate::store::describe(&e) });
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = drain.wait_for(|d| *d) => return Err(Abandoned { attempts, last: crate::store::describe(&e) }),
+                }
                 backoff = (backoff * 2).min(MAX_STORE_BACKOFF);
             }
         }

@@ -60,17 +60,26 @@ pub enum BadKind {
     Huge,
     /// Well-formed but refused by the enrich plugin (an empty user id).
     Refused,
+    /// A NUL character in the URL, which PostgreSQL's `text` cannot hold.
+    NulCharacter,
+    /// A timestamp beyond PostgreSQL's `timestamptz` (year 294276).
+    FarTimestamp,
+    /// A user id longer than the 256 bytes an id may have.
+    LongId,
 }
 
 impl BadKind {
     /// Every kind, in the order they are generated.
-    pub const ALL: [BadKind; 6] = [
+    pub const ALL: [BadKind; 9] = [
         BadKind::MalformedJson,
         BadKind::MissingField,
         BadKind::WrongType,
         BadKind::BadIp,
         BadKind::Huge,
         BadKind::Refused,
+        BadKind::NulCharacter,
+        BadKind::FarTimestamp,
+        BadKind::LongId,
     ];
 
     /// Whether the pipeline must dead-letter this record (a bad IP is only
@@ -89,6 +98,9 @@ impl fmt::Display for BadKind {
             BadKind::BadIp => "bad_ip",
             BadKind::Huge => "huge",
             BadKind::Refused => "refused",
+            BadKind::NulCharacter => "nul_character",
+            BadKind::FarTimestamp => "far_timestamp",
+            BadKind::LongId => "long_id",
         })
     }
 }
@@ -308,6 +320,18 @@ impl Iterator for Generator {
                 value["user_id"] = json!("");
                 value.to_string().into_bytes()
             }
+            Some(BadKind::NulCharacter) => {
+                value["url"] = json!(format!("{}\u{0}", value["url"].as_str().unwrap_or_default()));
+                value.to_string().into_bytes()
+            }
+            Some(BadKind::FarTimestamp) => {
+                value["timestamp"] = json!(9_300_000_000_000_000i64);
+                value.to_string().into_bytes()
+            }
+            Some(BadKind::LongId) => {
+                value["user_id"] = json!(format!("{user_id}-{}", "x".repeat(300)));
+                value.to_string().into_bytes()
+            }
         };
         Some(Record {
             key: user_id,
@@ -321,7 +345,13 @@ impl Iterator for Generator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::decode;
+    use crate::decode::{decode, DecodeLimits};
+
+    /// The default limits, at a "now" of 2026-11-29.
+    fn dec(payload: &[u8], derived: impl FnOnce() -> String) -> Result<crate::plugin::enrich::RawClick, crate::decode::DecodeError> {
+        let limits = DecodeLimits { max_record_bytes: 65536, min_timestamp_ms: 946_684_800_000, max_future_ms: 86_400_000 };
+        decode(payload, &limits, 1_795_900_000_000, derived)
+    }
 
     fn config(bad: f64) -> GeneratorConfig {
         GeneratorConfig {
@@ -348,7 +378,7 @@ mod tests {
         let mean = total / records.len();
         assert!((250..=550).contains(&mean), "mean record size {mean}");
         for r in &records {
-            let click = decode(&r.payload, 65536, || unreachable!()).unwrap();
+            let click = dec(&r.payload, || unreachable!()).unwrap();
             assert_eq!(click.user_id, r.key);
             assert_eq!(click.event_id, r.event_id);
         }
@@ -361,7 +391,7 @@ mod tests {
             let of_kind: Vec<_> = records.iter().filter(|r| r.bad == Some(kind)).collect();
             assert!(!of_kind.is_empty(), "no {kind} records");
             for r in of_kind {
-                let decoded = decode(&r.payload, 65536, || "x".into());
+                let decoded = dec(&r.payload, || "x".into());
                 match kind {
                     BadKind::MalformedJson => assert_eq!(decoded.unwrap_err().kind(), "not_json"),
                     BadKind::MissingField => assert_eq!(decoded.unwrap_err().kind(), "missing_field"),
@@ -369,6 +399,9 @@ mod tests {
                     BadKind::Huge => assert_eq!(decoded.unwrap_err().kind(), "too_large"),
                     BadKind::BadIp => assert!(decoded.unwrap().ip.contains(".300.")),
                     BadKind::Refused => assert_eq!(decoded.unwrap().user_id, ""),
+                    BadKind::NulCharacter => assert_eq!(decoded.unwrap_err().kind(), "nul_character"),
+                    BadKind::FarTimestamp => assert_eq!(decoded.unwrap_err().kind(), "timestamp_out_of_range"),
+                    BadKind::LongId => assert_eq!(decoded.unwrap_err().kind(), "field_too_long"),
                 }
             }
         }
@@ -379,7 +412,7 @@ mod tests {
         for span_secs in [1_800, 6 * 3_600] {
             let config = GeneratorConfig { events: 20_000, users: 800, span_secs, ..config(0.0) };
             let mut times: Vec<i64> = Generator::new(config.clone())
-                .map(|r| decode(&r.payload, 65536, || unreachable!()).unwrap().timestamp_ms - config.start_ms)
+                .map(|r| dec(&r.payload, || unreachable!()).unwrap().timestamp_ms - config.start_ms)
                 .collect();
             times.sort_unstable();
             let (p50, p99) = (times[times.len() / 2], times[times.len() * 99 / 100]);
@@ -393,7 +426,7 @@ mod tests {
     fn a_users_clicks_move_forward_in_time() {
         let mut last = std::collections::HashMap::new();
         for r in Generator::new(config(0.0)) {
-            let c = decode(&r.payload, 65536, || unreachable!()).unwrap();
+            let c = dec(&r.payload, || unreachable!()).unwrap();
             if let Some(prev) = last.insert(c.user_id.clone(), c.timestamp_ms) {
                 assert!(c.timestamp_ms > prev, "{} went back in time", c.user_id);
             }

@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,8 +63,8 @@ pub enum ReloadError {
 pub struct LiveSettings {
     /// Source batching.
     pub batching: watch::Sender<Batching>,
-    /// Decode size limit.
-    pub max_record_bytes: Arc<AtomicUsize>,
+    /// Decode limits: record size and event-time range.
+    pub decode: watch::Sender<crate::decode::DecodeLimits>,
     /// Aggregation interval, lateness and batch size.
     pub aggregate: watch::Sender<AggregateConfig>,
 }
@@ -252,7 +251,7 @@ impl Reloader {
             batch_size: next.source.batch_size,
             max_wait: Duration::from_millis(next.source.batch_max_wait_ms),
         });
-        self.live.max_record_bytes.store(next.source.max_record_bytes, Ordering::Relaxed);
+        self.live.decode.send_replace(crate::decode::DecodeLimits::of(&next.source));
         self.live.aggregate.send_replace(next.aggregate.clone());
         self.stats.config_reloads(true, if needs_restart { "applied; reconnecting".into() } else { "applied live".into() });
         tracing::info!(file = %next.file.display(), restart = needs_restart, "pipeline.toml applied");

@@ -30,6 +30,22 @@ impl Counter {
     }
 }
 
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    /// Sets the value.
+    pub fn set(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// A distribution over fixed buckets, as Prometheus histograms are: counts
 /// per upper bound (`le`), plus the sum and count of observations.
 #[derive(Debug)]
@@ -229,6 +245,10 @@ pub struct Stats {
     pub documents_indexed: Counter,
     /// Aggregate documents the search server refused.
     pub documents_rejected: Counter,
+    /// Windows set aside after a failed aggregation, now.
+    pub windows_failing: Gauge,
+    /// Failed window aggregations by kind (`trap`, `contract`, `database`, ...).
+    window_failures_by: Mutex<BTreeMap<&'static str, u64>>,
     /// Batch sizes and durations per stage.
     stages: [StageHistograms; 5],
     /// From the newest event of a window to its aggregates being indexed.
@@ -262,6 +282,8 @@ impl Default for Stats {
             windows_aggregated: Counter::default(),
             documents_indexed: Counter::default(),
             documents_rejected: Counter::default(),
+            windows_failing: Gauge::default(),
+            window_failures_by: Mutex::default(),
             stages: Default::default(),
             event_to_index_seconds: Histogram::new(LATENCY_BUCKETS),
             dead_letters_by: Mutex::default(),
@@ -295,6 +317,16 @@ impl Stats {
     /// Counts dead letters of one (stage, kind).
     pub fn dead_letters(&self, stage: &'static str, kind: &str, n: u64) {
         *lock(&self.dead_letters_by).entry((stage, kind.to_string())).or_default() += n;
+    }
+
+    /// Counts a failed window aggregation of `kind`.
+    pub fn window_failures(&self, kind: &'static str) {
+        *lock(&self.window_failures_by).entry(kind).or_default() += 1;
+    }
+
+    /// Failed window aggregations by kind so far.
+    pub fn window_failures_by(&self) -> BTreeMap<&'static str, u64> {
+        lock(&self.window_failures_by).clone()
     }
 
     /// Dead letters by (stage, kind) so far.

@@ -80,7 +80,7 @@ pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> String {
     out.header(
         "clickstream_dead_letters_total",
         "counter",
-        "Dead letters by stage (decode, enrich) and kind (not_json, missing_field, refused, trap, ...).",
+        "Dead letters by stage (decode, enrich, store) and kind (not_json, missing_field, refused, trap, invalid_value, ...).",
     );
     for ((stage, kind), n) in stats.dead_letters_by() {
         out.sample("clickstream_dead_letters_total", &[("stage", stage), ("kind", &kind)], n);
@@ -156,6 +156,11 @@ pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> String {
     ];
     for (name, help, counter) in output_counters {
         out.single(name, "counter", help, counter.get());
+    }
+    out.single("clickstream_windows_failing", "gauge", "Windows whose last aggregation failed, set aside and retried with backoff.", stats.windows_failing.get());
+    out.header("clickstream_window_failures_total", "counter", "Failed window aggregations by kind: trap, deadline, memory, contract, database, ...");
+    for (kind, n) in stats.window_failures_by() {
+        out.sample("clickstream_window_failures_total", &[("kind", kind)], n);
     }
     out.header(
         "clickstream_event_to_index_seconds",

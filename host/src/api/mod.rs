@@ -98,6 +98,7 @@ impl Api {
             .route("/api/plugins", get(plugins))
             .route("/api/plugins/{name}/reload", post(reload))
             .route("/api/dead-letters", get(dead_letters))
+            .route("/api/windows/failing", get(failing_windows))
             .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see README.md, \"HTTP API\"") })
             .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint; see README.md, \"HTTP API\"") })
             .with_state(self.clone())
@@ -370,6 +371,23 @@ async fn dead_letters(State(api): State<Api>, params: Result<Query<DeadLetterPar
         "next_offset": next_offset,
         "items": items,
     })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailingParams {
+    limit: Option<String>,
+}
+
+/// Windows set aside after a failed aggregation, with their errors.
+async fn failing_windows(State(api): State<Api>, params: Result<Query<FailingParams>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Value>> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request(format!("{}; the only parameter is limit", e.body_text())))?;
+    let limit = parse_number("limit", params.limit.as_deref(), 100, 1000)?;
+    let pipeline = api.live()?;
+    let items = crate::aggregate::failing_windows(pipeline.store.pool(), limit)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("PostgreSQL: {e}")))?;
+    Ok(Json(json!({ "failing": api.stats.windows_failing.get(), "items": items })))
 }
 
 #[cfg(test)]

@@ -195,6 +195,7 @@ pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
         pool.clone(),
         slot.clone(),
         tokio::sync::watch::channel(config.aggregate.clone()).1,
+        config.source.topics.clone(),
         Indexer::new(&config.index)?,
         Arc::new(crate::stats::Stats::default()),
     );

@@ -92,7 +92,7 @@ pub async fn delete_topic(bench: &Bench, topic: &str) {
 /// the topic holds), in host types.
 pub fn raw_clicks(bench: &Bench, events: u64) -> Vec<crate::plugin::enrich::RawClick> {
     generator(bench, events)
-        .map(|r| crate::decode::decode(&r.payload, 65536, || unreachable!("generated events carry ids")).expect("generated events decode"))
+        .map(|r| crate::decode::decode(&r.payload, &crate::decode::DecodeLimits::UNBOUNDED, 0, || unreachable!("generated events carry ids")).expect("generated events decode"))
         .collect()
 }
 

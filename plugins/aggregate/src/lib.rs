@@ -187,7 +187,7 @@ impl WindowRun {
 mod component {
     use super::*;
     use exports::clickstream::pipeline::aggregation::{Guest as AggregationGuest, GuestWindowRun};
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
 
     struct Plugin;
 
@@ -215,19 +215,33 @@ mod component {
         type WindowRun = Run;
     }
 
-    struct Run(RefCell<WindowRun>);
+    /// The run, and (in the `poison` build) whether it saw a `/bad-row` click.
+    struct Run(RefCell<WindowRun>, Cell<bool>);
 
     impl GuestWindowRun for Run {
         fn new(params: AggregateParams, from_ms: i64, to_ms: i64) -> Self {
-            Run(RefCell::new(WindowRun::new(params, from_ms, to_ms)))
+            Run(RefCell::new(WindowRun::new(params, from_ms, to_ms)), Cell::new(false))
         }
 
         fn push(&self, batch: Vec<StoredClick>) -> Result<(), String> {
+            if cfg!(feature = "poison") && batch.iter().any(|c| c.url.contains("/trap-aggregate")) {
+                panic!("built to trap on /trap-aggregate");
+            }
+            if cfg!(feature = "poison") && batch.iter().any(|c| c.url.contains("/bad-row")) {
+                self.1.set(true);
+            }
             self.0.borrow_mut().push(batch).map_err(|e| e.0)
         }
 
         fn finish(&self) -> Vec<AggregateRow> {
-            self.0.borrow_mut().finish()
+            let mut run = self.0.borrow_mut();
+            let mut rows = run.finish();
+            if let (true, Some(first)) = (self.1.get(), rows.first()) {
+                // A row for a window the run was not asked about.
+                let stray = AggregateRow { window_start_ms: run.to_ms, ..first.clone() };
+                rows.push(stray);
+            }
+            rows
         }
     }
 

@@ -1,6 +1,9 @@
 //! A test-only enricher that misbehaves on request, so the host's limits can
 //! be proven on a real component. The user id of a click picks the behaviour:
-//! `trap` panics, `loop` never returns, `alloc` allocates until stopped.
+//! `trap` panics, `loop` never returns, `alloc` allocates until stopped;
+//! `rename` returns the click with another event id, user id and timestamp
+//! (the host keeps its own); `long-city` returns a 1 MiB city name and
+//! `nul-country` a country holding a NUL character (the host refuses both).
 //! Every other click is passed through with country and city from geoip.
 
 wit_bindgen::generate!({
@@ -37,7 +40,7 @@ impl Guest for Plugin {
         let mut hoard: Vec<Vec<u8>> = Vec::new();
         batch
             .into_iter()
-            .map(|raw| {
+            .map(|mut raw| {
                 match raw.user_id.as_str() {
                     "trap" => panic!("asked to trap"),
                     "loop" => {
@@ -54,9 +57,19 @@ impl Guest for Plugin {
                     _ => {}
                 }
                 let location = clickstream::pipeline::geoip::lookup(&raw.ip);
-                let (country, city) = location
+                let (mut country, mut city) = location
                     .map(|l| (l.country.unwrap_or_default(), l.city.unwrap_or_default()))
                     .unwrap_or_default();
+                match raw.user_id.as_str() {
+                    "rename" => {
+                        raw.event_id = format!("renamed-{}", raw.event_id);
+                        raw.user_id = "someone-else".into();
+                        raw.timestamp_ms += 3_600_000;
+                    }
+                    "long-city" => city = "x".repeat(1 << 20),
+                    "nul-country" => country = "D\0E".into(),
+                    _ => {}
+                }
                 Ok(EnrichedClick {
                     raw,
                     country,

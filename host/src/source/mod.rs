@@ -1,13 +1,17 @@
 //! Kafka → batches of records. The first stage: it reads, batches by size
 //! and wait, and hands batches downstream through a bounded channel, so a slow
-//! store slows reading instead of filling memory.
+//! store slows reading instead of filling memory. Each assigned partition
+//! starts where PostgreSQL says ([`offsets`]).
+
+mod offsets;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol, StreamConsumer};
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
@@ -35,11 +39,38 @@ impl Consumed {
     }
 }
 
-/// Logs partition assignments, which is what an operator wants to see when
-/// hosts join or leave the group, and feeds the client's statistics (the
-/// brokers' high watermarks) into the lag metric.
+pub use offsets::OffsetLookup;
+
+/// Starts assigned partitions at PostgreSQL's offsets, logs assignments
+/// (what an operator wants to see when hosts join or leave the group), and
+/// feeds the client's statistics (the brokers' high watermarks) into the lag
+/// metric.
 pub struct SourceContext {
     stats: Arc<Stats>,
+    offsets: OffsetLookup,
+}
+
+impl SourceContext {
+    /// Sets each partition of an assignment to start at the next offset
+    /// PostgreSQL stored for it, or at the beginning when it stored none.
+    fn start_at_stored_offsets(&self, tpl: &mut TopicPartitionList) {
+        let partitions: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        match self.offsets.lookup(&partitions) {
+            Ok(stored) => {
+                for (topic, partition) in &partitions {
+                    let offset = stored.get(&(topic.clone(), *partition)).map_or(Offset::Beginning, |n| Offset::Offset(*n));
+                    if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
+                        tracing::warn!(%topic, partition, error = %e, "cannot set the start offset");
+                    }
+                }
+                tracing::info!(partitions = %describe(tpl), "starting at the offsets stored in PostgreSQL");
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "cannot read the stored offsets; starting from the offsets committed to Kafka (records already stored are skipped by the store)"
+            ),
+        }
+    }
 }
 
 impl ClientContext for SourceContext {
@@ -57,6 +88,31 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
+    /// The default rebalance, with the assignment's start offsets taken from
+    /// PostgreSQL first.
+    fn rebalance(&self, base_consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let assign = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        if assign {
+            self.start_at_stored_offsets(tpl);
+        }
+        let rebalance = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(tpl),
+            other => Rebalance::Error(KafkaError::Rebalance(other.into())),
+        };
+        let cooperative = matches!(base_consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let result = match (assign, cooperative) {
+            (true, true) => base_consumer.incremental_assign(tpl),
+            (true, false) => base_consumer.assign(tpl),
+            (false, true) => base_consumer.incremental_unassign(tpl),
+            (false, false) => base_consumer.unassign(),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot apply the partition assignment");
+        }
+        self.post_rebalance(base_consumer, &rebalance);
+    }
+
     fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => tracing::info!(partitions = %describe(tpl), "partitions assigned"),
@@ -81,12 +137,18 @@ fn describe(tpl: &TopicPartitionList) -> String {
 /// The consumer, shared by the reading loop and the committer.
 pub type SourceConsumer = StreamConsumer<SourceContext>;
 
-/// Creates the consumer and subscribes to the configured topics.
-pub fn connect(config: &SourceConfig, stats: Arc<Stats>) -> Result<Arc<SourceConsumer>, KafkaError> {
+/// Creates the consumer and subscribes to the configured topics; assigned
+/// partitions start at the offsets `offsets` reads from PostgreSQL.
+pub fn connect(config: &SourceConfig, offsets: OffsetLookup, stats: Arc<Stats>) -> Result<Arc<SourceConsumer>, KafkaError> {
+    // The properties below that the guarantee depends on are refused in
+    // [source.kafka] by config validation, so nothing overrides them.
     let mut client = crate::kafka::client_config(&config.brokers, &config.kafka);
     client
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        // Only when PostgreSQL's offsets cannot be read.
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("session.timeout.ms", "10000")
@@ -102,7 +164,7 @@ pub fn connect(config: &SourceConfig, stats: Arc<Stats>) -> Result<Arc<SourceCon
     for (k, v) in &config.kafka {
         client.set(k, v);
     }
-    let consumer: SourceConsumer = client.create_with_context(SourceContext { stats })?;
+    let consumer: SourceConsumer = client.create_with_context(SourceContext { stats, offsets })?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(Arc::new(consumer))

@@ -1,0 +1,300 @@
+//! Poison isolation against real PostgreSQL and the broker: a record that the
+//! decoder, the plugin's contract or PostgreSQL refuses is dead-lettered with
+//! its reason, the rest of its batch is stored once, and counts reconcile
+//! (consumed = stored + dead-lettered). A shutdown while PostgreSQL refuses
+//! every write is prompt and loses nothing.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use clickstream::plugin::enrich::{DeviceClass, EnrichedClick, RawClick};
+use clickstream::stats::Stats;
+use clickstream::store::{DeadLetter, EventRow, Provenance, Stage, Store, WindowSpec, WriteBatch};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+const WAIT: Duration = Duration::from_secs(120);
+const WINDOWS: WindowSpec = WindowSpec { window_ms: 60_000, session_timeout_ms: 1_800_000 };
+
+fn provenance(offset: i64) -> Provenance {
+    Provenance { topic: "t".into(), partition: 0, offset, received_at: Utc::now() }
+}
+
+/// An event as the enrich stage hands it to the store, without the checks
+/// the decoder and the enrich stage make: what reaches PostgreSQL is exactly
+/// what the test writes.
+fn event(offset: i64, event_id: &str, url: &str, ts_ms: i64) -> EventRow {
+    let raw = RawClick {
+        event_id: event_id.into(),
+        user_id: format!("u{}", offset % 7),
+        timestamp_ms: ts_ms,
+        url: url.into(),
+        ip: "81.2.69.142".into(),
+        user_agent: String::new(),
+        referrer: None,
+        session_id: None,
+    };
+    EventRow {
+        click: EnrichedClick {
+            raw,
+            country: "GB".into(),
+            city: "London".into(),
+            browser: "unknown".into(),
+            os: "unknown".into(),
+            device: DeviceClass::Unknown,
+            plugin_version: "1.0.0".into(),
+        },
+        plugin_name: "test".into(),
+        provenance: provenance(offset),
+        key: Some(b"k".to_vec()),
+        payload: format!("raw record {offset}").into_bytes(),
+    }
+}
+
+fn batch_of(events: Vec<EventRow>, dead: Vec<DeadLetter>) -> WriteBatch {
+    let mut batch = WriteBatch::default();
+    for p in events.iter().map(|e| &e.provenance).chain(dead.iter().map(|d| &d.provenance)) {
+        batch.saw(p);
+    }
+    batch.events = events;
+    batch.dead_letters = dead;
+    batch
+}
+
+async fn pool(url: &str) -> PgPool {
+    PgPoolOptions::new().max_connections(2).connect(url).await.unwrap()
+}
+
+/// Random hex: compresses too little to fit a btree row however PostgreSQL
+/// tries.
+fn incompressible(len: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    (0..len).map(|_| char::from_digit(rng.gen_range(0..16), 16).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_postgresql_refuses_are_dead_lettered_alone_and_the_rest_of_the_batch_is_stored_once() {
+    let db = support::fresh_database("poison_store").await;
+    let store = Store::connect(&db, WINDOWS).await.unwrap();
+    let pool = pool(&db).await;
+    let ts = 1_795_000_000_000;
+    let mut events: Vec<EventRow> = (0..40).map(|i| event(i, &format!("good-{i}"), "https://shop.example/", ts + i * 1000)).collect();
+    // Three records each refused by PostgreSQL for what it holds, bypassing
+    // the decoder's checks: a NUL in text, a time past timestamptz's range,
+    // an id too long for the primary key's btree.
+    events.insert(5, event(40, "nul", "https://shop.example/\0", ts));
+    events.insert(20, event(41, "far", "https://shop.example/", 9_300_000_000_000_000));
+    events.insert(33, event(42, &incompressible(8000), "https://shop.example/", ts));
+    // A dead letter whose reason (a plugin's refusal text) holds a NUL.
+    let dead = vec![DeadLetter {
+        provenance: provenance(43),
+        key: None,
+        payload: b"{\"user_id\":\"\"}".to_vec(),
+        stage: Stage::Enrich,
+        kind: "refused".into(),
+        reason: "user_id: empty\0".into(),
+        plugin_version: Some("1.0.0".into()),
+    }];
+    let batch = batch_of(events, dead);
+
+    let outcome = store.write(&batch).await.expect("a batch with poison records is written, not retried");
+    assert_eq!((outcome.stored, outcome.dead_lettered, outcome.duplicates), (40, 4, 0), "{outcome:?}");
+    let refused: Vec<(i64, String, String, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT \"offset\", stage, kind, reason, payload FROM dead_letters WHERE stage = 'store' ORDER BY \"offset\"",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let kinds: Vec<(i64, &str)> = refused.iter().map(|r| (r.0, r.2.as_str())).collect();
+    assert_eq!(kinds, vec![(40, "invalid_value"), (41, "invalid_value"), (42, "limit_exceeded")]);
+    for (offset, _, _, reason, payload) in &refused {
+        assert!(reason.starts_with("PostgreSQL refused the event:") && reason.contains("SQLSTATE"), "{reason}");
+        assert_eq!(payload, format!("raw record {offset}").as_bytes(), "the raw bytes are kept for replay");
+    }
+    let enrich_reason: String = sqlx::query_scalar("SELECT reason FROM dead_letters WHERE \"offset\" = 43").fetch_one(&pool).await.unwrap();
+    assert_eq!(enrich_reason, "user_id: empty\u{FFFD}");
+    let stored: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events ORDER BY event_id").fetch_all(&pool).await.unwrap();
+    assert_eq!(stored, (0..40).map(|i| format!("good-{i}")).collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>());
+    // Offsets cover the whole batch; the newest event time is the good
+    // events' (a refused far-future time does not move the watermark).
+    let (next, max_ts): (i64, i64) = sqlx::query_as("SELECT next_offset, max_ts_ms FROM ingest_offsets").fetch_one(&pool).await.unwrap();
+    assert_eq!((next, max_ts), (44, ts + 39_000));
+    assert!(support::count(&pool, "SELECT count(*) FROM aggregate_windows").await > 0, "the stored events' windows are marked");
+
+    // Redelivered whole (a restart before Kafka's commit): nothing twice.
+    let again = store.write(&batch).await.unwrap();
+    assert_eq!((again.stored, again.dead_lettered, again.redelivered), (0, 0, 44));
+    assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await + support::count(&pool, "SELECT count(*) FROM dead_letters").await, 44);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_larger_together_than_one_statement_may_carry_are_all_stored() {
+    let db = support::fresh_database("poison_bind").await;
+    let store = Store::connect(&db, WINDOWS).await.unwrap();
+    // 70 records of 16 MiB, the largest source.max_record_bytes allows:
+    // 1.1 GiB, past PostgreSQL's 1 GiB limit on one message.
+    let payload = vec![b'x'; 16 << 20];
+    let dead: Vec<DeadLetter> = (0..70)
+        .map(|i| DeadLetter {
+            provenance: provenance(i),
+            key: None,
+            payload: payload.clone(),
+            stage: Stage::Decode,
+            kind: "too_large".into(),
+            reason: "record is 16777216 bytes".into(),
+            plugin_version: None,
+        })
+        .collect();
+    let outcome = store.write(&batch_of(Vec::new(), dead)).await.expect("written in chunks, not refused as a whole");
+    assert_eq!(outcome.dead_lettered, 70);
+    let pool = pool(&db).await;
+    let bytes: i64 = sqlx::query_scalar("SELECT sum(length(payload))::bigint FROM dead_letters").fetch_one(&pool).await.unwrap();
+    assert_eq!(bytes, 70 << 24);
+}
+
+/// Produces `payloads` to a new topic, keyed by `key`.
+async fn produce_raw(topic: &str, records: &[(String, Vec<u8>)]) {
+    let brokers = support::brokers();
+    clickstream::kafka::ensure_topic(&brokers, topic, 4).await.unwrap();
+    let producer: FutureProducer = clickstream::kafka::client_config(&brokers, &Default::default()).create().unwrap();
+    for (key, payload) in records {
+        producer.send(FutureRecord::to(topic).key(key).payload(payload), Duration::from_secs(5)).await.unwrap();
+    }
+}
+
+fn click(event_id: &str, user_id: &str, url: &str) -> Vec<u8> {
+    serde_json::json!({
+        "event_id": event_id,
+        "user_id": user_id,
+        "timestamp": 1_795_000_000_000i64,
+        "url": url,
+        "ip": "81.2.69.142",
+    })
+    .to_string()
+    .into_bytes()
+}
+
+async fn reconciled(pool: &PgPool, total: usize) -> bool {
+    let stored = support::count(pool, "SELECT count(*) FROM events").await;
+    let dead = support::count(pool, "SELECT count(*) FROM dead_letters").await;
+    stored >= 0 && dead >= 0 && (stored + dead) as usize >= total
+}
+
+/// The host keeps the identity it decoded and refuses what it cannot store
+/// from a plugin; a CHECK constraint a user added to `events` refuses a
+/// record at the store. Each lands in `dead_letters` with its stage, and the
+/// pipeline goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_cannot_change_an_events_identity_and_what_neither_it_nor_postgresql_can_store_is_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("poison_e2e");
+    let db = support::fresh_database("poison_e2e").await;
+    // The user's own rule, added after the migrations.
+    Store::connect(&db, WINDOWS).await.unwrap();
+    let pool = pool(&db).await;
+    sqlx::query("ALTER TABLE events ADD CONSTRAINT no_forbidden_pages CHECK (url NOT LIKE '%/forbidden%')").execute(&pool).await.unwrap();
+
+    let mut records: Vec<(String, Vec<u8>)> = (0..200).map(|i| (format!("u{}", i % 9), click(&format!("good-{i}"), &format!("u{}", i % 9), "https://shop.example/"))).collect();
+    let poison = [
+        ("renamed", "rename", "https://shop.example/"),
+        ("long-city", "long-city", "https://shop.example/"),
+        ("nul-country", "nul-country", "https://shop.example/"),
+        ("forbidden", "u1", "https://shop.example/forbidden/page"),
+    ];
+    for (i, (id, user, url)) in poison.iter().enumerate() {
+        records.insert(30 + 40 * i, (user.to_string(), click(id, user, url)));
+    }
+    produce_raw(&topic, &records).await;
+
+    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    std::fs::write(&pipeline, text.replace(&support::plugin("enrich").display().to_string(), &support::plugin("misbehave").display().to_string())).unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stats = Arc::new(Stats::default());
+    let running = tokio::spawn(clickstream::pipeline::run_until_stopped(support::load_config(&pipeline), stopped, Default::default(), stats.clone(), |_| {}));
+    support::wait_until(WAIT, "every record stored or dead-lettered", || reconciled(&pool, records.len())).await;
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+
+    // The identity is the decoded one, whatever the plugin returned.
+    let (user, ts): (String, i64) = sqlx::query_as("SELECT user_id, ts_ms FROM events WHERE event_id = 'renamed'").fetch_one(&pool).await.unwrap();
+    assert_eq!((user.as_str(), ts), ("rename", 1_795_000_000_000));
+    assert_eq!(support::count(&pool, "SELECT count(*) FROM events WHERE event_id LIKE 'renamed-%' OR user_id = 'someone-else'").await, 0);
+
+    let dead: BTreeMap<String, (String, String, String)> = sqlx::query_as::<_, (String, String, String, Vec<u8>)>("SELECT stage, kind, reason, payload FROM dead_letters")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(stage, kind, reason, payload)| {
+            let id = serde_json::from_slice::<serde_json::Value>(&payload).unwrap()["event_id"].as_str().unwrap().to_string();
+            (id, (stage, kind, reason))
+        })
+        .collect();
+    assert_eq!(dead.keys().map(String::as_str).collect::<Vec<_>>(), vec!["forbidden", "long-city", "nul-country"]);
+    let (stage, kind, reason) = &dead["long-city"];
+    assert_eq!((stage.as_str(), kind.as_str()), ("enrich", "contract"));
+    assert!(reason.contains("field `city` is 1048576 bytes"), "{reason}");
+    let (stage, kind, reason) = &dead["nul-country"];
+    assert_eq!((stage.as_str(), kind.as_str()), ("enrich", "contract"));
+    assert!(reason.contains("`country` contains a NUL"), "{reason}");
+    let (stage, kind, reason) = &dead["forbidden"];
+    assert_eq!((stage.as_str(), kind.as_str()), ("store", "constraint"));
+    assert!(reason.contains("no_forbidden_pages") && reason.contains("23514"), "{reason}");
+
+    assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await as usize, records.len() - 3);
+    assert_eq!((stats.stored.get() + stats.dead_lettered.get()) as usize, records.len(), "consumed = stored + dead-lettered");
+    assert_eq!(stats.dead_letters_by().get(&("store", "constraint".to_string())), Some(&1));
+}
+
+/// While PostgreSQL refuses every write for a reason of its own (here the
+/// events table is gone), the batch is retried, not dead-lettered; SIGTERM
+/// then stops the host promptly without advancing offsets, and once the
+/// table is back a restarted host stores everything exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_postgresql_refuses_every_write_stops_promptly_and_a_restart_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("poison_stop");
+    let db = support::fresh_database("poison_stop").await;
+    let pool = pool(&db).await;
+    let first: Vec<(String, Vec<u8>)> = (0..200).map(|i| (format!("u{}", i % 9), click(&format!("a-{i}"), &format!("u{}", i % 9), "https://shop.example/"))).collect();
+    produce_raw(&topic, &first).await;
+    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
+    let mut host = support::Host::start(&pipeline, &dir.path().join("first.log"));
+    support::wait_until(WAIT, "the first records stored", || reconciled(&pool, first.len())).await;
+
+    sqlx::query("ALTER TABLE events RENAME TO events_away").execute(&pool).await.unwrap();
+    let second: Vec<(String, Vec<u8>)> = (0..200).map(|i| (format!("u{}", i % 9), click(&format!("b-{i}"), &format!("u{}", i % 9), "https://shop.example/"))).collect();
+    produce_raw(&topic, &second).await;
+    support::wait_until(WAIT, "the host to pause ingestion", || {
+        let log = host.log();
+        async move { log.matches("cannot store batch; ingestion paused").count() >= 2 }
+    })
+    .await;
+    let signalled = Instant::now();
+    host.signal("TERM");
+    let code = host.wait();
+    let took = signalled.elapsed();
+    assert_eq!(code, Some(0), "{}", host.log());
+    // Before, it retried until killed; a drain gives an unfinished write 5 s.
+    assert!(took < Duration::from_secs(15), "stopped after {took:?}");
+    assert!(host.log().contains("stopping with a batch PostgreSQL did not take"), "{}", host.log());
+    let next: i64 = support::count(&pool, "SELECT sum(next_offset)::bigint FROM ingest_offsets").await;
+    assert_eq!(next, 200, "offsets were not advanced past what was stored");
+    assert_eq!(support::count(&pool, "SELECT count(*) FROM dead_letters").await, 0, "nothing was dead-lettered for the server's fault");
+
+    sqlx::query("ALTER TABLE events_away RENAME TO events").execute(&pool).await.unwrap();
+    let mut second_host = support::Host::start(&pipeline, &dir.path().join("second.log"));
+    support::wait_until(WAIT, "everything stored after the restart", || reconciled(&pool, first.len() + second.len())).await;
+    second_host.signal("TERM");
+    assert_eq!(second_host.wait(), Some(0));
+    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&pool).await.unwrap();
+    assert_eq!(ids.len(), 400, "each event once");
+    assert_eq!(ids.into_iter().collect::<BTreeSet<_>>().len(), 400);
+}
