@@ -245,7 +245,7 @@ async fn a_failing_window_is_set_aside_while_the_others_are_aggregated_and_index
 
     let total = good + 2;
     support::wait_until(WAIT, "every window but the two poisoned ones aggregated and indexed", || async {
-        support::count(&pool, "SELECT count(*) FROM events").await as usize >= total
+        support::count(&pool, "SELECT count(*) FROM events").await >= total as i64
             && support::count(&pool, "SELECT count(*) FROM aggregate_windows WHERE version > aggregated_version AND last_error IS NULL").await == 0
             && support::count(&pool, "SELECT count(*) FROM aggregate_windows WHERE last_error IS NOT NULL").await == 2
             && support::count(&pool, "SELECT count(*) FROM aggregates WHERE indexed_at IS NULL").await == 0

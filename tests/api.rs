@@ -228,6 +228,7 @@ async fn api_reports_what_the_pipeline_did() {
     let docs_in_db = support::count(&pool, "SELECT count(*) FROM aggregates").await as f64;
     assert!(metric(&m, "clickstream_documents_indexed_total") >= docs_in_db, "every aggregate row indexed at least once");
     assert_eq!(metric(&m, "clickstream_documents_rejected_total"), 0.0);
+    assert_eq!(metric(&m, "clickstream_windows_failing"), 0.0);
     assert!(metric(&m, "clickstream_event_to_index_seconds_count") >= docs_in_db);
     assert_eq!(metric(&m, "clickstream_up"), 1.0);
 
@@ -310,6 +311,7 @@ async fn api_reports_what_the_pipeline_did() {
         ("/api/aggregates?colour=red", "colour"),
         ("/api/dead-letters?limit=lots", "limit"),
         ("/api/dead-letters?page=2", "page"),
+        ("/api/windows/failing?limit=many", "limit"),
     ] {
         let (status, body) = client.get(bad).await;
         assert_eq!(status, 400, "{bad}: {body}");
@@ -337,6 +339,11 @@ async fn api_reports_what_the_pipeline_did() {
         assert_eq!(first["next_offset"], 10);
         assert!(b.first() > a.last(), "oldest first");
     }
+
+    // /api/windows/failing: nothing is set aside on a healthy pipeline (the
+    // failing case is proven in tests/aggregate.rs).
+    let failing = client.ok("/api/windows/failing").await;
+    assert_eq!((failing["failing"].as_u64(), failing["items"].as_array().map(Vec::len)), (Some(0), Some(0)), "{failing}");
 
     // /api/plugins and the reload endpoint.
     let plugins = client.ok("/api/plugins").await;
