@@ -3,7 +3,9 @@
 //! Every aggregate row becomes one document whose `_id` is derived from its
 //! group (window, URL, country), so re-aggregating a window overwrites the
 //! earlier document instead of adding a second one, and re-sending a batch
-//! after a failure is harmless. Documents go out in `_bulk` requests no larger
+//! after a failure is harmless. Writes and deletes from the pipeline carry
+//! the aggregation's version (`version_type=external_gte`), so of two
+//! indexers the older aggregation never lands over the newer one. Documents go out in `_bulk` requests no larger
 //! than `index.bulk_max_bytes`; each item's result is inspected: overloaded
 //! items are retried with backoff, refused ones are returned with the
 //! server's reason, and an unreachable server is an error right away, because
