@@ -1,4 +1,4 @@
-//! Aggregation and indexing against real tansu, PostgreSQL and the search
+//! Aggregation and indexing against a real Kafka broker (nisshi), PostgreSQL and the search
 //! server: the indexed documents equal a reference computed here, late events
 //! update documents in place, and a search outage only delays indexing.
 

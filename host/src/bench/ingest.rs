@@ -209,7 +209,7 @@ pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
     let db = bench.fresh_database("ingest").await?;
     let pipeline = bench.write_pipeline("ingest", &topic.name, &db, &bench.plugin("enrich")?)?;
     let log = bench.work.join("ingest-host.log");
-    let (pg_cpu0, broker_cpu0, wall0) = (cpu_seconds_of(&["postgres"]), cpu_seconds_of(&["tansu"]), Instant::now());
+    let (pg_cpu0, broker_cpu0, wall0) = (cpu_seconds_of(&["postgres"]), cpu_seconds_of(&["nisshi", "tansu"]), Instant::now());
     let mut host = Host::start(&pipeline, &log)?;
     let pool = pool(&db).await?;
     let total = topic.records as i64;
@@ -247,7 +247,7 @@ pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let cpu = host.cpu_seconds();
-    let (pg_cpu, broker_cpu, wall) = (cpu_seconds_of(&["postgres"]) - pg_cpu0, cpu_seconds_of(&["tansu"]) - broker_cpu0, wall0.elapsed().as_secs_f64());
+    let (pg_cpu, broker_cpu, wall) = (cpu_seconds_of(&["postgres"]) - pg_cpu0, cpu_seconds_of(&["nisshi", "tansu"]) - broker_cpu0, wall0.elapsed().as_secs_f64());
     let host_log = tokio::task::spawn_blocking(move || host.stop()).await??;
     let counters = final_counters(&host_log);
 
@@ -289,7 +289,7 @@ pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
             "broker": broker_cpu,
             "wall": wall,
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            "measures": "user + system CPU from /proc over the arm (host start to host exit): the host process, every postgres process, the tansu broker; anything else on the machine is not counted",
+            "measures": "user + system CPU from /proc over the arm (host start to host exit): the host process, every postgres process, the broker (nisshi, or tansu where it still runs); anything else on the machine is not counted",
         },
         "latency": latency,
         "host_counters": counters,

@@ -99,7 +99,7 @@ pub fn markdown(r: &Results) -> String {
     let m = &r.machine;
     let _ = writeln!(
         s,
-        "Machine: {} CPUs ({}), {} MiB RAM, kernel {}; load average at start `{}`, at end `{}`. PostgreSQL {} (synchronous_commit {}, fsync {}), Kafka API: tansu, search: osmem — all on this machine.\n",
+        "Machine: {} CPUs ({}), {} MiB RAM, kernel {}; load average at start `{}`, at end `{}`. PostgreSQL {} (synchronous_commit {}, fsync {}), Kafka API: nisshi, search: osmem — all on this machine.\n",
         m.nproc,
         m.cpu_model,
         m.memory_mib,
