@@ -58,12 +58,6 @@ async fn stored_ids(pool: &PgPool) -> Vec<String> {
     sqlx::query_scalar("SELECT event_id FROM events ORDER BY event_id").fetch_all(pool).await.unwrap()
 }
 
-async fn reconciled(pool: &PgPool, total: usize) -> bool {
-    let stored = support::count(pool, "SELECT count(*) FROM events").await;
-    let dead = support::count(pool, "SELECT count(*) FROM dead_letters").await;
-    stored >= 0 && dead >= 0 && (stored + dead) as usize >= total
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_good_event_is_stored_once_enriched_and_every_bad_record_is_dead_lettered_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -87,7 +81,7 @@ async fn every_good_event_is_stored_once_enriched_and_every_bad_record_is_dead_l
     let stats = Arc::new(Stats::default());
     let running = tokio::spawn(clickstream::pipeline::run_until_stopped(config, stopped, Default::default(), stats.clone(), |_| {}));
     let pool = pool(&db).await;
-    support::wait_until(WAIT, "every record stored or dead-lettered", || reconciled(&pool, total)).await;
+    support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&pool, total)).await;
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();
 
@@ -173,7 +167,7 @@ async fn kill_9_mid_stream_then_restart_loses_and_duplicates_nothing() {
     assert!((at_kill as usize) < records.len(), "the kill came after everything was stored; nothing was proven");
 
     let mut second = support::Host::start(&pipeline, &dir.path().join("second.log"));
-    support::wait_until(WAIT, "the restarted host to finish", || reconciled(&pool, records.len())).await;
+    support::wait_until(WAIT, "the restarted host to finish", || support::reconciled(&pool, records.len())).await;
     second.signal("TERM");
     assert_eq!(second.wait(), Some(0), "graceful shutdown exits 0:\n{}", second.log());
 
@@ -204,7 +198,7 @@ async fn two_hosts_in_one_group_split_the_partitions_and_store_each_event_once()
     })
     .await;
     let records = produce_to(&topic, generator(20_000, 0.0, 3), Some(8_000)).await;
-    support::wait_until(WAIT, "the pair to store everything", || reconciled(&pool, records.len())).await;
+    support::wait_until(WAIT, "the pair to store everything", || support::reconciled(&pool, records.len())).await;
     // Both hosts aggregate too; each window is done by one at a time, and the
     // rows must equal the reference whichever host wrote them.
     support::wait_until(WAIT, "the pair to aggregate every window", || async {
@@ -262,7 +256,7 @@ async fn a_postgres_restart_mid_stream_pauses_ingest_and_loses_and_duplicates_no
     tokio::time::sleep(Duration::from_secs(8)).await;
     pg.start_again();
     let records = producing.await.unwrap();
-    support::wait_until(WAIT, "everything stored after the restart", || reconciled(&pool, records.len())).await;
+    support::wait_until(WAIT, "everything stored after the restart", || support::reconciled(&pool, records.len())).await;
     host.signal("TERM");
     assert_eq!(host.wait(), Some(0), "{}", host.log());
 
@@ -297,7 +291,7 @@ async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after
     let stats = Arc::new(Stats::default());
     let running = tokio::spawn(clickstream::pipeline::run_until_stopped(support::load_config(&pipeline), stopped, Default::default(), stats.clone(), |_| {}));
     let pool = pool(&db).await;
-    support::wait_until(WAIT, "every record stored or dead-lettered", || reconciled(&pool, total)).await;
+    support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&pool, total)).await;
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();
 

@@ -180,12 +180,6 @@ fn click(event_id: &str, user_id: &str, url: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn reconciled(pool: &PgPool, total: usize) -> bool {
-    let stored = support::count(pool, "SELECT count(*) FROM events").await;
-    let dead = support::count(pool, "SELECT count(*) FROM dead_letters").await;
-    stored >= 0 && dead >= 0 && (stored + dead) as usize >= total
-}
-
 /// The host keeps the identity it decoded and refuses what it cannot store
 /// from a plugin; a CHECK constraint a user added to `events` refuses a
 /// record at the store. Each lands in `dead_letters` with its stage, and the
@@ -218,7 +212,7 @@ async fn a_plugin_cannot_change_an_events_identity_and_what_neither_it_nor_postg
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stats = Arc::new(Stats::default());
     let running = tokio::spawn(clickstream::pipeline::run_until_stopped(support::load_config(&pipeline), stopped, Default::default(), stats.clone(), |_| {}));
-    support::wait_until(WAIT, "every record stored or dead-lettered", || reconciled(&pool, records.len())).await;
+    support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&pool, records.len())).await;
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();
 
@@ -267,7 +261,7 @@ async fn sigterm_while_postgresql_refuses_every_write_stops_promptly_and_a_resta
     produce_raw(&topic, &first).await;
     let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
     let mut host = support::Host::start(&pipeline, &dir.path().join("first.log"));
-    support::wait_until(WAIT, "the first records stored", || reconciled(&pool, first.len())).await;
+    support::wait_until(WAIT, "the first records stored", || support::reconciled(&pool, first.len())).await;
 
     sqlx::query("ALTER TABLE events RENAME TO events_away").execute(&pool).await.unwrap();
     let second: Vec<(String, Vec<u8>)> = (0..200).map(|i| (format!("u{}", i % 9), click(&format!("b-{i}"), &format!("u{}", i % 9), "https://shop.example/"))).collect();
@@ -291,7 +285,7 @@ async fn sigterm_while_postgresql_refuses_every_write_stops_promptly_and_a_resta
 
     sqlx::query("ALTER TABLE events_away RENAME TO events").execute(&pool).await.unwrap();
     let mut second_host = support::Host::start(&pipeline, &dir.path().join("second.log"));
-    support::wait_until(WAIT, "everything stored after the restart", || reconciled(&pool, first.len() + second.len())).await;
+    support::wait_until(WAIT, "everything stored after the restart", || support::reconciled(&pool, first.len() + second.len())).await;
     second_host.signal("TERM");
     assert_eq!(second_host.wait(), Some(0));
     let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&pool).await.unwrap();

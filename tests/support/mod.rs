@@ -183,6 +183,14 @@ where
     }
 }
 
+/// Whether every one of `total` records is stored as an event or a dead
+/// letter (false while the tables do not exist yet).
+pub async fn reconciled(pool: &sqlx::PgPool, total: usize) -> bool {
+    let stored = count(pool, "SELECT count(*) FROM events").await;
+    let dead = count(pool, "SELECT count(*) FROM dead_letters").await;
+    stored >= 0 && dead >= 0 && (stored + dead) as usize >= total
+}
+
 /// Counts rows of a query returning one bigint.
 pub async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
     sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.unwrap_or(-1)
