@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clickstream::config::PipelineConfig;
-use clickstream::index::{AggregateDoc, DocQuery, Indexer};
+use clickstream::stages::index::{AggregateDoc, DocQuery, Indexer};
 use clickstream::produce::{self, Generator, GeneratorConfig};
 use clickstream::stats::Stats;
 use sqlx::postgres::PgPoolOptions;
@@ -51,7 +51,7 @@ async fn settled(pool: &PgPool, events: usize) -> bool {
 
 struct Running {
     stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<clickstream::pipeline::Pipeline, clickstream::pipeline::PipelineError>>,
+    task: tokio::task::JoinHandle<Result<clickstream::runtime::pipeline::Pipeline, clickstream::runtime::pipeline::PipelineError>>,
     config: PipelineConfig,
 }
 
@@ -75,7 +75,7 @@ async fn start_with(dir: &std::path::Path, topic: &str, db: &str, search: Option
     std::fs::write(&pipeline, extra).unwrap();
     let config = support::load_config(&pipeline);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(clickstream::pipeline::run_until_stopped(config.clone(), stopped, Default::default(), stats, |_| {}));
+    let task = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(config.clone(), stopped, Default::default(), stats, |_| {}));
     Running { stop, task, config }
 }
 
@@ -251,7 +251,7 @@ async fn a_failing_window_is_set_aside_while_the_others_are_aggregated_and_index
             && support::count(&pool, "SELECT count(*) FROM aggregates WHERE indexed_at IS NULL").await == 0
     })
     .await;
-    let failing = clickstream::aggregate::failing_windows(&pool, 100).await.unwrap();
+    let failing = clickstream::stages::aggregate::failing_windows(&pool, 100).await.unwrap();
     assert_eq!(failing.iter().map(|f| f.window_start_ms).collect::<Vec<_>>(), vec![trap_window, bad_window]);
     assert!(failing[0].last_error.contains("trapped") && failing[0].last_error.contains("/trap-aggregate"), "{}", failing[0].last_error);
     assert!(failing[1].last_error.contains("not a window of the run"), "{}", failing[1].last_error);

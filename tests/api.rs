@@ -413,7 +413,7 @@ async fn ready_names_what_is_missing_and_reload_needs_a_configured_token() {
     clickstream::kafka::ensure_topic(&support::brokers(), &config.source.topics[0], 1).await.unwrap();
 
     let stats = Arc::new(clickstream::stats::Stats::default());
-    let api = clickstream::api::Api::new(stats.clone());
+    let api = clickstream::runtime::api::Api::new(stats.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let client = Client { base: format!("http://{}", listener.local_addr().unwrap()), http: reqwest::Client::new() };
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -428,7 +428,7 @@ async fn ready_names_what_is_missing_and_reload_needs_a_configured_token() {
 
     let running = tokio::spawn({
         let api = api.clone();
-        clickstream::pipeline::run_until_stopped(config, stopped, Default::default(), stats, move |p| api.serve_pipeline(p))
+        clickstream::runtime::pipeline::run_until_stopped(config, stopped, Default::default(), stats, move |p| api.serve_pipeline(p))
     });
     client.wait_for_ok("/ready").await;
 

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use clickstream::geoip::{GeoIp, GeoLocation};
+use clickstream::plugin::geoip::{GeoIp, GeoLocation};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 

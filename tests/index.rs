@@ -8,8 +8,8 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clickstream::config::{IndexConfig, TimeSuffix};
-use clickstream::index::{AggregateDoc, DocQuery, IndexError, Indexer};
+use clickstream::stages::index::config::{IndexConfig, TimeSuffix};
+use clickstream::stages::index::{AggregateDoc, DocQuery, IndexError, Indexer};
 use elasticsearch::indices::{IndicesCreateParts, IndicesDeleteIndexTemplateParts, IndicesDeleteParts, IndicesGetMappingParts};
 use elasticsearch::{BulkParts, SearchParts};
 use serde_json::{json, Value};

@@ -79,7 +79,7 @@ async fn every_good_event_is_stored_once_enriched_and_every_bad_record_is_dead_l
     let config = support::load_config(&pipeline);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stats = Arc::new(Stats::default());
-    let running = tokio::spawn(clickstream::pipeline::run_until_stopped(config, stopped, Default::default(), stats.clone(), |_| {}));
+    let running = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(config, stopped, Default::default(), stats.clone(), |_| {}));
     let pool = pool(&db).await;
     support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&pool, total)).await;
     stop.send(true).unwrap();
@@ -101,7 +101,7 @@ async fn every_good_event_is_stored_once_enriched_and_every_bad_record_is_dead_l
     .unwrap();
     assert_eq!((country.as_str(), city.as_str()), ("GB", "London"));
     assert_eq!((browser.as_str(), os.as_str(), device.as_str()), ("Safari", "iPhone", "mobile"));
-    assert_eq!(version, clickstream_enrich::VERSION);
+    assert_eq!(version, support::enrich_version());
     let bad_ips: Vec<&Record> = records.iter().filter(|r| r.bad == Some(BadKind::BadIp)).collect();
     assert!(!bad_ips.is_empty());
     for r in bad_ips {
@@ -289,7 +289,7 @@ async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after
     std::fs::write(&pipeline, fixed.replace(&support::plugin("enrich").display().to_string(), &support::plugin("misbehave").display().to_string())).unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stats = Arc::new(Stats::default());
-    let running = tokio::spawn(clickstream::pipeline::run_until_stopped(support::load_config(&pipeline), stopped, Default::default(), stats.clone(), |_| {}));
+    let running = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(support::load_config(&pipeline), stopped, Default::default(), stats.clone(), |_| {}));
     let pool = pool(&db).await;
     support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&pool, total)).await;
     stop.send(true).unwrap();
@@ -311,12 +311,12 @@ async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after
     let config = support::load_config(&pipeline);
     let loaded = clickstream::plugin::enrich::LoadedEnrich::load(config.enrich_spec(), None).unwrap();
     let mut runner = clickstream::plugin::enrich::EnrichRunner::new(Arc::new(clickstream::plugin::Slot::new(loaded)));
-    let outcome = clickstream::dead_letters::replay(&pool, clickstream::store::WindowSpec::of(&config.aggregate), &mut runner, &clickstream::decode::DecodeLimits::of(&config.source), |_| {}).await.unwrap();
+    let outcome = clickstream::runtime::dead_letters::replay(&pool, config.windows(), &mut runner, &config.decode_limits(), |_| {}).await.unwrap();
     assert_eq!((outcome.stored, outcome.still_failing), (3, 0));
     let versions: Vec<String> = sqlx::query_scalar("SELECT plugin_version FROM events WHERE event_id LIKE 'poison-%'").fetch_all(&pool).await.unwrap();
-    assert_eq!(versions, vec![clickstream_enrich::VERSION.to_string(); 3]);
+    assert_eq!(versions, vec![support::enrich_version(); 3]);
     assert_eq!(support::count(&pool, "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL").await, 0);
-    let again = clickstream::dead_letters::replay(&pool, clickstream::store::WindowSpec::of(&config.aggregate), &mut runner, &clickstream::decode::DecodeLimits::of(&config.source), |_| {}).await.unwrap();
+    let again = clickstream::runtime::dead_letters::replay(&pool, config.windows(), &mut runner, &config.decode_limits(), |_| {}).await.unwrap();
     assert_eq!(again, Default::default(), "a second replay finds nothing pending");
     assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await as usize, total);
 }
@@ -339,7 +339,7 @@ async fn a_repeated_event_id_is_stored_once_and_counted_as_a_duplicate() {
     let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stats = Arc::new(Stats::default());
-    let running = tokio::spawn(clickstream::pipeline::run_until_stopped(support::load_config(&pipeline), stopped, Default::default(), stats.clone(), |_| {}));
+    let running = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(support::load_config(&pipeline), stopped, Default::default(), stats.clone(), |_| {}));
     let pool = pool(&db).await;
     support::wait_until(WAIT, "the first wave stored", || {
         let stats = stats.clone();

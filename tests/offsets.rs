@@ -17,7 +17,7 @@ const WAIT: Duration = Duration::from_secs(120);
 
 async fn run_until_stored(pipeline: &std::path::Path, pool: &PgPool, total: usize) {
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(clickstream::pipeline::run_until_stopped(support::load_config(pipeline), stopped, Default::default(), Arc::new(Stats::default()), |_| {}));
+    let running = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(support::load_config(pipeline), stopped, Default::default(), Arc::new(Stats::default()), |_| {}));
     support::wait_until(WAIT, "every record stored", || async { support::count(pool, "SELECT count(*) FROM events").await >= total as i64 }).await;
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();

@@ -6,8 +6,9 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clickstream::plugin::aggregate::{AggregateParams, AggregateRun, LoadedAggregate, StoredClick};
-use clickstream::plugin::enrich::{DeviceClass, EnrichRunner, LoadedEnrich, RawClick};
+use clickstream::plugin::aggregate::{AggregateRun, LoadedAggregate};
+use clickstream::plugin::enrich::{EnrichRunner, LoadedEnrich};
+use clickstream::stages::record::{AggregateParams, Device, RawEvent, StoredEvent};
 use clickstream::plugin::{PluginError, PluginLimits, PluginSpec, Slot};
 
 const CHROME_WINDOWS: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
@@ -24,8 +25,8 @@ fn spec(slot: &str, file: &str, limits: PluginLimits) -> PluginSpec {
     }
 }
 
-fn click(user: &str, ts: i64, ua: &str) -> RawClick {
-    RawClick {
+fn click(user: &str, ts: i64, ua: &str) -> RawEvent {
+    RawEvent {
         event_id: format!("{user}-{ts}"),
         user_id: user.into(),
         timestamp_ms: ts,
@@ -54,13 +55,13 @@ fn enrich_component_classifies_real_user_agents() {
     ];
     let (loaded, results) = runner.enrich(&batch).unwrap();
     assert_eq!(loaded.info.name, "enrich");
-    let out: Vec<_> = results.into_iter().map(|r| r.unwrap()).collect();
-    assert_eq!((out[0].browser.as_str(), out[0].device), ("Chrome", DeviceClass::Desktop));
+    let out: Vec<_> = results.into_iter().map(|r| r.unwrap().enrichment).collect();
+    assert_eq!((out[0].browser.as_str(), out[0].device), ("Chrome", Device::Desktop));
     assert!(out[0].os.starts_with("Windows"), "{:?}", out[0].os);
-    assert_eq!((out[1].browser.as_str(), out[1].os.as_str(), out[1].device), ("Safari", "iPhone", DeviceClass::Mobile));
-    assert_eq!((out[2].browser.as_str(), out[2].device), ("Googlebot", DeviceClass::Bot));
-    assert_ne!(out[3].device, DeviceClass::Desktop, "curl is no desktop browser: {:?}", out[3]);
-    assert_eq!((out[4].browser.as_str(), out[4].os.as_str(), out[4].device), ("unknown", "unknown", DeviceClass::Unknown));
+    assert_eq!((out[1].browser.as_str(), out[1].os.as_str(), out[1].device), ("Safari", "iPhone", Device::Mobile));
+    assert_eq!((out[2].browser.as_str(), out[2].device), ("Googlebot", Device::Bot));
+    assert_ne!(out[3].device, Device::Desktop, "curl is no desktop browser: {:?}", out[3]);
+    assert_eq!((out[4].browser.as_str(), out[4].os.as_str(), out[4].device), ("unknown", "unknown", Device::Unknown));
     // No geoip database was given: every location is unknown, not an error.
     assert!(out.iter().all(|c| c.country == "unknown" && c.city == "unknown"));
     assert!(out.iter().all(|c| c.plugin_version == loaded.info.version));
@@ -69,7 +70,7 @@ fn enrich_component_classifies_real_user_agents() {
 #[test]
 fn enrich_results_keep_input_order_and_refuse_structural_problems() {
     let mut runner = runner("enrich", PluginLimits::default());
-    let mut batch: Vec<RawClick> = (1..=500).map(|i| click(&format!("u{i}"), i, CHROME_WINDOWS)).collect();
+    let mut batch: Vec<RawEvent> = (1..=500).map(|i| click(&format!("u{i}"), i, CHROME_WINDOWS)).collect();
     batch[7].user_id = String::new();
     batch[9].timestamp_ms = -5;
     let (_, results) = runner.enrich(&batch).unwrap();
@@ -131,8 +132,24 @@ fn a_plugin_allocating_past_its_cap_yields_memory_exceeded_and_the_host_keeps_se
 fn a_component_of_the_wrong_world_is_refused_at_load() {
     let err = LoadedEnrich::load(spec("enrich", "aggregate", PluginLimits::default()), None).unwrap_err();
     assert!(matches!(err, PluginError::WrongWorld { world: "enricher", .. }), "{err}");
+    assert!(err.to_string().contains("it is an aggregator"), "{err}");
     let err = LoadedAggregate::load(spec("aggregate", "enrich", PluginLimits::default())).unwrap_err();
     assert!(matches!(err, PluginError::WrongWorld { world: "aggregator", .. }), "{err}");
+    assert!(err.to_string().contains("it is an enricher"), "{err}");
+}
+
+/// Read from the component's imports and exports before linking: a build
+/// for another contract version is named as such, not as a link error.
+#[test]
+fn a_component_for_a_contract_version_this_host_does_not_serve_is_refused_with_both_versions() {
+    let err = LoadedEnrich::load(spec("enrich", "future-contract", PluginLimits::default()), None).unwrap_err();
+    assert!(matches!(err, PluginError::WrongWorld { world: "enricher", .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("targets clickstream:pipeline@9.0.0; this host supports 0.1.0..0.1.0"), "{message}");
+    let target = clickstream::plugin::instance::target_of(&spec("enrich", "enrich", PluginLimits::default())).unwrap();
+    assert_eq!((target.world, target.version.to_string()), (clickstream::plugin::wit::World::Enricher, "0.1.0".to_string()));
+    let target = clickstream::plugin::instance::target_of(&spec("aggregate", "aggregate", PluginLimits::default())).unwrap();
+    assert_eq!(target.world, clickstream::plugin::wit::World::Aggregator);
 }
 
 #[test]
@@ -167,7 +184,7 @@ fn swapping_the_slot_moves_the_next_batch_to_the_new_version() {
     slot.swap(LoadedEnrich::load(spec("enrich", "misbehave", PluginLimits::default()), None).unwrap());
     let (after, results) = runner.enrich(&[click("b", 2, "")]).unwrap();
     assert_eq!(after.info.name, "misbehave");
-    assert_eq!(results[0].as_ref().unwrap().plugin_version, "0.0.1-misbehave");
+    assert_eq!(results[0].as_ref().unwrap().enrichment.plugin_version, "0.0.1-misbehave");
 }
 
 #[test]
@@ -180,7 +197,7 @@ fn aggregate_component_streams_a_run_in_batches() {
         keep_query: false,
     };
     let mut run = AggregateRun::start(&slot, params, 0, 120_000).unwrap();
-    let c = |id: &str, user: &str, ts: i64, url: &str| StoredClick {
+    let c = |id: &str, user: &str, ts: i64, url: &str| StoredEvent {
         event_id: id.into(),
         user_id: user.into(),
         timestamp_ms: ts,
@@ -203,7 +220,7 @@ fn an_unsorted_aggregate_push_is_a_contract_error() {
     let slot = Slot::new(LoadedAggregate::load(spec("aggregate", "aggregate", PluginLimits::default())).unwrap());
     let params = AggregateParams { window_ms: 60_000, session_timeout_ms: 1_800_000, keep_query: false };
     let mut run = AggregateRun::start(&slot, params, 0, 60_000).unwrap();
-    let c = |id: &str, user: &str| StoredClick { event_id: id.into(), user_id: user.into(), timestamp_ms: 1, url: "/".into(), country: "FR".into() };
+    let c = |id: &str, user: &str| StoredEvent { event_id: id.into(), user_id: user.into(), timestamp_ms: 1, url: "/".into(), country: "FR".into() };
     let err = run.push(&[c("1", "b"), c("2", "a")]).unwrap_err();
     assert!(matches!(err, PluginError::Contract { .. }), "{err}");
 }

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use clickstream::plugin::enrich::{DeviceClass, EnrichedClick, RawClick};
+use clickstream::stages::record::{DeadLetter, Device, Enrichment, Event, Provenance, RawEvent, Stage, WindowSpec, WriteBatch};
+use clickstream::stages::store::Store;
 use clickstream::stats::Stats;
-use clickstream::store::{DeadLetter, EventRow, Provenance, Stage, Store, WindowSpec, WriteBatch};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -28,8 +28,8 @@ fn provenance(offset: i64) -> Provenance {
 /// An event as the enrich stage hands it to the store, without the checks
 /// the decoder and the enrich stage make: what reaches PostgreSQL is exactly
 /// what the test writes.
-fn event(offset: i64, event_id: &str, url: &str, ts_ms: i64) -> EventRow {
-    let raw = RawClick {
+fn event(offset: i64, event_id: &str, url: &str, ts_ms: i64) -> Event {
+    let raw = RawEvent {
         event_id: event_id.into(),
         user_id: format!("u{}", offset % 7),
         timestamp_ms: ts_ms,
@@ -39,14 +39,14 @@ fn event(offset: i64, event_id: &str, url: &str, ts_ms: i64) -> EventRow {
         referrer: None,
         session_id: None,
     };
-    EventRow {
-        click: EnrichedClick {
-            raw,
+    Event {
+        raw,
+        enrichment: Enrichment {
             country: "GB".into(),
             city: "London".into(),
             browser: "unknown".into(),
             os: "unknown".into(),
-            device: DeviceClass::Unknown,
+            device: Device::Unknown,
             plugin_version: "1.0.0".into(),
         },
         plugin_name: "test".into(),
@@ -56,7 +56,7 @@ fn event(offset: i64, event_id: &str, url: &str, ts_ms: i64) -> EventRow {
     }
 }
 
-fn batch_of(events: Vec<EventRow>, dead: Vec<DeadLetter>) -> WriteBatch {
+fn batch_of(events: Vec<Event>, dead: Vec<DeadLetter>) -> WriteBatch {
     let mut batch = WriteBatch::default();
     for p in events.iter().map(|e| &e.provenance).chain(dead.iter().map(|d| &d.provenance)) {
         batch.saw(p);
@@ -84,7 +84,7 @@ async fn records_postgresql_refuses_are_dead_lettered_alone_and_the_rest_of_the_
     let store = Store::connect(&db, WINDOWS).await.unwrap();
     let pool = pool(&db).await;
     let ts = 1_795_000_000_000;
-    let mut events: Vec<EventRow> = (0..40).map(|i| event(i, &format!("good-{i}"), "https://shop.example/", ts + i * 1000)).collect();
+    let mut events: Vec<Event> = (0..40).map(|i| event(i, &format!("good-{i}"), "https://shop.example/", ts + i * 1000)).collect();
     // Three records each refused by PostgreSQL for what it holds, bypassing
     // the decoder's checks: a NUL in text, a time past timestamptz's range,
     // an id too long for the primary key's btree.
@@ -211,7 +211,7 @@ async fn a_plugin_cannot_change_an_events_identity_and_what_neither_it_nor_postg
     std::fs::write(&pipeline, text.replace(&support::plugin("enrich").display().to_string(), &support::plugin("misbehave").display().to_string())).unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stats = Arc::new(Stats::default());
-    let running = tokio::spawn(clickstream::pipeline::run_until_stopped(support::load_config(&pipeline), stopped, Default::default(), stats.clone(), |_| {}));
+    let running = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(support::load_config(&pipeline), stopped, Default::default(), stats.clone(), |_| {}));
     support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&pool, records.len())).await;
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();

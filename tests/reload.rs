@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clickstream::pipeline::Pipeline;
+use clickstream::runtime::pipeline::Pipeline;
 use clickstream::plugin::enrich::LoadedEnrich;
 use clickstream::plugin::Slot;
 use clickstream::produce::{self, Generator, GeneratorConfig};
@@ -28,7 +28,7 @@ fn install(from: &Path, to: &Path) {
 
 struct Running {
     stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<Pipeline, clickstream::pipeline::PipelineError>>,
+    task: tokio::task::JoinHandle<Result<Pipeline, clickstream::runtime::pipeline::PipelineError>>,
     enrich: Arc<Slot<LoadedEnrich>>,
     stats: Arc<Stats>,
     pipeline: std::path::PathBuf,
@@ -50,7 +50,7 @@ async fn start(dir: &Path, topic: &str, db: &str) -> Running {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stats = Arc::new(Stats::default());
     let slot: Arc<Mutex<Option<Arc<Slot<LoadedEnrich>>>>> = Default::default();
-    let task = tokio::spawn(clickstream::pipeline::run_until_stopped(config, stopped, Default::default(), stats.clone(), {
+    let task = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(config, stopped, Default::default(), stats.clone(), {
         let slot = slot.clone();
         move |p: &Pipeline| *slot.lock().unwrap() = Some(p.enrich.clone())
     }));

@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use clickstream::geoip::GeoIp;
-use clickstream::index::{DocQuery, Indexer};
+use clickstream::plugin::geoip::GeoIp;
+use clickstream::stages::index::{DocQuery, Indexer};
 use clickstream::produce::{BadKind, Generator, GeneratorConfig, Record};
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::{FutureProducer, FutureRecord};

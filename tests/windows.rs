@@ -9,14 +9,14 @@ mod support;
 use std::sync::Arc;
 
 use chrono::Utc;
-use clickstream::aggregate::Aggregator;
+use clickstream::stages::aggregate::Aggregator;
 use clickstream::config::PipelineConfig;
-use clickstream::index::{AggregateDoc, DocQuery, IndexOp, Indexer};
+use clickstream::stages::index::{AggregateDoc, DocQuery, IndexOp, Indexer, Publisher};
 use clickstream::plugin::aggregate::LoadedAggregate;
-use clickstream::plugin::enrich::{DeviceClass, EnrichedClick, RawClick};
+use clickstream::stages::record::{Device, Enrichment, Event, Provenance, RawEvent, WriteBatch};
 use clickstream::plugin::Slot;
 use clickstream::stats::Stats;
-use clickstream::store::{EventRow, Provenance, Store, WindowSpec, WriteBatch};
+use clickstream::stages::store::Store;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 
@@ -36,7 +36,7 @@ async fn setup(name: &str, extra: &str) -> Setup {
     let db = support::fresh_database(name).await;
     let file = support::write_pipeline(dir.path(), "clicks", &support::unique(name), &db, extra);
     let config = support::load_config(&file);
-    let store = Store::connect(&db, WindowSpec::of(&config.aggregate)).await.unwrap();
+    let store = Store::connect(&db, config.windows()).await.unwrap();
     let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
     Setup { config, store, pool, _dir: dir }
 }
@@ -48,9 +48,13 @@ fn aggregator_for(s: &Setup, topics: &[&str]) -> Aggregator {
         Arc::new(Slot::new(plugin)),
         tokio::sync::watch::channel(s.config.aggregate.clone()).1,
         topics.iter().map(|t| t.to_string()).collect(),
-        Indexer::new(&s.config.index).unwrap(),
         Arc::new(Stats::default()),
     )
+}
+
+/// The index stage of `s`, as a host runs it.
+fn publisher_for(s: &Setup) -> Publisher {
+    Publisher::new(s.pool.clone(), Indexer::new(&s.config.index).unwrap(), Arc::new(Stats::default()))
 }
 
 /// Sets a partition's newest stored event time and when it last stored
@@ -107,24 +111,24 @@ async fn the_watermark_follows_active_subscribed_partitions_and_clamps_times_fro
     assert_eq!(aggregator_for(&s, &["new-topic"]).watermark().await.unwrap(), None);
 }
 
-fn event(offset: i64, user: &str, url: &str, ts_ms: i64) -> EventRow {
-    EventRow {
-        click: EnrichedClick {
-            raw: RawClick {
-                event_id: format!("e{offset}"),
-                user_id: user.into(),
-                timestamp_ms: ts_ms,
-                url: url.into(),
-                ip: String::new(),
-                user_agent: String::new(),
-                referrer: None,
-                session_id: None,
-            },
+fn event(offset: i64, user: &str, url: &str, ts_ms: i64) -> Event {
+    Event {
+        raw: RawEvent {
+            event_id: format!("e{offset}"),
+            user_id: user.into(),
+            timestamp_ms: ts_ms,
+            url: url.into(),
+            ip: String::new(),
+            user_agent: String::new(),
+            referrer: None,
+            session_id: None,
+        },
+        enrichment: Enrichment {
             country: "DE".into(),
             city: "Berlin".into(),
             browser: "unknown".into(),
             os: "unknown".into(),
-            device: DeviceClass::Unknown,
+            device: Device::Unknown,
             plugin_version: "1".into(),
         },
         plugin_name: "test".into(),
@@ -134,7 +138,7 @@ fn event(offset: i64, user: &str, url: &str, ts_ms: i64) -> EventRow {
     }
 }
 
-async fn store(s: &Setup, events: Vec<EventRow>) {
+async fn store(s: &Setup, events: Vec<Event>) {
     let mut batch = WriteBatch::default();
     for e in &events {
         batch.saw(&e.provenance);
@@ -197,7 +201,7 @@ async fn an_older_aggregation_sent_last_never_replaces_a_newer_document() {
     // Meanwhile a second event arrives and host B re-aggregates and indexes.
     store(&s, vec![event(1, "u2", "https://shop.example/a", w + 2_000)]).await;
     assert_eq!(b.aggregate_windows(&[w], None).await.unwrap(), Some(1));
-    b.index_pending().await.unwrap();
+    publisher_for(&s).index_pending().await.unwrap();
     assert_eq!(docs(&indexer).await.iter().map(|d| d.clicks).collect::<Vec<_>>(), vec![2]);
 
     // A's stale document arrives last: the index keeps B's.
@@ -208,7 +212,7 @@ async fn an_older_aggregation_sent_last_never_replaces_a_newer_document() {
 
     // Re-sending the current aggregation (a retry after a timeout) is not a conflict.
     sqlx::query("UPDATE aggregates SET indexed_at = NULL").execute(&s.pool).await.unwrap();
-    assert_eq!(a.index_pending().await.unwrap(), (1, 0));
+    assert_eq!(publisher_for(&s).index_pending().await.unwrap(), (1, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,14 +224,16 @@ async fn a_group_gone_from_its_window_is_deleted_from_the_index() {
     let w = 1_795_500_000_000 - 1_795_500_000_000 % WINDOW_MS;
     store(&s, vec![event(0, "u1", "https://shop.example/a", w + 1_000), event(1, "u2", "https://shop.example/b", w + 2_000)]).await;
     let outcome = aggregator.backfill(w, w + WINDOW_MS, |_, _| {}).await.unwrap();
-    assert_eq!((outcome.windows, outcome.rows, outcome.indexed), (1, 2, 2));
+    assert_eq!((outcome.windows, outcome.rows), (1, 2));
+    assert_eq!(publisher_for(&s).index_pending().await.unwrap(), (2, 0));
     assert_eq!(docs(&indexer).await.len(), 2);
 
     // The events of /b are removed (a user's cleanup); re-aggregating the
     // window leaves /b's group without events.
     sqlx::query("DELETE FROM events WHERE url LIKE '%/b'").execute(&s.pool).await.unwrap();
     let outcome = aggregator.backfill(w, w + WINDOW_MS, |_, _| {}).await.unwrap();
-    assert_eq!((outcome.rows, outcome.indexed), (1, 2), "one document rewritten, one deleted");
+    assert_eq!(outcome.rows, 1);
+    assert_eq!(publisher_for(&s).index_pending().await.unwrap(), (2, 0), "one document rewritten, one deleted");
     let left = docs(&indexer).await;
     assert_eq!(left.iter().map(|d| d.url.as_str()).collect::<Vec<_>>(), vec!["https://shop.example/a"]);
     assert_eq!(support::count(&s.pool, "SELECT count(*) FROM aggregates").await, 1, "the tombstone is gone once deleted from the index");

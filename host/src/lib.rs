@@ -1,22 +1,19 @@
 //! The clickstream pipeline runtime: Kafka → WASM enrich → PostgreSQL →
 //! WASM aggregate → Elasticsearch. See `docs/ARCHITECTURE.md` for the map.
+//!
+//! - [`stages`]: the data plane, one module per stage in data-flow order;
+//! - [`plugin`]: the WASM plugin host and the versioned contract;
+//! - [`runtime`]: the control plane (wiring, hot reload, HTTP API);
+//! - [`config`]: pipeline.toml, composed from each component's section;
+//! - shared infrastructure: [`kafka`], [`postgres`], [`stats`], and the load
+//!   generator [`produce`].
 #![deny(missing_docs)]
 
-pub mod aggregate;
-pub mod api;
-pub mod bench;
-pub mod check;
 pub mod config;
-pub mod dead_letters;
-pub mod decode;
-pub mod enrich;
-pub mod geoip;
-pub mod index;
 pub mod kafka;
-pub mod pipeline;
 pub mod plugin;
+pub mod postgres;
 pub mod produce;
-pub mod reload;
-pub mod source;
+pub mod runtime;
+pub mod stages;
 pub mod stats;
-pub mod store;

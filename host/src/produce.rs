@@ -345,10 +345,10 @@ impl Iterator for Generator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{decode, DecodeLimits};
+    use crate::stages::decode::{decode, DecodeLimits};
 
     /// The default limits, at a "now" of 2026-11-29.
-    fn dec(payload: &[u8], derived: impl FnOnce() -> String) -> Result<crate::plugin::enrich::RawClick, crate::decode::DecodeError> {
+    fn dec(payload: &[u8], derived: impl FnOnce() -> String) -> Result<crate::stages::record::RawEvent, crate::stages::decode::DecodeError> {
         let limits = DecodeLimits { max_record_bytes: 65536, min_timestamp_ms: 946_684_800_000, max_future_ms: 86_400_000 };
         decode(payload, &limits, 1_795_900_000_000, derived)
     }

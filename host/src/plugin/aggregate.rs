@@ -1,29 +1,34 @@
 //! The `aggregator` world: loading an aggregate plugin and streaming a run
-//! through it in batches.
+//! through it in batches, in the host's records whatever contract version
+//! the plugin targets.
 
 use std::sync::Arc;
 
 use wasmtime::component::ResourceAny;
 use wasmtime::Store;
 
-use super::{call_error, identify, new_store, prelink, HostState, PluginCounters, PluginError, PluginInfo, PluginSpec, Slot};
+use super::error::call_error;
+use super::instance::{identify, new_store, prelink};
+use super::wit::{since_v0_1_0, World};
+use super::{HostState, PluginCounters, PluginError, PluginInfo, PluginSpec, Slot};
+use crate::stages::record::{AggregateParams, AggregateRow, StoredEvent};
 
-mod bindings {
-    wasmtime::component::bindgen!({
-        world: "aggregator",
-        path: "../wit/v0.1.0",
-    });
+/// A pre-linked aggregator, by contract version.
+enum Pre {
+    V0_1_0(since_v0_1_0::aggregator::AggregatorPre<HostState>),
 }
 
-pub use bindings::clickstream::pipeline::types::{AggregateParams, AggregateRow, StoredClick};
-use bindings::{Aggregator, AggregatorPre};
+/// An instantiated aggregator, by contract version.
+enum Bindings {
+    V0_1_0(since_v0_1_0::aggregator::Aggregator),
+}
 
 /// A compiled, checked aggregate plugin, ready to instantiate.
 pub struct LoadedAggregate {
     /// What was loaded.
     pub info: PluginInfo,
     spec: PluginSpec,
-    pre: AggregatorPre<HostState>,
+    pre: Pre,
 }
 
 impl std::fmt::Debug for LoadedAggregate {
@@ -33,45 +38,48 @@ impl std::fmt::Debug for LoadedAggregate {
 }
 
 impl LoadedAggregate {
-    /// Compiles `spec.path`, checks it implements the `aggregator` world, and
-    /// instantiates and configures it once.
+    /// Compiles `spec.path`, checks it is an aggregator of a contract
+    /// version this host loads, and instantiates and configures it once.
     pub fn load(spec: PluginSpec) -> Result<Arc<LoadedAggregate>, PluginError> {
-        let (pre, info) = prelink(&spec, "aggregator", |_| Ok(()))?;
-        let pre = AggregatorPre::new(pre).map_err(|e| PluginError::WrongWorld {
+        // The aggregator imports nothing of the host's but WASI.
+        let (pre, info, _version) = prelink(&spec, World::Aggregator, |_, _| Ok(()))?;
+        let pre = since_v0_1_0::aggregator::AggregatorPre::new(pre).map_err(|e| PluginError::WrongWorld {
             plugin: spec.slot.clone(),
             path: spec.path.clone(),
-            world: "aggregator",
+            world: World::Aggregator.name(),
             reason: format!("{e:#}"),
         })?;
-        let mut loaded = LoadedAggregate { info, spec, pre };
-        let AggregateInstance { mut store, bindings } = AggregateInstance::new(&loaded)?;
-        let (name, version) = (bindings.call_name(&mut store), bindings.call_version(&mut store));
-        identify(&mut loaded.info, &loaded.spec.limits, &mut store, name, version)?;
+        let mut loaded = LoadedAggregate { info, spec, pre: Pre::V0_1_0(pre) };
+        let mut instance = AggregateInstance::new(&loaded)?;
+        let (name, version) = match &instance.bindings {
+            Bindings::V0_1_0(b) => (b.call_name(&mut instance.store), b.call_version(&mut instance.store)),
+        };
+        identify(&mut loaded.info, &loaded.spec.limits, &mut instance.store, name, version)?;
         Ok(Arc::new(loaded))
     }
-
 }
 
 struct AggregateInstance {
     store: Store<HostState>,
-    bindings: Aggregator,
+    bindings: Bindings,
 }
 
 impl AggregateInstance {
     fn new(loaded: &LoadedAggregate) -> Result<AggregateInstance, PluginError> {
         let mut store = new_store(&loaded.spec.limits, None);
         store.set_epoch_deadline(loaded.spec.limits.deadline_ticks());
-        let bindings = loaded
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| call_error(e, &mut store, &loaded.info, &loaded.spec.limits))?;
-        match bindings.call_configure(&mut store, &loaded.spec.settings) {
+        let error = |e, store: &mut Store<HostState>| call_error(e, store, &loaded.info, &loaded.spec.limits);
+        let (bindings, configured) = match &loaded.pre {
+            Pre::V0_1_0(pre) => {
+                let bindings = pre.instantiate(&mut store).map_err(|e| error(e, &mut store))?;
+                let configured = bindings.call_configure(&mut store, &loaded.spec.settings);
+                (Bindings::V0_1_0(bindings), configured)
+            }
+        };
+        match configured {
             Ok(Ok(())) => Ok(AggregateInstance { store, bindings }),
-            Ok(Err(reason)) => Err(PluginError::Configure {
-                plugin: loaded.spec.slot.clone(),
-                reason,
-            }),
-            Err(e) => Err(call_error(e, &mut store, &loaded.info, &loaded.spec.limits)),
+            Ok(Err(reason)) => Err(PluginError::Configure { plugin: loaded.spec.slot.clone(), reason }),
+            Err(e) => Err(error(e, &mut store)),
         }
     }
 }
@@ -94,12 +102,10 @@ impl AggregateRun {
         counters.calls.inc();
         let started = AggregateInstance::new(&loaded).and_then(|mut instance| {
             instance.store.set_epoch_deadline(loaded.spec.limits.deadline_ticks());
-            let run = instance
-                .bindings
-                .clickstream_pipeline_aggregation()
-                .window_run()
-                .call_constructor(&mut instance.store, params, from_ms, to_ms)
-                .map_err(|e| call_error(e, &mut instance.store, &loaded.info, &loaded.spec.limits))?;
+            let run = match &instance.bindings {
+                Bindings::V0_1_0(b) => b.clickstream_pipeline_aggregation().window_run().call_constructor(&mut instance.store, params.into(), from_ms, to_ms),
+            }
+            .map_err(|e| call_error(e, &mut instance.store, &loaded.info, &loaded.spec.limits))?;
             Ok((instance, run))
         });
         match started {
@@ -127,15 +133,16 @@ impl AggregateRun {
     }
 
     /// Pushes the next batch, continuing the (user, time, event id) order.
-    pub fn push(&mut self, batch: &[StoredClick]) -> Result<(), PluginError> {
+    pub fn push(&mut self, batch: &[StoredEvent]) -> Result<(), PluginError> {
         let AggregateRun { loaded, instance, run, .. } = self;
         instance.store.set_epoch_deadline(loaded.spec.limits.deadline_ticks());
-        let result = match instance
-            .bindings
-            .clickstream_pipeline_aggregation()
-            .window_run()
-            .call_push(&mut instance.store, *run, batch)
-        {
+        let pushed = match &instance.bindings {
+            Bindings::V0_1_0(b) => {
+                let clicks: Vec<_> = batch.iter().map(Into::into).collect();
+                b.clickstream_pipeline_aggregation().window_run().call_push(&mut instance.store, *run, &clicks)
+            }
+        };
+        let result = match pushed {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(PluginError::Contract {
                 plugin: loaded.info.slot.clone(),
@@ -151,12 +158,14 @@ impl AggregateRun {
     pub fn finish(mut self) -> Result<Vec<AggregateRow>, PluginError> {
         let AggregateRun { loaded, instance, run, .. } = &mut self;
         instance.store.set_epoch_deadline(loaded.spec.limits.deadline_ticks());
-        let rows = instance
-            .bindings
-            .clickstream_pipeline_aggregation()
-            .window_run()
-            .call_finish(&mut instance.store, *run)
-            .map_err(|e| call_error(e, &mut instance.store, &loaded.info, &loaded.spec.limits));
+        let rows = match &instance.bindings {
+            Bindings::V0_1_0(b) => b
+                .clickstream_pipeline_aggregation()
+                .window_run()
+                .call_finish(&mut instance.store, *run)
+                .map(|rows| rows.into_iter().map(Into::into).collect()),
+        }
+        .map_err(|e| call_error(e, &mut instance.store, &loaded.info, &loaded.spec.limits));
         let rows = self.counted(rows)?;
         let AggregateRun { instance, run, .. } = &mut self;
         // The instance is dropped with the run; dropping the resource first

@@ -1,56 +1,37 @@
-//! The `enricher` world: loading an enrich plugin and calling it in batches.
+//! The `enricher` world: loading an enrich plugin and calling it in batches,
+//! in the host's records whatever contract version the plugin targets.
 
 use std::sync::Arc;
 
 use wasmtime::component::HasSelf;
 use wasmtime::Store;
 
-use super::{call_error, identify, new_store, prelink, HostState, PluginError, PluginInfo, PluginSpec, Slot};
-use crate::geoip::GeoIp;
-
-mod bindings {
-    wasmtime::component::bindgen!({
-        world: "enricher",
-        path: "../wit/v0.1.0",
-    });
-}
-
-pub use bindings::clickstream::pipeline::geoip::Location;
-pub use bindings::clickstream::pipeline::types::{DeviceClass, EnrichError, EnrichedClick, RawClick};
-use bindings::{Enricher, EnricherPre};
-
-/// The name a device class is stored and indexed under.
-pub fn device_name(device: DeviceClass) -> &'static str {
-    match device {
-        DeviceClass::Desktop => "desktop",
-        DeviceClass::Mobile => "mobile",
-        DeviceClass::Tablet => "tablet",
-        DeviceClass::Bot => "bot",
-        DeviceClass::Unknown => "unknown",
-    }
-}
+use super::error::call_error;
+use super::geoip::GeoIp;
+use super::instance::{identify, new_store, prelink};
+use super::wit::{since_v0_1_0, World};
+use super::{HostState, PluginError, PluginInfo, PluginSpec, Slot};
+use crate::stages::record::{Enriched, RawEvent, Refusal};
 
 /// One result per input click, in input order.
-pub type EnrichResults = Vec<Result<EnrichedClick, EnrichError>>;
+pub type EnrichResults = Vec<Result<Enriched, Refusal>>;
 
-impl bindings::clickstream::pipeline::geoip::Host for HostState {
-    fn lookup(&mut self, ip: String) -> Option<Location> {
-        let found = self.geoip.as_ref()?.lookup(&ip)?;
-        Some(Location {
-            country: found.country,
-            city: found.city,
-        })
-    }
+/// A pre-linked enricher, by contract version.
+enum Pre {
+    V0_1_0(since_v0_1_0::enricher::EnricherPre<HostState>),
 }
 
-impl bindings::clickstream::pipeline::types::Host for HostState {}
+/// An instantiated enricher, by contract version.
+enum Bindings {
+    V0_1_0(since_v0_1_0::enricher::Enricher),
+}
 
 /// A compiled, checked enrich plugin, ready to instantiate.
 pub struct LoadedEnrich {
     /// What was loaded.
     pub info: PluginInfo,
     spec: PluginSpec,
-    pre: EnricherPre<HostState>,
+    pre: Pre,
     geoip: Option<Arc<GeoIp>>,
 }
 
@@ -61,47 +42,68 @@ impl std::fmt::Debug for LoadedEnrich {
 }
 
 impl LoadedEnrich {
-    /// Compiles `spec.path`, checks it implements the `enricher` world, and
-    /// instantiates and configures it once, so a broken plugin fails here
-    /// rather than on the first batch.
+    /// Compiles `spec.path`, checks it is an enricher of a contract version
+    /// this host loads, and instantiates and configures it once, so a broken
+    /// plugin fails here rather than on the first batch.
     pub fn load(spec: PluginSpec, geoip: Option<Arc<GeoIp>>) -> Result<Arc<LoadedEnrich>, PluginError> {
-        let (pre, info) = prelink(&spec, "enricher", |linker| Enricher::add_to_linker::<_, HasSelf<_>>(linker, |s| s))?;
-        let pre = EnricherPre::new(pre).map_err(|e| PluginError::WrongWorld {
+        // One version today; a new one adds an arm here and in `Pre`.
+        let (pre, info, _version) = prelink(&spec, World::Enricher, |_, linker| {
+            since_v0_1_0::enricher::Enricher::add_to_linker::<_, HasSelf<_>>(linker, |s| s)
+        })?;
+        let pre = since_v0_1_0::enricher::EnricherPre::new(pre).map_err(|e| PluginError::WrongWorld {
             plugin: spec.slot.clone(),
             path: spec.path.clone(),
-            world: "enricher",
+            world: World::Enricher.name(),
             reason: format!("{e:#}"),
         })?;
-        let mut loaded = LoadedEnrich { info, spec, pre, geoip };
-        let EnrichInstance { mut store, bindings } = EnrichInstance::new(&loaded)?;
-        let (name, version) = (bindings.call_name(&mut store), bindings.call_version(&mut store));
-        identify(&mut loaded.info, &loaded.spec.limits, &mut store, name, version)?;
+        let mut loaded = LoadedEnrich { info, spec, pre: Pre::V0_1_0(pre), geoip };
+        let mut instance = EnrichInstance::new(&loaded)?;
+        let (name, version) = instance.identity();
+        identify(&mut loaded.info, &loaded.spec.limits, &mut instance.store, name, version)?;
         Ok(Arc::new(loaded))
     }
-
 }
 
 /// A live instance: one store, owned by one runner.
 struct EnrichInstance {
     store: Store<HostState>,
-    bindings: Enricher,
+    bindings: Bindings,
 }
 
 impl EnrichInstance {
     fn new(loaded: &LoadedEnrich) -> Result<EnrichInstance, PluginError> {
         let mut store = new_store(&loaded.spec.limits, loaded.geoip.clone());
         store.set_epoch_deadline(loaded.spec.limits.deadline_ticks());
-        let bindings = loaded
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| call_error(e, &mut store, &loaded.info, &loaded.spec.limits))?;
-        match bindings.call_configure(&mut store, &loaded.spec.settings) {
+        let error = |e, store: &mut Store<HostState>| call_error(e, store, &loaded.info, &loaded.spec.limits);
+        let (bindings, configured) = match &loaded.pre {
+            Pre::V0_1_0(pre) => {
+                let bindings = pre.instantiate(&mut store).map_err(|e| error(e, &mut store))?;
+                let configured = bindings.call_configure(&mut store, &loaded.spec.settings);
+                (Bindings::V0_1_0(bindings), configured)
+            }
+        };
+        match configured {
             Ok(Ok(())) => Ok(EnrichInstance { store, bindings }),
-            Ok(Err(reason)) => Err(PluginError::Configure {
-                plugin: loaded.spec.slot.clone(),
-                reason,
-            }),
-            Err(e) => Err(call_error(e, &mut store, &loaded.info, &loaded.spec.limits)),
+            Ok(Err(reason)) => Err(PluginError::Configure { plugin: loaded.spec.slot.clone(), reason }),
+            Err(e) => Err(error(e, &mut store)),
+        }
+    }
+
+    fn identity(&mut self) -> (wasmtime::Result<String>, wasmtime::Result<String>) {
+        match &self.bindings {
+            Bindings::V0_1_0(b) => (b.call_name(&mut self.store), b.call_version(&mut self.store)),
+        }
+    }
+
+    /// One call, converted at the boundary: the host's records in, the
+    /// host's records out.
+    fn enrich(&mut self, batch: &[RawEvent]) -> wasmtime::Result<EnrichResults> {
+        match &self.bindings {
+            Bindings::V0_1_0(b) => {
+                let clicks: Vec<_> = batch.iter().map(Into::into).collect();
+                let results = b.call_enrich(&mut self.store, &clicks)?;
+                Ok(results.into_iter().map(|r| r.map(Into::into).map_err(Into::into)).collect())
+            }
         }
     }
 }
@@ -118,16 +120,12 @@ pub struct EnrichRunner {
 impl EnrichRunner {
     /// A runner over `slot`.
     pub fn new(slot: Arc<Slot<LoadedEnrich>>) -> EnrichRunner {
-        EnrichRunner {
-            slot,
-            instance: None,
-            memory_high_water: 0,
-        }
+        EnrichRunner { slot, instance: None, memory_high_water: 0 }
     }
 
     /// Enriches one batch on the version live when the call starts, returning
     /// that version's info with exactly one result per input.
-    pub fn enrich(&mut self, batch: &[RawClick]) -> Result<(Arc<LoadedEnrich>, EnrichResults), PluginError> {
+    pub fn enrich(&mut self, batch: &[RawEvent]) -> Result<(Arc<LoadedEnrich>, EnrichResults), PluginError> {
         let live = self.slot.current();
         let reuse = matches!(&self.instance, Some((loaded, _)) if Arc::ptr_eq(loaded, &live));
         if !reuse {
@@ -139,7 +137,7 @@ impl EnrichRunner {
         instance.store.set_epoch_deadline(limits.deadline_ticks());
         let counters = self.slot.counters();
         counters.calls.inc();
-        let result = instance.bindings.call_enrich(&mut instance.store, batch);
+        let result = instance.enrich(batch);
         self.memory_high_water = self.memory_high_water.max(instance.store.data().limiter.high_water);
         counters.memory(self.memory_high_water);
         let outcome = match result {

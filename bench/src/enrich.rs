@@ -1,0 +1,111 @@
+//! Arm 3, native vs WASM enrich: the enrich plugin's logic compiled natively
+//! into the bench (`clickstream_enrich::enrich_batch`, the same crate) against
+//! the component through the host's runner (`EnrichRunner` over
+//! `LoadedEnrich`), both with the real GeoIP databases, over batch sizes.
+//! Isolates what WASM costs: lowering and lifting the batch, the sandboxed
+//! code, and the `geoip` import calls.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use super::data::{native_geoip, native_settings, raw_clicks, to_native};
+use super::stats::{rate, ratio};
+use super::{progress, Bench};
+use clickstream::plugin::enrich::{EnrichRunner, LoadedEnrich};
+use clickstream::plugin::Slot;
+
+/// The batch sizes of the sweep, the default batch size included.
+pub fn batch_sizes(default: usize) -> Vec<usize> {
+    let mut sizes = vec![1, 64, 512, 4096, default];
+    sizes.sort_unstable();
+    sizes.dedup();
+    sizes
+}
+
+/// Runs arm 3.
+pub async fn run(bench: &Bench) -> anyhow::Result<Value> {
+    tokio::task::block_in_place(|| run_blocking(bench))
+}
+
+fn run_blocking(bench: &Bench) -> anyhow::Result<Value> {
+    let geoip = bench.geoip()?;
+    let clicks = raw_clicks(bench, bench.sizes.enrich_events);
+    let native_clicks: Vec<clickstream_enrich::RawClick> = clicks.iter().map(to_native).collect();
+    let pipeline = bench.write_pipeline("enrich", "unused", "postgres://unused/unused", &bench.plugin("enrich")?)?;
+    let config = bench.load_pipeline(&pipeline)?;
+    let t = Instant::now();
+    let loaded = LoadedEnrich::load(config.enrich_spec(), Some(geoip.clone()))?;
+    let load_s = t.elapsed().as_secs_f64();
+    let mut runner = EnrichRunner::new(Arc::new(Slot::new(loaded)));
+    let settings = native_settings();
+    let lookup = native_geoip(&geoip);
+
+    // Same answers both ways, or the comparison means nothing.
+    let sample = 2000.min(clicks.len());
+    let (_, wasm_out) = runner.enrich(&clicks[..sample])?;
+    let native_out = clickstream_enrich::enrich_batch(native_clicks[..sample].to_vec(), &settings, &lookup);
+    for (i, (w, n)) in wasm_out.iter().zip(&native_out).enumerate() {
+        let w = w.as_ref().map(|c| {
+            let e = &c.enrichment;
+            (e.country.clone(), e.city.clone(), e.browser.clone(), e.os.clone(), e.device.as_str())
+        });
+        let n = n.as_ref().map(|c| {
+            let device = match c.device {
+                clickstream_enrich::DeviceClass::Desktop => "desktop",
+                clickstream_enrich::DeviceClass::Mobile => "mobile",
+                clickstream_enrich::DeviceClass::Tablet => "tablet",
+                clickstream_enrich::DeviceClass::Bot => "bot",
+                clickstream_enrich::DeviceClass::Unknown => "unknown",
+            };
+            (c.country.clone(), c.city.clone(), c.browser.clone(), c.os.clone(), device)
+        });
+        anyhow::ensure!(w.as_ref().ok() == n.as_ref().ok(), "native and WASM enrich disagree on event {i}: {w:?} vs {n:?}");
+    }
+
+    let mut sweep = Vec::new();
+    for size in batch_sizes(bench.sizes.batch_size) {
+        // Warm-up: caches, allocator, the instance's memory.
+        for chunk in clicks.chunks(size).take(3) {
+            runner.enrich(chunk)?;
+            clickstream_enrich::enrich_batch(native_clicks[..chunk.len()].to_vec(), &settings, &lookup);
+        }
+        let t = Instant::now();
+        for chunk in native_clicks.chunks(size) {
+            let out = clickstream_enrich::enrich_batch(chunk.to_vec(), &settings, &lookup);
+            std::hint::black_box(out);
+        }
+        let native_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for chunk in clicks.chunks(size) {
+            let out = runner.enrich(chunk)?;
+            std::hint::black_box(out);
+        }
+        let wasm_s = t.elapsed().as_secs_f64();
+        let (n, w) = (rate(clicks.len() as f64, native_s), rate(clicks.len() as f64, wasm_s));
+        progress(format_args!("  batch {size}: native {n:.0} events/s, WASM {w:.0} events/s ({:.2}×)", w / n));
+        sweep.push(json!({
+            "batch_size": size,
+            "native_events_per_s": n,
+            "wasm_events_per_s": w,
+            "wasm_over_native": ratio(Some(w), Some(n)),
+            "native_us_per_event": native_s * 1e6 / clicks.len() as f64,
+            "wasm_us_per_event": wasm_s * 1e6 / clicks.len() as f64,
+        }));
+    }
+    let at_default = sweep
+        .iter()
+        .find(|s| s["batch_size"] == bench.sizes.batch_size)
+        .and_then(|s| s["wasm_over_native"].as_f64());
+    Ok(json!({
+        "events": clicks.len(),
+        "default_batch_size": bench.sizes.batch_size,
+        "wasm_over_native_at_default": at_default,
+        "component_load_seconds": load_s,
+        "wasm_memory_high_water_mib": runner.memory_high_water as f64 / 1048576.0,
+        "sweep": sweep,
+        "checked": format!("native and WASM results equal on the first {sample} events"),
+        "measures": "enrich of already-decoded clicks, one thread; native = clickstream_enrich::enrich_batch on a clone of the batch; WASM = EnrichRunner::enrich (lower, call, lift) on a warm instance; both with the host's GeoIp",
+    }))
+}

@@ -1,0 +1,342 @@
+//! Arm 1, the full pipeline: the release binary's `clickstream run` as a
+//! subprocess on a fresh database, consuming the pre-filled topic (Kafka →
+//! WASM enrich → PostgreSQL). Progress is polled from `ingest_offsets` (the
+//! records stored, maintained in each batch's transaction); peak RSS from
+//! `/proc/<pid>/status`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+use super::stats::{mib_per_s, rate};
+use super::{progress, Bench, State};
+
+/// A `clickstream run` subprocess.
+pub struct Host {
+    child: Child,
+    /// Its log (stderr and stdout).
+    pub log: PathBuf,
+    /// When it was started.
+    pub started: Instant,
+}
+
+impl Host {
+    /// Starts `<this binary> run <pipeline>`, without the service variables
+    /// that would override the bench's pipeline file.
+    pub fn start(pipeline: &Path, log: &Path) -> anyhow::Result<Host> {
+        Host::start_with(pipeline, log, &[])
+    }
+
+    /// [`start`](Self::start) with extra environment variables.
+    pub fn start_with(pipeline: &Path, log: &Path, env: &[(&str, &str)]) -> anyhow::Result<Host> {
+        let exe = host_binary()?;
+        let file = std::fs::File::create(log)?;
+        let child = Command::new(exe)
+            .envs(env.iter().copied())
+            .arg("run")
+            .arg(pipeline)
+            .env_remove("KAFKA_BROKERS")
+            .env_remove("DATABASE_URL")
+            .env_remove("ELASTICSEARCH_URL")
+            .env_remove("CLICKSTREAM_API_LISTEN")
+            .env("RUST_LOG", "info,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("starting clickstream run")?;
+        Ok(Host { child, log: log.to_path_buf(), started: Instant::now() })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails when the process has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            anyhow::bail!("clickstream run exited ({status}); log: {}\n{}", self.log.display(), tail(&self.log, 20));
+        }
+        Ok(())
+    }
+
+    /// (VmHWM, VmRSS) in MiB.
+    pub fn memory_mib(&self) -> Option<(f64, f64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+                .map(|kb| kb / 1024.0)
+        };
+        Some((field("VmHWM:")?, field("VmRSS:")?))
+    }
+
+    /// User + system CPU seconds used so far.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        let after = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // Fields 14 and 15 of stat(5); after the command they are 12 and 13 (1-based from state).
+        let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        Some(ticks / 100.0)
+    }
+
+    /// SIGTERM (drain), then waits up to a minute; kills it after that.
+    pub fn stop(mut self) -> anyhow::Result<String> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::ensure!(status.success(), "clickstream run exited with {status}; log: {}", self.log.display());
+                return Ok(std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                anyhow::bail!("clickstream run did not drain within 60 s of SIGTERM; killed. Log: {}", self.log.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The last `n` lines of a file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Connection options for a bench database: no slow-statement warnings
+/// (the bench's queries are meant to be long).
+pub fn options(url: &str) -> anyhow::Result<sqlx::postgres::PgConnectOptions> {
+    use sqlx::ConnectOptions;
+    let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+    Ok(options.log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(3600)))
+}
+
+/// A small pool on a bench database.
+pub async fn pool(url: &str) -> anyhow::Result<PgPool> {
+    Ok(PgPoolOptions::new().max_connections(2).connect_with(options(url)?).await?)
+}
+
+/// CPU seconds (user + system) used so far by every process whose command
+/// name is one of `names`, e.g. the PostgreSQL backends.
+pub fn cpu_seconds_of(names: &[&str]) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0.0 };
+    let mut ticks = 0.0;
+    for entry in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some((head, tail)) = stat.rsplit_once(')') else { continue };
+        let comm = head.split_once('(').map_or("", |(_, c)| c);
+        if !names.iter().any(|n| comm.starts_with(n)) {
+            continue;
+        }
+        let f: Vec<&str> = tail.split_whitespace().collect();
+        ticks += f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    }
+    ticks / 100.0
+}
+
+/// Records stored so far (events and dead letters): the sum of the stored
+/// next offsets. 0 until the host has created its tables.
+pub async fn stored_records(pool: &PgPool) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT coalesce(sum(next_offset), 0)::bigint FROM ingest_offsets")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0)
+}
+
+/// Percentiles of `stored_at - received_at` in ms: per event, and per
+/// transaction (all events of a batch share `stored_at`, the transaction's
+/// start; its latency is counted from its earliest record's arrival).
+pub async fn latencies(pool: &PgPool, filter: &str) -> anyhow::Result<Value> {
+    let per_event: (Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(&format!(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d), max(d)
+         FROM (SELECT extract(epoch FROM stored_at - received_at)::float8 * 1000 AS d FROM events WHERE {filter}) x"
+    ))
+    .fetch_one(pool)
+    .await?;
+    let per_batch: (Option<f64>, Option<f64>, Option<f64>, i64) = sqlx::query_as(&format!(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d), max(d), count(*)
+         FROM (SELECT extract(epoch FROM stored_at - min(received_at))::float8 * 1000 AS d FROM events WHERE {filter} GROUP BY stored_at) x"
+    ))
+    .fetch_one(pool)
+    .await?;
+    Ok(json!({
+        "per_event_ms": { "p50": per_event.0, "p99": per_event.1, "max": per_event.2 },
+        "per_batch_ms": { "p50": per_batch.0, "p99": per_batch.1, "max": per_batch.2, "batches": per_batch.3 },
+        "measures": "stored_at − received_at: from the source taking the record off the consumer to the start of the PostgreSQL transaction that stores it (now() is the transaction's start; the transaction itself is not included). Per batch: from the batch's earliest record.",
+    }))
+}
+
+/// The host's final counters, from its `pipeline stopped` log line.
+pub fn final_counters(log: &str) -> Value {
+    let line = log.lines().rev().find(|l| l.contains("pipeline stopped")).unwrap_or_default();
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.trim_matches(|c: char| !c.is_ascii_digit()).parse::<u64>().ok())
+    };
+    json!({
+        "consumed": field("consumed"),
+        "stored": field("stored"),
+        "dead_lettered": field("dead_lettered"),
+        "redelivered": field("redelivered"),
+    })
+}
+
+/// Runs arm 1.
+pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
+    let topic = state.topic.clone().context("the ingest topic was not produced")?;
+    let db = bench.fresh_database("ingest").await?;
+    let pipeline = bench.write_pipeline("ingest", &topic.name, &db, &bench.plugin("enrich")?)?;
+    let log = bench.work.join("ingest-host.log");
+    let (pg_cpu0, broker_cpu0, wall0) = (cpu_seconds_of(&["postgres"]), cpu_seconds_of(&["nisshi", "tansu"]), Instant::now());
+    let mut host = Host::start(&pipeline, &log)?;
+    let pool = pool(&db).await?;
+    let total = topic.records as i64;
+    let mut samples: Vec<(f64, i64)> = Vec::new();
+    let (mut peak_rss, mut max_rss) = (0.0f64, 0.0f64);
+    let mut last_report = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut last_stored = 0;
+    loop {
+        host.check_alive()?;
+        let stored = stored_records(&pool).await;
+        let t = host.started.elapsed().as_secs_f64();
+        samples.push((t, stored));
+        if let Some((hwm, rss)) = host.memory_mib() {
+            peak_rss = peak_rss.max(hwm);
+            max_rss = max_rss.max(rss);
+        }
+        if stored != last_stored {
+            last_stored = stored;
+            last_progress = Instant::now();
+        }
+        if stored >= total {
+            break;
+        }
+        anyhow::ensure!(
+            last_progress.elapsed() < Duration::from_secs(90),
+            "no progress for 90 s at {stored}/{total}; log: {}\n{}",
+            log.display(),
+            tail(&log, 20)
+        );
+        if last_report.elapsed() > Duration::from_secs(5) {
+            progress(format_args!("  stored {stored}/{total}, host RSS {max_rss:.0} MiB"));
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cpu = host.cpu_seconds();
+    let (pg_cpu, broker_cpu, wall) = (cpu_seconds_of(&["postgres"]) - pg_cpu0, cpu_seconds_of(&["nisshi", "tansu"]) - broker_cpu0, wall0.elapsed().as_secs_f64());
+    let host_log = tokio::task::spawn_blocking(move || host.stop()).await??;
+    let counters = final_counters(&host_log);
+
+    let steady = steady_rate(&samples, total, 0.1, 0.9).context("too few progress samples for a steady-state rate")?;
+    let first = samples.iter().find(|s| s.1 > 0).map(|s| s.0).unwrap_or(0.0);
+    let last = samples.last().map(|s| s.0).unwrap_or(0.0);
+    let bytes_per_event = topic.bytes as f64 / topic.records.max(1) as f64;
+    let stored_events: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await?;
+    anyhow::ensure!(stored_events == total, "stored {stored_events} events of {total}");
+    let latency = latencies(&pool, "true").await?;
+    pool.close().await;
+    state.ingest_db = Some(db);
+    progress(format_args!(
+        "  full pipeline: {:.0} events/s steady ({:.1} MiB/s), peak RSS {peak_rss:.0} MiB",
+        steady.0,
+        steady.0 * bytes_per_event / 1048576.0
+    ));
+    Ok(json!({
+        "events": total,
+        "steady": {
+            "events_per_s": steady.0,
+            "mib_per_s": steady.0 * bytes_per_event / 1048576.0,
+            "window": "between 10% and 90% of the events stored",
+            "seconds": steady.1,
+        },
+        "overall": {
+            "events_per_s": rate(total as f64, last - first),
+            "mib_per_s": mib_per_s(total as f64 * bytes_per_event, last - first),
+            "first_stored_after_start_s": first,
+            "seconds": last - first,
+        },
+        "host_peak_rss_mib": peak_rss,
+        "host_max_rss_sampled_mib": max_rss,
+        "host_cpu_seconds": cpu,
+        "host_cpu_ms_per_1000_events": cpu.map(|c| c * 1000.0 * 1000.0 / total as f64),
+        "cpu_seconds": {
+            "host": cpu,
+            "postgres": pg_cpu,
+            "broker": broker_cpu,
+            "wall": wall,
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "measures": "user + system CPU from /proc over the arm (host start to host exit): the host process, every postgres process, the broker (nisshi, or tansu where it still runs); anything else on the machine is not counted",
+        },
+        "latency": latency,
+        "host_counters": counters,
+        "batch_size": bench.sizes.batch_size,
+        "max_in_flight_batches": 4,
+        "aggregation": "on, with aggregate.interval_ms = 3600000: no pass runs during the measurement (arm 5 measures aggregation)",
+        "pipeline_file": pipeline,
+        "host_log": log,
+    }))
+}
+
+/// The rate between the first samples at or past `from` and `to` of `total`:
+/// (events/s, seconds). Samples are (seconds, records stored).
+pub fn steady_rate(samples: &[(f64, i64)], total: i64, from: f64, to: f64) -> Option<(f64, f64)> {
+    let at = |share: f64| samples.iter().find(|s| s.1 as f64 >= share * total as f64).copied();
+    let (a, b) = (at(from)?, at(to)?);
+    (b.0 > a.0).then(|| (rate((b.1 - a.1) as f64, b.0 - a.0), b.0 - a.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_steady_rate_ignores_start_up_and_tail() {
+        // Slow start, 1000/s in the middle, then a slow tail.
+        let samples = vec![(0.0, 0), (5.0, 0), (6.0, 100), (7.0, 1100), (8.0, 2100), (9.0, 3100), (10.0, 4100), (20.0, 4200)];
+        let (r, secs) = steady_rate(&samples, 4200, 0.1, 0.9).unwrap();
+        assert_eq!(secs, 3.0);
+        assert_eq!(r, 1000.0);
+        assert!(steady_rate(&samples[..2], 4200, 0.1, 0.9).is_none());
+    }
+
+    #[test]
+    fn final_counters_come_from_the_stop_line() {
+        let log = "x\n2026-11-28T20:00:00Z  INFO clickstream::pipeline: pipeline stopped consumed=10 stored=9 dead_lettered=1 redelivered=0\n";
+        let c = final_counters(log);
+        assert_eq!(c["consumed"], 10);
+        assert_eq!(c["dead_lettered"], 1);
+    }
+}
+
+/// The `clickstream` binary built beside this one (the same target and
+/// profile): the arms run the product as a user would.
+pub fn host_binary() -> anyhow::Result<std::path::PathBuf> {
+    let me = std::env::current_exe().context("locating the benchmark binary")?;
+    let host = me.with_file_name("clickstream");
+    anyhow::ensure!(host.exists(), "{} is missing: build it first (cargo build --release -p clickstream; scripts/bench does)", host.display());
+    Ok(host)
+}

@@ -1,0 +1,72 @@
+//! `clickstream dead-letters`: list what was refused and why, or replay it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clickstream::config::PipelineConfig;
+use clickstream::plugin::enrich::{EnrichRunner, LoadedEnrich};
+use clickstream::plugin::geoip::GeoIp;
+use clickstream::plugin::Slot;
+use clickstream::runtime::dead_letters;
+
+use super::connect_store;
+
+/// List dead-lettered records, or replay them through the current enrich plugin.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The pipeline file.
+    #[arg(default_value = "pipeline.toml")]
+    pipeline: PathBuf,
+    /// Include records already replayed.
+    #[arg(long)]
+    all: bool,
+    /// Most records to list.
+    #[arg(long, default_value_t = 50)]
+    limit: i64,
+    /// Re-run every pending dead letter through the plugin in pipeline.toml;
+    /// successes are stored, failures keep their new reason.
+    #[arg(long)]
+    replay: bool,
+}
+
+/// Lists or replays.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let Args { pipeline, all, limit, replay } = args;
+    let config = PipelineConfig::load(&pipeline)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let store = connect_store(&config).await?;
+        if replay {
+            let geoip = Arc::new(GeoIp::open(&config.geoip.databases)?);
+            let loaded = LoadedEnrich::load(config.enrich_spec(), Some(geoip)).context("while loading [plugins.enrich]")?;
+            println!("replaying pending dead letters through {} {}", loaded.info.name, loaded.info.version);
+            let mut runner = EnrichRunner::new(Arc::new(Slot::new(loaded)));
+            let outcome = dead_letters::replay(store.pool(), config.windows(), &mut runner, &config.decode_limits(), |o| {
+                eprintln!("  ... {} stored, {} still failing", o.stored, o.still_failing);
+            })
+            .await?;
+            println!("replay: {} stored, {} still failing", outcome.stored, outcome.still_failing);
+            return Ok(());
+        }
+        let (total, pending) = dead_letters::counts(store.pool()).await?;
+        println!("{total} dead letters, {pending} pending replay");
+        for row in dead_letters::list(store.pool(), !all, limit, 0).await? {
+            println!(
+                "#{} {}/{}@{} {}:{}{} — {}\n    {} bytes: {}",
+                row.id,
+                row.topic,
+                row.partition,
+                row.offset,
+                row.stage,
+                row.kind,
+                if row.replayed_at.is_some() { " (replayed)" } else { "" },
+                row.reason.lines().next().unwrap_or_default(),
+                row.payload_bytes,
+                row.payload_preview.chars().take(100).collect::<String>()
+            );
+        }
+        Ok(())
+    })
+}
+

@@ -1,0 +1,154 @@
+//! What can go wrong loading or calling a plugin.
+
+use std::path::PathBuf;
+
+use wasmtime::{Store, Trap};
+
+use super::instance::{HostState, PluginInfo};
+use super::limits::PluginLimits;
+
+/// Everything that can go wrong loading or calling a plugin. Each names the
+/// plugin, so a log line says which one to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The file could not be read.
+    #[error("plugin `{plugin}`: cannot read {path}: {source}")]
+    Read {
+        /// Plugin name from pipeline.toml.
+        plugin: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid WebAssembly component.
+    #[error("plugin `{plugin}`: {path} is not a WebAssembly component ({reason}); build plugins with `cargo build --target wasm32-wasip2`")]
+    NotAComponent {
+        /// Plugin name from pipeline.toml.
+        plugin: String,
+        /// The file.
+        path: PathBuf,
+        /// The compiler's message.
+        reason: String,
+    },
+    /// The component implements no world of a contract version this host
+    /// loads.
+    #[error("plugin `{plugin}`: {path}: {reason}")]
+    NotAPlugin {
+        /// Plugin name from pipeline.toml.
+        plugin: String,
+        /// The file.
+        path: PathBuf,
+        /// What it targets instead.
+        reason: String,
+    },
+    /// The component does not implement the world this slot needs in a
+    /// contract version this host loads.
+    #[error("plugin `{plugin}`: {path} cannot serve as an `{world}`: {reason}")]
+    WrongWorld {
+        /// Plugin name from pipeline.toml.
+        plugin: String,
+        /// The file.
+        path: PathBuf,
+        /// The expected world.
+        world: &'static str,
+        /// The linker's message.
+        reason: String,
+    },
+    /// The plugin refused its settings.
+    #[error("plugin `{plugin}` refused its settings: {reason}")]
+    Configure {
+        /// Plugin name.
+        plugin: String,
+        /// The plugin's message.
+        reason: String,
+    },
+    /// A call ran past its deadline and was interrupted.
+    #[error("plugin `{plugin}` ({version}) ran past its deadline of {deadline_ms} ms")]
+    Deadline {
+        /// Plugin name.
+        plugin: String,
+        /// Plugin version.
+        version: String,
+        /// The deadline.
+        deadline_ms: u128,
+    },
+    /// A call tried to grow memory past the cap.
+    #[error("plugin `{plugin}` ({version}) asked for {requested} bytes of memory, past its cap of {cap} bytes")]
+    MemoryExceeded {
+        /// Plugin name.
+        plugin: String,
+        /// Plugin version.
+        version: String,
+        /// Bytes the guest asked for.
+        requested: usize,
+        /// The cap.
+        cap: usize,
+    },
+    /// The guest trapped (a panic, an out-of-bounds access, ...).
+    #[error("plugin `{plugin}` ({version}) trapped: {message}")]
+    Trap {
+        /// Plugin name.
+        plugin: String,
+        /// Plugin version.
+        version: String,
+        /// The trap and its wasm backtrace.
+        message: String,
+    },
+    /// The guest returned something the contract forbids.
+    #[error("plugin `{plugin}` ({version}) broke the contract: {reason}")]
+    Contract {
+        /// Plugin name.
+        plugin: String,
+        /// Plugin version.
+        version: String,
+        /// What it did.
+        reason: String,
+    },
+}
+
+impl PluginError {
+    /// A short label for metrics and dead-letter reasons.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginError::Read { .. } => "read",
+            PluginError::NotAComponent { .. } => "not_a_component",
+            PluginError::NotAPlugin { .. } => "not_a_plugin",
+            PluginError::WrongWorld { .. } => "wrong_world",
+            PluginError::Configure { .. } => "configure",
+            PluginError::Deadline { .. } => "deadline",
+            PluginError::MemoryExceeded { .. } => "memory",
+            PluginError::Trap { .. } => "trap",
+            PluginError::Contract { .. } => "contract",
+        }
+    }
+}
+
+/// Turns a failed call into the error that says what happened.
+pub(super) fn call_error(err: wasmtime::Error, store: &mut Store<HostState>, info: &PluginInfo, limits: &PluginLimits) -> PluginError {
+    let (plugin, version) = (info.slot.clone(), info.version.clone());
+    if let Some(requested) = store.data_mut().limiter.refused.take() {
+        return PluginError::MemoryExceeded {
+            plugin,
+            version,
+            requested,
+            cap: limits.memory_bytes,
+        };
+    }
+    if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return PluginError::Deadline {
+            plugin,
+            version,
+            deadline_ms: limits.deadline.as_millis(),
+        };
+    }
+    let stderr = store.data().stderr.take();
+    let message = if stderr.is_empty() {
+        format!("{err:?}")
+    } else {
+        format!("{stderr}\n{err:?}")
+    };
+    PluginError::Trap { plugin, version, message }
+}
+

@@ -1,0 +1,160 @@
+//! Loading: a compiled component linked against a world's imports, and the
+//! store each instance runs in.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{InstancePre, Linker, ResourceTable};
+use wasmtime::Store;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+
+use super::engine::{compile, engine};
+use super::error::call_error;
+use super::geoip::GeoIp;
+use super::limits::{MemoryLimiter, PluginLimits};
+use super::stderr::StderrTail;
+use super::wit::{self, Version, World};
+use super::PluginError;
+
+/// What identifies a loaded plugin version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// The slot name from pipeline.toml (`enrich`, `aggregate`).
+    pub slot: String,
+    /// The name the plugin reports.
+    pub name: String,
+    /// The version the plugin reports.
+    pub version: String,
+    /// The file it was loaded from.
+    pub path: PathBuf,
+    /// SHA-256 of the file, hex.
+    pub content_hash: String,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+}
+
+/// How a plugin is loaded: the file, its settings and its limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginSpec {
+    /// The slot name (`enrich`, `aggregate`), used in errors and metrics.
+    pub slot: String,
+    /// The component file.
+    pub path: PathBuf,
+    /// Passed to the plugin's `configure`.
+    pub settings: Vec<(String, String)>,
+    /// Bounds on every call.
+    pub limits: PluginLimits,
+}
+
+/// Per-store state: WASI (granting nothing unless configured), the memory
+/// limiter, and the host imports' data.
+pub struct HostState {
+    pub(super) wasi: WasiCtx,
+    pub(super) table: ResourceTable,
+    pub(super) limiter: MemoryLimiter,
+    pub(super) stderr: StderrTail,
+    pub(super) geoip: Option<Arc<GeoIp>>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+pub(super) fn new_store(limits: &PluginLimits, geoip: Option<Arc<GeoIp>>) -> Store<HostState> {
+    let stderr = StderrTail::default();
+    let mut wasi = WasiCtx::builder();
+    wasi.stderr(stderr.clone());
+    if let Some(dir) = &limits.read_only_dir {
+        // Checked by config validation; a directory that vanished since then
+        // only leaves the guest without it.
+        if let Err(e) = wasi.preopened_dir(dir, "/data", FsPerms::ReadOnly) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot grant plugin read-only directory");
+        }
+    }
+    let state = HostState {
+        wasi: wasi.build(),
+        table: ResourceTable::new(),
+        limiter: MemoryLimiter {
+            cap: limits.memory_bytes,
+            high_water: 0,
+            refused: None,
+        },
+        stderr,
+        geoip,
+    };
+    let mut store = Store::new(engine(), state);
+    store.limiter(|s| &mut s.limiter);
+    store.epoch_deadline_trap();
+    store
+}
+
+/// Compiles a plugin file, checks it targets `world` in a contract version
+/// this host loads, and links it against the world's imports (WASI plus
+/// what `add_imports` adds for that version), returning the pre-linked
+/// component, the identity of the build (name and version still empty: the
+/// caller asks the instance) and the contract version. The shared part of
+/// loading either world.
+pub(super) fn prelink(
+    spec: &PluginSpec,
+    world: World,
+    add_imports: impl FnOnce(Version, &mut Linker<HostState>) -> wasmtime::Result<()>,
+) -> Result<(InstancePre<HostState>, PluginInfo, Version), PluginError> {
+    let (component, content_hash) = compile(spec)?;
+    let refused = |reason: String| PluginError::WrongWorld { plugin: spec.slot.clone(), path: spec.path.clone(), world: world.name(), reason };
+    let target = wit::target(&component).map_err(|e| refused(e.to_string()))?;
+    if target.world != world {
+        return Err(refused(format!("it is an {}", target.world.name())));
+    }
+    let link_error = |e: wasmtime::Error| refused(format!("{e:#}"));
+    let mut linker: Linker<HostState> = Linker::new(engine());
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link_error)?;
+    add_imports(target.version, &mut linker).map_err(link_error)?;
+    let pre = linker.instantiate_pre(&component).map_err(link_error)?;
+    let info = PluginInfo {
+        slot: spec.slot.clone(),
+        name: String::new(),
+        version: String::new(),
+        path: spec.path.clone(),
+        content_hash,
+        loaded_at: SystemTime::now(),
+    };
+    Ok((pre, info, target.version))
+}
+
+/// Which contract version and world the component of `spec` targets
+/// (compiling it through the cache, so loading it next costs nothing more).
+pub fn target_of(spec: &PluginSpec) -> Result<wit::Target, PluginError> {
+    let (component, _) = compile(spec)?;
+    wit::target(&component).map_err(|e| PluginError::NotAPlugin { plugin: spec.slot.clone(), path: spec.path.clone(), reason: e.to_string() })
+}
+
+/// Fills in the name and version a fresh instance reports.
+pub(super) fn identify(
+    info: &mut PluginInfo,
+    limits: &PluginLimits,
+    store: &mut Store<HostState>,
+    name: wasmtime::Result<String>,
+    version: wasmtime::Result<String>,
+) -> Result<(), PluginError> {
+    match (name, version) {
+        (Ok(name), Ok(version)) => {
+            info.name = name;
+            info.version = version;
+            Ok(())
+        }
+        (Err(e), _) | (_, Err(e)) => Err(call_error(e, store, info, limits)),
+    }
+}
+
+/// SHA-256 of a plugin file, hex: what identifies a version in
+/// [`PluginInfo::content_hash`] and in the compiled-component cache.
+pub fn content_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,201 @@
+//! `/metrics`: the pipeline's metrics in the Prometheus text format (0.0.4).
+//! Every name is documented in README.md ("Metrics").
+
+use std::fmt::Write;
+
+use crate::runtime::pipeline::Pipeline;
+use crate::plugin::{PluginCounters, PluginInfo};
+use crate::stats::{BatchStage, HistogramSnapshot, PartitionOffsets, Stats};
+
+/// Builds the text of one scrape.
+struct Exposition(String);
+
+impl Exposition {
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.header(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &HistogramSnapshot) {
+        for (le, n) in &h.buckets {
+            let le = if le.is_infinite() { "+Inf".to_string() } else { le.to_string() };
+            let mut with_le = labels.to_vec();
+            with_le.push(("le", &le));
+            self.sample(&format!("{name}_bucket"), &with_le, n);
+        }
+        self.sample(&format!("{name}_sum"), labels, h.sum);
+        self.sample(&format!("{name}_count"), labels, h.count);
+    }
+}
+
+/// Label values may hold any text; these three characters must be escaped.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The whole exposition: process-wide counters from `stats`, and the live
+/// plugins' details when a pipeline is running.
+pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> String {
+    let mut out = Exposition(String::with_capacity(16 * 1024));
+    out.single("clickstream_up", "gauge", "1 while the pipeline runs, 0 while it is starting or restarting.", u8::from(pipeline.is_some()));
+    out.single(
+        "clickstream_uptime_seconds",
+        "gauge",
+        "Seconds since the process started.",
+        stats.started_at.elapsed().unwrap_or_default().as_secs_f64(),
+    );
+    let ingest_counters: [(&str, &str, &crate::stats::Counter); 9] = [
+        ("clickstream_records_consumed_total", "Records read from Kafka, redeliveries included.", &stats.consumed),
+        ("clickstream_consumed_bytes_total", "Payload bytes read from Kafka.", &stats.consumed_bytes),
+        ("clickstream_events_stored_total", "Enriched events inserted into PostgreSQL.", &stats.stored),
+        ("clickstream_records_dead_lettered_total", "Records inserted into the dead-letter table (all stages and kinds).", &stats.dead_lettered),
+        ("clickstream_records_redelivered_total", "Records skipped because PostgreSQL had stored their offset before (redeliveries).", &stats.redelivered),
+        ("clickstream_events_duplicate_total", "Events skipped because their event id was already stored.", &stats.duplicates),
+        ("clickstream_store_batches_total", "Batches written to PostgreSQL.", &stats.batches_written),
+        ("clickstream_store_retries_total", "Failed PostgreSQL write attempts (each retried).", &stats.store_retries),
+        ("clickstream_enrich_batch_failures_total", "Enrich calls that failed as a batch and were retried record by record.", &stats.enrich_batch_failures),
+    ];
+    for (name, help, counter) in ingest_counters {
+        out.single(name, "counter", help, counter.get());
+    }
+    out.header(
+        "clickstream_dead_letters_total",
+        "counter",
+        "Dead letters by stage (decode, enrich, store) and kind (not_json, missing_field, refused, trap, invalid_value, ...).",
+    );
+    for ((stage, kind), n) in stats.dead_letters_by() {
+        out.sample("clickstream_dead_letters_total", &[("stage", stage), ("kind", &kind)], n);
+    }
+
+    out.header("clickstream_batch_records", "histogram", "Records per batch, by stage.");
+    for stage in BatchStage::ALL {
+        out.histogram("clickstream_batch_records", &[("stage", stage.as_str())], &stats.stage(stage).records.snapshot());
+    }
+    out.header("clickstream_batch_duration_seconds", "histogram", "Seconds per batch, by stage.");
+    for stage in BatchStage::ALL {
+        out.histogram("clickstream_batch_duration_seconds", &[("stage", stage.as_str())], &stats.stage(stage).seconds.snapshot());
+    }
+
+    let partitions = stats.partitions();
+    let per_partition: [(&str, &str, fn(&PartitionOffsets) -> Option<i64>); 3] = [
+        ("clickstream_consumer_lag", "Records on the broker not yet stored, per partition this host consumes.", PartitionOffsets::lag),
+        ("clickstream_partition_high_watermark", "The broker's next offset, per partition this host consumes.", |o| o.high_watermark),
+        ("clickstream_partition_stored_offset", "The next offset this host has stored in PostgreSQL, per partition.", |o| o.stored_next),
+    ];
+    for (name, help, value) in per_partition {
+        out.header(name, "gauge", help);
+        for ((topic, partition), offsets) in &partitions {
+            if let Some(v) = value(offsets) {
+                out.sample(name, &[("topic", topic), ("partition", &partition.to_string())], v);
+            }
+        }
+    }
+
+    if let Some(pipeline) = pipeline {
+        let plugins: [(PluginInfo, &PluginCounters); 2] = [
+            (pipeline.enrich.current().info.clone(), pipeline.enrich.counters()),
+            (pipeline.aggregate.current().info.clone(), pipeline.aggregate.counters()),
+        ];
+        out.header("clickstream_plugin_info", "gauge", "The plugin version serving in each slot (always 1).");
+        for (info, _) in &plugins {
+            let hash = &info.content_hash[..12.min(info.content_hash.len())];
+            out.sample("clickstream_plugin_info", &[("plugin", &info.slot), ("name", &info.name), ("version", &info.version), ("sha256", hash)], 1);
+        }
+        out.header("clickstream_plugin_calls_total", "counter", "Calls into the plugin (one per batch or aggregation step).");
+        for (info, counters) in &plugins {
+            out.sample("clickstream_plugin_calls_total", &[("plugin", &info.slot)], counters.calls.get());
+        }
+        out.header(
+            "clickstream_plugin_errors_total",
+            "counter",
+            "Failed plugin calls by kind: trap, deadline (epoch interruption), memory (cap hit), contract, configure.",
+        );
+        for (info, counters) in &plugins {
+            let errors = counters.errors();
+            for kind in ["trap", "deadline", "memory", "contract", "configure"] {
+                let n = errors.get(kind).copied().unwrap_or(0);
+                out.sample("clickstream_plugin_errors_total", &[("plugin", &info.slot), ("kind", kind)], n);
+            }
+        }
+        out.header("clickstream_plugin_memory_high_water_bytes", "gauge", "Largest linear memory any instance of the plugin reached.");
+        for (info, counters) in &plugins {
+            out.sample("clickstream_plugin_memory_high_water_bytes", &[("plugin", &info.slot)], counters.memory_high_water());
+        }
+    }
+    out.header("clickstream_reloads_total", "counter", "Reload attempts by what (enrich, aggregate, pipeline.toml) and outcome (accepted, rejected).");
+    for what in ["enrich", "aggregate", "pipeline.toml"] {
+        for outcome in ["accepted", "rejected"] {
+            out.sample("clickstream_reloads_total", &[("what", what), ("outcome", outcome)], stats.reloads_of(what, outcome));
+        }
+    }
+
+    let output_counters: [(&str, &str, &crate::stats::Counter); 4] = [
+        ("clickstream_aggregation_passes_total", "Aggregation passes run.", &stats.aggregation_passes),
+        ("clickstream_windows_aggregated_total", "Windows aggregated (re-aggregations included).", &stats.windows_aggregated),
+        ("clickstream_documents_indexed_total", "Aggregate documents the search server accepted.", &stats.documents_indexed),
+        ("clickstream_documents_rejected_total", "Aggregate documents the search server refused.", &stats.documents_rejected),
+    ];
+    for (name, help, counter) in output_counters {
+        out.single(name, "counter", help, counter.get());
+    }
+    out.single("clickstream_windows_failing", "gauge", "Windows whose last aggregation failed, set aside and retried with backoff.", stats.windows_failing.get());
+    out.header("clickstream_window_failures_total", "counter", "Failed window aggregations by kind: trap, deadline, memory, contract, database, ...");
+    for (kind, n) in stats.window_failures_by() {
+        out.sample("clickstream_window_failures_total", &[("kind", kind)], n);
+    }
+    out.header(
+        "clickstream_event_to_index_seconds",
+        "histogram",
+        "From the newest event time of a window to its aggregate document being indexed, per document.",
+    );
+    out.histogram("clickstream_event_to_index_seconds", &[], &stats.event_to_index_seconds.snapshot());
+    out.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_is_well_formed_and_escapes_labels() {
+        let stats = Stats::default();
+        stats.consumed.add(7);
+        stats.dead_letters("decode", "not\"json\n", 2);
+        stats.batch(BatchStage::Store, 100, std::time::Duration::from_millis(30));
+        stats.high_watermark("t", 3, 50);
+        stats.stored_next("t", 3, 20);
+        let text = render(&stats, None);
+        assert!(text.contains("clickstream_records_consumed_total 7\n"));
+        assert!(text.contains("clickstream_dead_letters_total{stage=\"decode\",kind=\"not\\\"json\\n\"} 2\n"));
+        assert!(text.contains("clickstream_batch_duration_seconds_bucket{stage=\"store\",le=\"0.05\"} 1\n"));
+        assert!(text.contains("clickstream_batch_duration_seconds_count{stage=\"store\"} 1\n"));
+        assert!(text.contains("clickstream_consumer_lag{topic=\"t\",partition=\"3\"} 30\n"));
+        assert!(text.contains("clickstream_up 0\n"));
+        // Every sample line is `name{labels} value` with a declared TYPE.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = name.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
+            assert!(text.contains(&format!("# TYPE {family} ")) || text.contains(&format!("# TYPE {name} ")), "{line}");
+            assert!(line.rsplit(' ').next().unwrap().parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}

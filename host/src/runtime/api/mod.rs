@@ -1,0 +1,422 @@
+//! The HTTP service: health, readiness, Prometheus metrics, the aggregates
+//! query API, plugin management, dead letters and the dashboard.
+//!
+//! The server lives as long as the process; the pipeline behind it may
+//! restart (a reload that changes connection settings), so handlers read the
+//! pipeline's live parts from a swappable handle and answer 503 while there
+//! are none.
+
+mod aggregates;
+pub mod config;
+mod metrics;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::runtime::pipeline::Pipeline;
+use crate::plugin::{PluginCounters, PluginInfo};
+use crate::runtime::reload::ReloadRequest;
+use crate::stats::Stats;
+
+pub use aggregates::{AggregateGroup, AggregatesQuery, AggregatesResponse, SeriesPoint};
+pub use metrics::render as render_metrics;
+
+/// How long `/ready` waits for each dependency.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a forced reload may take before the request gives up waiting
+/// (the reload itself still completes or fails on its own).
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The page served at `/`: one file, no external assets.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The API's state: process-wide metrics and the current pipeline, if any.
+#[derive(Clone, Default)]
+pub struct Api {
+    stats: Arc<Stats>,
+    pipeline: Arc<ArcSwapOption<Pipeline>>,
+}
+
+/// An error answer: a status and a JSON body `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+impl Api {
+    /// An API over `stats`, with no pipeline yet.
+    pub fn new(stats: Arc<Stats>) -> Api {
+        Api { stats, pipeline: Arc::default() }
+    }
+
+    /// Points the API at a (re)started pipeline.
+    pub fn serve_pipeline(&self, pipeline: &Pipeline) {
+        self.pipeline.store(Some(Arc::new(pipeline.clone())));
+    }
+
+    /// The routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/", get(dashboard))
+            .route("/health", get(health))
+            .route("/ready", get(ready))
+            .route("/metrics", get(prometheus))
+            .route("/api/stats", get(stats))
+            .route("/api/aggregates", get(aggregates))
+            .route("/api/plugins", get(plugins))
+            .route("/api/plugins/{name}/reload", post(reload))
+            .route("/api/dead-letters", get(dead_letters))
+            .route("/api/windows/failing", get(failing_windows))
+            .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see README.md, \"HTTP API\"") })
+            .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint; see README.md, \"HTTP API\"") })
+            .with_state(self.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` turns true.
+    pub async fn serve(self, listener: tokio::net::TcpListener, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            })
+            .await
+    }
+
+    /// The running pipeline, or why there is none to answer from.
+    fn live(&self) -> ApiResult<Arc<Pipeline>> {
+        let pipeline = self
+            .pipeline
+            .load_full()
+            .ok_or_else(|| ApiError::unavailable("the pipeline is starting (connecting to PostgreSQL, Kafka and the search server)"))?;
+        if *pipeline.draining.borrow() {
+            return Err(ApiError::unavailable("the pipeline is draining (stopping, or restarting after a pipeline.toml change)"));
+        }
+        Ok(pipeline)
+    }
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(DASHBOARD)
+}
+
+async fn health(State(api): State<Api>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": api.stats.started_at.elapsed().unwrap_or_default().as_secs(),
+    }))
+}
+
+/// One dependency's readiness.
+fn check(result: Result<Value, String>) -> Value {
+    match result {
+        Ok(detail) => json!({ "ok": true, "detail": detail }),
+        Err(error) => json!({ "ok": false, "error": error }),
+    }
+}
+
+async fn ready(State(api): State<Api>) -> Response {
+    let pipeline = match api.live() {
+        Ok(pipeline) => pipeline,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "reason": e.message }))).into_response(),
+    };
+    let postgres = async {
+        let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pipeline.store.pool());
+        match tokio::time::timeout(CHECK_TIMEOUT, ping).await {
+            Ok(Ok(_)) => Ok(json!(redact(&pipeline.config.store.database_url))),
+            Ok(Err(e)) => Err(format!("PostgreSQL: {e}")),
+            Err(_) => Err(format!("PostgreSQL did not answer within {CHECK_TIMEOUT:?}")),
+        }
+    };
+    let kafka = async {
+        let consumer = pipeline.consumer.clone();
+        let topic = pipeline.config.source.topics[0].clone();
+        let brokers = pipeline.config.source.brokers.clone();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::Consumer;
+            consumer
+                .fetch_metadata(Some(&topic), CHECK_TIMEOUT)
+                .map(|m| json!({ "brokers": brokers, "topic": topic, "partitions": m.topics().first().map_or(0, |t| t.partitions().len()) }))
+                .map_err(|e| format!("Kafka ({brokers}): {e}"))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("Kafka check failed: {e}")))
+    };
+    let search = async {
+        pipeline
+            .indexer
+            .ping()
+            .await
+            .map(|()| json!(pipeline.config.index.url))
+            .map_err(|e| e.to_string())
+    };
+    let (postgres, kafka, search) = tokio::join!(postgres, kafka, search);
+    let plugins = Ok(json!({
+        "enrich": version_of(&pipeline.enrich.current().info),
+        "aggregate": version_of(&pipeline.aggregate.current().info),
+    }));
+    let ready = postgres.is_ok() && kafka.is_ok() && search.is_ok();
+    let body = json!({
+        "ready": ready,
+        "checks": {
+            "postgres": check(postgres),
+            "kafka": check(kafka),
+            "search": check(search),
+            "plugins": check(plugins),
+        }
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+fn version_of(info: &PluginInfo) -> String {
+    format!("{} {}", info.name, info.version)
+}
+
+/// A database URL without its password, for answers anyone can read.
+fn redact(url: &str) -> String {
+    match url.split_once("://").and_then(|(scheme, rest)| rest.split_once('@').map(|(auth, host)| (scheme, auth, host))) {
+        Some((scheme, auth, host)) => match auth.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://{auth}@{host}"),
+        },
+        None => url.to_string(),
+    }
+}
+
+async fn prometheus(State(api): State<Api>) -> Response {
+    let pipeline = api.live().ok();
+    let body = metrics::render(&api.stats, pipeline.as_deref());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+async fn stats(State(api): State<Api>) -> Json<Value> {
+    let s = &api.stats;
+    let offsets = s.partitions();
+    let lag_total: i64 = offsets.values().filter_map(|o| o.lag()).sum();
+    let partitions: Vec<Value> = offsets
+        .into_iter()
+        .map(|((topic, partition), o)| {
+            json!({ "topic": topic, "partition": partition, "high_watermark": o.high_watermark, "stored_next": o.stored_next, "lag": o.lag() })
+        })
+        .collect();
+    let store = s.stage(crate::stats::BatchStage::Store).seconds.snapshot();
+    Json(json!({
+        "uptime_s": s.started_at.elapsed().unwrap_or_default().as_secs_f64(),
+        "consumed": s.consumed.get(),
+        "consumed_bytes": s.consumed_bytes.get(),
+        "stored": s.stored.get(),
+        "dead_lettered": s.dead_lettered.get(),
+        "redelivered": s.redelivered.get(),
+        "duplicates": s.duplicates.get(),
+        "windows_aggregated": s.windows_aggregated.get(),
+        "documents_indexed": s.documents_indexed.get(),
+        "documents_rejected": s.documents_rejected.get(),
+        "lag_total": lag_total,
+        "partitions": partitions,
+        "store_batch_seconds_p50": store.quantile(0.5),
+        "store_batch_seconds_p99": store.quantile(0.99),
+    }))
+}
+
+async fn aggregates(State(api): State<Api>, Query(raw): Query<Vec<(String, String)>>) -> ApiResult<Json<AggregatesResponse>> {
+    let query = AggregatesQuery::parse(&raw, chrono::Utc::now().timestamp_millis()).map_err(ApiError::bad_request)?;
+    let pipeline = api.live()?;
+    let window_ms = pipeline.config.aggregate.window_secs as i64 * 1000;
+    aggregates::run(&pipeline.indexer, &query, window_ms)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))
+}
+
+fn plugin_json(info: &PluginInfo, counters: &PluginCounters, stats: &Stats) -> Value {
+    let errors = counters.errors();
+    json!({
+        "slot": info.slot,
+        "name": info.name,
+        "version": info.version,
+        "path": info.path,
+        "content_hash": info.content_hash,
+        "loaded_at": chrono::DateTime::<chrono::Utc>::from(info.loaded_at).to_rfc3339(),
+        "calls": counters.calls.get(),
+        "errors": errors.values().sum::<u64>(),
+        "errors_by_kind": errors,
+        "memory_high_water_bytes": counters.memory_high_water(),
+        "reloads_accepted": stats.reloads_of(&info.slot, "accepted"),
+        "reloads_rejected": stats.reloads_of(&info.slot, "rejected"),
+    })
+}
+
+async fn plugins(State(api): State<Api>) -> ApiResult<Json<Value>> {
+    let pipeline = api.live()?;
+    Ok(Json(json!({
+        "plugins": [
+            plugin_json(&pipeline.enrich.current().info, pipeline.enrich.counters(), &api.stats),
+            plugin_json(&pipeline.aggregate.current().info, pipeline.aggregate.counters(), &api.stats),
+        ],
+        "reload_history": api.stats.reload_history(),
+    })))
+}
+
+async fn reload(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    let pipeline = api.live()?;
+    let Some(expected) = pipeline.config.api.reload_token.as_deref() else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "plugin reload through the API is disabled: set api.reload_token in pipeline.toml (16+ characters) to enable it",
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !presented.is_some_and(|token| constant_time_eq(token.as_bytes(), expected.as_bytes())) {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (Authorization: Bearer <api.reload_token>)"));
+    }
+    if name != "enrich" && name != "aggregate" {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no plugin slot `{name}`; the slots are `enrich` and `aggregate`")));
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    pipeline
+        .reload
+        .send(ReloadRequest { slot: name, reply })
+        .await
+        .map_err(|_| ApiError::unavailable("the pipeline is restarting; try again"))?;
+    match tokio::time::timeout(RELOAD_TIMEOUT, answer).await {
+        Ok(Ok(Ok(info))) => Ok(Json(json!({ "reloaded": true, "plugin": {
+            "slot": info.slot, "name": info.name, "version": info.version, "content_hash": info.content_hash,
+        }}))),
+        Ok(Ok(Err(reason))) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("reload refused; the old version keeps serving: {reason}"))),
+        Ok(Err(_)) => Err(ApiError::unavailable("the pipeline stopped before the reload finished")),
+        Err(_) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "the reload is still running; check GET /api/plugins")),
+    }
+}
+
+/// Compares secrets without revealing through timing how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadLetterParams {
+    limit: Option<String>,
+    offset: Option<String>,
+    all: Option<String>,
+}
+
+fn parse_number(name: &str, value: Option<&str>, default: i64, max: i64) -> ApiResult<i64> {
+    let Some(value) = value else { return Ok(default) };
+    match value.parse::<i64>() {
+        Ok(n) if (0..=max).contains(&n) => Ok(n),
+        _ => Err(ApiError::bad_request(format!("{name}={value:?}: expected a whole number from 0 to {max}"))),
+    }
+}
+
+fn parse_bool(name: &str, value: Option<&str>) -> ApiResult<bool> {
+    match value {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!("{name}={other:?}: expected true or false"))),
+    }
+}
+
+async fn dead_letters(State(api): State<Api>, params: Result<Query<DeadLetterParams>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Value>> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request(format!("{}; the parameters are limit, offset and all", e.body_text())))?;
+    let limit = parse_number("limit", params.limit.as_deref(), 50, 1000)?;
+    let offset = parse_number("offset", params.offset.as_deref(), 0, i64::MAX)?;
+    let all = parse_bool("all", params.all.as_deref())?;
+    let pipeline = api.live()?;
+    let pool = pipeline.store.pool();
+    let unavailable = |e: sqlx::Error| ApiError::unavailable(format!("PostgreSQL: {e}"));
+    let (total, pending) = crate::runtime::dead_letters::counts(pool).await.map_err(unavailable)?;
+    let items = crate::runtime::dead_letters::list(pool, !all, limit, offset).await.map_err(unavailable)?;
+    let next_offset = (items.len() as i64 == limit).then_some(offset + limit);
+    Ok(Json(json!({
+        "total": total,
+        "pending": pending,
+        "limit": limit,
+        "offset": offset,
+        "next_offset": next_offset,
+        "items": items,
+    })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailingParams {
+    limit: Option<String>,
+}
+
+/// Windows set aside after a failed aggregation, with their errors.
+async fn failing_windows(State(api): State<Api>, params: Result<Query<FailingParams>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Value>> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request(format!("{}; the only parameter is limit", e.body_text())))?;
+    let limit = parse_number("limit", params.limit.as_deref(), 100, 1000)?;
+    let pipeline = api.live()?;
+    let items = crate::stages::aggregate::failing_windows(pipeline.store.pool(), limit)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("PostgreSQL: {e}")))?;
+    Ok(Json(json!({ "failing": api.stats.windows_failing.get(), "items": items })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgres:///db"), "postgres:///db");
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"abcdefghijklmnop", b"abcdefghijklmnop"));
+        assert!(!constant_time_eq(b"abcdefghijklmnop", b"abcdefghijklmnoq"));
+        assert!(!constant_time_eq(b"abc", b"abcdefghijklmnop"));
+    }
+
+    #[test]
+    fn paging_parameters_are_checked() {
+        assert_eq!(parse_number("limit", None, 50, 1000).unwrap(), 50);
+        assert_eq!(parse_number("limit", Some("7"), 50, 1000).unwrap(), 7);
+        assert!(parse_number("limit", Some("1001"), 50, 1000).is_err());
+        assert!(parse_number("limit", Some("-1"), 50, 1000).is_err());
+        assert!(parse_number("limit", Some("ten"), 50, 1000).unwrap_err().message.contains("ten"));
+        assert!(parse_bool("all", Some("yes")).is_err());
+        assert!(parse_bool("all", Some("true")).unwrap());
+    }
+}

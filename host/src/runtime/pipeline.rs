@@ -1,0 +1,248 @@
+//! Wires the stages: source → enrich → store, each a task or thread joined
+//! by bounded channels so reading, plugin calls and database writes overlap
+//! and a slow stage applies backpressure upstream.
+
+use std::sync::Arc;
+
+use rdkafka::consumer::CommitMode;
+use tokio::sync::{mpsc, watch, Notify};
+
+use rdkafka::consumer::Consumer;
+
+use crate::config::PipelineConfig;
+use crate::plugin::aggregate::LoadedAggregate;
+use crate::plugin::enrich::{EnrichRunner, LoadedEnrich};
+use crate::plugin::geoip::{GeoIp, GeoIpError};
+use crate::plugin::{PluginError, Slot};
+use crate::runtime::reload::{LiveSettings, ReloadRequest, Reloader};
+use crate::stages::aggregate::Aggregator;
+use crate::stages::decode::{decode_batch, DecodeLimits};
+use crate::stages::index::{Indexer, Publisher};
+use crate::stages::record::{Consumed, WriteBatch};
+use crate::stages::source::{self, SourceConsumer};
+use crate::stages::store::retry::{connect_store, store_batch};
+use crate::stages::store::{Store, StoreError};
+use crate::stats::{BatchStage, Stats};
+
+/// Why the pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// GeoIP databases.
+    #[error(transparent)]
+    GeoIp(#[from] GeoIpError),
+    /// A plugin failed to load.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// PostgreSQL.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The search server configuration.
+    #[error(transparent)]
+    Index(#[from] crate::stages::index::IndexError),
+    /// Kafka.
+    #[error("kafka ({brokers}): {source}")]
+    Kafka {
+        /// The brokers.
+        brokers: String,
+        /// Why.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+}
+
+/// How a run ended.
+pub enum Exit {
+    /// Asked to stop; everything in flight was stored.
+    Stopped(Pipeline),
+    /// pipeline.toml changed connection settings: drained, and to be started
+    /// again with this configuration.
+    Restart(Box<PipelineConfig>),
+}
+
+/// The pipeline's shared parts, for tests and the API.
+#[derive(Clone)]
+pub struct Pipeline {
+    /// The configuration it runs with.
+    pub config: Arc<PipelineConfig>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// The live enrich plugin.
+    pub enrich: Arc<Slot<LoadedEnrich>>,
+    /// The live aggregate plugin.
+    pub aggregate: Arc<Slot<LoadedAggregate>>,
+    /// The store.
+    pub store: Store,
+    /// The Kafka consumer, for readiness.
+    pub consumer: Arc<SourceConsumer>,
+    /// The search index, for readiness and queries.
+    pub indexer: Indexer,
+    /// Forced plugin reloads.
+    pub reload: mpsc::Sender<ReloadRequest>,
+    /// True once the pipeline drains (stopping, or restarting with a new
+    /// pipeline.toml): its parts are about to go away.
+    pub draining: watch::Receiver<bool>,
+}
+
+/// Runs the pipeline until `shutdown`, draining at the end, and again each
+/// time pipeline.toml changes connection settings. `sighup` asks for a
+/// reload of pipeline.toml.
+pub async fn run_until_stopped(
+    mut config: PipelineConfig,
+    shutdown: watch::Receiver<bool>,
+    sighup: Arc<Notify>,
+    stats: Arc<Stats>,
+    started: impl Fn(&Pipeline),
+) -> Result<Pipeline, PipelineError> {
+    loop {
+        match run(config, shutdown.clone(), sighup.clone(), stats.clone(), &started).await? {
+            Exit::Stopped(pipeline) => return Ok(pipeline),
+            Exit::Restart(next) => config = *next,
+        }
+    }
+}
+
+/// Starts the pipeline and runs it until `shutdown` turns true or a reload
+/// asks for a restart, then drains: the source stops reading, in-flight
+/// batches are enriched and stored, and the final offsets are committed.
+/// `started` sees the live parts once everything is connected.
+pub async fn run(
+    config: PipelineConfig,
+    shutdown: watch::Receiver<bool>,
+    sighup: Arc<Notify>,
+    stats: Arc<Stats>,
+    started: impl Fn(&Pipeline),
+) -> Result<Exit, PipelineError> {
+    let geoip = Arc::new(GeoIp::open(&config.geoip.databases)?);
+    let enrich = Arc::new(Slot::new(LoadedEnrich::load(config.enrich_spec(), Some(geoip.clone()))?));
+    let aggregate = Arc::new(Slot::new(LoadedAggregate::load(config.aggregate_spec())?));
+    tracing::info!(
+        enrich = %format!("{} {}", enrich.current().info.name, enrich.current().info.version),
+        aggregate = %format!("{} {}", aggregate.current().info.name, aggregate.current().info.version),
+        "plugins loaded"
+    );
+    let store = connect_store(&config.store.database_url, config.windows(), &shutdown).await?;
+    let offsets = source::OffsetLookup::start(&config.store.database_url).map_err(|e| PipelineError::Store(StoreError::Url(e)))?;
+    let consumer = source::connect(&config.source, offsets, stats.clone()).map_err(|source| PipelineError::Kafka {
+        brokers: config.source.brokers.clone(),
+        source,
+    })?;
+    tracing::info!(brokers = %config.source.brokers, topics = ?config.source.topics, group = %config.source.group_id, "consuming");
+
+    // Drains on shutdown, and on a reload that needs a restart.
+    let (drain_tx, drain) = watch::channel(false);
+    let (restart_tx, mut restart_rx) = watch::channel::<Option<PipelineConfig>>(None);
+    let forward = tokio::spawn({
+        let mut shutdown = shutdown.clone();
+        let drain_tx = drain_tx.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => {}
+                _ = restart_rx.wait_for(|r| r.is_some()) => {}
+            }
+            let _ = drain_tx.send(true);
+        }
+    });
+
+    let (batching_tx, batching_rx) = watch::channel(config.batching());
+    let (aggregate_tx, aggregate_rx) = watch::channel(config.aggregate.clone());
+    let (decode_tx, decode_rx) = watch::channel(config.decode_limits());
+    let live = LiveSettings {
+        batching: batching_tx,
+        decode: decode_tx,
+        aggregate: aggregate_tx,
+    };
+    let reloader = Reloader::new(config.clone(), enrich.clone(), aggregate.clone(), geoip, live, stats.clone(), restart_tx.clone());
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let reloading = tokio::spawn(reloader.run(sighup, reload_rx, drain.clone()));
+
+    let indexer = Indexer::new(&config.index)?;
+    let rows_written = Arc::new(Notify::new());
+    let aggregator = Aggregator::new(store.pool().clone(), aggregate.clone(), aggregate_rx, config.source.topics.clone(), stats.clone());
+    let aggregating = tokio::spawn(aggregator.run(rows_written.clone(), drain.clone()));
+    let publisher = Publisher::new(store.pool().clone(), indexer.clone(), stats.clone());
+    let publishing = tokio::spawn(publisher.run(rows_written, drain.clone()));
+
+    let depth = config.store.max_in_flight_batches;
+    let (records_tx, records_rx) = mpsc::channel(depth);
+    let (batches_tx, mut batches_rx) = mpsc::channel::<WriteBatch>(depth);
+    let reading = tokio::spawn(source::run(consumer.clone(), batching_rx, records_tx, drain.clone(), stats.clone()));
+    let enriching = spawn_decode_and_enrich(EnrichRunner::new(enrich.clone()), decode_rx, records_rx, batches_tx, stats.clone());
+
+    let pipeline = Pipeline {
+        config: Arc::new(config),
+        stats: stats.clone(),
+        enrich,
+        aggregate,
+        store: store.clone(),
+        consumer: consumer.clone(),
+        indexer,
+        reload: reload_tx,
+        draining: drain.clone(),
+    };
+    started(&pipeline);
+
+    while let Some(batch) = batches_rx.recv().await {
+        if let Err(abandoned) = store_batch(&store, &batch, &stats, drain.clone()).await {
+            tracing::warn!(records = batch.len(), error = %abandoned, "stopping with a batch PostgreSQL did not take; its records are read again on restart");
+            // The stages upstream see their channels close and stop.
+            drop(batches_rx);
+            break;
+        }
+        source::commit(&consumer, &batch.next_offsets, CommitMode::Async);
+    }
+    let _ = reading.await;
+    let _ = aggregating.await;
+    let _ = publishing.await;
+    let _ = reloading.await;
+    forward.abort();
+    let _ = tokio::task::spawn_blocking(move || enriching.join()).await;
+    // Only this host's partitions: committing another member's could move
+    // its visible offset backwards.
+    let assigned = consumer.assignment().map(|tpl| tpl.to_topic_map()).unwrap_or_default();
+    let final_offsets = store
+        .next_offsets_all()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(key, _)| assigned.contains_key(key))
+        .collect();
+    source::commit(&consumer, &final_offsets, CommitMode::Sync);
+    tracing::info!(
+        consumed = stats.consumed.get(),
+        stored = stats.stored.get(),
+        dead_lettered = stats.dead_lettered.get(),
+        redelivered = stats.redelivered.get(),
+        "pipeline stopped"
+    );
+    let restart = restart_tx.borrow().clone();
+    Ok(match restart {
+        Some(next) if !*shutdown.borrow() => Exit::Restart(Box::new(next)),
+        _ => Exit::Stopped(pipeline),
+    })
+}
+
+/// Decodes and enriches on a thread of its own (plugin calls are CPU-bound
+/// and block) until `input` closes; `output` closes when it returns.
+fn spawn_decode_and_enrich(
+    mut runner: EnrichRunner,
+    limits: watch::Receiver<DecodeLimits>,
+    mut input: mpsc::Receiver<Vec<Consumed>>,
+    output: mpsc::Sender<WriteBatch>,
+    stats: Arc<Stats>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("enrich".into())
+        .spawn(move || {
+            while let Some(records) = input.blocking_recv() {
+                let started = std::time::Instant::now();
+                let len = records.len();
+                let limits = *limits.borrow();
+                let batch = crate::stages::enrich::process(&mut runner, decode_batch(records, &limits), &stats);
+                stats.batch(BatchStage::Enrich, len, started.elapsed());
+                if output.blocking_send(batch).is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("spawn the enrich thread")
+}

@@ -1,0 +1,394 @@
+//! What flows between the stages, in the host's own types. The plugin
+//! contract's generated types stay in `plugin/` and are converted at its
+//! boundary, so a new contract version changes one module, not every stage.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+/// Where a record came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    /// Kafka topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// When the host received it.
+    pub received_at: DateTime<Utc>,
+}
+
+impl Provenance {
+    /// What identifies the record: its topic, partition and offset.
+    pub fn key(&self) -> (&str, i32, i64) {
+        (&self.topic, self.partition, self.offset)
+    }
+}
+
+/// One record as read from Kafka.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    /// Where it came from.
+    pub provenance: Provenance,
+    /// Its key.
+    pub key: Option<Vec<u8>>,
+    /// Its bytes (empty for a tombstone).
+    pub payload: Vec<u8>,
+}
+
+impl Consumed {
+    /// The event id of a record that carries none: stable across
+    /// redeliveries because offsets are.
+    pub fn derived_event_id(&self) -> String {
+        let p = &self.provenance;
+        format!("{}-{}-{}", p.topic, p.partition, p.offset)
+    }
+}
+
+/// A click as decoded from a record, before enrichment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEvent {
+    /// The record's `event_id`, or one derived from its provenance.
+    pub event_id: String,
+    /// Who clicked.
+    pub user_id: String,
+    /// Event time, Unix milliseconds.
+    pub timestamp_ms: i64,
+    /// The page viewed, as sent.
+    pub url: String,
+    /// Client address as sent, possibly invalid; empty when absent.
+    pub ip: String,
+    /// The client's `User-Agent`, possibly empty.
+    pub user_agent: String,
+    /// The referring page.
+    pub referrer: Option<String>,
+    /// The tracker's session id.
+    pub session_id: Option<String>,
+}
+
+/// Class of device a user agent belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// A desktop or laptop computer.
+    Desktop,
+    /// A phone.
+    Mobile,
+    /// A tablet.
+    Tablet,
+    /// A crawler, monitor or other automated client.
+    Bot,
+    /// Not classified.
+    Unknown,
+}
+
+impl Device {
+    /// The name it is stored and indexed under.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Device::Desktop => "desktop",
+            Device::Mobile => "mobile",
+            Device::Tablet => "tablet",
+            Device::Bot => "bot",
+            Device::Unknown => "unknown",
+        }
+    }
+}
+
+/// What an enricher derived from a click.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrichment {
+    /// ISO country code, or `unknown`.
+    pub country: String,
+    /// City, or `unknown`.
+    pub city: String,
+    /// Browser family, or `unknown`.
+    pub browser: String,
+    /// Operating system, or `unknown`.
+    pub os: String,
+    /// Device class.
+    pub device: Device,
+    /// The version of the plugin that produced it, stored with the event.
+    pub plugin_version: String,
+}
+
+/// An enricher's answer for one click: the click (a plugin may normalise its
+/// fields) and what it derived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enriched {
+    /// The click as the plugin returned it.
+    pub raw: RawEvent,
+    /// What it derived.
+    pub enrichment: Enrichment,
+}
+
+/// An enricher's reason for refusing a click.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The field at fault, when one is.
+    pub field: Option<String>,
+    /// Why, for a human.
+    pub reason: String,
+}
+
+/// An enriched event ready to store.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The click, with the identity the host decoded.
+    pub raw: RawEvent,
+    /// What the enricher derived.
+    pub enrichment: Enrichment,
+    /// Name of the plugin that enriched it.
+    pub plugin_name: String,
+    /// Where it came from.
+    pub provenance: Provenance,
+    /// The record's key, kept so a refusal by PostgreSQL can dead-letter it.
+    pub key: Option<Vec<u8>>,
+    /// The record's bytes, as received, for the same reason.
+    pub payload: Vec<u8>,
+}
+
+/// The stage at which a record was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Before enrichment: too large, not JSON, missing or mistyped fields,
+    /// values out of range.
+    Decode,
+    /// The enrich plugin refused it, trapped on it, or returned something the
+    /// contract forbids for it.
+    Enrich,
+    /// PostgreSQL refused to store it.
+    Store,
+}
+
+impl Stage {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Enrich => "enrich",
+            Stage::Store => "store",
+        }
+    }
+}
+
+/// A record that could not become an event.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Where it came from.
+    pub provenance: Provenance,
+    /// The record's key.
+    pub key: Option<Vec<u8>>,
+    /// The record's bytes, as received.
+    pub payload: Vec<u8>,
+    /// Where it was refused.
+    pub stage: Stage,
+    /// A short label (`not_json`, `missing_field`, `refused`, `trap`, ...).
+    pub kind: String,
+    /// Why, for a human.
+    pub reason: String,
+    /// The plugin version that refused it, for enrich-stage refusals.
+    pub plugin_version: Option<String>,
+}
+
+/// One transaction's worth of work.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    /// Events to store.
+    pub events: Vec<Event>,
+    /// Records to dead-letter.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Per (topic, partition): the offset after the last record in the batch.
+    pub next_offsets: BTreeMap<(String, i32), i64>,
+    /// Per (topic, partition): the first offset in the batch.
+    pub first_offsets: BTreeMap<(String, i32), i64>,
+}
+
+impl WriteBatch {
+    /// Notes that `provenance`'s record is part of this batch.
+    pub fn saw(&mut self, provenance: &Provenance) {
+        let next = self
+            .next_offsets
+            .entry((provenance.topic.clone(), provenance.partition))
+            .or_insert(0);
+        *next = (*next).max(provenance.offset + 1);
+        let first = self
+            .first_offsets
+            .entry((provenance.topic.clone(), provenance.partition))
+            .or_insert(i64::MAX);
+        *first = (*first).min(provenance.offset);
+    }
+
+    /// Records in the batch.
+    pub fn len(&self) -> usize {
+        self.events.len() + self.dead_letters.len()
+    }
+
+    /// Whether the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A batch after decoding: the clicks with the records they came from, and
+/// the write batch so far (a dead letter per refused record, the offsets of
+/// every record).
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// What the later stages fill in and the store writes.
+    pub batch: WriteBatch,
+    /// The decoded clicks.
+    pub events: Vec<RawEvent>,
+    /// The record each click came from, in the same order.
+    pub origins: Vec<Consumed>,
+}
+
+/// The windowing: which window an event falls in, and which neighbour's
+/// time on page a new event can change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSpec {
+    /// Window size in milliseconds.
+    pub window_ms: i64,
+    /// Session timeout in milliseconds: a new event changes the time spent of
+    /// its user's previous event when it is at most this much later.
+    pub session_timeout_ms: i64,
+}
+
+impl WindowSpec {
+    /// Start of the epoch-aligned window holding `ts_ms`.
+    pub fn window_start(&self, ts_ms: i64) -> i64 {
+        ts_ms.div_euclid(self.window_ms) * self.window_ms
+    }
+}
+
+/// A stored event reduced to what aggregation reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Orders events with equal timestamps.
+    pub event_id: String,
+    /// Who clicked.
+    pub user_id: String,
+    /// Event time, Unix milliseconds.
+    pub timestamp_ms: i64,
+    /// The page viewed, as stored.
+    pub url: String,
+    /// Country from enrichment, or `unknown`.
+    pub country: String,
+}
+
+/// What defines the metrics; the same parameters give the same rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AggregateParams {
+    /// Window size, milliseconds.
+    pub window_ms: i64,
+    /// Largest gap that still counts as time spent, milliseconds.
+    pub session_timeout_ms: i64,
+    /// Keep the query string when normalising URLs.
+    pub keep_query: bool,
+}
+
+/// The metrics of one (window, URL, country) group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregateRow {
+    /// Window start, Unix milliseconds.
+    pub window_start_ms: i64,
+    /// Normalised URL.
+    pub url: String,
+    /// Country code, or `unknown`.
+    pub country: String,
+    /// Events in the group.
+    pub clicks: u64,
+    /// Distinct users in the group.
+    pub unique_users: u64,
+    /// Sum of the time-on-page samples, milliseconds.
+    pub time_spent_total_ms: u64,
+    /// Number of samples.
+    pub time_spent_samples: u64,
+}
+
+/// The limits every string of an event is held to, at decode and again on
+/// what a plugin returns: PostgreSQL's `text` cannot hold a NUL character,
+/// and an index row must stay under ~2.7 kB.
+pub mod limits {
+    /// Longest `event_id`, `user_id`, `session_id` and `ip`, in bytes: ids are
+    /// keys of btree indexes.
+    pub const ID_MAX_BYTES: usize = 256;
+
+    /// Longest `url`, `user_agent` and `referrer`, in bytes: real ones stay
+    /// under 2 kB; 8 KiB leaves room for long tracking query strings.
+    pub const TEXT_MAX_BYTES: usize = 8 * 1024;
+
+    /// Longest country, city, browser, OS or plugin version, in bytes: labels,
+    /// stored in every row and used as index keys.
+    pub const LABEL_MAX_BYTES: usize = 256;
+
+    /// A string over its limit or holding a NUL character.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum FieldError {
+        /// Longer than its limit.
+        #[error("field `{field}` is {len} bytes, longer than its limit of {max}")]
+        TooLong {
+            /// The field.
+            field: &'static str,
+            /// Its length in bytes.
+            len: usize,
+            /// The limit.
+            max: usize,
+        },
+        /// Holds a NUL character.
+        #[error("field `{field}` contains a NUL character (\\u0000) at byte {at}")]
+        Nul {
+            /// The field.
+            field: &'static str,
+            /// Where, in bytes.
+            at: usize,
+        },
+    }
+
+    /// One string within `max` bytes and free of NUL characters.
+    pub fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), FieldError> {
+        if value.len() > max {
+            return Err(FieldError::TooLong { field, len: value.len(), max });
+        }
+        match value.bytes().position(|b| b == 0) {
+            Some(at) => Err(FieldError::Nul { field, at }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl RawEvent {
+    /// Every string but the event id (checked before one is derived) within
+    /// its limit and free of NUL characters.
+    pub fn check_fields(&self) -> Result<(), limits::FieldError> {
+        use limits::{check_text, ID_MAX_BYTES, TEXT_MAX_BYTES};
+        let fields: [(&'static str, Option<&str>, usize); 6] = [
+            ("user_id", Some(&self.user_id), ID_MAX_BYTES),
+            ("url", Some(&self.url), TEXT_MAX_BYTES),
+            ("ip", Some(&self.ip), ID_MAX_BYTES),
+            ("user_agent", Some(&self.user_agent), TEXT_MAX_BYTES),
+            ("referrer", self.referrer.as_deref(), TEXT_MAX_BYTES),
+            ("session_id", self.session_id.as_deref(), ID_MAX_BYTES),
+        ];
+        for (field, value, max) in fields {
+            check_text(field, value.unwrap_or_default(), max)?;
+        }
+        Ok(())
+    }
+}
+
+impl Enrichment {
+    /// Every label within [`limits::LABEL_MAX_BYTES`] and free of NUL characters.
+    pub fn check_fields(&self) -> Result<(), limits::FieldError> {
+        for (field, value) in [
+            ("country", &self.country),
+            ("city", &self.city),
+            ("browser", &self.browser),
+            ("os", &self.os),
+            ("plugin_version", &self.plugin_version),
+        ] {
+            limits::check_text(field, value, limits::LABEL_MAX_BYTES)?;
+        }
+        Ok(())
+    }
+}

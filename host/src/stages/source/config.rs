@@ -1,0 +1,146 @@
+//! `[source]`: the Kafka consumer, and what a record may be.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::config::{invalid, Apply, ConfigError};
+
+/// librdkafka properties the pipeline sets itself because exactly-once
+/// storage depends on them: offsets are stored and committed by the store
+/// only after PostgreSQL has the records, partitions start where PostgreSQL
+/// says, and only committed transactional records are read.
+pub const RESERVED_KAFKA_KEYS: [&str; 8] = [
+    "group.id",
+    "bootstrap.servers",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "isolation.level",
+    "enable.partition.eof",
+    "auto.commit.interval.ms",
+];
+
+/// `[source]`. Brokers, topics, group and librdkafka properties need a
+/// restart; batching and the record limits apply live.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Bootstrap brokers, comma-separated `host:port`. Env: `KAFKA_BROKERS`.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// Topics to consume.
+    #[serde(default = "default_topics")]
+    pub topics: Vec<String>,
+    /// Hosts sharing it split the partitions.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Records larger than this are dead-lettered unread.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+    /// Most clicks per enrich call and per database write.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Longest a partial batch waits for more records.
+    #[serde(default = "default_batch_max_wait_ms")]
+    pub batch_max_wait_ms: u64,
+    /// Extra librdkafka consumer properties (e.g. `security.protocol`); the
+    /// ones the effectively-once guarantee depends on are refused
+    /// ([`RESERVED_KAFKA_KEYS`]).
+    #[serde(default)]
+    pub kafka: BTreeMap<String, String>,
+    /// Events timed more than this far ahead of the host's clock are
+    /// dead-lettered (`timestamp_out_of_range`).
+    #[serde(default = "default_max_future_secs")]
+    pub max_future_secs: u64,
+    /// Events timed before this instant (RFC 3339) are dead-lettered
+    /// (`timestamp_out_of_range`).
+    #[serde(default = "default_min_event_time")]
+    pub min_event_time: String,
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_topics() -> Vec<String> {
+    vec!["clicks".into()]
+}
+fn default_group() -> String {
+    "clickstream".into()
+}
+const fn default_max_record_bytes() -> usize {
+    64 * 1024
+}
+const fn default_batch_size() -> usize {
+    4096
+}
+const fn default_batch_max_wait_ms() -> u64 {
+    200
+}
+const fn default_max_future_secs() -> u64 {
+    86_400
+}
+fn default_min_event_time() -> String {
+    "2000-01-01T00:00:00Z".into()
+}
+
+impl SourceConfig {
+    /// Checks ranges and relations; touches nothing.
+    pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        if self.brokers.trim().is_empty() {
+            return Err(invalid(file, "source.brokers", "is empty".into(), "list at least one broker as host:port"));
+        }
+        if self.topics.is_empty() || self.topics.iter().any(|t| t.trim().is_empty()) {
+            return Err(invalid(file, "source.topics", format!("is {:?}", self.topics), "list one or more non-empty topic names"));
+        }
+        if self.group_id.trim().is_empty() {
+            return Err(invalid(file, "source.group_id", "is empty".into(), "name the consumer group"));
+        }
+        if !(1..=100_000).contains(&self.batch_size) {
+            return Err(invalid(file, "source.batch_size", format!("is {}", self.batch_size), "use 1 to 100000 (default 4096)"));
+        }
+        if !(1..=60_000).contains(&self.batch_max_wait_ms) {
+            return Err(invalid(file, "source.batch_max_wait_ms", format!("is {}", self.batch_max_wait_ms), "use 1 to 60000 (default 200)"));
+        }
+        if !(256..=16 << 20).contains(&self.max_record_bytes) {
+            return Err(invalid(file, "source.max_record_bytes", format!("is {}", self.max_record_bytes), "use 256 to 16777216 (default 65536)"));
+        }
+        if let Some(key) = self.kafka.keys().find(|k| RESERVED_KAFKA_KEYS.contains(&k.trim())) {
+            return Err(invalid(
+                file,
+                &format!("source.kafka.\"{key}\""),
+                "is set by the pipeline itself: exactly-once storage depends on it".into(),
+                "remove it (offsets live in PostgreSQL; brokers and group are source.brokers and source.group_id)",
+            ));
+        }
+        if !(1..=31_536_000).contains(&self.max_future_secs) {
+            return Err(invalid(file, "source.max_future_secs", format!("is {}", self.max_future_secs), "use 1 to 31536000 (a year; default 86400)"));
+        }
+        if chrono::DateTime::parse_from_rfc3339(&self.min_event_time).is_err() {
+            return Err(invalid(
+                file,
+                "source.min_event_time",
+                format!("is {:?}", self.min_event_time),
+                "use an RFC 3339 instant such as \"2000-01-01T00:00:00Z\" (the default)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `min_event_time` in epoch milliseconds (validated to parse).
+    pub fn min_event_time_ms(&self) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(&self.min_event_time).map_or(i64::MIN, |t| t.timestamp_millis())
+    }
+
+    /// How a change to this section applies.
+    pub fn change(&self, next: &SourceConfig) -> Apply {
+        if (&self.brokers, &self.topics, &self.group_id, &self.kafka) != (&next.brokers, &next.topics, &next.group_id, &next.kafka) {
+            Apply::Restart
+        } else if self != next {
+            Apply::Live
+        } else {
+            Apply::Unchanged
+        }
+    }
+}

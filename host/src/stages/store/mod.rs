@@ -1,0 +1,234 @@
+//! Enriched clicks and dead letters → PostgreSQL, effectively once.
+//!
+//! Each batch is one transaction that also advances `ingest_offsets`, the next
+//! offset to store per partition. Records below the stored offset were stored
+//! before (a redelivery after a crash or a rebalance) and are skipped, under a
+//! row lock, so two hosts that both briefly believe they own a partition still
+//! store each record once. Kafka's own commit follows the database's and is
+//! only for visibility.
+//!
+//! A record PostgreSQL refuses for what it holds (a value out of range, a key
+//! too long for an index) is isolated inside the transaction
+//! ([`isolate`]) and dead-lettered with stage `store`; the rest of its batch
+//! is stored as usual. Errors that say nothing about the records (the server
+//! is down, failing over, out of disk, or refuses every write) fail the
+//! whole write, and the caller retries it.
+
+pub mod config;
+mod copy;
+mod isolate;
+pub mod retry;
+mod windows;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Row};
+
+use crate::stages::record::{DeadLetter, Provenance, WindowSpec, WriteBatch};
+
+pub use copy::{encode_copy, CopyRow, EVENT_COLUMNS};
+pub use isolate::{insert_isolating, Inserted, Item, Refused, MAX_REASON_BYTES};
+
+/// What a write did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Events inserted.
+    pub stored: u64,
+    /// Dead letters inserted.
+    pub dead_lettered: u64,
+    /// Records skipped as already stored (offset below the stored one).
+    pub redelivered: u64,
+    /// Events skipped because their event id was stored already from
+    /// another offset (the tracker sent the same event twice).
+    pub duplicates: u64,
+    /// Dead letters inserted, by (stage, kind).
+    pub dead_letters_by: BTreeMap<(&'static str, String), u64>,
+}
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL does not parse.
+    #[error("store.database_url is not a valid PostgreSQL URL: {0}")]
+    Url(#[source] sqlx::Error),
+    /// The database could not be reached or refused a statement.
+    #[error("PostgreSQL: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("PostgreSQL migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The PostgreSQL store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+    windows: WindowSpec,
+}
+
+impl Store {
+    /// Connects and runs the migrations.
+    pub async fn connect(url: &str, windows: WindowSpec) -> Result<Store, StoreError> {
+        let options: PgConnectOptions = url.parse().map_err(StoreError::Url)?;
+        let options = options.log_statements(tracing::log::LevelFilter::Trace);
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        let store = Store { pool, windows };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies pending migrations. An advisory lock inside sqlx keeps two
+    /// hosts starting at once from racing.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The connection pool, for the stages that read.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Writes a batch in one transaction; see the module docs. An error is
+    /// one [`blame`] puts on the server: nothing was written, and the same
+    /// batch may be written again.
+    pub async fn write(&self, batch: &WriteBatch) -> Result<WriteOutcome, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let (topics, partitions): (Vec<String>, Vec<i32>) = batch.next_offsets.keys().cloned().unzip();
+        sqlx::query(
+            "INSERT INTO ingest_offsets (topic, \"partition\", next_offset)
+             SELECT t, p, 0 FROM UNNEST($1::text[], $2::int[]) AS v(t, p)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&topics)
+        .bind(&partitions)
+        .execute(&mut *tx)
+        .await?;
+        let stored_offsets: BTreeMap<(String, i32), i64> = sqlx::query(
+            "SELECT o.topic, o.\"partition\", o.next_offset
+             FROM ingest_offsets o JOIN UNNEST($1::text[], $2::int[]) AS v(t, p)
+               ON o.topic = v.t AND o.\"partition\" = v.p
+             ORDER BY o.topic, o.\"partition\"
+             FOR UPDATE OF o",
+        )
+        .bind(&topics)
+        .bind(&partitions)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|row| ((row.get(0), row.get(1)), row.get(2)))
+        .collect();
+        for (key, first) in &batch.first_offsets {
+            let stored = stored_offsets.get(key).copied().unwrap_or(0);
+            // A gap of one is a transaction marker; larger ones come from
+            // compaction or a broker fault, and those records never arrive.
+            if *first > stored + 1 && stored > 0 {
+                tracing::warn!(topic = %key.0, partition = key.1, from = stored, to = *first, "offset gap: records in between were not delivered by the broker");
+            }
+        }
+        // Borrowed keys: this runs once per record, on the hot path.
+        let stored: std::collections::HashMap<(&str, i32), i64> =
+            stored_offsets.iter().map(|((t, p), n)| ((t.as_str(), *p), *n)).collect();
+        let is_new = |p: &Provenance| p.offset >= stored.get(&(p.topic.as_str(), p.partition)).copied().unwrap_or(0);
+
+        let items: Vec<Item<'_>> = batch
+            .events
+            .iter()
+            .filter(|e| is_new(&e.provenance))
+            .map(Item::Event)
+            .chain(batch.dead_letters.iter().filter(|d| is_new(&d.provenance)).map(Item::Dead))
+            .collect();
+        let mut inserted = insert_isolating(&mut tx, &items, self.windows).await?;
+        let refused: Vec<DeadLetter> = inserted.refused.iter().map(Refused::dead_letter).collect();
+        for r in &inserted.refused {
+            let p = match r.item {
+                Item::Event(e) => &e.provenance,
+                Item::Dead(d) => &d.provenance,
+            };
+            tracing::warn!(topic = %p.topic, partition = p.partition, offset = p.offset, kind = r.kind, reason = %r.reason, "PostgreSQL refused a record; dead-lettered with stage store");
+        }
+        insert_refusals(&mut tx, &refused, self.windows, &mut inserted).await?;
+        let outcome = WriteOutcome {
+            stored: inserted.stored,
+            dead_lettered: inserted.dead_lettered,
+            redelivered: (batch.len() - items.len()) as u64,
+            duplicates: inserted.duplicates,
+            dead_letters_by: inserted.dead_letters_by,
+        };
+
+        let next: Vec<i64> = batch.next_offsets.values().copied().collect();
+        // Offsets are unique within a batch: they name the refused events.
+        let refused_events: std::collections::HashSet<(&str, i32, i64)> = inserted
+            .refused
+            .iter()
+            .filter_map(|r| if let Item::Event(e) = r.item { Some(e.provenance.key()) } else { None })
+            .collect();
+        let mut max_ts: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for item in &items {
+            if let Item::Event(e) = item {
+                if !refused_events.contains(&e.provenance.key()) {
+                    let ts = max_ts.entry((e.provenance.topic.as_str(), e.provenance.partition)).or_insert(i64::MIN);
+                    *ts = (*ts).max(e.raw.timestamp_ms);
+                }
+            }
+        }
+        let max_ts: Vec<Option<i64>> = batch.next_offsets.keys().map(|(t, p)| max_ts.get(&(t.as_str(), *p)).copied()).collect();
+        sqlx::query(
+            "UPDATE ingest_offsets o SET next_offset = GREATEST(o.next_offset, v.n), updated_at = now(),
+                    max_ts_ms = GREATEST(o.max_ts_ms, v.ts)
+             FROM UNNEST($1::text[], $2::int[], $3::bigint[], $4::bigint[]) AS v(t, p, n, ts)
+             WHERE o.topic = v.t AND o.\"partition\" = v.p",
+        )
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(&next)
+        .bind(&max_ts)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// The stored next offset of every partition of every topic.
+    pub async fn next_offsets_all(&self) -> Result<BTreeMap<(String, i32), i64>, sqlx::Error> {
+        let rows = sqlx::query("SELECT topic, \"partition\", next_offset FROM ingest_offsets")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect())
+    }
+}
+
+
+/// Dead-letters the records PostgreSQL refused, counting them into `done`.
+/// A refusal that PostgreSQL will not take either (it cannot hold some part
+/// of the record) is stored without the record's bytes, with the reason why;
+/// only when even that fails does the write fail.
+async fn insert_refusals(conn: &mut sqlx::PgConnection, refused: &[DeadLetter], windows: WindowSpec, done: &mut isolate::Inserted<'_>) -> Result<(), sqlx::Error> {
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let items: Vec<Item<'_>> = refused.iter().map(Item::Dead).collect();
+    let again = insert_isolating(conn, &items, windows).await?;
+    done.dead_lettered += again.dead_lettered;
+    for (key, n) in again.dead_letters_by {
+        *done.dead_letters_by.entry(key).or_default() += n;
+    }
+    for r in &again.refused {
+        let Item::Dead(d) = r.item else { continue };
+        let bare = DeadLetter {
+            key: None,
+            payload: Vec::new(),
+            reason: format!("{}; its {} bytes were not kept: {}", d.reason, d.payload.len(), r.reason),
+            ..d.clone()
+        };
+        done.dead_lettered += isolate::insert_dead_letters(conn, &[&bare]).await?;
+        *done.dead_letters_by.entry((bare.stage.as_str(), bare.kind.clone())).or_default() += 1;
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! Writing while PostgreSQL is away: connecting and writing batches with
+//! backoff, for as long as the server (not the records) is at fault, and
+//! never past a shutdown.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{Store, StoreError};
+use crate::postgres::describe;
+use crate::stages::record::{WindowSpec, WriteBatch};
+use crate::stats::{BatchStage, Stats};
+
+/// Longest pause between attempts while PostgreSQL is down.
+const MAX_STORE_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Connects to PostgreSQL, retrying with backoff until it answers or the
+/// pipeline is asked to stop.
+pub async fn connect_store(url: &str, windows: WindowSpec, shutdown: &watch::Receiver<bool>) -> Result<Store, StoreError> {
+    let mut backoff = Duration::from_millis(200);
+    let mut shutdown = shutdown.clone();
+    loop {
+        match Store::connect(url, windows).await {
+            Ok(store) => return Ok(store),
+            Err(StoreError::Database(e)) if !*shutdown.borrow() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "PostgreSQL unreachable; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return Err(StoreError::Database(e)),
+                }
+                backoff = (backoff * 2).min(MAX_STORE_BACKOFF);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How long a write already under way may still finish once the pipeline
+/// drains: a healthy PostgreSQL answers in well under a second, and a hung
+/// one must not hold up a shutdown.
+const DRAIN_WRITE_GRACE: Duration = Duration::from_secs(5);
+
+/// The pipeline drained while a batch was not yet stored.
+#[derive(Debug, thiserror::Error)]
+#[error("drained after {attempts} failed attempts to store the batch; last error: {last}")]
+pub struct Abandoned {
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error, or that the write did not finish in time.
+    pub last: String,
+}
+
+/// Writes a batch, retrying with backoff for as long as PostgreSQL cannot
+/// take it (records PostgreSQL refuses are dead-lettered inside the write;
+/// what is retried here is the server's fault): meanwhile the channels fill
+/// and reading pauses, so nothing is dropped. Once `drain` turns true it
+/// stops retrying and gives the batch up unstored: its offsets were not
+/// advanced, so it is read again on restart.
+pub async fn store_batch(store: &Store, batch: &WriteBatch, stats: &Stats, mut drain: watch::Receiver<bool>) -> Result<(), Abandoned> {
+    let mut backoff = Duration::from_millis(100);
+    let started = std::time::Instant::now();
+    let mut attempts = 0;
+    loop {
+        let write = store.write(batch);
+        tokio::pin!(write);
+        let result = tokio::select! {
+            result = &mut write => result,
+            _ = async {
+                let _ = drain.wait_for(|d| *d).await;
+                tokio::time::sleep(DRAIN_WRITE_GRACE).await;
+            } => {
+                return Err(Abandoned { attempts: attempts + 1, last: format!("no answer from PostgreSQL within {DRAIN_WRITE_GRACE:?} of draining") });
+            }
+        };
+        attempts += 1;
+        match result {
+            Ok(outcome) => {
+                stats.batch(BatchStage::Store, batch.len(), started.elapsed());
+                stats.stored.add(outcome.stored);
+                stats.dead_lettered.add(outcome.dead_lettered);
+                stats.redelivered.add(outcome.redelivered);
+                stats.duplicates.add(outcome.duplicates);
+                stats.batches_written.inc();
+                for ((stage, kind), n) in &outcome.dead_letters_by {
+                    stats.dead_letters(stage, kind, *n);
+                }
+                for ((topic, partition), next) in &batch.next_offsets {
+                    stats.stored_next(topic, *partition, *next);
+                }
+                if attempts > 1 {
+                    tracing::info!("PostgreSQL is back; ingestion resumed");
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                stats.store_retries.inc();
+                tracing::warn!(error = %describe(&e), records = batch.len(), retry_in = ?backoff, "cannot store batch; ingestion paused");
+                if *drain.borrow() {
+                    return Err(Abandoned { attempts, last: describe(&e) });
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = drain.wait_for(|d| *d) => return Err(Abandoned { attempts, last: describe(&e) }),
+                }
+                backoff = (backoff * 2).min(MAX_STORE_BACKOFF);
+            }
+        }
+    }
+}
