@@ -2,7 +2,7 @@
 //! server: the indexed documents equal a reference computed here, late events
 //! update documents in place, and a search outage only delays indexing.
 
-mod support;
+use clickstream_testkit as support;
 
 use std::collections::{BTreeMap, HashMap};
 

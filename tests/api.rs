@@ -4,7 +4,7 @@
 //! needs its token, and the dashboard renders its charts in headless
 //! Chromium (screenshot saved under target/test-artifacts/).
 
-mod support;
+use clickstream_testkit as support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

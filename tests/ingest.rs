@@ -3,7 +3,7 @@
 //! reason, across kills, restarts and rebalances, and a consumer resuming
 //! inside a record batch or after a broker restart misses nothing.
 
-mod support;
+use clickstream_testkit as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! ones committed to Kafka, which belong to the consumer group and not to
 //! the database.
 
-mod support;
+use clickstream_testkit as support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The plugin host against the real `.wasm` components: enrichment results,
 //! order, and the limits that keep a misbehaving plugin from hurting the host.
 
-mod support;
+use clickstream_testkit as support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! (consumed = stored + dead-lettered). A shutdown while PostgreSQL refuses
 //! every write is prompt and loses nothing.
 
-mod support;
+use clickstream_testkit as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

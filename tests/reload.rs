@@ -1,7 +1,7 @@
 //! Hot reload against the real services: plugin files and pipeline.toml
 //! change under a running pipeline, and no event is lost or doubled.
 
-mod support;
+use clickstream_testkit as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -9,7 +9,7 @@
 //! `CLICKSTREAM_SOAK_SECS` sets how long faults are injected (default 60, the
 //! short form CI runs); `scripts/soak` runs a longer one.
 
-mod support;
+use clickstream_testkit as support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

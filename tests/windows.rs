@@ -4,7 +4,7 @@
 //! one, whichever indexer sends last), and groups that disappear from a
 //! window being deleted from the index.
 
-mod support;
+use clickstream_testkit as support;
 
 use std::sync::Arc;
 

@@ -4,125 +4,17 @@
 //! records stored, maintained in each batch's transaction); peak RSS from
 //! `/proc/<pid>/status`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use clickstream_testkit::procfs::cpu_seconds_of;
+use clickstream_testkit::{tail, Host};
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use super::stats::{mib_per_s, rate};
 use super::{progress, Bench, State};
-
-/// A `clickstream run` subprocess.
-pub struct Host {
-    child: Child,
-    /// Its log (stderr and stdout).
-    pub log: PathBuf,
-    /// When it was started.
-    pub started: Instant,
-}
-
-impl Host {
-    /// Starts `<this binary> run <pipeline>`, without the service variables
-    /// that would override the bench's pipeline file.
-    pub fn start(pipeline: &Path, log: &Path) -> anyhow::Result<Host> {
-        Host::start_with(pipeline, log, &[])
-    }
-
-    /// [`start`](Self::start) with extra environment variables.
-    pub fn start_with(pipeline: &Path, log: &Path, env: &[(&str, &str)]) -> anyhow::Result<Host> {
-        let exe = host_binary()?;
-        let file = std::fs::File::create(log)?;
-        let child = Command::new(exe)
-            .envs(env.iter().copied())
-            .arg("run")
-            .arg(pipeline)
-            .env_remove("KAFKA_BROKERS")
-            .env_remove("DATABASE_URL")
-            .env_remove("ELASTICSEARCH_URL")
-            .env_remove("CLICKSTREAM_API_LISTEN")
-            .env("RUST_LOG", "info,sqlx=warn")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .context("starting clickstream run")?;
-        Ok(Host { child, log: log.to_path_buf(), started: Instant::now() })
-    }
-
-    /// Its process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Fails when the process has exited.
-    pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            anyhow::bail!("clickstream run exited ({status}); log: {}\n{}", self.log.display(), tail(&self.log, 20));
-        }
-        Ok(())
-    }
-
-    /// (VmHWM, VmRSS) in MiB.
-    pub fn memory_mib(&self) -> Option<(f64, f64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-                .map(|kb| kb / 1024.0)
-        };
-        Some((field("VmHWM:")?, field("VmRSS:")?))
-    }
-
-    /// User + system CPU seconds used so far.
-    pub fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
-        let after = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        // Fields 14 and 15 of stat(5); after the command they are 12 and 13 (1-based from state).
-        let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-        Some(ticks / 100.0)
-    }
-
-    /// SIGTERM (drain), then waits up to a minute; kills it after that.
-    pub fn stop(mut self) -> anyhow::Result<String> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                anyhow::ensure!(status.success(), "clickstream run exited with {status}; log: {}", self.log.display());
-                return Ok(std::fs::read_to_string(&self.log).unwrap_or_default());
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                anyhow::bail!("clickstream run did not drain within 60 s of SIGTERM; killed. Log: {}", self.log.display());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// The last `n` lines of a file.
-pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
 
 /// Connection options for a bench database: no slow-statement warnings
 /// (the bench's queries are meant to be long).
@@ -135,24 +27,6 @@ pub fn options(url: &str) -> anyhow::Result<sqlx::postgres::PgConnectOptions> {
 /// A small pool on a bench database.
 pub async fn pool(url: &str) -> anyhow::Result<PgPool> {
     Ok(PgPoolOptions::new().max_connections(2).connect_with(options(url)?).await?)
-}
-
-/// CPU seconds (user + system) used so far by every process whose command
-/// name is one of `names`, e.g. the PostgreSQL backends.
-pub fn cpu_seconds_of(names: &[&str]) -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return 0.0 };
-    let mut ticks = 0.0;
-    for entry in dir.flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        let Some((head, tail)) = stat.rsplit_once(')') else { continue };
-        let comm = head.split_once('(').map_or("", |(_, c)| c);
-        if !names.iter().any(|n| comm.starts_with(n)) {
-            continue;
-        }
-        let f: Vec<&str> = tail.split_whitespace().collect();
-        ticks += f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    }
-    ticks / 100.0
 }
 
 /// Records stored so far (events and dead letters): the sum of the stored
@@ -210,7 +84,7 @@ pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
     let pipeline = bench.write_pipeline("ingest", &topic.name, &db, &bench.plugin("enrich")?)?;
     let log = bench.work.join("ingest-host.log");
     let (pg_cpu0, broker_cpu0, wall0) = (cpu_seconds_of(&["postgres"]), cpu_seconds_of(&["nisshi", "tansu"]), Instant::now());
-    let mut host = Host::start(&pipeline, &log)?;
+    let mut host = Host::try_start(&pipeline, &log, &[])?;
     let pool = pool(&db).await?;
     let total = topic.records as i64;
     let mut samples: Vec<(f64, i64)> = Vec::new();
@@ -330,13 +204,4 @@ mod tests {
         assert_eq!(c["consumed"], 10);
         assert_eq!(c["dead_lettered"], 1);
     }
-}
-
-/// The `clickstream` binary built beside this one (the same target and
-/// profile): the arms run the product as a user would.
-pub fn host_binary() -> anyhow::Result<std::path::PathBuf> {
-    let me = std::env::current_exe().context("locating the benchmark binary")?;
-    let host = me.with_file_name("clickstream");
-    anyhow::ensure!(host.exists(), "{} is missing: build it first (cargo build --release -p clickstream; scripts/bench does)", host.display());
-    Ok(host)
 }

