@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clickstream::config::PipelineConfig;
-use clickstream::stages::index::{AggregateDoc, DocQuery, Indexer};
 use clickstream::produce::{self, Generator, GeneratorConfig};
+use clickstream::stages::index::{AggregateDoc, DocQuery, Indexer};
 use clickstream::stats::Stats;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -60,7 +60,14 @@ async fn start(dir: &std::path::Path, topic: &str, db: &str, search: Option<&str
 }
 
 /// [`start`], with another aggregate plugin file when given.
-async fn start_with(dir: &std::path::Path, topic: &str, db: &str, search: Option<&str>, aggregate: Option<&std::path::Path>, stats: Arc<Stats>) -> Running {
+async fn start_with(
+    dir: &std::path::Path,
+    topic: &str,
+    db: &str,
+    search: Option<&str>,
+    aggregate: Option<&std::path::Path>,
+    stats: Arc<Stats>,
+) -> Running {
     support::init_logs();
     let mut extra = "[aggregate]\ninterval_ms = 300\nallowed_lateness_secs = 0\n".to_string();
     let pipeline = support::write_pipeline(dir, topic, &support::unique("agg"), db, "");
@@ -89,23 +96,12 @@ async fn produce_to(topic: &str, config: GeneratorConfig) -> usize {
 }
 
 fn clickstream_config(events: u64, seed: u64, start_ms: i64) -> GeneratorConfig {
-    GeneratorConfig {
-        events,
-        users: 120,
-        urls: 12,
-        seed,
-        start_ms,
-        span_secs: 1_200,
-        ..GeneratorConfig::default()
-    }
+    GeneratorConfig { events, users: 120, urls: 12, seed, start_ms, span_secs: 1_200, ..GeneratorConfig::default() }
 }
 
 async fn all_docs(indexer: &Indexer) -> Vec<AggregateDoc> {
     indexer.refresh().await.unwrap();
-    indexer
-        .search(&DocQuery { from_ms: None, to_ms: None, url: None, country: None, limit: 100_000 })
-        .await
-        .unwrap()
+    indexer.search(&DocQuery { from_ms: None, to_ms: None, url: None, country: None, limit: 100_000 }).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +186,8 @@ async fn a_late_batch_around_a_stored_event_re_aggregates_that_events_window() {
         let producer = producer.clone();
         let topic = topic.clone();
         async move {
-            let sends: Vec<_> = events.iter().map(|e| producer.send(FutureRecord::to(&topic).key("u1").payload(e), Duration::from_secs(5))).collect();
+            let sends: Vec<_> =
+                events.iter().map(|e| producer.send(FutureRecord::to(&topic).key("u1").payload(e), Duration::from_secs(5))).collect();
             for s in sends {
                 s.await.unwrap();
             }
@@ -233,7 +230,9 @@ async fn a_failing_window_is_set_aside_while_the_others_are_aggregated_and_index
     let producer: FutureProducer = clickstream::kafka::client_config(&support::brokers(), &Default::default()).create().unwrap();
     let (trap_window, bad_window) = (start_ms + 5 * WINDOW_MS, start_ms + 9 * WINDOW_MS);
     for (id, at, path) in [("p-trap", trap_window + 1_000, "/trap-aggregate"), ("p-bad", bad_window + 1_000, "/bad-row")] {
-        let click = format!(r#"{{"event_id":"{id}","user_id":"poison-{id}","timestamp":{at},"url":"https://shop.example{path}","ip":"81.2.69.142"}}"#);
+        let click = format!(
+            r#"{{"event_id":"{id}","user_id":"poison-{id}","timestamp":{at},"url":"https://shop.example{path}","ip":"81.2.69.142"}}"#
+        );
         producer.send(FutureRecord::to(&topic).key(id).payload(&click), Duration::from_secs(5)).await.unwrap();
     }
     // The plugin file is the test's own copy, so swapping it touches no other test.
@@ -246,7 +245,9 @@ async fn a_failing_window_is_set_aside_while_the_others_are_aggregated_and_index
     let total = good + 2;
     support::wait_until(WAIT, "every window but the two poisoned ones aggregated and indexed", || async {
         support::count(&pool, "SELECT count(*) FROM events").await >= total as i64
-            && support::count(&pool, "SELECT count(*) FROM aggregate_windows WHERE version > aggregated_version AND last_error IS NULL").await == 0
+            && support::count(&pool, "SELECT count(*) FROM aggregate_windows WHERE version > aggregated_version AND last_error IS NULL")
+                .await
+                == 0
             && support::count(&pool, "SELECT count(*) FROM aggregate_windows WHERE last_error IS NOT NULL").await == 2
             && support::count(&pool, "SELECT count(*) FROM aggregates WHERE indexed_at IS NULL").await == 0
     })
@@ -259,8 +260,10 @@ async fn a_failing_window_is_set_aside_while_the_others_are_aggregated_and_index
     assert!(stats.window_failures_by().get("trap").is_some_and(|n| *n >= 1), "{:?}", stats.window_failures_by());
     assert!(stats.window_failures_by().get("contract").is_some_and(|n| *n >= 1));
     // Every other window is indexed and right.
-    let expected: BTreeMap<_, _> = reference(&pool).await.into_iter().filter(|((w, _, _), _)| *w != trap_window && *w != bad_window).collect();
-    let docs: Vec<AggregateDoc> = all_docs(&indexer).await.into_iter().filter(|d| d.window_start_ms != trap_window && d.window_start_ms != bad_window).collect();
+    let expected: BTreeMap<_, _> =
+        reference(&pool).await.into_iter().filter(|((w, _, _), _)| *w != trap_window && *w != bad_window).collect();
+    let docs: Vec<AggregateDoc> =
+        all_docs(&indexer).await.into_iter().filter(|d| d.window_start_ms != trap_window && d.window_start_ms != bad_window).collect();
     assert_docs_match(&docs, &expected);
 
     // The fix: the real plugin swapped in over the file. The set-aside
@@ -269,7 +272,8 @@ async fn a_failing_window_is_set_aside_while_the_others_are_aggregated_and_index
     std::fs::copy(support::plugin("aggregate"), &fixed).unwrap();
     std::fs::rename(&fixed, &plugin).unwrap();
     support::wait_until(WAIT, "the set-aside windows aggregated after the fix", || async {
-        support::count(&pool, "SELECT count(*) FROM aggregate_windows WHERE last_error IS NOT NULL").await == 0 && settled(&pool, total).await
+        support::count(&pool, "SELECT count(*) FROM aggregate_windows WHERE last_error IS NOT NULL").await == 0
+            && settled(&pool, total).await
     })
     .await;
     assert_docs_match(&all_docs(&indexer).await, &reference(&pool).await);

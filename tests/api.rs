@@ -95,9 +95,7 @@ async fn produce_to(topic: &str, config: GeneratorConfig) -> produce::Summary {
     clickstream::kafka::ensure_topic(&brokers, topic, 4)
         .await
         .unwrap_or_else(|e| panic!("broker at {brokers} refused ({e}): run `scripts/services up`"));
-    produce::to_kafka(Generator::new(config), &brokers, topic, None, &Default::default(), &indicatif::ProgressBar::hidden())
-        .await
-        .unwrap()
+    produce::to_kafka(Generator::new(config), &brokers, topic, None, &Default::default(), &indicatif::ProgressBar::hidden()).await.unwrap()
 }
 
 async fn settled(pool: &PgPool, records: i64) -> bool {
@@ -206,9 +204,14 @@ async fn api_reports_what_the_pipeline_did() {
         "stored + dead-lettered = consumed"
     );
     assert_eq!(metric(&m, "clickstream_consumed_bytes_total"), summary.bytes as f64);
-    let by_kind: Vec<(String, String, i64)> = sqlx::query_as("SELECT stage, kind, count(*) FROM dead_letters GROUP BY 1, 2").fetch_all(&pool).await.unwrap();
+    let by_kind: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT stage, kind, count(*) FROM dead_letters GROUP BY 1, 2").fetch_all(&pool).await.unwrap();
     for (stage, kind, n) in &by_kind {
-        assert_eq!(metric(&m, &format!("clickstream_dead_letters_total{{stage=\"{stage}\",kind=\"{kind}\"}}")), *n as f64, "{stage}/{kind}");
+        assert_eq!(
+            metric(&m, &format!("clickstream_dead_letters_total{{stage=\"{stage}\",kind=\"{kind}\"}}")),
+            *n as f64,
+            "{stage}/{kind}"
+        );
     }
     assert_eq!(sum_of(&m, "clickstream_dead_letters_total{"), dead as f64);
     let batches = metric(&m, "clickstream_store_batches_total");
@@ -273,7 +276,11 @@ async fn api_reports_what_the_pipeline_did() {
     for g in groups {
         let url = g["url"].as_str().unwrap();
         let (clicks, total, samples) = by_url[url];
-        assert_eq!((g["clicks"].as_u64(), g["time_spent_total_ms"].as_u64(), g["time_spent_samples"].as_u64()), (Some(clicks), Some(total), Some(samples)), "{url}");
+        assert_eq!(
+            (g["clicks"].as_u64(), g["time_spent_total_ms"].as_u64(), g["time_spent_samples"].as_u64()),
+            (Some(clicks), Some(total), Some(samples)),
+            "{url}"
+        );
         match g["avg_time_spent_s"].as_f64() {
             Some(avg) => assert!((avg - total as f64 / samples as f64 / 1000.0).abs() < 1e-9, "{url}: average is total/samples"),
             None => assert_eq!(samples, 0),
@@ -285,7 +292,12 @@ async fn api_reports_what_the_pipeline_did() {
     let top = client.ok(&format!("/api/aggregates?from={from}&to={to}&by=country&limit=3")).await;
     let mut ranked: Vec<(&String, &u64)> = by_country.iter().collect();
     ranked.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    let got: Vec<(String, u64)> = top["groups"].as_array().unwrap().iter().map(|g| (g["country"].as_str().unwrap().to_string(), g["clicks"].as_u64().unwrap())).collect();
+    let got: Vec<(String, u64)> = top["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["country"].as_str().unwrap().to_string(), g["clicks"].as_u64().unwrap()))
+        .collect();
     let want: Vec<(String, u64)> = ranked.iter().take(3).map(|(c, n)| ((*c).clone(), **n)).collect();
     assert_eq!(got, want, "top 3 countries");
 
@@ -298,8 +310,17 @@ async fn api_reports_what_the_pipeline_did() {
     let group = &one["groups"][0];
     assert_eq!(one["groups"].as_array().unwrap().len(), 1, "{one}");
     assert_eq!((group["url"].as_str().unwrap(), group["country"].as_str().unwrap()), (url.as_str(), country.as_str()));
-    let series: Vec<(i64, u64)> = group["series"].as_array().unwrap().iter().map(|p| (p["window_start_ms"].as_i64().unwrap(), p["clicks"].as_u64().unwrap())).collect();
-    let want: Vec<(i64, u64)> = expected.iter().filter(|((w, u, c), _)| *u == url && *c == country && (from..to).contains(w)).map(|((w, _, _), e)| (*w, e.clicks)).collect();
+    let series: Vec<(i64, u64)> = group["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["window_start_ms"].as_i64().unwrap(), p["clicks"].as_u64().unwrap()))
+        .collect();
+    let want: Vec<(i64, u64)> = expected
+        .iter()
+        .filter(|((w, u, c), _)| *u == url && *c == country && (from..to).contains(w))
+        .map(|((w, _, _), e)| (*w, e.clicks))
+        .collect();
     assert_eq!(series, want, "per-window series of {url} {country}");
     assert!(series.iter().all(|(w, _)| w % WINDOW_MS == 0));
 

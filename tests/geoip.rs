@@ -159,10 +159,7 @@ fn open(databases: &[&PathBuf]) -> GeoIp {
 }
 
 fn at(country: &str, city: Option<&str>) -> Option<GeoLocation> {
-    Some(GeoLocation {
-        country: Some(country.into()),
-        city: city.map(Into::into),
-    })
+    Some(GeoLocation { country: Some(country.into()), city: city.map(Into::into) })
 }
 
 /// Makes sure the Python packages are there, installing them from PyPI once.
@@ -170,11 +167,7 @@ fn python_ready() {
     static READY: OnceLock<()> = OnceLock::new();
     READY.get_or_init(|| {
         let importable = || {
-            Command::new("python3")
-                .args(["-c", "import maxminddb, mmdb_writer"])
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
+            Command::new("python3").args(["-c", "import maxminddb, mmdb_writer"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
         };
         if !importable() {
             let install = Command::new("python3")
@@ -204,12 +197,7 @@ fn run_python(script: &str, input: &Value) -> Value {
         .expect("start python3");
     child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
     let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{} failed: {}",
-        path.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{} failed: {}", path.display(), String::from_utf8_lossy(&output.stderr));
     if output.stdout.is_empty() {
         return Value::Null;
     }
@@ -224,10 +212,8 @@ fn reference(databases: &[PathBuf], addresses: &[String]) -> Vec<Option<GeoLocat
         .expect("reference.py prints a list")
         .iter()
         .map(|answer| {
-            (!answer.is_null()).then(|| GeoLocation {
-                country: answer["country"].as_str().map(Into::into),
-                city: answer["city"].as_str().map(Into::into),
-            })
+            (!answer.is_null())
+                .then(|| GeoLocation { country: answer["country"].as_str().map(Into::into), city: answer["city"].as_str().map(Into::into) })
         })
         .collect()
 }
@@ -280,11 +266,7 @@ fn an_ipv4_mapped_ipv6_address_gets_the_ipv4_answer() {
     for databases in fixtures.arrangements() {
         let geoip = GeoIp::open(&databases).unwrap();
         for ipv4 in ["81.2.69.142", "32.1.13.184", "5.5.5.5", "1.0.0.1", "9.9.9.9", "10.0.0.1"] {
-            assert_eq!(
-                geoip.lookup(&format!("::ffff:{ipv4}")),
-                geoip.lookup(ipv4),
-                "::ffff:{ipv4} over {databases:?}"
-            );
+            assert_eq!(geoip.lookup(&format!("::ffff:{ipv4}")), geoip.lookup(ipv4), "::ffff:{ipv4} over {databases:?}");
         }
     }
     // Neither of these databases answers under ::ffff:0:0/96 itself: the
@@ -344,10 +326,8 @@ fn downloaded_databases() -> Vec<PathBuf> {
     let dir = support::root().join("data/geoip");
     let files = support::GEOIP_DATABASES.map(|f| dir.join(f));
     if !files.iter().all(|f| f.exists()) {
-        let status = Command::new(support::root().join("scripts/services"))
-            .args(["up", "geoip"])
-            .status()
-            .expect("run scripts/services up geoip");
+        let status =
+            Command::new(support::root().join("scripts/services")).args(["up", "geoip"]).status().expect("run scripts/services up geoip");
         assert!(status.success(), "`scripts/services up geoip` failed: it downloads {} with npm", dir.display());
     }
     files.to_vec()

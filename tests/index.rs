@@ -76,11 +76,7 @@ impl Drop for TestIndex {
         // belong to it; a fresh client on a fresh runtime cannot deadlock.
         let name = self.name.clone();
         let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(delete_indices(&name))
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(delete_indices(&name))
         })
         .join();
     }
@@ -92,13 +88,8 @@ async fn delete_indices(name: &str) {
     let indexer = Indexer::new(&config(&search_url(), name, TimeSuffix::None, DEFAULT_BULK_MAX_BYTES)).unwrap();
     let client = indexer.client();
     let targets = indexer.search_indices();
-    let Ok(response) = client
-        .indices()
-        .get_mapping(IndicesGetMappingParts::Index(&targets))
-        .ignore_unavailable(true)
-        .allow_no_indices(true)
-        .send()
-        .await
+    let Ok(response) =
+        client.indices().get_mapping(IndicesGetMappingParts::Index(&targets)).ignore_unavailable(true).allow_no_indices(true).send().await
     else {
         return;
     };
@@ -251,7 +242,9 @@ async fn documents_split_across_bulk_requests_all_arrive() {
     t.indexer.ensure_mapping().await.unwrap();
     let countries = ["DE", "FR", "US", "unknown"];
     let docs: Vec<AggregateDoc> = (0..2000)
-        .map(|i| doc(LEAP_DAY_MS + (i % 7) * MINUTE_MS, &format!("https://shop.example/product/{i:05}"), countries[i as usize % 4], i as u64))
+        .map(|i| {
+            doc(LEAP_DAY_MS + (i % 7) * MINUTE_MS, &format!("https://shop.example/product/{i:05}"), countries[i as usize % 4], i as u64)
+        })
         .collect();
     let outcome = t.indexer.index(&docs).await.unwrap();
     assert_eq!((outcome.indexed, outcome.rejected.len()), (2000, 0));
@@ -319,7 +312,10 @@ async fn a_document_the_server_rejects_is_reported_with_its_reason() {
 
     t.indexer.refresh().await.unwrap();
     let found = t.indexer.search(&all(100)).await.unwrap();
-    assert_eq!(found.iter().map(|d| d.url.as_str()).collect::<Vec<_>>(), ["https://x.example/0", "https://x.example/1", "https://x.example/3", "https://x.example/4"]);
+    assert_eq!(
+        found.iter().map(|d| d.url.as_str()).collect::<Vec<_>>(),
+        ["https://x.example/0", "https://x.example/1", "https://x.example/3", "https://x.example/4"]
+    );
 }
 
 #[tokio::test]
@@ -551,9 +547,8 @@ async fn a_server_that_stays_overloaded_is_reported_after_the_retry_budget() {
         (503, json!({ "error": { "type": "cluster_block_exception", "reason": "blocked by: [SERVICE_UNAVAILABLE/1/state not recovered]" }, "status": 503 }).to_string())
     })
     .await;
-    let indexer = Indexer::new(&config(&url, "down", TimeSuffix::None, DEFAULT_BULK_MAX_BYTES))
-        .unwrap()
-        .with_retry_budget(Duration::from_secs(1));
+    let indexer =
+        Indexer::new(&config(&url, "down", TimeSuffix::None, DEFAULT_BULK_MAX_BYTES)).unwrap().with_retry_budget(Duration::from_secs(1));
     let docs: Vec<AggregateDoc> = (0..3).map(|i| doc(LEAP_DAY_MS, &format!("https://x.example/{i}"), "DE", 1)).collect();
     let started = Instant::now();
     let err = indexer.index(&docs).await.unwrap_err();

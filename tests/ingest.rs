@@ -17,14 +17,7 @@ use sqlx::PgPool;
 const WAIT: Duration = Duration::from_secs(120);
 
 fn generator(events: u64, bad: f64, seed: u64) -> GeneratorConfig {
-    GeneratorConfig {
-        events,
-        users: 300,
-        urls: 40,
-        seed,
-        bad_fraction: bad,
-        ..GeneratorConfig::default()
-    }
+    GeneratorConfig { events, users: 300, urls: 40, seed, bad_fraction: bad, ..GeneratorConfig::default() }
 }
 
 /// Produces the generator's records to a new 4-partition topic and returns
@@ -36,18 +29,12 @@ async fn produce_to(topic: &str, config: GeneratorConfig, rate: Option<u64>) -> 
         .await
         .unwrap_or_else(|e| panic!("broker at {brokers} refused ({e}): run `scripts/services up`"));
     let records: Vec<Record> = Generator::new(config.clone()).collect();
-    produce::to_kafka(Generator::new(config), &brokers, topic, rate, &Default::default(), &indicatif::ProgressBar::hidden())
-        .await
-        .unwrap();
+    produce::to_kafka(Generator::new(config), &brokers, topic, rate, &Default::default(), &indicatif::ProgressBar::hidden()).await.unwrap();
     records
 }
 
 fn expected_event_ids(records: &[Record]) -> BTreeSet<String> {
-    records
-        .iter()
-        .filter(|r| r.bad.is_none_or(|k| !k.is_dead_letter()))
-        .map(|r| r.event_id.clone())
-        .collect()
+    records.iter().filter(|r| r.bad.is_none_or(|k| !k.is_dead_letter())).map(|r| r.event_id.clone()).collect()
 }
 
 async fn pool(url: &str) -> PgPool {
@@ -65,13 +52,11 @@ async fn every_good_event_is_stored_once_enriched_and_every_bad_record_is_dead_l
     let db = support::fresh_database("ingest_all").await;
     let records = produce_to(&topic, generator(4000, 0.08, 1), None).await;
     // One click from an address the city database places in London.
-    let london = format!(
-        r#"{{"event_id":"london-1","user_id":"u-london","timestamp":"2026-11-28T12:00:00Z","url":"https://shop.example/","ip":"81.2.69.142","user_agent":"Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1"}}"#
-    );
+    let london = r#"{"event_id":"london-1","user_id":"u-london","timestamp":"2026-11-28T12:00:00Z","url":"https://shop.example/","ip":"81.2.69.142","user_agent":"Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1"}"#;
     {
         use rdkafka::producer::{FutureProducer, FutureRecord};
         let producer: FutureProducer = clickstream::kafka::client_config(&support::brokers(), &Default::default()).create().unwrap();
-        producer.send(FutureRecord::to(&topic).key("u-london").payload(&london), Duration::from_secs(5)).await.unwrap();
+        producer.send(FutureRecord::to(&topic).key("u-london").payload(london), Duration::from_secs(5)).await.unwrap();
     }
     let total = records.len() + 1;
 
@@ -79,7 +64,8 @@ async fn every_good_event_is_stored_once_enriched_and_every_bad_record_is_dead_l
     let config = support::load_config(&pipeline);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stats = Arc::new(Stats::default());
-    let running = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(config, stopped, Default::default(), stats.clone(), |_| {}));
+    let running =
+        tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(config, stopped, Default::default(), stats.clone(), |_| {}));
     let pool = pool(&db).await;
     support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&pool, total)).await;
     stop.send(true).unwrap();
@@ -93,19 +79,19 @@ async fn every_good_event_is_stored_once_enriched_and_every_bad_record_is_dead_l
     assert_eq!(stored.into_iter().collect::<BTreeSet<_>>(), expected);
 
     // Enrichment: the London click, and bad IPs as unknown locations.
-    let (country, city, browser, os, device, version): (String, String, String, String, String, String) = sqlx::query_as(
-        "SELECT country, city, browser, os, device, plugin_version FROM events WHERE event_id = 'london-1'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let (country, city, browser, os, device, version): (String, String, String, String, String, String) =
+        sqlx::query_as("SELECT country, city, browser, os, device, plugin_version FROM events WHERE event_id = 'london-1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!((country.as_str(), city.as_str()), ("GB", "London"));
     assert_eq!((browser.as_str(), os.as_str(), device.as_str()), ("Safari", "iPhone", "mobile"));
     assert_eq!(version, support::enrich_version());
     let bad_ips: Vec<&Record> = records.iter().filter(|r| r.bad == Some(BadKind::BadIp)).collect();
     assert!(!bad_ips.is_empty());
     for r in bad_ips {
-        let country: String = sqlx::query_scalar("SELECT country FROM events WHERE event_id = $1").bind(&r.event_id).fetch_one(&pool).await.unwrap();
+        let country: String =
+            sqlx::query_scalar("SELECT country FROM events WHERE event_id = $1").bind(&r.event_id).fetch_one(&pool).await.unwrap();
         assert_eq!(country, "unknown");
     }
     let located = support::count(&pool, "SELECT count(*) FROM events WHERE country <> 'unknown'").await;
@@ -163,7 +149,8 @@ async fn kill_9_mid_stream_then_restart_loses_and_duplicates_nothing() {
     .await;
     first.signal("KILL");
     first.wait();
-    let at_kill = support::count(&pool, "SELECT count(*) FROM events").await + support::count(&pool, "SELECT count(*) FROM dead_letters").await;
+    let at_kill =
+        support::count(&pool, "SELECT count(*) FROM events").await + support::count(&pool, "SELECT count(*) FROM dead_letters").await;
     assert!((at_kill as usize) < records.len(), "the kill came after everything was stored; nothing was proven");
 
     let mut second = support::Host::start(&pipeline, &dir.path().join("second.log"));
@@ -193,7 +180,12 @@ async fn two_hosts_in_one_group_split_the_partitions_and_store_each_event_once()
     let mut a = support::Host::start(&pipeline, &dir.path().join("a.log"));
     let mut b = support::Host::start(&pipeline, &dir.path().join("b.log"));
     support::wait_until(WAIT, "both hosts to own partitions", || async {
-        let owns = |log: String| log.lines().rev().find(|l| l.contains("partitions assigned") || l.contains("partitions revoked")).is_some_and(|l| l.contains("assigned"));
+        let owns = |log: String| {
+            log.lines()
+                .rev()
+                .find(|l| l.contains("partitions assigned") || l.contains("partitions revoked"))
+                .is_some_and(|l| l.contains("assigned"))
+        };
         owns(a.log()) && owns(b.log())
     })
     .await;
@@ -228,10 +220,7 @@ async fn two_hosts_in_one_group_split_the_partitions_and_store_each_event_once()
     assert_eq!(stored.into_iter().collect::<BTreeSet<_>>(), expected_event_ids(&records));
     let consumed = |log: String| -> u64 {
         let line = log.lines().find(|l| l.contains("pipeline stopped")).unwrap_or_else(|| panic!("no summary in:\n{log}"));
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix("consumed="))
-            .and_then(|n| n.parse().ok())
-            .unwrap()
+        line.split_whitespace().find_map(|w| w.strip_prefix("consumed=")).and_then(|n| n.parse().ok()).unwrap()
     };
     let (ca, cb) = (consumed(a.log()), consumed(b.log()));
     assert!(ca > 0 && cb > 0, "both hosts did work: {ca} and {cb}");
@@ -278,7 +267,9 @@ async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after
     let records = produce_to(&topic, generator(300, 0.0, 5), None).await;
     let producer: FutureProducer = clickstream::kafka::client_config(&support::brokers(), &Default::default()).create().unwrap();
     for i in 0..3 {
-        let poison = format!(r#"{{"event_id":"poison-{i}","user_id":"trap","timestamp":1764000000000,"url":"https://shop.example/","ip":"81.2.69.142","user_agent":""}}"#);
+        let poison = format!(
+            r#"{{"event_id":"poison-{i}","user_id":"trap","timestamp":1764000000000,"url":"https://shop.example/","ip":"81.2.69.142","user_agent":""}}"#
+        );
         producer.send(FutureRecord::to(&topic).key("trap").payload(&poison), Duration::from_secs(5)).await.unwrap();
     }
     let total = records.len() + 3;
@@ -286,10 +277,20 @@ async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after
     // Run with the buggy plugin: it traps on user "trap".
     let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
     let fixed = std::fs::read_to_string(&pipeline).unwrap();
-    std::fs::write(&pipeline, fixed.replace(&support::plugin("enrich").display().to_string(), &support::plugin("misbehave").display().to_string())).unwrap();
+    std::fs::write(
+        &pipeline,
+        fixed.replace(&support::plugin("enrich").display().to_string(), &support::plugin("misbehave").display().to_string()),
+    )
+    .unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stats = Arc::new(Stats::default());
-    let running = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(support::load_config(&pipeline), stopped, Default::default(), stats.clone(), |_| {}));
+    let running = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(
+        support::load_config(&pipeline),
+        stopped,
+        Default::default(),
+        stats.clone(),
+        |_| {},
+    ));
     let pool = pool(&db).await;
     support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&pool, total)).await;
     stop.send(true).unwrap();
@@ -311,12 +312,15 @@ async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after
     let config = support::load_config(&pipeline);
     let loaded = clickstream::plugin::enrich::LoadedEnrich::load(config.enrich_spec(), None).unwrap();
     let mut runner = clickstream::plugin::enrich::EnrichRunner::new(Arc::new(clickstream::plugin::Slot::new(loaded)));
-    let outcome = clickstream::runtime::dead_letters::replay(&pool, config.windows(), &mut runner, &config.decode_limits(), |_| {}).await.unwrap();
+    let outcome =
+        clickstream::runtime::dead_letters::replay(&pool, config.windows(), &mut runner, &config.decode_limits(), |_| {}).await.unwrap();
     assert_eq!((outcome.stored, outcome.still_failing), (3, 0));
-    let versions: Vec<String> = sqlx::query_scalar("SELECT plugin_version FROM events WHERE event_id LIKE 'poison-%'").fetch_all(&pool).await.unwrap();
+    let versions: Vec<String> =
+        sqlx::query_scalar("SELECT plugin_version FROM events WHERE event_id LIKE 'poison-%'").fetch_all(&pool).await.unwrap();
     assert_eq!(versions, vec![support::enrich_version(); 3]);
     assert_eq!(support::count(&pool, "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL").await, 0);
-    let again = clickstream::runtime::dead_letters::replay(&pool, config.windows(), &mut runner, &config.decode_limits(), |_| {}).await.unwrap();
+    let again =
+        clickstream::runtime::dead_letters::replay(&pool, config.windows(), &mut runner, &config.decode_limits(), |_| {}).await.unwrap();
     assert_eq!(again, Default::default(), "a second replay finds nothing pending");
     assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await as usize, total);
 }
@@ -339,7 +343,13 @@ async fn a_repeated_event_id_is_stored_once_and_counted_as_a_duplicate() {
     let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stats = Arc::new(Stats::default());
-    let running = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(support::load_config(&pipeline), stopped, Default::default(), stats.clone(), |_| {}));
+    let running = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(
+        support::load_config(&pipeline),
+        stopped,
+        Default::default(),
+        stats.clone(),
+        |_| {},
+    ));
     let pool = pool(&db).await;
     support::wait_until(WAIT, "the first wave stored", || {
         let stats = stats.clone();

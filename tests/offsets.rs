@@ -17,8 +17,17 @@ const WAIT: Duration = Duration::from_secs(120);
 
 async fn run_until_stored(pipeline: &std::path::Path, pool: &PgPool, total: usize) {
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(support::load_config(pipeline), stopped, Default::default(), Arc::new(Stats::default()), |_| {}));
-    support::wait_until(WAIT, "every record stored", || async { support::count(pool, "SELECT count(*) FROM events").await >= total as i64 }).await;
+    let running = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(
+        support::load_config(pipeline),
+        stopped,
+        Default::default(),
+        Arc::new(Stats::default()),
+        |_| {},
+    ));
+    support::wait_until(WAIT, "every record stored", || async {
+        support::count(pool, "SELECT count(*) FROM events").await >= total as i64
+    })
+    .await;
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();
 }
@@ -36,14 +45,17 @@ async fn a_new_database_under_the_same_group_id_gets_every_record() {
     clickstream::kafka::ensure_topic(&brokers, &topic, 4).await.unwrap();
     let config = GeneratorConfig { events: 2_000, users: 100, seed: 41, ..GeneratorConfig::default() };
     let expected: BTreeSet<String> = Generator::new(config.clone()).map(|r| r.event_id).collect();
-    produce::to_kafka(Generator::new(config), &brokers, &topic, None, &Default::default(), &indicatif::ProgressBar::hidden()).await.unwrap();
+    produce::to_kafka(Generator::new(config), &brokers, &topic, None, &Default::default(), &indicatif::ProgressBar::hidden())
+        .await
+        .unwrap();
 
     for name in ["offsets_first", "offsets_second"] {
         let db = support::fresh_database(name).await;
         let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
         let pipeline = support::write_pipeline(dir.path(), &topic, &group, &db, "");
         run_until_stored(&pipeline, &pool, expected.len()).await;
-        let stored: BTreeSet<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&pool).await.unwrap().into_iter().collect();
+        let stored: BTreeSet<String> =
+            sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&pool).await.unwrap().into_iter().collect();
         assert_eq!(stored, expected, "{name}: every record, once");
     }
 }

@@ -8,21 +8,17 @@ use std::time::{Duration, Instant};
 
 use clickstream::plugin::aggregate::{AggregateRun, LoadedAggregate};
 use clickstream::plugin::enrich::{EnrichRunner, LoadedEnrich};
-use clickstream::stages::record::{AggregateParams, Device, RawEvent, StoredEvent};
 use clickstream::plugin::{PluginError, PluginLimits, PluginSpec, Slot};
+use clickstream::stages::record::{AggregateParams, Device, RawEvent, StoredEvent};
 
-const CHROME_WINDOWS: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+const CHROME_WINDOWS: &str =
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
 const SAFARI_IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1";
 const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
 const CURL: &str = "curl/8.4.0";
 
 fn spec(slot: &str, file: &str, limits: PluginLimits) -> PluginSpec {
-    PluginSpec {
-        slot: slot.into(),
-        path: support::plugin(file),
-        settings: vec![],
-        limits,
-    }
+    PluginSpec { slot: slot.into(), path: support::plugin(file), settings: vec![], limits }
 }
 
 fn click(user: &str, ts: i64, ua: &str) -> RawEvent {
@@ -97,10 +93,7 @@ fn a_trapping_plugin_yields_a_typed_error_and_the_next_batch_is_served() {
 
 #[test]
 fn a_plugin_that_loops_forever_hits_its_deadline_and_the_host_keeps_serving() {
-    let limits = PluginLimits {
-        deadline: Duration::from_millis(200),
-        ..PluginLimits::default()
-    };
+    let limits = PluginLimits { deadline: Duration::from_millis(200), ..PluginLimits::default() };
     let mut runner = runner("misbehave", limits);
     let started = Instant::now();
     let err = runner.enrich(&[click("loop", 1, "")]).unwrap_err();
@@ -111,10 +104,7 @@ fn a_plugin_that_loops_forever_hits_its_deadline_and_the_host_keeps_serving() {
 
 #[test]
 fn a_plugin_allocating_past_its_cap_yields_memory_exceeded_and_the_host_keeps_serving() {
-    let limits = PluginLimits {
-        memory_bytes: 64 << 20,
-        ..PluginLimits::default()
-    };
+    let limits = PluginLimits { memory_bytes: 64 << 20, ..PluginLimits::default() };
     let mut runner = runner("misbehave", limits);
     let err = runner.enrich(&[click("alloc", 1, "")]).unwrap_err();
     match err {
@@ -157,12 +147,7 @@ fn a_file_that_is_not_a_component_is_refused_at_load() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("broken.wasm");
     std::fs::write(&path, b"\0asm not really").unwrap();
-    let spec = PluginSpec {
-        slot: "enrich".into(),
-        path,
-        settings: vec![],
-        limits: PluginLimits::default(),
-    };
+    let spec = PluginSpec { slot: "enrich".into(), path, settings: vec![], limits: PluginLimits::default() };
     let err = LoadedEnrich::load(spec, None).unwrap_err();
     assert!(matches!(err, PluginError::NotAComponent { .. }), "{err}");
 }
@@ -191,11 +176,7 @@ fn swapping_the_slot_moves_the_next_batch_to_the_new_version() {
 fn aggregate_component_streams_a_run_in_batches() {
     let loaded = LoadedAggregate::load(spec("aggregate", "aggregate", PluginLimits::default())).unwrap();
     let slot = Slot::new(loaded);
-    let params = AggregateParams {
-        window_ms: 60_000,
-        session_timeout_ms: 1_800_000,
-        keep_query: false,
-    };
+    let params = AggregateParams { window_ms: 60_000, session_timeout_ms: 1_800_000, keep_query: false };
     let mut run = AggregateRun::start(&slot, params, 0, 120_000).unwrap();
     let c = |id: &str, user: &str, ts: i64, url: &str| StoredEvent {
         event_id: id.into(),
@@ -220,7 +201,13 @@ fn an_unsorted_aggregate_push_is_a_contract_error() {
     let slot = Slot::new(LoadedAggregate::load(spec("aggregate", "aggregate", PluginLimits::default())).unwrap());
     let params = AggregateParams { window_ms: 60_000, session_timeout_ms: 1_800_000, keep_query: false };
     let mut run = AggregateRun::start(&slot, params, 0, 60_000).unwrap();
-    let c = |id: &str, user: &str| StoredEvent { event_id: id.into(), user_id: user.into(), timestamp_ms: 1, url: "/".into(), country: "FR".into() };
+    let c = |id: &str, user: &str| StoredEvent {
+        event_id: id.into(),
+        user_id: user.into(),
+        timestamp_ms: 1,
+        url: "/".into(),
+        country: "FR".into(),
+    };
     let err = run.push(&[c("1", "b"), c("2", "a")]).unwrap_err();
     assert!(matches!(err, PluginError::Contract { .. }), "{err}");
 }

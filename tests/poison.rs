@@ -105,12 +105,11 @@ async fn records_postgresql_refuses_are_dead_lettered_alone_and_the_rest_of_the_
 
     let outcome = store.write(&batch).await.expect("a batch with poison records is written, not retried");
     assert_eq!((outcome.stored, outcome.dead_lettered, outcome.duplicates), (40, 4, 0), "{outcome:?}");
-    let refused: Vec<(i64, String, String, String, Vec<u8>)> = sqlx::query_as(
-        "SELECT \"offset\", stage, kind, reason, payload FROM dead_letters WHERE stage = 'store' ORDER BY \"offset\"",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let refused: Vec<(i64, String, String, String, Vec<u8>)> =
+        sqlx::query_as("SELECT \"offset\", stage, kind, reason, payload FROM dead_letters WHERE stage = 'store' ORDER BY \"offset\"")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     let kinds: Vec<(i64, &str)> = refused.iter().map(|r| (r.0, r.2.as_str())).collect();
     assert_eq!(kinds, vec![(40, "invalid_value"), (41, "invalid_value"), (42, "limit_exceeded")]);
     for (offset, _, _, reason, payload) in &refused {
@@ -130,7 +129,10 @@ async fn records_postgresql_refuses_are_dead_lettered_alone_and_the_rest_of_the_
     // Redelivered whole (a restart before Kafka's commit): nothing twice.
     let again = store.write(&batch).await.unwrap();
     assert_eq!((again.stored, again.dead_lettered, again.redelivered), (0, 0, 44));
-    assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await + support::count(&pool, "SELECT count(*) FROM dead_letters").await, 44);
+    assert_eq!(
+        support::count(&pool, "SELECT count(*) FROM events").await + support::count(&pool, "SELECT count(*) FROM dead_letters").await,
+        44
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +196,8 @@ async fn a_plugin_cannot_change_an_events_identity_and_what_neither_it_nor_postg
     let pool = pool(&db).await;
     sqlx::query("ALTER TABLE events ADD CONSTRAINT no_forbidden_pages CHECK (url NOT LIKE '%/forbidden%')").execute(&pool).await.unwrap();
 
-    let mut records: Vec<(String, Vec<u8>)> = (0..200).map(|i| (format!("u{}", i % 9), click(&format!("good-{i}"), &format!("u{}", i % 9), "https://shop.example/"))).collect();
+    let mut records: Vec<(String, Vec<u8>)> =
+        (0..200).map(|i| (format!("u{}", i % 9), click(&format!("good-{i}"), &format!("u{}", i % 9), "https://shop.example/"))).collect();
     let poison = [
         ("renamed", "rename", "https://shop.example/"),
         ("long-city", "long-city", "https://shop.example/"),
@@ -208,29 +211,41 @@ async fn a_plugin_cannot_change_an_events_identity_and_what_neither_it_nor_postg
 
     let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
     let text = std::fs::read_to_string(&pipeline).unwrap();
-    std::fs::write(&pipeline, text.replace(&support::plugin("enrich").display().to_string(), &support::plugin("misbehave").display().to_string())).unwrap();
+    std::fs::write(
+        &pipeline,
+        text.replace(&support::plugin("enrich").display().to_string(), &support::plugin("misbehave").display().to_string()),
+    )
+    .unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stats = Arc::new(Stats::default());
-    let running = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(support::load_config(&pipeline), stopped, Default::default(), stats.clone(), |_| {}));
+    let running = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(
+        support::load_config(&pipeline),
+        stopped,
+        Default::default(),
+        stats.clone(),
+        |_| {},
+    ));
     support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&pool, records.len())).await;
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();
 
     // The identity is the decoded one, whatever the plugin returned.
-    let (user, ts): (String, i64) = sqlx::query_as("SELECT user_id, ts_ms FROM events WHERE event_id = 'renamed'").fetch_one(&pool).await.unwrap();
+    let (user, ts): (String, i64) =
+        sqlx::query_as("SELECT user_id, ts_ms FROM events WHERE event_id = 'renamed'").fetch_one(&pool).await.unwrap();
     assert_eq!((user.as_str(), ts), ("rename", 1_795_000_000_000));
     assert_eq!(support::count(&pool, "SELECT count(*) FROM events WHERE event_id LIKE 'renamed-%' OR user_id = 'someone-else'").await, 0);
 
-    let dead: BTreeMap<String, (String, String, String)> = sqlx::query_as::<_, (String, String, String, Vec<u8>)>("SELECT stage, kind, reason, payload FROM dead_letters")
-        .fetch_all(&pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(stage, kind, reason, payload)| {
-            let id = serde_json::from_slice::<serde_json::Value>(&payload).unwrap()["event_id"].as_str().unwrap().to_string();
-            (id, (stage, kind, reason))
-        })
-        .collect();
+    let dead: BTreeMap<String, (String, String, String)> =
+        sqlx::query_as::<_, (String, String, String, Vec<u8>)>("SELECT stage, kind, reason, payload FROM dead_letters")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(stage, kind, reason, payload)| {
+                let id = serde_json::from_slice::<serde_json::Value>(&payload).unwrap()["event_id"].as_str().unwrap().to_string();
+                (id, (stage, kind, reason))
+            })
+            .collect();
     assert_eq!(dead.keys().map(String::as_str).collect::<Vec<_>>(), vec!["forbidden", "long-city", "nul-country"]);
     let (stage, kind, reason) = &dead["long-city"];
     assert_eq!((stage.as_str(), kind.as_str()), ("enrich", "contract"));
@@ -257,14 +272,16 @@ async fn sigterm_while_postgresql_refuses_every_write_stops_promptly_and_a_resta
     let topic = support::unique("poison_stop");
     let db = support::fresh_database("poison_stop").await;
     let pool = pool(&db).await;
-    let first: Vec<(String, Vec<u8>)> = (0..200).map(|i| (format!("u{}", i % 9), click(&format!("a-{i}"), &format!("u{}", i % 9), "https://shop.example/"))).collect();
+    let first: Vec<(String, Vec<u8>)> =
+        (0..200).map(|i| (format!("u{}", i % 9), click(&format!("a-{i}"), &format!("u{}", i % 9), "https://shop.example/"))).collect();
     produce_raw(&topic, &first).await;
     let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
     let mut host = support::Host::start(&pipeline, &dir.path().join("first.log"));
     support::wait_until(WAIT, "the first records stored", || support::reconciled(&pool, first.len())).await;
 
     sqlx::query("ALTER TABLE events RENAME TO events_away").execute(&pool).await.unwrap();
-    let second: Vec<(String, Vec<u8>)> = (0..200).map(|i| (format!("u{}", i % 9), click(&format!("b-{i}"), &format!("u{}", i % 9), "https://shop.example/"))).collect();
+    let second: Vec<(String, Vec<u8>)> =
+        (0..200).map(|i| (format!("u{}", i % 9), click(&format!("b-{i}"), &format!("u{}", i % 9), "https://shop.example/"))).collect();
     produce_raw(&topic, &second).await;
     support::wait_until(WAIT, "the host to pause ingestion", || {
         let log = host.log();

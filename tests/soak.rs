@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clickstream::plugin::geoip::GeoIp;
-use clickstream::stages::index::{DocQuery, Indexer};
 use clickstream::produce::{BadKind, Generator, GeneratorConfig, Record};
+use clickstream::stages::index::{DocQuery, Indexer};
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::postgres::PgPoolOptions;
@@ -35,7 +35,8 @@ enum Fault {
     Poison,
 }
 
-const FAULTS: [Fault; 6] = [Fault::KillHost, Fault::RestartPostgres, Fault::RestartBroker, Fault::FreezeSearch, Fault::SwapPlugin, Fault::Poison];
+const FAULTS: [Fault; 6] =
+    [Fault::KillHost, Fault::RestartPostgres, Fault::RestartBroker, Fault::FreezeSearch, Fault::SwapPlugin, Fault::Poison];
 
 /// A host process that can be killed and started again, each run logging
 /// to a file of its own.
@@ -115,7 +116,8 @@ async fn a_chaos_soak_loses_and_duplicates_nothing() {
     let config = support::load_config(&pipeline);
 
     let events = RATE * (soak.as_secs() + 10);
-    let generator = GeneratorConfig { events, users: 400, urls: 60, seed, bad_fraction: 0.03, span_secs: 3_600, ..GeneratorConfig::default() };
+    let generator =
+        GeneratorConfig { events, users: 400, urls: 60, seed, bad_fraction: 0.03, span_secs: 3_600, ..GeneratorConfig::default() };
     let records: Vec<Record> = Generator::new(generator.clone()).collect();
     let mut hosts = [Restartable::start("a", &pipeline, dir.path()), Restartable::start("b", &pipeline, dir.path())];
 
@@ -123,7 +125,15 @@ async fn a_chaos_soak_loses_and_duplicates_nothing() {
         let (brokers, topic) = (broker.brokers(), topic.clone());
         let properties = [("enable.idempotence".to_string(), "true".to_string())].into_iter().collect();
         async move {
-            clickstream::produce::to_kafka(Generator::new(generator), &brokers, &topic, Some(RATE), &properties, &indicatif::ProgressBar::hidden()).await
+            clickstream::produce::to_kafka(
+                Generator::new(generator),
+                &brokers,
+                &topic,
+                Some(RATE),
+                &properties,
+                &indicatif::ProgressBar::hidden(),
+            )
+            .await
         }
     });
     let poison_producer: FutureProducer = clickstream::kafka::client_config(&broker.brokers(), &Default::default()).create().unwrap();
@@ -234,7 +244,10 @@ async fn a_chaos_soak_loses_and_duplicates_nothing() {
     let mut seen = BTreeSet::new();
     for d in &docs {
         let key = (d.window_start_ms, d.url.clone(), d.country.clone());
-        let right = expected.get(&key).is_some_and(|e| (e.clicks, e.users.len() as u64, e.total_ms, e.samples) == (d.clicks, d.unique_users, d.time_spent_total_ms, d.time_spent_samples));
+        let right = expected.get(&key).is_some_and(|e| {
+            (e.clicks, e.users.len() as u64, e.total_ms, e.samples)
+                == (d.clicks, d.unique_users, d.time_spent_total_ms, d.time_spent_samples)
+        });
         if !right || !seen.insert(key) {
             wrong += 1;
         }

@@ -9,14 +9,14 @@ use clickstream_testkit as support;
 use std::sync::Arc;
 
 use chrono::Utc;
-use clickstream::stages::aggregate::Aggregator;
 use clickstream::config::PipelineConfig;
-use clickstream::stages::index::{AggregateDoc, DocQuery, IndexOp, Indexer, Publisher};
 use clickstream::plugin::aggregate::LoadedAggregate;
-use clickstream::stages::record::{Device, Enrichment, Event, Provenance, RawEvent, WriteBatch};
 use clickstream::plugin::Slot;
-use clickstream::stats::Stats;
+use clickstream::stages::aggregate::Aggregator;
+use clickstream::stages::index::{AggregateDoc, DocQuery, IndexOp, Indexer, Publisher};
+use clickstream::stages::record::{Device, Enrichment, Event, Provenance, RawEvent, WriteBatch};
 use clickstream::stages::store::Store;
+use clickstream::stats::Stats;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 
@@ -99,7 +99,10 @@ async fn the_watermark_follows_active_subscribed_partitions_and_clamps_times_fro
     partition(&s.pool, "clicks", 0, now + 10 * 86_400_000, 0).await;
     let clamped = aggregator.watermark().await.unwrap().unwrap();
     let after = Utc::now().timestamp_millis();
-    assert!(clamped >= now + 300_000 - 60_000 - 5_000 && clamped <= after + 300_000 - 60_000 + 5_000, "clamped to now + skew - lateness: {clamped} vs now {now}");
+    assert!(
+        clamped >= now + 300_000 - 60_000 - 5_000 && clamped <= after + 300_000 - 60_000 + 5_000,
+        "clamped to now + skew - lateness: {clamped} vs now {now}"
+    );
 
     // Every partition quiet: the stream has stopped, and the newest time
     // of any of them counts, so the last windows become final too.

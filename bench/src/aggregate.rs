@@ -19,11 +19,11 @@ use sqlx::Row as _;
 
 use super::stats::ratio;
 use super::{progress, Bench, State};
+use clickstream::plugin::aggregate::{AggregateRun, LoadedAggregate};
+use clickstream::plugin::Slot;
 use clickstream::stages::aggregate::Aggregator;
 use clickstream::stages::index::AggregateDoc;
-use clickstream::plugin::aggregate::{AggregateRun, LoadedAggregate};
 use clickstream::stages::record::{AggregateParams, StoredEvent};
-use clickstream::plugin::Slot;
 
 /// One aggregate row, as compared.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -205,14 +205,13 @@ pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
         written += aggregator.aggregate_windows(&run, None).await?.unwrap_or(0);
     }
     let plugin_path_s = t.elapsed().as_secs_f64();
-    let plugin_rows: Vec<AggRow> = sqlx::query(
-        "SELECT window_start_ms, url, country, clicks, unique_users, time_spent_total_ms, time_spent_samples FROM aggregates",
-    )
-    .fetch_all(&pool)
-    .await?
-    .iter()
-    .map(agg_row)
-    .collect();
+    let plugin_rows: Vec<AggRow> =
+        sqlx::query("SELECT window_start_ms, url, country, clicks, unique_users, time_spent_total_ms, time_spent_samples FROM aggregates")
+            .fetch_all(&pool)
+            .await?
+            .iter()
+            .map(agg_row)
+            .collect();
     progress(format_args!("  plugin path: {} windows → {written} rows in {plugin_path_s:.2} s", windows.len()));
 
     // 2. One SQL query.
@@ -224,11 +223,12 @@ pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
 
     // 3. Compute only: every event once, sorted, in memory; the plugin and the native logic.
     let (from, to) = (windows.first().copied().unwrap_or(0), windows.last().copied().unwrap_or(0) + window_ms);
-    let clicks: Vec<StoredEvent> = sqlx::query("SELECT event_id, user_id, ts_ms, url, country FROM events ORDER BY user_id, ts_ms, event_id")
-        .fetch(&pool)
-        .map_ok(|r| StoredEvent { event_id: r.get(0), user_id: r.get(1), timestamp_ms: r.get(2), url: r.get(3), country: r.get(4) })
-        .try_collect()
-        .await?;
+    let clicks: Vec<StoredEvent> =
+        sqlx::query("SELECT event_id, user_id, ts_ms, url, country FROM events ORDER BY user_id, ts_ms, event_id")
+            .fetch(&pool)
+            .map_ok(|r| StoredEvent { event_id: r.get(0), user_id: r.get(1), timestamp_ms: r.get(2), url: r.get(3), country: r.get(4) })
+            .try_collect()
+            .await?;
     let batch = config.aggregate.batch_size;
     let (wasm_rows, wasm_s) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
         let t = Instant::now();
@@ -304,7 +304,9 @@ pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
         .collect();
     pool.close().await;
 
-    for (what, c) in [("the host's plugin path", &host_vs_sql), ("the plugin on all events", &wasm_vs_sql), ("the native logic", &native_vs_sql)] {
+    for (what, c) in
+        [("the host's plugin path", &host_vs_sql), ("the plugin on all events", &wasm_vs_sql), ("the native logic", &native_vs_sql)]
+    {
         anyhow::ensure!(
             c.matches(),
             "{what} and the SQL query disagree: {} equal, {} only in plugin, {} only in SQL, {} different; e.g. {}",
@@ -361,7 +363,8 @@ async fn run_spark(bench: &Bench, db: &str, sql_rows: &[AggRow], window_ms: i64,
     let mut conn = sqlx::PgConnection::connect(db).await?;
     {
         let mut file = std::io::BufWriter::new(std::fs::File::create(&events_csv)?);
-        let mut stream = conn.copy_out_raw("COPY (SELECT event_id, user_id, ts_ms, url, country FROM events) TO STDOUT (FORMAT csv)").await?;
+        let mut stream =
+            conn.copy_out_raw("COPY (SELECT event_id, user_id, ts_ms, url, country FROM events) TO STDOUT (FORMAT csv)").await?;
         while let Some(chunk) = stream.try_next().await? {
             file.write_all(&chunk)?;
         }
@@ -388,11 +391,8 @@ async fn run_spark(bench: &Bench, db: &str, sql_rows: &[AggRow], window_ms: i64,
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let timings: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))?;
-    let rows: Vec<AggRow> = std::fs::read_to_string(&out_csv)?
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(parse_csv_row)
-        .collect::<anyhow::Result<_>>()?;
+    let rows: Vec<AggRow> =
+        std::fs::read_to_string(&out_csv)?.lines().filter(|l| !l.is_empty()).map(parse_csv_row).collect::<anyhow::Result<_>>()?;
     let c = compare(&rows, sql_rows);
     anyhow::ensure!(
         c.matches(),
@@ -452,13 +452,18 @@ async fn copy_events(bench: &Bench) -> anyhow::Result<String> {
     let geoip = bench.geoip()?;
     let rows = tokio::task::block_in_place(|| super::data::enriched_rows(bench, &geoip, bench.sizes.events));
     let url = bench.fresh_database("aggregate").await?;
-    let store = clickstream::stages::store::Store::connect(&url, clickstream::stages::record::WindowSpec { window_ms: 60_000, session_timeout_ms: 1_800_000 }).await?;
+    let store = clickstream::stages::store::Store::connect(
+        &url,
+        clickstream::stages::record::WindowSpec { window_ms: 60_000, session_timeout_ms: 1_800_000 },
+    )
+    .await?;
     store.pool().close().await;
     let mut conn = sqlx::PgConnection::connect(&url).await?;
     let mut buf = Vec::new();
     for batch in rows.chunks(bench.sizes.batch_size) {
         clickstream::stages::store::encode_copy(batch.iter().map(super::data::Row::as_copy), &mut buf);
-        let mut copy = conn.copy_in_raw(&format!("COPY events ({}) FROM STDIN (FORMAT binary)", clickstream::stages::store::EVENT_COLUMNS)).await?;
+        let mut copy =
+            conn.copy_in_raw(&format!("COPY events ({}) FROM STDIN (FORMAT binary)", clickstream::stages::store::EVENT_COLUMNS)).await?;
         copy.send(buf.as_slice()).await?;
         copy.finish().await?;
     }

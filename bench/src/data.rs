@@ -54,9 +54,10 @@ pub async fn produce(bench: &Bench, topic: &str, events: u64, rate: Option<u64>)
         .await
         .with_context(|| format!("creating topic {topic} on {} (is the broker up? scripts/services up)", bench.services.brokers))?;
     let progress_bar = indicatif::ProgressBar::hidden();
-    let summary = clickstream::produce::to_kafka(generator(bench, events), &bench.services.brokers, topic, rate, &BTreeMap::new(), &progress_bar)
-        .await
-        .with_context(|| format!("producing to {topic}"))?;
+    let summary =
+        clickstream::produce::to_kafka(generator(bench, events), &bench.services.brokers, topic, rate, &BTreeMap::new(), &progress_bar)
+            .await
+            .with_context(|| format!("producing to {topic}"))?;
     Ok(summary)
 }
 
@@ -79,7 +80,8 @@ pub async fn produce_topic(bench: &Bench) -> anyhow::Result<Topic> {
 pub async fn delete_topic(bench: &Bench, topic: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
-    let admin: Result<AdminClient<DefaultClientContext>, _> = clickstream::kafka::client_config(&bench.services.brokers, &BTreeMap::new()).create();
+    let admin: Result<AdminClient<DefaultClientContext>, _> =
+        clickstream::kafka::client_config(&bench.services.brokers, &BTreeMap::new()).create();
     if let Ok(admin) = admin {
         let options = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
         if let Err(e) = admin.delete_topics(&[topic], &options).await {
@@ -92,7 +94,12 @@ pub async fn delete_topic(bench: &Bench, topic: &str) {
 /// the topic holds), in host types.
 pub fn raw_clicks(bench: &Bench, events: u64) -> Vec<clickstream::stages::record::RawEvent> {
     generator(bench, events)
-        .map(|r| clickstream::stages::decode::decode(&r.payload, &clickstream::stages::decode::DecodeLimits::UNBOUNDED, 0, || unreachable!("generated events carry ids")).expect("generated events decode"))
+        .map(|r| {
+            clickstream::stages::decode::decode(&r.payload, &clickstream::stages::decode::DecodeLimits::UNBOUNDED, 0, || {
+                unreachable!("generated events carry ids")
+            })
+            .expect("generated events decode")
+        })
         .collect()
 }
 
@@ -183,12 +190,7 @@ pub fn to_native(click: &clickstream::stages::record::RawEvent) -> clickstream_e
 
 /// The GeoIP lookup the native enrich calls, as the host serves the WASM one.
 pub fn native_geoip(geoip: &GeoIp) -> impl Fn(&str) -> Option<clickstream_enrich::Location> + '_ {
-    move |ip: &str| {
-        geoip.lookup(ip).map(|l| clickstream_enrich::Location {
-            country: l.country,
-            city: l.city,
-        })
-    }
+    move |ip: &str| geoip.lookup(ip).map(|l| clickstream_enrich::Location { country: l.country, city: l.city })
 }
 
 /// The enrich plugin's settings in the bench pipeline file.

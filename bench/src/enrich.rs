@@ -94,10 +94,7 @@ fn run_blocking(bench: &Bench) -> anyhow::Result<Value> {
             "wasm_us_per_event": wasm_s * 1e6 / clicks.len() as f64,
         }));
     }
-    let at_default = sweep
-        .iter()
-        .find(|s| s["batch_size"] == bench.sizes.batch_size)
-        .and_then(|s| s["wasm_over_native"].as_f64());
+    let at_default = sweep.iter().find(|s| s["batch_size"] == bench.sizes.batch_size).and_then(|s| s["wasm_over_native"].as_f64());
     Ok(json!({
         "events": clicks.len(),
         "default_batch_size": bench.sizes.batch_size,

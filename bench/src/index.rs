@@ -70,13 +70,14 @@ pub async fn run(bench: &Bench, state: &State) -> anyhow::Result<Value> {
         // Clean up whatever happened: the server keeps indices in memory.
         let client = indexer.client();
         let _ = client.indices().delete(IndicesDeleteParts::Index(&[&index])).send().await;
-        let _ = client
-            .indices()
-            .delete_index_template(IndicesDeleteIndexTemplateParts::Name(&format!("{index}-template")))
-            .send()
-            .await;
+        let _ = client.indices().delete_index_template(IndicesDeleteIndexTemplateParts::Name(&format!("{index}-template"))).send().await;
         let outcome = outcome?;
-        anyhow::ensure!(outcome.rejected.is_empty(), "{} documents refused at {mib} MiB, e.g. {}", outcome.rejected.len(), outcome.rejected[0].reason);
+        anyhow::ensure!(
+            outcome.rejected.is_empty(),
+            "{} documents refused at {mib} MiB, e.g. {}",
+            outcome.rejected.len(),
+            outcome.rejected[0].reason
+        );
         let r = rate(outcome.indexed as f64, secs);
         progress(format_args!("  bulk {mib} MiB: {r:.0} documents/s"));
         sweep.push(json!({

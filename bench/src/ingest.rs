@@ -32,10 +32,7 @@ pub async fn pool(url: &str) -> anyhow::Result<PgPool> {
 /// Records stored so far (events and dead letters): the sum of the stored
 /// next offsets. 0 until the host has created its tables.
 pub async fn stored_records(pool: &PgPool) -> i64 {
-    sqlx::query_scalar::<_, i64>("SELECT coalesce(sum(next_offset), 0)::bigint FROM ingest_offsets")
-        .fetch_one(pool)
-        .await
-        .unwrap_or(0)
+    sqlx::query_scalar::<_, i64>("SELECT coalesce(sum(next_offset), 0)::bigint FROM ingest_offsets").fetch_one(pool).await.unwrap_or(0)
 }
 
 /// Percentiles of `stored_at - received_at` in ms: per event, and per
@@ -121,7 +118,8 @@ pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let cpu = host.cpu_seconds();
-    let (pg_cpu, broker_cpu, wall) = (cpu_seconds_of(&["postgres"]) - pg_cpu0, cpu_seconds_of(&["nisshi", "tansu"]) - broker_cpu0, wall0.elapsed().as_secs_f64());
+    let (pg_cpu, broker_cpu, wall) =
+        (cpu_seconds_of(&["postgres"]) - pg_cpu0, cpu_seconds_of(&["nisshi", "tansu"]) - broker_cpu0, wall0.elapsed().as_secs_f64());
     let host_log = tokio::task::spawn_blocking(move || host.stop()).await??;
     let counters = final_counters(&host_log);
 
@@ -199,7 +197,8 @@ mod tests {
 
     #[test]
     fn final_counters_come_from_the_stop_line() {
-        let log = "x\n2026-11-28T20:00:00Z  INFO clickstream::pipeline: pipeline stopped consumed=10 stored=9 dead_lettered=1 redelivered=0\n";
+        let log =
+            "x\n2026-11-28T20:00:00Z  INFO clickstream::pipeline: pipeline stopped consumed=10 stored=9 dead_lettered=1 redelivered=0\n";
         let c = final_counters(log);
         assert_eq!(c["consumed"], 10);
         assert_eq!(c["dead_lettered"], 1);

@@ -459,7 +459,14 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
                 progress(format_args!("arm {} done in {seconds:.1} s: {status}", $n));
                 arms.push(ArmResult { arm: $n, name: $name, status, seconds, figures, error });
             } else {
-                arms.push(ArmResult { arm: $n, name: $name, status: "skipped".into(), seconds: 0.0, figures: Value::Null, error: Some("not selected (--arms)".into()) });
+                arms.push(ArmResult {
+                    arm: $n,
+                    name: $name,
+                    status: "skipped".into(),
+                    seconds: 0.0,
+                    figures: Value::Null,
+                    error: Some("not selected (--arms)".into()),
+                });
             }
         }};
     }

@@ -21,7 +21,14 @@ pub fn targets(r: &Results) -> Vec<Target> {
         _ => None,
     };
     vec![
-        Target::new("Arm 1 sustained throughput", arm1, Goal::AtLeast, 50_000.0, "events/s", "steady state (10%→90% of the events stored)".into()),
+        Target::new(
+            "Arm 1 sustained throughput",
+            arm1,
+            Goal::AtLeast,
+            50_000.0,
+            "events/s",
+            "steady state (10%→90% of the events stored)".into(),
+        ),
         Target::new(
             "Arm 1 / min(arm 0, arm 2)",
             ratio(arm1, limit),
@@ -43,7 +50,14 @@ pub fn targets(r: &Results) -> Vec<Target> {
             "×",
             format!("batch size {}", r.sizes.batch_size),
         ),
-        Target::new("Arm 1 / arm 4 (classic)", ratio(arm1, arm4), Goal::AtLeast, 50.0, "×", format!("classic {} events/s", arm4.map_or("n/a".into(), format_number))),
+        Target::new(
+            "Arm 1 / arm 4 (classic)",
+            ratio(arm1, arm4),
+            Goal::AtLeast,
+            50.0,
+            "×",
+            format!("classic {} events/s", arm4.map_or("n/a".into(), format_number)),
+        ),
         Target::new(
             "Aggregation: plugin path time / SQL time",
             r.num(5, "/plugin_path_over_sql"),
@@ -83,8 +97,22 @@ pub fn targets(r: &Results) -> Vec<Target> {
             "ms",
             "includes batching (up to batch_max_wait_ms = 200) and queueing".into(),
         ),
-        Target::new("Events lost + duplicated during swaps", lost_dup, Goal::AtMost, 0.0, "events", "every produced event id stored exactly once".into()),
-        Target::new("Host peak RSS under sustained load", rss, Goal::AtMost, 300.0, "MiB", "VmHWM of the host process, arms 1 and 6".into()),
+        Target::new(
+            "Events lost + duplicated during swaps",
+            lost_dup,
+            Goal::AtMost,
+            0.0,
+            "events",
+            "every produced event id stored exactly once".into(),
+        ),
+        Target::new(
+            "Host peak RSS under sustained load",
+            rss,
+            Goal::AtMost,
+            300.0,
+            "MiB",
+            "VmHWM of the host process, arms 1 and 6".into(),
+        ),
     ]
 }
 
@@ -214,7 +242,10 @@ pub fn markdown(r: &Results) -> String {
     }
 
     if let Some(sweep) = r.arm(3).and_then(|v| v["sweep"].as_array()) {
-        let _ = writeln!(s, "\n### Enrich, native vs WASM (events/s, one thread)\n\n| batch size | native | WASM | WASM/native |\n|---|---|---|---|");
+        let _ = writeln!(
+            s,
+            "\n### Enrich, native vs WASM (events/s, one thread)\n\n| batch size | native | WASM | WASM/native |\n|---|---|---|---|"
+        );
         for x in sweep {
             let _ = writeln!(
                 s,

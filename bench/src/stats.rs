@@ -36,12 +36,7 @@ pub struct Spread {
 impl Spread {
     /// The spread of `values`.
     pub fn of(values: &[f64]) -> Spread {
-        Spread {
-            n: values.len(),
-            p50: percentile(values, 50.0),
-            p99: percentile(values, 99.0),
-            max: percentile(values, 100.0),
-        }
+        Spread { n: values.len(), p50: percentile(values, 50.0), p99: percentile(values, 99.0), max: percentile(values, 100.0) }
     }
 }
 
@@ -89,7 +84,7 @@ pub fn format_number(x: f64) -> String {
     let digits = n.abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -147,15 +142,7 @@ impl Target {
                 }
             }
         };
-        Target {
-            name: name.into(),
-            measured,
-            threshold,
-            goal,
-            unit: unit.into(),
-            verdict,
-            detail,
-        }
+        Target { name: name.into(), measured, threshold, goal, unit: unit.into(), verdict, detail }
     }
 
     /// `0.87× (≥ 0.85×)` or `312 MiB (≤ 300 MiB)`.

@@ -128,7 +128,8 @@ async fn run_once(bench: &Bench, rate: u64, cache: bool) -> anyhow::Result<Value
         let brokers = bench.services.brokers.clone();
         let topic = topic.clone();
         tokio::spawn(async move {
-            clickstream::produce::to_kafka(generator, &brokers, &topic, Some(rate), &Default::default(), &indicatif::ProgressBar::hidden()).await
+            clickstream::produce::to_kafka(generator, &brokers, &topic, Some(rate), &Default::default(), &indicatif::ProgressBar::hidden())
+                .await
         })
     };
     let mut peak_rss = 0.0f64;
@@ -168,11 +169,12 @@ async fn run_once(bench: &Bench, rate: u64, cache: bool) -> anyhow::Result<Value
     for (i, (t0, version)) in writes.iter().enumerate() {
         let line = lines.iter().find(|l| l.at >= *t0 && &l.new == version);
         let plugin_version = version.trim_start_matches("enrich ");
-        let first: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT min(stored_at) FROM events WHERE plugin_version = $1 AND stored_at >= $2")
-            .bind(plugin_version)
-            .bind(t0)
-            .fetch_one(&pool)
-            .await?;
+        let first: Option<DateTime<Utc>> =
+            sqlx::query_scalar("SELECT min(stored_at) FROM events WHERE plugin_version = $1 AND stored_at >= $2")
+                .bind(plugin_version)
+                .bind(t0)
+                .fetch_one(&pool)
+                .await?;
         let log_ms = line.map(|l| ms(l.at - *t0));
         let stored_ms = first.map(|f| ms(f - *t0));
         if let Some(v) = log_ms {
@@ -198,19 +200,23 @@ async fn run_once(bench: &Bench, rate: u64, cache: bool) -> anyhow::Result<Value
     // Consumed more often than produced = a record processed twice (the
     // primary key would hide the second row, so count it here).
     let duplicated = consumed.map(|c| c.saturating_sub(summary.records) + redelivered.unwrap_or(0));
-    let versions: Vec<(String, i64)> = sqlx::query_as("SELECT plugin_version, count(*) FROM events GROUP BY 1 ORDER BY 1").fetch_all(&pool).await?;
+    let versions: Vec<(String, i64)> =
+        sqlx::query_as("SELECT plugin_version, count(*) FROM events GROUP BY 1 ORDER BY 1").fetch_all(&pool).await?;
 
     // Throughput and latency around swaps vs the rest.
-    let per_second: Vec<(DateTime<Utc>, i64)> = sqlx::query_as("SELECT date_trunc('second', stored_at) AS s, count(*) FROM events GROUP BY 1 ORDER BY 1")
-        .fetch_all(&pool)
-        .await?;
+    let per_second: Vec<(DateTime<Utc>, i64)> =
+        sqlx::query_as("SELECT date_trunc('second', stored_at) AS s, count(*) FROM events GROUP BY 1 ORDER BY 1").fetch_all(&pool).await?;
     let near_swap = |t: &DateTime<Utc>| writes.iter().any(|(w, _)| *t >= *w && *t < *w + chrono::TimeDelta::seconds(1));
-    let steady_span = |t: &DateTime<Utc>| writes.first().is_some_and(|(f, _)| *t >= *f) && writes.last().is_some_and(|(l, _)| *t < *l + chrono::TimeDelta::from_std(interval).unwrap_or_default());
+    let steady_span = |t: &DateTime<Utc>| {
+        writes.first().is_some_and(|(f, _)| *t >= *f)
+            && writes.last().is_some_and(|(l, _)| *t < *l + chrono::TimeDelta::from_std(interval).unwrap_or_default())
+    };
     let during: Vec<f64> = per_second.iter().filter(|(t, _)| steady_span(t) && near_swap(t)).map(|(_, n)| *n as f64).collect();
     let outside: Vec<f64> = per_second.iter().filter(|(t, _)| steady_span(t) && !near_swap(t)).map(|(_, n)| *n as f64).collect();
-    let latency_rows: Vec<(DateTime<Utc>, f64)> = sqlx::query_as("SELECT received_at, extract(epoch FROM stored_at - received_at)::float8 * 1000 FROM events")
-        .fetch_all(&pool)
-        .await?;
+    let latency_rows: Vec<(DateTime<Utc>, f64)> =
+        sqlx::query_as("SELECT received_at, extract(epoch FROM stored_at - received_at)::float8 * 1000 FROM events")
+            .fetch_all(&pool)
+            .await?;
     let lat_during: Vec<f64> = latency_rows.iter().filter(|(t, _)| steady_span(t) && near_swap(t)).map(|r| r.1).collect();
     let lat_outside: Vec<f64> = latency_rows.iter().filter(|(t, _)| steady_span(t) && !near_swap(t)).map(|r| r.1).collect();
     pool.close().await;

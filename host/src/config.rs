@@ -123,8 +123,8 @@ impl PipelineConfig {
 
     /// Parses `text` as if read from `file`; `env` supplies overrides. No I/O.
     pub fn parse(text: &str, file: &Path, env: impl Fn(&str) -> Option<String>) -> Result<PipelineConfig, ConfigError> {
-        let mut config: PipelineConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.to_path_buf(), message: e.to_string().trim_end().to_string() })?;
+        let mut config: PipelineConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { file: file.to_path_buf(), message: e.to_string().trim_end().to_string() })?;
         config.file = file.to_path_buf();
         for (name, value) in [
             ("KAFKA_BROKERS", &mut config.source.brokers),

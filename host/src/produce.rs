@@ -136,18 +136,11 @@ const USER_AGENTS: &[(&str, u32)] = &[
 /// Public address blocks (first octets) of ISPs in many countries, so
 /// enrichment finds real locations. The last octets are random.
 const IP_BLOCKS: &[&str] = &[
-    "81.2.69", "86.128", "90.0", "91.0", "79.0", "88.0", "95.24", "126.0", "117.192",
-    "123.112", "1.128", "187.0", "177.0", "8.8", "24.0", "73.0", "201.0", "41.0",
-    "105.0", "197.0", "203.0", "58.0", "110.0", "175.0", "186.0", "190.0", "212.0",
-    "213.0", "217.0", "62.0",
+    "81.2.69", "86.128", "90.0", "91.0", "79.0", "88.0", "95.24", "126.0", "117.192", "123.112", "1.128", "187.0", "177.0", "8.8", "24.0",
+    "73.0", "201.0", "41.0", "105.0", "197.0", "203.0", "58.0", "110.0", "175.0", "186.0", "190.0", "212.0", "213.0", "217.0", "62.0",
 ];
 
-const REFERRERS: &[&str] = &[
-    "https://www.google.com/",
-    "https://www.bing.com/",
-    "https://news.example/",
-    "https://social.example/feed",
-];
+const REFERRERS: &[&str] = &["https://www.google.com/", "https://www.bing.com/", "https://news.example/", "https://social.example/feed"];
 
 /// A pause longer than the default session timeout, which ends a session.
 const SESSION_BREAK_MS: f64 = 31.0 * 60_000.0;
@@ -200,16 +193,7 @@ impl Generator {
             .collect();
         let user_weights = WeightedIndex::new(&weights).expect("weights");
         let url_weights = WeightedIndex::new((1..=config.urls.max(1)).map(|i| 1.0 / i as f64)).expect("weights");
-        Generator {
-            config,
-            rng,
-            produced: 0,
-            users: users_vec,
-            user_weights,
-            url_weights,
-            pacing,
-            next_bad: 0,
-        }
+        Generator { config, rng, produced: 0, users: users_vec, user_weights, url_weights, pacing, next_bad: 0 }
     }
 
     fn url(&mut self) -> String {
@@ -298,7 +282,7 @@ impl Iterator for Generator {
             None => value.to_string().into_bytes(),
             Some(BadKind::MalformedJson) => {
                 let text = value.to_string();
-                text[..text.len() / 2].as_bytes().to_vec()
+                text.as_bytes()[..text.len() / 2].to_vec()
             }
             Some(BadKind::MissingField) => {
                 value.as_object_mut().expect("object").remove("user_id");
@@ -333,12 +317,7 @@ impl Iterator for Generator {
                 value.to_string().into_bytes()
             }
         };
-        Some(Record {
-            key: user_id,
-            payload,
-            bad,
-            event_id,
-        })
+        Some(Record { key: user_id, payload, bad, event_id })
     }
 }
 
@@ -348,17 +327,16 @@ mod tests {
     use crate::stages::decode::{decode, DecodeLimits};
 
     /// The default limits, at a "now" of 2026-11-29.
-    fn dec(payload: &[u8], derived: impl FnOnce() -> String) -> Result<crate::stages::record::RawEvent, crate::stages::decode::DecodeError> {
+    fn dec(
+        payload: &[u8],
+        derived: impl FnOnce() -> String,
+    ) -> Result<crate::stages::record::RawEvent, crate::stages::decode::DecodeError> {
         let limits = DecodeLimits { max_record_bytes: 65536, min_timestamp_ms: 946_684_800_000, max_future_ms: 86_400_000 };
         decode(payload, &limits, 1_795_900_000_000, derived)
     }
 
     fn config(bad: f64) -> GeneratorConfig {
-        GeneratorConfig {
-            events: 3000,
-            bad_fraction: bad,
-            ..GeneratorConfig::default()
-        }
+        GeneratorConfig { events: 3000, bad_fraction: bad, ..GeneratorConfig::default() }
     }
 
     #[test]
@@ -564,9 +542,7 @@ pub async fn to_kafka(
     const MAX_IN_FLIGHT: usize = 50_000;
     for record in generator {
         pace.wait(summary.records).await;
-        let delivery = producer
-            .send_result(FutureRecord::to(topic).key(&record.key).payload(&record.payload))
-            .map_err(|(e, _)| e)?;
+        let delivery = producer.send_result(FutureRecord::to(topic).key(&record.key).payload(&record.payload)).map_err(|(e, _)| e)?;
         in_flight.push(delivery);
         summary.count(&record);
         while in_flight.len() >= MAX_IN_FLIGHT {
@@ -580,7 +556,10 @@ pub async fn to_kafka(
     Ok(summary)
 }
 
-fn settle(done: Option<Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>>, progress: &indicatif::ProgressBar) -> Result<(), ProduceError> {
+fn settle(
+    done: Option<Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>>,
+    progress: &indicatif::ProgressBar,
+) -> Result<(), ProduceError> {
     match done {
         Some(Ok(Ok(_))) => {
             progress.inc(1);

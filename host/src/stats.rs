@@ -124,11 +124,7 @@ impl Histogram {
             cumulative += n.load(Ordering::Relaxed);
             buckets.push((self.bounds.get(i).copied().unwrap_or(f64::INFINITY), cumulative));
         }
-        HistogramSnapshot {
-            buckets,
-            sum: f64::from_bits(self.sum.load(Ordering::Relaxed)),
-            count: cumulative,
-        }
+        HistogramSnapshot { buckets, sum: f64::from_bits(self.sum.load(Ordering::Relaxed)), count: cumulative }
     }
 }
 
@@ -174,10 +170,7 @@ pub struct StageHistograms {
 
 impl Default for StageHistograms {
     fn default() -> Self {
-        StageHistograms {
-            records: Histogram::new(RECORDS_BUCKETS),
-            seconds: Histogram::new(SECONDS_BUCKETS),
-        }
+        StageHistograms { records: Histogram::new(RECORDS_BUCKETS), seconds: Histogram::new(SECONDS_BUCKETS) }
     }
 }
 
@@ -367,12 +360,7 @@ impl Stats {
         if history.len() == RELOAD_HISTORY {
             history.pop_front();
         }
-        history.push_back(ReloadRecord {
-            at_ms: chrono::Utc::now().timestamp_millis(),
-            what: what.to_string(),
-            outcome,
-            detail,
-        });
+        history.push_back(ReloadRecord { at_ms: chrono::Utc::now().timestamp_millis(), what: what.to_string(), outcome, detail });
     }
 
     /// Counts a plugin reload; `detail` is the new version or the reason it
@@ -388,11 +376,7 @@ impl Stats {
 
     /// Reloads of `what` with `outcome` so far.
     pub fn reloads_of(&self, what: &str, outcome: &str) -> u64 {
-        lock(&self.reloads)
-            .iter()
-            .filter(|((w, o), _)| w == what && *o == outcome)
-            .map(|(_, n)| *n)
-            .sum()
+        lock(&self.reloads).iter().filter(|((w, o), _)| w == what && *o == outcome).map(|(_, n)| *n).sum()
     }
 
     /// Reloads by (what, outcome).

@@ -117,7 +117,9 @@ impl Drop for PrivateBroker {
 
 /// The nisshi binary: on PATH, else where `cargo install` puts it.
 fn nisshi_bin() -> PathBuf {
-    let on_path = std::env::var_os("PATH").map(|path| std::env::split_paths(&path).map(|dir| dir.join("nisshi")).collect::<Vec<_>>()).unwrap_or_default();
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).map(|dir| dir.join("nisshi")).collect::<Vec<_>>())
+        .unwrap_or_default();
     let installed = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo/bin/nisshi"));
     on_path.into_iter().chain(installed).find(|path| path.is_file()).unwrap_or_else(|| {
         panic!(

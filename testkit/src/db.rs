@@ -31,10 +31,7 @@ pub enum DbError {
 
 /// A name no other test or run uses.
 pub fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     format!("{name}_{}_{nanos}", std::process::id())
 }
 

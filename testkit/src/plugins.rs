@@ -11,9 +11,7 @@ use crate::root;
 pub fn plugin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let status = Command::new(root().join("scripts/build-plugins"))
-            .status()
-            .expect("run scripts/build-plugins");
+        let status = Command::new(root().join("scripts/build-plugins")).status().expect("run scripts/build-plugins");
         assert!(status.success(), "scripts/build-plugins failed: {status}");
     });
     let path = root().join("target/plugins").join(format!("{name}.wasm"));
@@ -23,6 +21,7 @@ pub fn plugin(name: &str) -> PathBuf {
 
 /// The version the built enrich plugin reports (what it stamps on events).
 pub fn enrich_version() -> String {
-    let spec = clickstream::plugin::PluginSpec { slot: "enrich".into(), path: plugin("enrich"), settings: vec![], limits: Default::default() };
+    let spec =
+        clickstream::plugin::PluginSpec { slot: "enrich".into(), path: plugin("enrich"), settings: vec![], limits: Default::default() };
     clickstream::plugin::enrich::LoadedEnrich::load(spec, None).unwrap().info.version.clone()
 }

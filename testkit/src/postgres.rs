@@ -28,11 +28,7 @@ impl PrivatePostgres {
         };
         let dir = PathBuf::from(format!("/tmp/{}", unique("clickstream-pg")));
         std::fs::create_dir_all(&dir).unwrap();
-        let pg = PrivatePostgres {
-            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-            dir,
-            bin,
-        };
+        let pg = PrivatePostgres { url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), dir, bin };
         Command::new("chown").arg("postgres:postgres").arg(&pg.dir).status().unwrap();
         let data = pg.dir.join("data");
         pg.as_postgres(&format!("{} -D {} -A trust -U postgres --no-sync", pg.bin.join("initdb").display(), data.display()));

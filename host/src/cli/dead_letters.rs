@@ -69,4 +69,3 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Ok(())
     })
 }
-

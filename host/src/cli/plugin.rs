@@ -50,7 +50,12 @@ fn check(file: &Path, events: Option<&Path>, settings: Vec<(String, String)>, ge
         Some(path) => read_events(path)?,
         None => golden::batch(),
     };
-    let spec = |slot: &str| PluginSpec { slot: slot.into(), path: file.to_path_buf(), settings: settings.clone(), limits: PluginLimits::default() };
+    let spec = |slot: &str| PluginSpec {
+        slot: slot.into(),
+        path: file.to_path_buf(),
+        settings: settings.clone(),
+        limits: PluginLimits::default(),
+    };
     let target = target_of(&spec("check"))?;
     println!("{}: world {} of {PACKAGE}@{}", file.display(), target.world.name(), target.version);
     let lines = match target.world {

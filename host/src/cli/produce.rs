@@ -60,9 +60,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!((0.0..=1.0).contains(&args.bad_fraction), "--bad-fraction must be between 0 and 1, got {}", args.bad_fraction);
     anyhow::ensure!(args.users > 0 && args.urls > 0, "--users and --urls must be at least 1");
-    let start_ms = args
-        .start_ms
-        .unwrap_or_else(|| chrono::Utc::now().timestamp_millis() - args.span_secs as i64 * 1000);
+    let start_ms = args.start_ms.unwrap_or_else(|| chrono::Utc::now().timestamp_millis() - args.span_secs as i64 * 1000);
     let generator = Generator::new(GeneratorConfig {
         events: args.events,
         users: args.users,
@@ -105,4 +103,3 @@ fn kafka_target(args: &Args) -> anyhow::Result<(String, String)> {
     let topic = args.topic.clone().or_else(|| config.as_ref().map(|c| c.source.topics[0].clone()));
     Ok((brokers.expect("from args or config"), topic.expect("from args or config")))
 }
-

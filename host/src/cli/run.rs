@@ -75,4 +75,3 @@ fn run_pipeline(pipeline: &Path) -> anyhow::Result<()> {
     })?;
     Ok(())
 }
-

@@ -103,7 +103,9 @@ impl AggregateRun {
         let started = AggregateInstance::new(&loaded).and_then(|mut instance| {
             instance.store.set_epoch_deadline(loaded.spec.limits.deadline_ticks());
             let run = match &instance.bindings {
-                Bindings::V0_1_0(b) => b.clickstream_pipeline_aggregation().window_run().call_constructor(&mut instance.store, params.into(), from_ms, to_ms),
+                Bindings::V0_1_0(b) => {
+                    b.clickstream_pipeline_aggregation().window_run().call_constructor(&mut instance.store, params.into(), from_ms, to_ms)
+                }
             }
             .map_err(|e| call_error(e, &mut instance.store, &loaded.info, &loaded.spec.limits))?;
             Ok((instance, run))

@@ -57,13 +57,28 @@ impl PluginsConfig {
     pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
         for (name, plugin) in self.slots() {
             if plugin.path.extension().and_then(|e| e.to_str()) != Some("wasm") {
-                return Err(invalid(file, &format!("plugins.{name}.path"), format!("is {}", plugin.path.display()), "point it at a .wasm component (build them with scripts/build-plugins)"));
+                return Err(invalid(
+                    file,
+                    &format!("plugins.{name}.path"),
+                    format!("is {}", plugin.path.display()),
+                    "point it at a .wasm component (build them with scripts/build-plugins)",
+                ));
             }
             if !(16..=4096).contains(&plugin.memory_mib) {
-                return Err(invalid(file, &format!("plugins.{name}.memory_mib"), format!("is {}", plugin.memory_mib), "use 16 to 4096 (default 256)"));
+                return Err(invalid(
+                    file,
+                    &format!("plugins.{name}.memory_mib"),
+                    format!("is {}", plugin.memory_mib),
+                    "use 16 to 4096 (default 256)",
+                ));
             }
             if !(10..=600_000).contains(&plugin.deadline_ms) {
-                return Err(invalid(file, &format!("plugins.{name}.deadline_ms"), format!("is {}", plugin.deadline_ms), "use 10 to 600000 (default 1000)"));
+                return Err(invalid(
+                    file,
+                    &format!("plugins.{name}.deadline_ms"),
+                    format!("is {}", plugin.deadline_ms),
+                    "use 10 to 600000 (default 1000)",
+                ));
             }
         }
         Ok(())

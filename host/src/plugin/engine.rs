@@ -48,14 +48,17 @@ pub fn engine() -> &'static Engine {
 /// How many compiled components [`compile`] keeps by content hash.
 const COMPILED_KEPT: usize = 4;
 
+/// (content hash, component), most recent last.
+type Compiled = VecDeque<(String, Component)>;
+
 /// Compiled components by content hash, most recent last: loading a file
 /// whose bytes this process compiled before (a rollback to the previous
 /// version, a restart of the pipeline after a config change) skips
 /// compiling, which is most of a swap's time. Bounded, so a long series of
 /// deploys does not grow memory. `CLICKSTREAM_COMPILE_CACHE=off` turns it
 /// off (the benchmarks measure swaps both ways).
-fn compiled() -> Option<&'static Mutex<VecDeque<(String, Component)>>> {
-    static CACHE: OnceLock<Option<Mutex<VecDeque<(String, Component)>>>> = OnceLock::new();
+fn compiled() -> Option<&'static Mutex<Compiled>> {
+    static CACHE: OnceLock<Option<Mutex<Compiled>>> = OnceLock::new();
     CACHE
         .get_or_init(|| {
             let off = std::env::var("CLICKSTREAM_COMPILE_CACHE").is_ok_and(|v| matches!(v.as_str(), "off" | "0" | "false"));
@@ -66,11 +69,8 @@ fn compiled() -> Option<&'static Mutex<VecDeque<(String, Component)>>> {
 
 /// Reads and compiles a component file, returning it with its content hash.
 pub(super) fn compile(spec: &PluginSpec) -> Result<(Component, String), PluginError> {
-    let bytes = std::fs::read(&spec.path).map_err(|source| PluginError::Read {
-        plugin: spec.slot.clone(),
-        path: spec.path.clone(),
-        source,
-    })?;
+    let bytes =
+        std::fs::read(&spec.path).map_err(|source| PluginError::Read { plugin: spec.slot.clone(), path: spec.path.clone(), source })?;
     let hash = content_hash(&bytes);
     let cache = compiled();
     if let Some(cache) = cache {

@@ -47,9 +47,8 @@ impl LoadedEnrich {
     /// plugin fails here rather than on the first batch.
     pub fn load(spec: PluginSpec, geoip: Option<Arc<GeoIp>>) -> Result<Arc<LoadedEnrich>, PluginError> {
         // One version today; a new one adds an arm here and in `Pre`.
-        let (pre, info, _version) = prelink(&spec, World::Enricher, |_, linker| {
-            since_v0_1_0::enricher::Enricher::add_to_linker::<_, HasSelf<_>>(linker, |s| s)
-        })?;
+        let (pre, info, _version) =
+            prelink(&spec, World::Enricher, |_, linker| since_v0_1_0::enricher::Enricher::add_to_linker::<_, HasSelf<_>>(linker, |s| s))?;
         let pre = since_v0_1_0::enricher::EnricherPre::new(pre).map_err(|e| PluginError::WrongWorld {
             plugin: spec.slot.clone(),
             path: spec.path.clone(),

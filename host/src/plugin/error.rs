@@ -23,7 +23,9 @@ pub enum PluginError {
         source: std::io::Error,
     },
     /// The file is not a valid WebAssembly component.
-    #[error("plugin `{plugin}`: {path} is not a WebAssembly component ({reason}); build plugins with `cargo build --target wasm32-wasip2`")]
+    #[error(
+        "plugin `{plugin}`: {path} is not a WebAssembly component ({reason}); build plugins with `cargo build --target wasm32-wasip2`"
+    )]
     NotAComponent {
         /// Plugin name from pipeline.toml.
         plugin: String,
@@ -129,26 +131,12 @@ impl PluginError {
 pub(super) fn call_error(err: wasmtime::Error, store: &mut Store<HostState>, info: &PluginInfo, limits: &PluginLimits) -> PluginError {
     let (plugin, version) = (info.slot.clone(), info.version.clone());
     if let Some(requested) = store.data_mut().limiter.refused.take() {
-        return PluginError::MemoryExceeded {
-            plugin,
-            version,
-            requested,
-            cap: limits.memory_bytes,
-        };
+        return PluginError::MemoryExceeded { plugin, version, requested, cap: limits.memory_bytes };
     }
     if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-        return PluginError::Deadline {
-            plugin,
-            version,
-            deadline_ms: limits.deadline.as_millis(),
-        };
+        return PluginError::Deadline { plugin, version, deadline_ms: limits.deadline.as_millis() };
     }
     let stderr = store.data().stderr.take();
-    let message = if stderr.is_empty() {
-        format!("{err:?}")
-    } else {
-        format!("{stderr}\n{err:?}")
-    };
+    let message = if stderr.is_empty() { format!("{err:?}") } else { format!("{stderr}\n{err:?}") };
     PluginError::Trap { plugin, version, message }
 }
-

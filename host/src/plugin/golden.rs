@@ -45,7 +45,14 @@ pub fn batch() -> Vec<RawEvent> {
         click("golden-1", "golden-user-1", 1_764_000_000_000, "https://shop.example/", "81.2.69.142", CHROME),
         click("golden-2", "golden-user-1", 1_764_000_012_000, "https://shop.example/cart", "81.2.69.142", CHROME),
         click("golden-3", "golden-user-2", 1_764_000_005_000, "https://shop.example/", "2001:4860:4860::8888", IPHONE),
-        click("golden-4", "golden-bot", 1_764_000_007_000, "https://shop.example/robots.txt", "66.249.66.1", "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"),
+        click(
+            "golden-4",
+            "golden-bot",
+            1_764_000_007_000,
+            "https://shop.example/robots.txt",
+            "66.249.66.1",
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        ),
         click("golden-5", "golden-user-3", 1_764_000_009_000, "https://shop.example/", "not-an-ip", ""),
     ]
 }
@@ -55,7 +62,13 @@ pub fn batch() -> Vec<RawEvent> {
 pub fn as_stored(events: Vec<RawEvent>) -> Vec<StoredEvent> {
     let mut stored: Vec<StoredEvent> = events
         .into_iter()
-        .map(|c| StoredEvent { event_id: c.event_id, user_id: c.user_id, timestamp_ms: c.timestamp_ms, url: c.url, country: "unknown".into() })
+        .map(|c| StoredEvent {
+            event_id: c.event_id,
+            user_id: c.user_id,
+            timestamp_ms: c.timestamp_ms,
+            url: c.url,
+            country: "unknown".into(),
+        })
         .collect();
     stored.sort_by(|a, b| (&a.user_id, a.timestamp_ms, &a.event_id).cmp(&(&b.user_id, b.timestamp_ms, &b.event_id)));
     stored
@@ -90,7 +103,10 @@ pub fn prove_aggregate(spec: PluginSpec) -> Result<Arc<LoadedAggregate>, ProofEr
     let rows = run.finish()?;
     let counted: u64 = rows.iter().map(|r| r.clicks).sum();
     if counted != stored.len() as u64 {
-        return Err(ProofError::Golden { plugin: loaded.info.slot.clone(), reason: format!("counted {counted} clicks in a golden batch of {}", stored.len()) });
+        return Err(ProofError::Golden {
+            plugin: loaded.info.slot.clone(),
+            reason: format!("counted {counted} clicks in a golden batch of {}", stored.len()),
+        });
     }
     Ok(loaded)
 }

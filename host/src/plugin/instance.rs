@@ -60,10 +60,7 @@ pub struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -81,11 +78,7 @@ pub(super) fn new_store(limits: &PluginLimits, geoip: Option<Arc<GeoIp>>) -> Sto
     let state = HostState {
         wasi: wasi.build(),
         table: ResourceTable::new(),
-        limiter: MemoryLimiter {
-            cap: limits.memory_bytes,
-            high_water: 0,
-            refused: None,
-        },
+        limiter: MemoryLimiter { cap: limits.memory_bytes, high_water: 0, refused: None },
         stderr,
         geoip,
     };
@@ -107,7 +100,8 @@ pub(super) fn prelink(
     add_imports: impl FnOnce(Version, &mut Linker<HostState>) -> wasmtime::Result<()>,
 ) -> Result<(InstancePre<HostState>, PluginInfo, Version), PluginError> {
     let (component, content_hash) = compile(spec)?;
-    let refused = |reason: String| PluginError::WrongWorld { plugin: spec.slot.clone(), path: spec.path.clone(), world: world.name(), reason };
+    let refused =
+        |reason: String| PluginError::WrongWorld { plugin: spec.slot.clone(), path: spec.path.clone(), world: world.name(), reason };
     let target = wit::target(&component).map_err(|e| refused(e.to_string()))?;
     if target.world != world {
         return Err(refused(format!("it is an {}", target.world.name())));
@@ -132,7 +126,11 @@ pub(super) fn prelink(
 /// (compiling it through the cache, so loading it next costs nothing more).
 pub fn target_of(spec: &PluginSpec) -> Result<wit::Target, PluginError> {
     let (component, _) = compile(spec)?;
-    wit::target(&component).map_err(|e| PluginError::NotAPlugin { plugin: spec.slot.clone(), path: spec.path.clone(), reason: e.to_string() })
+    wit::target(&component).map_err(|e| PluginError::NotAPlugin {
+        plugin: spec.slot.clone(),
+        path: spec.path.clone(),
+        reason: e.to_string(),
+    })
 }
 
 /// Fills in the name and version a fresh instance reports.

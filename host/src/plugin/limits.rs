@@ -24,11 +24,7 @@ pub struct PluginLimits {
 
 impl Default for PluginLimits {
     fn default() -> Self {
-        PluginLimits {
-            memory_bytes: 256 << 20,
-            deadline: Duration::from_secs(1),
-            read_only_dir: None,
-        }
+        PluginLimits { memory_bytes: 256 << 20, deadline: Duration::from_secs(1), read_only_dir: None }
     }
 }
 
@@ -62,4 +58,3 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }
-

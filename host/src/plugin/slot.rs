@@ -51,10 +51,7 @@ pub struct Slot<T> {
 impl<T> Slot<T> {
     /// A slot holding `initial`.
     pub fn new(initial: Arc<T>) -> Slot<T> {
-        Slot {
-            live: ArcSwap::new(initial),
-            counters: Arc::default(),
-        }
+        Slot { live: ArcSwap::new(initial), counters: Arc::default() }
     }
 
     /// The version serving now.
@@ -73,4 +70,3 @@ impl<T> Slot<T> {
         &self.counters
     }
 }
-

@@ -75,9 +75,7 @@ pub async fn list(pool: &PgPool, pending_only: bool, limit: i64, offset: i64) ->
 
 /// Counts of dead letters.
 pub async fn counts(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
-    let row = sqlx::query("SELECT count(*), count(*) FILTER (WHERE replayed_at IS NULL) FROM dead_letters")
-        .fetch_one(pool)
-        .await?;
+    let row = sqlx::query("SELECT count(*), count(*) FILTER (WHERE replayed_at IS NULL) FROM dead_letters").fetch_one(pool).await?;
     Ok((row.get(0), row.get(1)))
 }
 
@@ -95,7 +93,13 @@ pub struct ReplayOutcome {
 /// in the same transaction; a failure (PostgreSQL refusing the event
 /// included) stays pending with its new reason. `progress` is called after
 /// each page with the running totals.
-pub async fn replay(pool: &PgPool, windows: WindowSpec, runner: &mut EnrichRunner, limits: &DecodeLimits, mut progress: impl FnMut(ReplayOutcome)) -> Result<ReplayOutcome, sqlx::Error> {
+pub async fn replay(
+    pool: &PgPool,
+    windows: WindowSpec,
+    runner: &mut EnrichRunner,
+    limits: &DecodeLimits,
+    mut progress: impl FnMut(ReplayOutcome),
+) -> Result<ReplayOutcome, sqlx::Error> {
     const PAGE: i64 = 500;
     let stats = Stats::default();
     let mut outcome = ReplayOutcome::default();
@@ -114,12 +118,7 @@ pub async fn replay(pool: &PgPool, windows: WindowSpec, runner: &mut EnrichRunne
         let records: Vec<Consumed> = rows
             .iter()
             .map(|r| Consumed {
-                provenance: Provenance {
-                    topic: r.get(1),
-                    partition: r.get(2),
-                    offset: r.get(3),
-                    received_at: r.get(6),
-                },
+                provenance: Provenance { topic: r.get(1), partition: r.get(2), offset: r.get(3), received_at: r.get(6) },
                 key: r.get(4),
                 payload: r.get(5),
             })

@@ -53,7 +53,7 @@ pub enum PipelineError {
 /// How a run ended.
 pub enum Exit {
     /// Asked to stop; everything in flight was stored.
-    Stopped(Pipeline),
+    Stopped(Box<Pipeline>),
     /// pipeline.toml changed connection settings: drained, and to be started
     /// again with this configuration.
     Restart(Box<PipelineConfig>),
@@ -95,7 +95,7 @@ pub async fn run_until_stopped(
 ) -> Result<Pipeline, PipelineError> {
     loop {
         match run(config, shutdown.clone(), sighup.clone(), stats.clone(), &started).await? {
-            Exit::Stopped(pipeline) => return Ok(pipeline),
+            Exit::Stopped(pipeline) => return Ok(*pipeline),
             Exit::Restart(next) => config = *next,
         }
     }
@@ -122,10 +122,8 @@ pub async fn run(
     );
     let store = connect_store(&config.store.database_url, config.windows(), &shutdown).await?;
     let offsets = source::OffsetLookup::start(&config.store.database_url).map_err(|e| PipelineError::Store(StoreError::Url(e)))?;
-    let consumer = source::connect(&config.source, offsets, stats.clone()).map_err(|source| PipelineError::Kafka {
-        brokers: config.source.brokers.clone(),
-        source,
-    })?;
+    let consumer = source::connect(&config.source, offsets, stats.clone())
+        .map_err(|source| PipelineError::Kafka { brokers: config.source.brokers.clone(), source })?;
     tracing::info!(brokers = %config.source.brokers, topics = ?config.source.topics, group = %config.source.group_id, "consuming");
 
     // Drains on shutdown, and on a reload that needs a restart.
@@ -146,11 +144,7 @@ pub async fn run(
     let (batching_tx, batching_rx) = watch::channel(config.batching());
     let (aggregate_tx, aggregate_rx) = watch::channel(config.aggregate.clone());
     let (decode_tx, decode_rx) = watch::channel(config.decode_limits());
-    let live = LiveSettings {
-        batching: batching_tx,
-        decode: decode_tx,
-        aggregate: aggregate_tx,
-    };
+    let live = LiveSettings { batching: batching_tx, decode: decode_tx, aggregate: aggregate_tx };
     let reloader = Reloader::new(config.clone(), enrich.clone(), aggregate.clone(), geoip, live, stats.clone(), restart_tx.clone());
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let reloading = tokio::spawn(reloader.run(sighup, reload_rx, drain.clone()));
@@ -199,13 +193,8 @@ pub async fn run(
     // Only this host's partitions: committing another member's could move
     // its visible offset backwards.
     let assigned = consumer.assignment().map(|tpl| tpl.to_topic_map()).unwrap_or_default();
-    let final_offsets = store
-        .next_offsets_all()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(key, _)| assigned.contains_key(key))
-        .collect();
+    let final_offsets =
+        store.next_offsets_all().await.unwrap_or_default().into_iter().filter(|(key, _)| assigned.contains_key(key)).collect();
     source::commit(&consumer, &final_offsets, CommitMode::Sync);
     tracing::info!(
         consumed = stats.consumed.get(),
@@ -217,7 +206,7 @@ pub async fn run(
     let restart = restart_tx.borrow().clone();
     Ok(match restart {
         Some(next) if !*shutdown.borrow() => Exit::Restart(Box::new(next)),
-        _ => Exit::Stopped(pipeline),
+        _ => Exit::Stopped(Box::new(pipeline)),
     })
 }
 

@@ -10,7 +10,7 @@
 //! intervals apply live, connection settings drain and restart the pipeline,
 //! and metric-defining settings are refused.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,10 +24,10 @@ use crate::plugin::enrich::LoadedEnrich;
 use crate::plugin::geoip::GeoIp;
 use crate::plugin::golden::{prove_aggregate, prove_enrich, ProofError};
 use crate::plugin::{PluginInfo, PluginSpec, Slot};
-use crate::stats::Stats;
 use crate::stages::aggregate::config::AggregateConfig;
 use crate::stages::decode::DecodeLimits;
 use crate::stages::source::Batching;
+use crate::stats::Stats;
 
 /// Quiet time after the last file event before acting: editors and build
 /// tools write a file in several steps (truncate, write, rename).
@@ -114,9 +114,7 @@ impl Reloader {
     pub async fn swap_enrich(&self, spec: PluginSpec) -> Result<Swap, ReloadError> {
         let started = Instant::now();
         let geoip = self.geoip.clone();
-        let result = tokio::task::spawn_blocking(move || prove_enrich(spec, Some(geoip)))
-            .await
-            .expect("plugin preparation does not panic");
+        let result = tokio::task::spawn_blocking(move || prove_enrich(spec, Some(geoip))).await.expect("plugin preparation does not panic");
         self.count("enrich", result.as_ref().map(|l| &l.info));
         let loaded = result?;
         let old = self.enrich.swap(loaded.clone());
@@ -126,9 +124,7 @@ impl Reloader {
     /// Replaces the aggregate plugin likewise.
     pub async fn swap_aggregate(&self, spec: PluginSpec) -> Result<Swap, ReloadError> {
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || prove_aggregate(spec))
-            .await
-            .expect("plugin preparation does not panic");
+        let result = tokio::task::spawn_blocking(move || prove_aggregate(spec)).await.expect("plugin preparation does not panic");
         self.count("aggregate", result.as_ref().map(|l| &l.info));
         let loaded = result?;
         let old = self.aggregate.swap(loaded.clone());
@@ -232,16 +228,17 @@ impl Reloader {
                 return self.run_without_watcher(sighup, requests, shutdown).await;
             }
         };
-        let mut watched = HashMap::new();
+        let mut watched = HashSet::new();
         for (what, path) in self.watched_files() {
             let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-            if !watched.contains_key(&dir) {
-                match watcher.watch(&dir, RecursiveMode::NonRecursive) {
-                    Ok(()) => {
-                        watched.insert(dir, ());
-                    }
-                    Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch {what}"),
+            if watched.contains(&dir) {
+                continue;
+            }
+            match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    watched.insert(dir);
                 }
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch {what}"),
             }
         }
         loop {
@@ -272,13 +269,20 @@ impl Reloader {
             if touched(&self.config.plugins.enrich.path) && self.differs(&self.config.plugins.enrich.path, &self.enrich.current().info) {
                 let _ = self.swap_enrich(self.config.enrich_spec()).await;
             }
-            if touched(&self.config.plugins.aggregate.path) && self.differs(&self.config.plugins.aggregate.path, &self.aggregate.current().info) {
+            if touched(&self.config.plugins.aggregate.path)
+                && self.differs(&self.config.plugins.aggregate.path, &self.aggregate.current().info)
+            {
                 let _ = self.swap_aggregate(self.config.aggregate_spec()).await;
             }
         }
     }
 
-    async fn run_without_watcher(mut self, sighup: Arc<Notify>, mut requests: mpsc::Receiver<ReloadRequest>, mut shutdown: watch::Receiver<bool>) {
+    async fn run_without_watcher(
+        mut self,
+        sighup: Arc<Notify>,
+        mut requests: mpsc::Receiver<ReloadRequest>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,

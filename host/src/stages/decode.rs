@@ -101,7 +101,8 @@ impl DecodeLimits {
 /// came from, and a write batch holding the offsets of every record and a
 /// dead letter for each refused one.
 pub fn decode_batch(records: Vec<Consumed>, limits: &DecodeLimits) -> Decoded {
-    let mut decoded = Decoded { batch: WriteBatch::default(), events: Vec::with_capacity(records.len()), origins: Vec::with_capacity(records.len()) };
+    let mut decoded =
+        Decoded { batch: WriteBatch::default(), events: Vec::with_capacity(records.len()), origins: Vec::with_capacity(records.len()) };
     let now_ms = chrono::Utc::now().timestamp_millis();
     for record in records {
         decoded.batch.saw(&record.provenance);
@@ -128,12 +129,14 @@ pub fn decode_batch(records: Vec<Consumed>, limits: &DecodeLimits) -> Decoded {
 /// `derived_event_id` supplies the id of a record that carries none (the
 /// source derives it from topic, partition and offset, so a redelivery maps
 /// to the same id).
-pub fn decode(bytes: &[u8], limits: &DecodeLimits, now_ms: i64, derived_event_id: impl FnOnce() -> String) -> Result<RawEvent, DecodeError> {
+pub fn decode(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    now_ms: i64,
+    derived_event_id: impl FnOnce() -> String,
+) -> Result<RawEvent, DecodeError> {
     if bytes.len() > limits.max_record_bytes {
-        return Err(DecodeError::TooLarge {
-            size: bytes.len(),
-            max: limits.max_record_bytes,
-        });
+        return Err(DecodeError::TooLarge { size: bytes.len(), max: limits.max_record_bytes });
     }
     let value: Value = serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let Value::Object(mut obj) = value else {
@@ -184,11 +187,7 @@ fn optional_string(obj: &mut Map<String, Value>, field: &'static str) -> Result<
     match obj.remove(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(DecodeError::WrongType {
-            field,
-            expected: "a string",
-            got: describe(&other),
-        }),
+        Some(other) => Err(DecodeError::WrongType { field, expected: "a string", got: describe(&other) }),
     }
 }
 
@@ -198,17 +197,13 @@ fn required_string(obj: &mut Map<String, Value>, field: &'static str) -> Result<
 
 fn timestamp(obj: &mut Map<String, Value>) -> Result<i64, DecodeError> {
     const EXPECTED: &str = "epoch milliseconds (an integer) or an RFC 3339 string";
-    let wrong = |got: &Value| DecodeError::WrongType {
-        field: "timestamp",
-        expected: EXPECTED,
-        got: describe(got),
-    };
+    let wrong = |got: &Value| DecodeError::WrongType { field: "timestamp", expected: EXPECTED, got: describe(got) };
     match obj.remove("timestamp") {
         None | Some(Value::Null) => Err(DecodeError::MissingField("timestamp")),
         Some(Value::Number(n)) => n.as_i64().ok_or_else(|| wrong(&Value::Number(n))),
-        Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(&s)
-            .map(|t| t.timestamp_millis())
-            .map_err(|_| wrong(&Value::String(s))),
+        Some(Value::String(s)) => {
+            chrono::DateTime::parse_from_rfc3339(&s).map(|t| t.timestamp_millis()).map_err(|_| wrong(&Value::String(s)))
+        }
         Some(other) => Err(wrong(&other)),
     }
 }
@@ -220,11 +215,7 @@ mod tests {
     /// 2026-11-28T10:00:00Z, the tests' "now".
     const NOW_MS: i64 = 1_795_860_000_000;
 
-    const LIMITS: DecodeLimits = DecodeLimits {
-        max_record_bytes: 65536,
-        min_timestamp_ms: 946_684_800_000,
-        max_future_ms: 86_400_000,
-    };
+    const LIMITS: DecodeLimits = DecodeLimits { max_record_bytes: 65536, min_timestamp_ms: 946_684_800_000, max_future_ms: 86_400_000 };
 
     fn dec(json: &str) -> Result<RawEvent, DecodeError> {
         decode(json.as_bytes(), &LIMITS, NOW_MS, || "derived".into())
@@ -270,7 +261,10 @@ mod tests {
     fn fields_longer_than_their_limit_are_refused_and_the_limit_itself_is_accepted() {
         let id = |n: usize| format!(r#"{{"event_id":"{}","user_id":"u","timestamp":1795856400250,"url":"/a"}}"#, "e".repeat(n));
         assert!(dec(&id(ID_MAX_BYTES)).is_ok());
-        assert_eq!(dec(&id(ID_MAX_BYTES + 1)).unwrap_err(), DecodeError::Field(FieldError::TooLong { field: "event_id", len: 257, max: 256 }));
+        assert_eq!(
+            dec(&id(ID_MAX_BYTES + 1)).unwrap_err(),
+            DecodeError::Field(FieldError::TooLong { field: "event_id", len: 257, max: 256 })
+        );
         let url = |n: usize| format!(r#"{{"user_id":"u","timestamp":1795856400250,"url":"/{}"}}"#, "p".repeat(n - 1));
         assert!(dec(&url(crate::stages::record::limits::TEXT_MAX_BYTES)).is_ok());
         assert_eq!(dec(&url(crate::stages::record::limits::TEXT_MAX_BYTES + 1)).unwrap_err().kind(), "field_too_long");

@@ -67,7 +67,10 @@ fn collect(batch: &mut WriteBatch, plugin: &LoadedEnrich, origins: Vec<Consumed>
                 payload: origin.payload,
                 stage: Stage::Enrich,
                 kind: "contract".into(),
-                reason: format!("plugin `{}` ({}) returned an event the host cannot store: {broken}", plugin.info.slot, plugin.info.version),
+                reason: format!(
+                    "plugin `{}` ({}) returned an event the host cannot store: {broken}",
+                    plugin.info.slot, plugin.info.version
+                ),
                 plugin_version: Some(plugin.info.version.clone()),
             }),
             Err(refusal) => batch.dead_letters.push(DeadLetter {

@@ -207,15 +207,9 @@ pub struct WriteBatch {
 impl WriteBatch {
     /// Notes that `provenance`'s record is part of this batch.
     pub fn saw(&mut self, provenance: &Provenance) {
-        let next = self
-            .next_offsets
-            .entry((provenance.topic.clone(), provenance.partition))
-            .or_insert(0);
+        let next = self.next_offsets.entry((provenance.topic.clone(), provenance.partition)).or_insert(0);
         *next = (*next).max(provenance.offset + 1);
-        let first = self
-            .first_offsets
-            .entry((provenance.topic.clone(), provenance.partition))
-            .or_insert(i64::MAX);
+        let first = self.first_offsets.entry((provenance.topic.clone(), provenance.partition)).or_insert(i64::MAX);
         *first = (*first).min(provenance.offset);
     }
 

@@ -73,6 +73,9 @@ struct Group {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderError(pub String);
 
+/// (window start, normalised URL, country).
+type GroupKey = (i64, String, String);
+
 /// One aggregation run over the windows of `[from_ms, to_ms)`; see the
 /// `aggregation` interface in the WIT for the input contract.
 #[derive(Debug)]
@@ -80,24 +83,17 @@ pub struct WindowRun {
     params: AggregateParams,
     from_ms: i64,
     to_ms: i64,
-    groups: HashMap<(i64, String, String), Group>,
+    groups: HashMap<GroupKey, Group>,
     /// The previous click of the current user, and the key of its group when
     /// it lies in the range (its time spent is known once the next arrives).
-    previous: Option<(StoredClick, Option<(i64, String, String)>)>,
+    previous: Option<(StoredClick, Option<GroupKey>)>,
     user_seq: u64,
 }
 
 impl WindowRun {
     /// Starts a run.
     pub fn new(params: AggregateParams, from_ms: i64, to_ms: i64) -> WindowRun {
-        WindowRun {
-            params,
-            from_ms,
-            to_ms,
-            groups: HashMap::new(),
-            previous: None,
-            user_seq: 0,
-        }
+        WindowRun { params, from_ms, to_ms, groups: HashMap::new(), previous: None, user_seq: 0 }
     }
 
     /// Adds a batch continuing the (user, timestamp, event id) order. A click
@@ -138,15 +134,13 @@ impl WindowRun {
         if !same_user {
             self.user_seq += 1;
         }
-        let group_key = (self.from_ms..self.to_ms)
-            .contains(&click.timestamp_ms)
-            .then(|| {
-                (
-                    window_start(click.timestamp_ms, self.params.window_ms),
-                    normalize_url(&click.url, self.params.keep_query),
-                    if click.country.is_empty() { "unknown".to_string() } else { click.country.clone() },
-                )
-            });
+        let group_key = (self.from_ms..self.to_ms).contains(&click.timestamp_ms).then(|| {
+            (
+                window_start(click.timestamp_ms, self.params.window_ms),
+                normalize_url(&click.url, self.params.keep_query),
+                if click.country.is_empty() { "unknown".to_string() } else { click.country.clone() },
+            )
+        });
         if let Some(key) = &group_key {
             let seq = self.user_seq;
             let g = self.groups.entry(key.clone()).or_default();
@@ -176,9 +170,7 @@ impl WindowRun {
                 time_spent_samples: g.time_spent_samples,
             })
             .collect();
-        rows.sort_by(|a, b| {
-            (a.window_start_ms, &a.url, &a.country).cmp(&(b.window_start_ms, &b.url, &b.country))
-        });
+        rows.sort_by(|a, b| (a.window_start_ms, &a.url, &a.country).cmp(&(b.window_start_ms, &b.url, &b.country)));
         rows
     }
 }
@@ -255,27 +247,15 @@ mod tests {
     const MIN: i64 = 60_000;
 
     fn params() -> AggregateParams {
-        AggregateParams {
-            window_ms: MIN,
-            session_timeout_ms: 30 * MIN,
-            keep_query: false,
-        }
+        AggregateParams { window_ms: MIN, session_timeout_ms: 30 * MIN, keep_query: false }
     }
 
     fn c(id: &str, user: &str, ts: i64, url: &str) -> StoredClick {
-        StoredClick {
-            event_id: id.into(),
-            user_id: user.into(),
-            timestamp_ms: ts,
-            url: url.into(),
-            country: "DE".into(),
-        }
+        StoredClick { event_id: id.into(), user_id: user.into(), timestamp_ms: ts, url: url.into(), country: "DE".into() }
     }
 
     fn sorted(mut clicks: Vec<StoredClick>) -> Vec<StoredClick> {
-        clicks.sort_by(|a, b| {
-            (&a.user_id, a.timestamp_ms, &a.event_id).cmp(&(&b.user_id, b.timestamp_ms, &b.event_id))
-        });
+        clicks.sort_by(|a, b| (&a.user_id, a.timestamp_ms, &a.event_id).cmp(&(&b.user_id, b.timestamp_ms, &b.event_id)));
         clicks
     }
 
@@ -302,9 +282,9 @@ mod tests {
 
     #[test]
     fn a_gap_longer_than_the_session_timeout_gives_no_sample() {
-        let rows = run(0, 2 * 3600_000, vec![c("1", "u", 0, "http://x/a"), c("2", "u", 31 * MIN, "http://x/b")]);
+        let rows = run(0, 2 * 3_600_000, vec![c("1", "u", 0, "http://x/a"), c("2", "u", 31 * MIN, "http://x/b")]);
         assert_eq!(row(&rows, 0, "http://x/a").time_spent_samples, 0);
-        let exactly = run(0, 2 * 3600_000, vec![c("1", "u", 0, "http://x/a"), c("2", "u", 30 * MIN, "http://x/b")]);
+        let exactly = run(0, 2 * 3_600_000, vec![c("1", "u", 0, "http://x/a"), c("2", "u", 30 * MIN, "http://x/b")]);
         assert_eq!(row(&exactly, 0, "http://x/a").time_spent_total_ms, 30 * MIN as u64);
     }
 
@@ -335,12 +315,16 @@ mod tests {
 
     #[test]
     fn unique_users_are_exact_per_group() {
-        let rows = run(0, MIN, vec![
-            c("1", "u1", 1, "http://x/a"),
-            c("2", "u1", 2, "http://x/a"),
-            c("3", "u2", 3, "http://x/a"),
-            c("4", "u3", 4, "http://x/b"),
-        ]);
+        let rows = run(
+            0,
+            MIN,
+            vec![
+                c("1", "u1", 1, "http://x/a"),
+                c("2", "u1", 2, "http://x/a"),
+                c("3", "u2", 3, "http://x/a"),
+                c("4", "u3", 4, "http://x/b"),
+            ],
+        );
         let a = row(&rows, 0, "http://x/a");
         assert_eq!((a.clicks, a.unique_users), (3, 2));
         assert_eq!(row(&rows, 0, "http://x/b").unique_users, 1);

@@ -48,11 +48,8 @@ impl Settings {
         for (key, value) in pairs {
             match key.as_str() {
                 "extra_bot_markers" => {
-                    settings.extra_bot_markers = value
-                        .split(',')
-                        .map(|m| m.trim().to_ascii_lowercase())
-                        .filter(|m| !m.is_empty())
-                        .collect();
+                    settings.extra_bot_markers =
+                        value.split(',').map(|m| m.trim().to_ascii_lowercase()).filter(|m| !m.is_empty()).collect();
                 }
                 other => {
                     return Err(format!(
@@ -95,11 +92,7 @@ pub fn enrich_batch(
 
 /// Enriches one click. Unparseable user agents and IPs are not errors (their
 /// fields become `unknown`); a click that cannot be aggregated is.
-pub fn enrich_one(
-    raw: RawClick,
-    settings: &Settings,
-    geoip: &impl Fn(&str) -> Option<Location>,
-) -> Result<EnrichedClick, EnrichError> {
+pub fn enrich_one(raw: RawClick, settings: &Settings, geoip: &impl Fn(&str) -> Option<Location>) -> Result<EnrichedClick, EnrichError> {
     enrich_with(raw, geoip, |user_agent| parse_user_agent(user_agent, settings))
 }
 
@@ -112,22 +105,14 @@ fn enrich_with(
         return Err(refuse("user_id", "user_id is empty"));
     }
     if raw.timestamp_ms <= 0 {
-        return Err(refuse(
-            "timestamp",
-            &format!("timestamp must be after 1970-01-01, got {} ms", raw.timestamp_ms),
-        ));
+        return Err(refuse("timestamp", &format!("timestamp must be after 1970-01-01, got {} ms", raw.timestamp_ms)));
     }
     if raw.url.trim().is_empty() {
         return Err(refuse("url", "url is empty"));
     }
 
     let agent = agent_of(&raw.user_agent);
-    let location = raw
-        .ip
-        .trim()
-        .parse::<IpAddr>()
-        .ok()
-        .and_then(|ip| geoip(&ip.to_string()));
+    let location = raw.ip.trim().parse::<IpAddr>().ok().and_then(|ip| geoip(&ip.to_string()));
     let (country, city) = match location {
         Some(Location { country, city }) => (
             country.filter(|c| !c.is_empty()).unwrap_or_else(|| UNKNOWN.into()),
@@ -137,22 +122,11 @@ fn enrich_with(
     };
 
     let browser = if cfg!(feature = "canary") { format!("{}+canary", agent.browser) } else { agent.browser };
-    Ok(EnrichedClick {
-        raw,
-        country,
-        city,
-        browser,
-        os: agent.os,
-        device: agent.device,
-        plugin_version: VERSION.into(),
-    })
+    Ok(EnrichedClick { raw, country, city, browser, os: agent.os, device: agent.device, plugin_version: VERSION.into() })
 }
 
 fn refuse(field: &str, reason: &str) -> EnrichError {
-    EnrichError {
-        field: Some(field.into()),
-        reason: reason.into(),
-    }
+    EnrichError { field: Some(field.into()), reason: reason.into() }
 }
 
 /// What a user agent says about the client.
@@ -182,13 +156,13 @@ pub fn parse_user_agent(user_agent: &str, settings: &Settings) -> Agent {
         Some(r) => (known(r.name), known(r.os), r.category),
         None => (UNKNOWN.to_string(), UNKNOWN.to_string(), ""),
     };
-    let is_marked_bot = settings
-        .extra_bot_markers
-        .iter()
-        .any(|marker| lower.contains(marker.as_str()));
+    let is_marked_bot = settings.extra_bot_markers.iter().any(|marker| lower.contains(marker.as_str()));
     let device = if is_marked_bot || category == "crawler" {
         DeviceClass::Bot
-    } else if os == "iPad" || (lower.contains("android") && !lower.contains("mobile") && category == "smartphone") || lower.contains("tablet") {
+    } else if os == "iPad"
+        || (lower.contains("android") && !lower.contains("mobile") && category == "smartphone")
+        || lower.contains("tablet")
+    {
         DeviceClass::Tablet
     } else {
         match category {
@@ -227,9 +201,7 @@ mod component {
         fn enrich(batch: Vec<RawClick>) -> Vec<Result<EnrichedClick, EnrichError>> {
             let settings = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
             let default = Settings::default();
-            enrich_batch(batch, settings.as_ref().unwrap_or(&default), |ip| {
-                clickstream::pipeline::geoip::lookup(ip)
-            })
+            enrich_batch(batch, settings.as_ref().unwrap_or(&default), |ip| clickstream::pipeline::geoip::lookup(ip))
         }
     }
 
@@ -240,10 +212,13 @@ mod component {
 mod tests {
     use super::*;
 
-    const CHROME_WINDOWS: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+    const CHROME_WINDOWS: &str =
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
     const SAFARI_IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1";
-    const SAFARI_IPAD: &str = "Mozilla/5.0 (iPad; CPU OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.6 Mobile/15E148 Safari/604.1";
-    const ANDROID_TABLET: &str = "Mozilla/5.0 (Linux; Android 13; SM-X700) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/119.0.0.0 Safari/537.36";
+    const SAFARI_IPAD: &str =
+        "Mozilla/5.0 (iPad; CPU OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.6 Mobile/15E148 Safari/604.1";
+    const ANDROID_TABLET: &str =
+        "Mozilla/5.0 (Linux; Android 13; SM-X700) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/119.0.0.0 Safari/537.36";
     const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
 
     fn click(user: &str, ts: i64, ip: &str, ua: &str) -> RawClick {
@@ -260,10 +235,7 @@ mod tests {
     }
 
     fn geo(ip: &str) -> Option<Location> {
-        (ip == "81.2.69.142").then(|| Location {
-            country: Some("GB".into()),
-            city: Some("London".into()),
-        })
+        (ip == "81.2.69.142").then(|| Location { country: Some("GB".into()), city: Some("London".into()) })
     }
 
     fn agent(ua: &str) -> Agent {

@@ -93,7 +93,8 @@ pub fn target(component: &Component) -> Result<Target, TargetError> {
     let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_string()).collect();
     let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
     let prefix = format!("{PACKAGE}/");
-    let mut versions = imports.iter().chain(&exports).filter_map(|name| name.strip_prefix(&prefix)?.split_once('@').and_then(|(_, v)| Version::parse(v)));
+    let mut versions =
+        imports.iter().chain(&exports).filter_map(|name| name.strip_prefix(&prefix)?.split_once('@').and_then(|(_, v)| Version::parse(v)));
     let Some(version) = versions.next() else {
         return Err(TargetError::NotAPlugin(format!("it imports {} and exports {}", list(&imports), list(&exports))));
     };

@@ -155,7 +155,9 @@ impl AggregatesQuery {
                         other => return Err(format!("series={other:?}: expected true or false")),
                     }
                 }
-                other => return Err(format!("unknown parameter {other:?}; the parameters are from, to, url, country, by, limit and series")),
+                other => {
+                    return Err(format!("unknown parameter {other:?}; the parameters are from, to, url, country, by, limit and series"))
+                }
             }
         }
         match (from, to) {
@@ -294,13 +296,7 @@ pub async fn run(indexer: &Indexer, query: &AggregatesQuery, window_ms: i64) -> 
         .await;
     let body = indexer.json(response, "_search").await?;
     let (total_groups, groups) = groups_of(query, &body["aggregations"]);
-    Ok(AggregatesResponse {
-        from_ms: query.from_ms,
-        to_ms: query.to_ms,
-        by: query.by_label(),
-        total_groups,
-        groups,
-    })
+    Ok(AggregatesResponse { from_ms: query.from_ms, to_ms: query.to_ms, by: query.by_label(), total_groups, groups })
 }
 
 #[cfg(test)]
@@ -347,8 +343,10 @@ mod tests {
             }
             b
         };
-        let window = |start: i64, clicks: f64| json!({ "key": start, "doc_count": 1, "clicks": { "value": clicks }, "unique_users": { "value": 1.0 },
-            "time_spent_total_ms": { "value": 0.0 }, "time_spent_samples": { "value": 0.0 } });
+        let window = |start: i64, clicks: f64| {
+            json!({ "key": start, "doc_count": 1, "clicks": { "value": clicks }, "unique_users": { "value": 1.0 },
+            "time_spent_total_ms": { "value": 0.0 }, "time_spent_samples": { "value": 0.0 } })
+        };
         let windows = json!({ "window_start_ms": { "buckets": [window(120_000, 1.0), window(60_000, 2.0)] } });
         let aggs = json!({ "url": { "buckets": [
             bucket("/a", 10.0, 0.0, 0.0, json!({ "country": { "buckets": [

@@ -38,7 +38,12 @@ impl ApiConfig {
             return Err(invalid(file, "api.listen", format!("is {:?}", self.listen), "use an address such as 127.0.0.1:8080"));
         }
         if matches!(&self.reload_token, Some(t) if t.len() < 16) {
-            return Err(invalid(file, "api.reload_token", "is shorter than 16 characters".into(), "use a long random token, or remove the key to disable the reload endpoint"));
+            return Err(invalid(
+                file,
+                "api.reload_token",
+                "is shorter than 16 characters".into(),
+                "use a long random token, or remove the key to disable the reload endpoint",
+            ));
         }
         Ok(())
     }

@@ -3,8 +3,8 @@
 
 use std::fmt::Write;
 
-use crate::runtime::pipeline::Pipeline;
 use crate::plugin::{PluginCounters, PluginInfo};
+use crate::runtime::pipeline::Pipeline;
 use crate::stats::{BatchStage, HistogramSnapshot, PartitionOffsets, Stats};
 
 /// Builds the text of one scrape.
@@ -67,12 +67,24 @@ pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> String {
         ("clickstream_records_consumed_total", "Records read from Kafka, redeliveries included.", &stats.consumed),
         ("clickstream_consumed_bytes_total", "Payload bytes read from Kafka.", &stats.consumed_bytes),
         ("clickstream_events_stored_total", "Enriched events inserted into PostgreSQL.", &stats.stored),
-        ("clickstream_records_dead_lettered_total", "Records inserted into the dead-letter table (all stages and kinds).", &stats.dead_lettered),
-        ("clickstream_records_redelivered_total", "Records skipped because PostgreSQL had stored their offset before (redeliveries).", &stats.redelivered),
+        (
+            "clickstream_records_dead_lettered_total",
+            "Records inserted into the dead-letter table (all stages and kinds).",
+            &stats.dead_lettered,
+        ),
+        (
+            "clickstream_records_redelivered_total",
+            "Records skipped because PostgreSQL had stored their offset before (redeliveries).",
+            &stats.redelivered,
+        ),
         ("clickstream_events_duplicate_total", "Events skipped because their event id was already stored.", &stats.duplicates),
         ("clickstream_store_batches_total", "Batches written to PostgreSQL.", &stats.batches_written),
         ("clickstream_store_retries_total", "Failed PostgreSQL write attempts (each retried).", &stats.store_retries),
-        ("clickstream_enrich_batch_failures_total", "Enrich calls that failed as a batch and were retried record by record.", &stats.enrich_batch_failures),
+        (
+            "clickstream_enrich_batch_failures_total",
+            "Enrich calls that failed as a batch and were retried record by record.",
+            &stats.enrich_batch_failures,
+        ),
     ];
     for (name, help, counter) in ingest_counters {
         out.single(name, "counter", help, counter.get());
@@ -96,7 +108,8 @@ pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> String {
     }
 
     let partitions = stats.partitions();
-    let per_partition: [(&str, &str, fn(&PartitionOffsets) -> Option<i64>); 3] = [
+    type Value = fn(&PartitionOffsets) -> Option<i64>;
+    let per_partition: [(&str, &str, Value); 3] = [
         ("clickstream_consumer_lag", "Records on the broker not yet stored, per partition this host consumes.", PartitionOffsets::lag),
         ("clickstream_partition_high_watermark", "The broker's next offset, per partition this host consumes.", |o| o.high_watermark),
         ("clickstream_partition_stored_offset", "The next offset this host has stored in PostgreSQL, per partition.", |o| o.stored_next),
@@ -118,7 +131,11 @@ pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> String {
         out.header("clickstream_plugin_info", "gauge", "The plugin version serving in each slot (always 1).");
         for (info, _) in &plugins {
             let hash = &info.content_hash[..12.min(info.content_hash.len())];
-            out.sample("clickstream_plugin_info", &[("plugin", &info.slot), ("name", &info.name), ("version", &info.version), ("sha256", hash)], 1);
+            out.sample(
+                "clickstream_plugin_info",
+                &[("plugin", &info.slot), ("name", &info.name), ("version", &info.version), ("sha256", hash)],
+                1,
+            );
         }
         out.header("clickstream_plugin_calls_total", "counter", "Calls into the plugin (one per batch or aggregation step).");
         for (info, counters) in &plugins {
@@ -141,7 +158,11 @@ pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> String {
             out.sample("clickstream_plugin_memory_high_water_bytes", &[("plugin", &info.slot)], counters.memory_high_water());
         }
     }
-    out.header("clickstream_reloads_total", "counter", "Reload attempts by what (enrich, aggregate, pipeline.toml) and outcome (accepted, rejected).");
+    out.header(
+        "clickstream_reloads_total",
+        "counter",
+        "Reload attempts by what (enrich, aggregate, pipeline.toml) and outcome (accepted, rejected).",
+    );
     for what in ["enrich", "aggregate", "pipeline.toml"] {
         for outcome in ["accepted", "rejected"] {
             out.sample("clickstream_reloads_total", &[("what", what), ("outcome", outcome)], stats.reloads_of(what, outcome));
@@ -157,8 +178,17 @@ pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> String {
     for (name, help, counter) in output_counters {
         out.single(name, "counter", help, counter.get());
     }
-    out.single("clickstream_windows_failing", "gauge", "Windows whose last aggregation failed, set aside and retried with backoff.", stats.windows_failing.get());
-    out.header("clickstream_window_failures_total", "counter", "Failed window aggregations by kind: trap, deadline, memory, contract, database, ...");
+    out.single(
+        "clickstream_windows_failing",
+        "gauge",
+        "Windows whose last aggregation failed, set aside and retried with backoff.",
+        stats.windows_failing.get(),
+    );
+    out.header(
+        "clickstream_window_failures_total",
+        "counter",
+        "Failed window aggregations by kind: trap, deadline, memory, contract, database, ...",
+    );
     for (kind, n) in stats.window_failures_by() {
         out.sample("clickstream_window_failures_total", &[("kind", kind)], n);
     }

@@ -22,8 +22,8 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::runtime::pipeline::Pipeline;
 use crate::plugin::{PluginCounters, PluginInfo};
+use crate::runtime::pipeline::Pipeline;
 use crate::runtime::reload::ReloadRequest;
 use crate::stats::Stats;
 
@@ -101,7 +101,9 @@ impl Api {
             .route("/api/dead-letters", get(dead_letters))
             .route("/api/windows/failing", get(failing_windows))
             .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see README.md, \"HTTP API\"") })
-            .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint; see README.md, \"HTTP API\"") })
+            .method_not_allowed_fallback(|| async {
+                ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint; see README.md, \"HTTP API\"")
+            })
             .with_state(self.clone())
     }
 
@@ -168,20 +170,15 @@ async fn ready(State(api): State<Api>) -> Response {
             use rdkafka::consumer::Consumer;
             consumer
                 .fetch_metadata(Some(&topic), CHECK_TIMEOUT)
-                .map(|m| json!({ "brokers": brokers, "topic": topic, "partitions": m.topics().first().map_or(0, |t| t.partitions().len()) }))
+                .map(
+                    |m| json!({ "brokers": brokers, "topic": topic, "partitions": m.topics().first().map_or(0, |t| t.partitions().len()) }),
+                )
                 .map_err(|e| format!("Kafka ({brokers}): {e}"))
         })
         .await
         .unwrap_or_else(|e| Err(format!("Kafka check failed: {e}")))
     };
-    let search = async {
-        pipeline
-            .indexer
-            .ping()
-            .await
-            .map(|()| json!(pipeline.config.index.url))
-            .map_err(|e| e.to_string())
-    };
+    let search = async { pipeline.indexer.ping().await.map(|()| json!(pipeline.config.index.url)).map_err(|e| e.to_string()) };
     let (postgres, kafka, search) = tokio::join!(postgres, kafka, search);
     let plugins = Ok(json!({
         "enrich": version_of(&pipeline.enrich.current().info),
@@ -255,10 +252,7 @@ async fn aggregates(State(api): State<Api>, Query(raw): Query<Vec<(String, Strin
     let query = AggregatesQuery::parse(&raw, chrono::Utc::now().timestamp_millis()).map_err(ApiError::bad_request)?;
     let pipeline = api.live()?;
     let window_ms = pipeline.config.aggregate.window_secs as i64 * 1000;
-    aggregates::run(&pipeline.indexer, &query, window_ms)
-        .await
-        .map(Json)
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))
+    aggregates::run(&pipeline.indexer, &query, window_ms).await.map(Json).map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))
 }
 
 fn plugin_json(info: &PluginInfo, counters: &PluginCounters, stats: &Stats) -> Value {
@@ -298,10 +292,7 @@ async fn reload(State(api): State<Api>, Path(name): Path<String>, headers: Heade
             "plugin reload through the API is disabled: set api.reload_token in pipeline.toml (16+ characters) to enable it",
         ));
     };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     if !presented.is_some_and(|token| constant_time_eq(token.as_bytes(), expected.as_bytes())) {
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (Authorization: Bearer <api.reload_token>)"));
     }
@@ -318,7 +309,9 @@ async fn reload(State(api): State<Api>, Path(name): Path<String>, headers: Heade
         Ok(Ok(Ok(info))) => Ok(Json(json!({ "reloaded": true, "plugin": {
             "slot": info.slot, "name": info.name, "version": info.version, "content_hash": info.content_hash,
         }}))),
-        Ok(Ok(Err(reason))) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("reload refused; the old version keeps serving: {reason}"))),
+        Ok(Ok(Err(reason))) => {
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("reload refused; the old version keeps serving: {reason}")))
+        }
         Ok(Err(_)) => Err(ApiError::unavailable("the pipeline stopped before the reload finished")),
         Err(_) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "the reload is still running; check GET /api/plugins")),
     }
@@ -353,8 +346,12 @@ fn parse_bool(name: &str, value: Option<&str>) -> ApiResult<bool> {
     }
 }
 
-async fn dead_letters(State(api): State<Api>, params: Result<Query<DeadLetterParams>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Value>> {
-    let Query(params) = params.map_err(|e| ApiError::bad_request(format!("{}; the parameters are limit, offset and all", e.body_text())))?;
+async fn dead_letters(
+    State(api): State<Api>,
+    params: Result<Query<DeadLetterParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(params) =
+        params.map_err(|e| ApiError::bad_request(format!("{}; the parameters are limit, offset and all", e.body_text())))?;
     let limit = parse_number("limit", params.limit.as_deref(), 50, 1000)?;
     let offset = parse_number("offset", params.offset.as_deref(), 0, i64::MAX)?;
     let all = parse_bool("all", params.all.as_deref())?;
@@ -381,7 +378,10 @@ struct FailingParams {
 }
 
 /// Windows set aside after a failed aggregation, with their errors.
-async fn failing_windows(State(api): State<Api>, params: Result<Query<FailingParams>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Value>> {
+async fn failing_windows(
+    State(api): State<Api>,
+    params: Result<Query<FailingParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
     let Query(params) = params.map_err(|e| ApiError::bad_request(format!("{}; the only parameter is limit", e.body_text())))?;
     let limit = parse_number("limit", params.limit.as_deref(), 100, 1000)?;
     let pipeline = api.live()?;

@@ -83,25 +83,50 @@ impl AggregateConfig {
     /// Checks ranges; touches nothing.
     pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
         if self.window_secs == 0 || 86_400 % self.window_secs != 0 {
-            return Err(invalid(file, "aggregate.window_secs", format!("is {}", self.window_secs), "use a size that divides a day evenly, e.g. 60, 300, 3600 (default 60)"));
+            return Err(invalid(
+                file,
+                "aggregate.window_secs",
+                format!("is {}", self.window_secs),
+                "use a size that divides a day evenly, e.g. 60, 300, 3600 (default 60)",
+            ));
         }
         if !(1..=86_400).contains(&self.session_timeout_secs) {
-            return Err(invalid(file, "aggregate.session_timeout_secs", format!("is {}", self.session_timeout_secs), "use 1 to 86400 (default 1800)"));
+            return Err(invalid(
+                file,
+                "aggregate.session_timeout_secs",
+                format!("is {}", self.session_timeout_secs),
+                "use 1 to 86400 (default 1800)",
+            ));
         }
         if !(100..=3_600_000).contains(&self.interval_ms) {
             return Err(invalid(file, "aggregate.interval_ms", format!("is {}", self.interval_ms), "use 100 to 3600000 (default 5000)"));
         }
         if self.allowed_lateness_secs > 7 * 86_400 {
-            return Err(invalid(file, "aggregate.allowed_lateness_secs", format!("is {}", self.allowed_lateness_secs), "use at most 604800 (a week; default 60)"));
+            return Err(invalid(
+                file,
+                "aggregate.allowed_lateness_secs",
+                format!("is {}", self.allowed_lateness_secs),
+                "use at most 604800 (a week; default 60)",
+            ));
         }
         if !(1..=100_000).contains(&self.batch_size) {
             return Err(invalid(file, "aggregate.batch_size", format!("is {}", self.batch_size), "use 1 to 100000 (default 4096)"));
         }
         if !(1..=7 * 86_400).contains(&self.idle_partition_secs) {
-            return Err(invalid(file, "aggregate.idle_partition_secs", format!("is {}", self.idle_partition_secs), "use 1 to 604800 (default 300)"));
+            return Err(invalid(
+                file,
+                "aggregate.idle_partition_secs",
+                format!("is {}", self.idle_partition_secs),
+                "use 1 to 604800 (default 300)",
+            ));
         }
         if self.clock_skew_secs > 7 * 86_400 {
-            return Err(invalid(file, "aggregate.clock_skew_secs", format!("is {}", self.clock_skew_secs), "use 0 to 604800 (default 300)"));
+            return Err(invalid(
+                file,
+                "aggregate.clock_skew_secs",
+                format!("is {}", self.clock_skew_secs),
+                "use 0 to 604800 (default 300)",
+            ));
         }
         Ok(())
     }

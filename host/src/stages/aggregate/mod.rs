@@ -102,7 +102,13 @@ pub struct Aggregator {
 
 impl Aggregator {
     /// An aggregator over the store's pool, for the events of `topics`.
-    pub fn new(pool: PgPool, plugin: Arc<Slot<LoadedAggregate>>, config: watch::Receiver<AggregateConfig>, topics: Vec<String>, stats: Arc<Stats>) -> Aggregator {
+    pub fn new(
+        pool: PgPool,
+        plugin: Arc<Slot<LoadedAggregate>>,
+        config: watch::Receiver<AggregateConfig>,
+        topics: Vec<String>,
+        stats: Arc<Stats>,
+    ) -> Aggregator {
         Aggregator { pool, plugin, config, topics, stats, last_plugin: Default::default() }
     }
 
@@ -161,7 +167,10 @@ impl Aggregator {
             swapped
         };
         if swapped {
-            let n = sqlx::query("UPDATE aggregate_windows SET retry_at = NULL WHERE last_error IS NOT NULL").execute(&self.pool).await?.rows_affected();
+            let n = sqlx::query("UPDATE aggregate_windows SET retry_at = NULL WHERE last_error IS NOT NULL")
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
             if n > 0 {
                 tracing::info!(windows = n, "aggregate plugin swapped; retrying the set-aside windows now");
             }
@@ -259,7 +268,13 @@ impl Aggregator {
     /// fail. An error is the database's or the search server's: the pass
     /// stops there. `wait`: wait for windows another host holds (a backfill
     /// promises its windows are done) instead of skipping them.
-    async fn aggregate_run(&self, run: &[i64], watermark: Option<i64>, wait: bool, outcome: &mut PassOutcome) -> Result<(), AggregateError> {
+    async fn aggregate_run(
+        &self,
+        run: &[i64],
+        watermark: Option<i64>,
+        wait: bool,
+        outcome: &mut PassOutcome,
+    ) -> Result<(), AggregateError> {
         let error = match self.attempt(run, watermark, wait, outcome).await {
             Ok(()) => return Ok(()),
             Err(e) if !e.is_the_windows() => return Err(e),

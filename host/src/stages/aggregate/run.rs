@@ -38,14 +38,13 @@ impl Aggregator {
         }
         // Versions read under the lock: a change committed after this point
         // bumps the version again and leaves the window dirty.
-        let versions: HashMap<i64, i64> = sqlx::query_as(
-            "SELECT window_start_ms, version FROM aggregate_windows WHERE window_start_ms = ANY($1)",
-        )
-        .bind(windows)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
+        let versions: HashMap<i64, i64> =
+            sqlx::query_as("SELECT window_start_ms, version FROM aggregate_windows WHERE window_start_ms = ANY($1)")
+                .bind(windows)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
         let stamp: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&mut *tx).await?;
 
         let settings = self.settings();
@@ -161,11 +160,7 @@ impl Aggregator {
 }
 
 fn contract(plugin: &PluginInfo, reason: String) -> AggregateError {
-    AggregateError::Plugin(PluginError::Contract {
-        plugin: plugin.slot.clone(),
-        version: plugin.version.clone(),
-        reason,
-    })
+    AggregateError::Plugin(PluginError::Contract { plugin: plugin.slot.clone(), version: plugin.version.clone(), reason })
 }
 
 /// The rows a run may return: each in a window of the run's range, one per
@@ -178,7 +173,12 @@ pub(crate) fn check_rows(rows: &[AggregateRow], from_ms: i64, to_ms: i64, window
         if !(from_ms..to_ms).contains(&w) || w.rem_euclid(window_ms) != 0 {
             return Err(format!("returned a row for window {w}, which is not a window of the run [{from_ms}, {to_ms})"));
         }
-        for (name, value) in [("clicks", r.clicks), ("unique_users", r.unique_users), ("time_spent_total_ms", r.time_spent_total_ms), ("time_spent_samples", r.time_spent_samples)] {
+        for (name, value) in [
+            ("clicks", r.clicks),
+            ("unique_users", r.unique_users),
+            ("time_spent_total_ms", r.time_spent_total_ms),
+            ("time_spent_samples", r.time_spent_samples),
+        ] {
             if i64::try_from(value).is_err() {
                 return Err(format!("returned {name} = {value} for window {w}, more than a bigint holds"));
             }

@@ -93,11 +93,17 @@ enum ItemResult {
     /// A delete of a document that is not there.
     NotFound,
     /// Worth retrying after a pause.
-    Busy { status: u16, reason: String },
+    Busy {
+        status: u16,
+        reason: String,
+    },
     /// The target index does not exist (auto-creation is disabled on the
     /// cluster); create it and retry.
     NoIndex,
-    Refused { status: u16, reason: String },
+    Refused {
+        status: u16,
+        reason: String,
+    },
 }
 
 /// The `_source` actually written: the row plus its window start as a date.
@@ -143,7 +149,9 @@ impl Indexer {
     fn op(&self, op: &IndexOp) -> Op {
         let (window_start_ms, id, version) = match op {
             IndexOp::Put { doc, version } => (doc.window_start_ms, Self::doc_id(doc), *version),
-            IndexOp::Delete { window_start_ms, url, country, version } => (*window_start_ms, Self::group_id(*window_start_ms, url, country), Some(*version)),
+            IndexOp::Delete { window_start_ms, url, country, version } => {
+                (*window_start_ms, Self::group_id(*window_start_ms, url, country), Some(*version))
+            }
         };
         let index = self.index_for(window_start_ms);
         let mut meta = json!({ "_index": &index, "_id": &id });
@@ -207,13 +215,9 @@ impl Indexer {
                         status: 404,
                         reason: "index_not_found_exception: the index is still missing after creating it".into(),
                     }),
-                    ItemResult::Refused { status, reason } => outcome.rejected.push(Rejected {
-                        position: start + i,
-                        id: op.id.clone(),
-                        index: op.index.clone(),
-                        status,
-                        reason,
-                    }),
+                    ItemResult::Refused { status, reason } => {
+                        outcome.rejected.push(Rejected { position: start + i, id: op.id.clone(), index: op.index.clone(), status, reason })
+                    }
                 }
             }
             for &i in &missing {
@@ -227,12 +231,7 @@ impl Indexer {
             if !busy.is_empty() {
                 if began.elapsed() + delay > self.retry_budget {
                     let (status, reason) = last_busy;
-                    return Err(IndexError::Overloaded {
-                        pending: busy.len() + missing.len(),
-                        status,
-                        reason,
-                        waited: began.elapsed(),
-                    });
+                    return Err(IndexError::Overloaded { pending: busy.len() + missing.len(), status, reason, waited: began.elapsed() });
                 }
                 tracing::debug!(documents = busy.len(), status = last_busy.0, ?delay, "search server busy; retrying");
                 tokio::time::sleep(jitter(delay)).await;

@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
+use chrono::DateTime;
 use elasticsearch::auth::Credentials;
 use elasticsearch::http::response::Response;
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use elasticsearch::http::Url;
 use elasticsearch::indices::IndicesRefreshParts;
-use chrono::DateTime;
 use elasticsearch::Elasticsearch;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -39,12 +39,8 @@ impl Indexer {
         }
         // The client sends credentials embedded in the URL *and* as a header
         // unless they are moved out, as `Transport::single_node` also does.
-        let credentials = (!url.username().is_empty()).then(|| {
-            Credentials::Basic(
-                percent_decode(url.username()),
-                url.password().map(percent_decode).unwrap_or_default(),
-            )
-        });
+        let credentials = (!url.username().is_empty())
+            .then(|| Credentials::Basic(percent_decode(url.username()), url.password().map(percent_decode).unwrap_or_default()));
         let _ = url.set_username("");
         let _ = url.set_password(None);
         let shown = url.to_string();
@@ -152,10 +148,8 @@ impl Indexer {
         let status = response.status_code().as_u16();
         let text = response.text().await.map_err(|e| self.unavailable(&e))?;
         if (200..300).contains(&status) {
-            return serde_json::from_str(&text).map_err(|e| IndexError::Protocol {
-                operation: operation.into(),
-                reason: format!("not JSON ({e}): {}", truncate(&text)),
-            });
+            return serde_json::from_str(&text)
+                .map_err(|e| IndexError::Protocol { operation: operation.into(), reason: format!("not JSON ({e}): {}", truncate(&text)) });
         }
         let reason = reason_of_body(&text);
         if is_busy(status) {
@@ -193,7 +187,6 @@ impl Indexer {
 pub(super) fn is_busy(status: u16) -> bool {
     status == 429 || (500..=599).contains(&status)
 }
-
 
 /// `type: reason (caused by type: reason)` from an Elasticsearch error object.
 pub(super) fn reason_of_error(error: &Value) -> String {
@@ -239,7 +232,6 @@ pub(super) fn truncate(text: &str) -> String {
         None => text.to_string(),
     }
 }
-
 
 /// `%40` → `@` in URL user names and passwords.
 fn percent_decode(text: &str) -> String {

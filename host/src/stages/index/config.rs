@@ -60,11 +60,24 @@ impl IndexConfig {
             return Err(invalid(file, "index.url", format!("is {:?}", self.url), "use an http:// or https:// URL"));
         }
         let name = &self.index;
-        if name.is_empty() || name.starts_with(['_', '-', '+']) || name.chars().any(|c| c.is_ascii_uppercase() || "\\/*?\"<>| ,#:".contains(c)) {
-            return Err(invalid(file, "index.index", format!("is {name:?}"), "use a lower-case name without spaces or \\/*?\"<>|,#: that does not start with _, - or +"));
+        if name.is_empty()
+            || name.starts_with(['_', '-', '+'])
+            || name.chars().any(|c| c.is_ascii_uppercase() || "\\/*?\"<>| ,#:".contains(c))
+        {
+            return Err(invalid(
+                file,
+                "index.index",
+                format!("is {name:?}"),
+                "use a lower-case name without spaces or \\/*?\"<>|,#: that does not start with _, - or +",
+            ));
         }
         if !(64 << 10..=100 << 20).contains(&self.bulk_max_bytes) {
-            return Err(invalid(file, "index.bulk_max_bytes", format!("is {}", self.bulk_max_bytes), "use 65536 to 104857600 (default 5242880)"));
+            return Err(invalid(
+                file,
+                "index.bulk_max_bytes",
+                format!("is {}", self.bulk_max_bytes),
+                "use 65536 to 104857600 (default 5242880)",
+            ));
         }
         Ok(())
     }

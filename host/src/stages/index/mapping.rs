@@ -35,13 +35,7 @@ impl Indexer {
             "_meta": { "managed_by": "clickstream" },
             "template": { "mappings": mappings() },
         });
-        let response = self
-            .client
-            .indices()
-            .put_index_template(IndicesPutIndexTemplateParts::Name(&name))
-            .body(template)
-            .send()
-            .await;
+        let response = self.client.indices().put_index_template(IndicesPutIndexTemplateParts::Name(&name)).body(template).send().await;
         self.json(response, "PUT _index_template").await?;
 
         if self.time_suffix == TimeSuffix::None {
@@ -84,19 +78,9 @@ impl Indexer {
     /// Creates `index` with the mapping; one that exists already (made by
     /// another host, or by the template on first write) is fine.
     pub(super) async fn create_index(&self, index: &str) -> Result<(), IndexError> {
-        let response = self
-            .client
-            .indices()
-            .create(IndicesCreateParts::Index(index))
-            .body(json!({ "mappings": mappings() }))
-            .send()
-            .await;
+        let response = self.client.indices().create(IndicesCreateParts::Index(index)).body(json!({ "mappings": mappings() })).send().await;
         match self.json(response, "PUT index").await {
-            Err(IndexError::Refused { status: 400, reason, .. })
-                if reason.starts_with("resource_already_exists_exception") =>
-            {
-                Ok(())
-            }
+            Err(IndexError::Refused { status: 400, reason, .. }) if reason.starts_with("resource_already_exists_exception") => Ok(()),
             other => other.map(drop),
         }
     }
@@ -150,9 +134,11 @@ fn conflicting_indices(existing: &HashMap<String, Value>) -> Vec<String> {
         .iter()
         .filter(|(_, mapping)| {
             let theirs = &mapping["mappings"]["properties"];
-            ours["properties"].as_object().into_iter().flatten().any(|(field, spec)| {
-                theirs[field]["type"].as_str().is_some_and(|t| Some(t) != spec["type"].as_str())
-            })
+            ours["properties"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .any(|(field, spec)| theirs[field]["type"].as_str().is_some_and(|t| Some(t) != spec["type"].as_str()))
         })
         .map(|(name, _)| name.clone())
         .collect();

@@ -122,12 +122,10 @@ impl Publisher {
             .bind(&rejected)
             .execute(&self.pool)
             .await?;
-            sqlx::query(
-                "DELETE FROM aggregates WHERE deleted AND indexed_at IS NOT NULL AND window_start_ms = ANY($1)",
-            )
-            .bind(&windows)
-            .execute(&self.pool)
-            .await?;
+            sqlx::query("DELETE FROM aggregates WHERE deleted AND indexed_at IS NOT NULL AND window_start_ms = ANY($1)")
+                .bind(&windows)
+                .execute(&self.pool)
+                .await?;
             let now_ms = Utc::now().timestamp_millis();
             for (row, error) in rows.iter().zip(&rejected) {
                 if let (None, false, Some(newest)) = (error, row.get::<bool, _>(13), row.get::<Option<i64>, _>(12)) {

@@ -69,14 +69,8 @@ impl Indexer {
             if let Some(after) = &after {
                 body["search_after"] = after.clone();
             }
-            let response = self
-                .client
-                .search(SearchParts::Index(&targets))
-                .ignore_unavailable(true)
-                .allow_no_indices(true)
-                .body(body)
-                .send()
-                .await;
+            let response =
+                self.client.search(SearchParts::Index(&targets)).ignore_unavailable(true).allow_no_indices(true).body(body).send().await;
             let page: SearchResponse = self.parse(self.json(response, "_search").await?, "_search")?;
             let got = page.hits.hits.len();
             for hit in page.hits.hits {

@@ -101,10 +101,20 @@ impl SourceConfig {
             return Err(invalid(file, "source.batch_size", format!("is {}", self.batch_size), "use 1 to 100000 (default 4096)"));
         }
         if !(1..=60_000).contains(&self.batch_max_wait_ms) {
-            return Err(invalid(file, "source.batch_max_wait_ms", format!("is {}", self.batch_max_wait_ms), "use 1 to 60000 (default 200)"));
+            return Err(invalid(
+                file,
+                "source.batch_max_wait_ms",
+                format!("is {}", self.batch_max_wait_ms),
+                "use 1 to 60000 (default 200)",
+            ));
         }
         if !(256..=16 << 20).contains(&self.max_record_bytes) {
-            return Err(invalid(file, "source.max_record_bytes", format!("is {}", self.max_record_bytes), "use 256 to 16777216 (default 65536)"));
+            return Err(invalid(
+                file,
+                "source.max_record_bytes",
+                format!("is {}", self.max_record_bytes),
+                "use 256 to 16777216 (default 65536)",
+            ));
         }
         if let Some(key) = self.kafka.keys().find(|k| RESERVED_KAFKA_KEYS.contains(&k.trim())) {
             return Err(invalid(
@@ -115,7 +125,12 @@ impl SourceConfig {
             ));
         }
         if !(1..=31_536_000).contains(&self.max_future_secs) {
-            return Err(invalid(file, "source.max_future_secs", format!("is {}", self.max_future_secs), "use 1 to 31536000 (a year; default 86400)"));
+            return Err(invalid(
+                file,
+                "source.max_future_secs",
+                format!("is {}", self.max_future_secs),
+                "use 1 to 31536000 (a year; default 86400)",
+            ));
         }
         if chrono::DateTime::parse_from_rfc3339(&self.min_event_time).is_err() {
             return Err(invalid(

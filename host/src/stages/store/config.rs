@@ -35,10 +35,20 @@ impl StoreConfig {
     /// Checks ranges; touches nothing.
     pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
         if !self.database_url.starts_with("postgres://") && !self.database_url.starts_with("postgresql://") {
-            return Err(invalid(file, "store.database_url", format!("is {:?}", self.database_url), "use a postgres://user@host:port/db URL"));
+            return Err(invalid(
+                file,
+                "store.database_url",
+                format!("is {:?}", self.database_url),
+                "use a postgres://user@host:port/db URL",
+            ));
         }
         if !(1..=64).contains(&self.max_in_flight_batches) {
-            return Err(invalid(file, "store.max_in_flight_batches", format!("is {}", self.max_in_flight_batches), "use 1 to 64 (default 4)"));
+            return Err(invalid(
+                file,
+                "store.max_in_flight_batches",
+                format!("is {}", self.max_in_flight_batches),
+                "use 1 to 64 (default 4)",
+            ));
         }
         Ok(())
     }

@@ -112,10 +112,8 @@ pub fn encode_copy<'a>(rows: impl IntoIterator<Item = CopyRow<'a>>, out: &mut Ve
 /// violation and the caller's retry runs the check again.
 pub(crate) async fn insert_events(tx: &mut sqlx::PgConnection, events: &[&Event]) -> Result<u64, sqlx::Error> {
     let ids: Vec<&str> = events.iter().map(|e| e.raw.event_id.as_str()).collect();
-    let stored: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events WHERE event_id = ANY($1::text[])")
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT event_id FROM events WHERE event_id = ANY($1::text[])").bind(&ids).fetch_all(&mut *tx).await?;
     let mut seen: std::collections::HashSet<&str> = stored.iter().map(String::as_str).collect();
     let new: Vec<&Event> = events.iter().copied().filter(|e| seen.insert(e.raw.event_id.as_str())).collect();
     if new.is_empty() {
@@ -130,4 +128,3 @@ pub(crate) async fn insert_events(tx: &mut sqlx::PgConnection, events: &[&Event]
     }
     copy.finish().await
 }
-

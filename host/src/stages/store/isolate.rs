@@ -126,7 +126,12 @@ pub async fn insert_isolating<'a>(conn: &mut PgConnection, items: &[Item<'a>], w
 const DEAD_LETTER_CHUNK_BYTES: usize = 64 << 20;
 
 /// Inserts one part; counts only once the part went in whole.
-async fn insert_part<'a>(conn: &mut PgConnection, part: &[Item<'a>], windows: WindowSpec, done: &mut Inserted<'a>) -> Result<(), sqlx::Error> {
+async fn insert_part<'a>(
+    conn: &mut PgConnection,
+    part: &[Item<'a>],
+    windows: WindowSpec,
+    done: &mut Inserted<'a>,
+) -> Result<(), sqlx::Error> {
     let events: Vec<&Event> = part.iter().filter_map(|i| if let Item::Event(e) = i { Some(*e) } else { None }).collect();
     let dead: Vec<&DeadLetter> = part.iter().filter_map(|i| if let Item::Dead(d) = i { Some(*d) } else { None }).collect();
     let mut stored = 0;
@@ -193,4 +198,3 @@ pub(crate) async fn insert_dead_letters(conn: &mut PgConnection, dead: &[&DeadLe
     .await?;
     Ok(result.rows_affected())
 }
-

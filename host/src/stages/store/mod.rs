@@ -73,11 +73,7 @@ impl Store {
     pub async fn connect(url: &str, windows: WindowSpec) -> Result<Store, StoreError> {
         let options: PgConnectOptions = url.parse().map_err(StoreError::Url)?;
         let options = options.log_statements(tracing::log::LevelFilter::Trace);
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await?;
+        let pool = PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(5)).connect_with(options).await?;
         let store = Store { pool, windows };
         store.migrate().await?;
         Ok(store)
@@ -133,8 +129,7 @@ impl Store {
             }
         }
         // Borrowed keys: this runs once per record, on the hot path.
-        let stored: std::collections::HashMap<(&str, i32), i64> =
-            stored_offsets.iter().map(|((t, p), n)| ((t.as_str(), *p), *n)).collect();
+        let stored: std::collections::HashMap<(&str, i32), i64> = stored_offsets.iter().map(|((t, p), n)| ((t.as_str(), *p), *n)).collect();
         let is_new = |p: &Provenance| p.offset >= stored.get(&(p.topic.as_str(), p.partition)).copied().unwrap_or(0);
 
         let items: Vec<Item<'_>> = batch
@@ -164,11 +159,8 @@ impl Store {
 
         let next: Vec<i64> = batch.next_offsets.values().copied().collect();
         // Offsets are unique within a batch: they name the refused events.
-        let refused_events: std::collections::HashSet<(&str, i32, i64)> = inserted
-            .refused
-            .iter()
-            .filter_map(|r| if let Item::Event(e) = r.item { Some(e.provenance.key()) } else { None })
-            .collect();
+        let refused_events: std::collections::HashSet<(&str, i32, i64)> =
+            inserted.refused.iter().filter_map(|r| if let Item::Event(e) = r.item { Some(e.provenance.key()) } else { None }).collect();
         let mut max_ts: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for item in &items {
             if let Item::Event(e) = item {
@@ -197,19 +189,21 @@ impl Store {
 
     /// The stored next offset of every partition of every topic.
     pub async fn next_offsets_all(&self) -> Result<BTreeMap<(String, i32), i64>, sqlx::Error> {
-        let rows = sqlx::query("SELECT topic, \"partition\", next_offset FROM ingest_offsets")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query("SELECT topic, \"partition\", next_offset FROM ingest_offsets").fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect())
     }
 }
-
 
 /// Dead-letters the records PostgreSQL refused, counting them into `done`.
 /// A refusal that PostgreSQL will not take either (it cannot hold some part
 /// of the record) is stored without the record's bytes, with the reason why;
 /// only when even that fails does the write fail.
-async fn insert_refusals(conn: &mut sqlx::PgConnection, refused: &[DeadLetter], windows: WindowSpec, done: &mut isolate::Inserted<'_>) -> Result<(), sqlx::Error> {
+async fn insert_refusals(
+    conn: &mut sqlx::PgConnection,
+    refused: &[DeadLetter],
+    windows: WindowSpec,
+    done: &mut isolate::Inserted<'_>,
+) -> Result<(), sqlx::Error> {
     if refused.is_empty() {
         return Ok(());
     }

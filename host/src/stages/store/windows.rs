@@ -2,6 +2,9 @@
 
 use crate::stages::record::{Event, WindowSpec};
 
+/// Where an event sits in its user's order: (time, event id).
+type Position<'a> = (i64, &'a str);
+
 /// Marks the windows new events change: their own, and the window of each
 /// one's user's previous event within the session timeout, whose time spent
 /// the new event completes (a late event can change a neighbour window).
@@ -15,7 +18,7 @@ use crate::stages::record::{Event, WindowSpec};
 pub(crate) async fn mark_windows_changed(tx: &mut sqlx::PgConnection, events: &[&Event], windows: WindowSpec) -> Result<(), sqlx::Error> {
     let own: std::collections::BTreeSet<i64> = events.iter().map(|e| windows.window_start(e.raw.timestamp_ms)).collect();
     // Per user: (first, last) new event by (time, id).
-    let mut span: std::collections::HashMap<&str, ((i64, &str), (i64, &str))> = std::collections::HashMap::new();
+    let mut span: std::collections::HashMap<&str, (Position, Position)> = std::collections::HashMap::new();
     for e in events {
         let key = (e.raw.timestamp_ms, e.raw.event_id.as_str());
         span.entry(e.raw.user_id.as_str())
@@ -26,7 +29,7 @@ pub(crate) async fn mark_windows_changed(tx: &mut sqlx::PgConnection, events: &[
             .or_insert((key, key));
     }
     let users: Vec<&str> = span.keys().copied().collect();
-    let (first, last): (Vec<(i64, &str)>, Vec<(i64, &str)>) = users.iter().map(|u| span[u]).unzip();
+    let (first, last): (Vec<Position>, Vec<Position>) = users.iter().map(|u| span[u]).unzip();
     sqlx::query(
         "INSERT INTO aggregate_windows (window_start_ms)
          SELECT w FROM (
@@ -60,4 +63,3 @@ pub(crate) async fn mark_windows_changed(tx: &mut sqlx::PgConnection, events: &[
     .await?;
     Ok(())
 }
-

@@ -57,9 +57,8 @@ impl Guest for Plugin {
                     _ => {}
                 }
                 let location = clickstream::pipeline::geoip::lookup(&raw.ip);
-                let (mut country, mut city) = location
-                    .map(|l| (l.country.unwrap_or_default(), l.city.unwrap_or_default()))
-                    .unwrap_or_default();
+                let (mut country, mut city) =
+                    location.map(|l| (l.country.unwrap_or_default(), l.city.unwrap_or_default())).unwrap_or_default();
                 match raw.user_id.as_str() {
                     "rename" => {
                         raw.event_id = format!("renamed-{}", raw.event_id);
