@@ -6,13 +6,11 @@ use clickstream_testkit as support;
 
 use std::collections::{BTreeMap, HashMap};
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use clickstream::config::PipelineConfig;
 use clickstream::produce::{self, Generator, GeneratorConfig};
 use clickstream::stages::index::{AggregateDoc, DocQuery, Indexer};
-use clickstream::stats::Stats;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
@@ -49,25 +47,18 @@ async fn settled(pool: &PgPool, events: usize) -> bool {
         && support::count(pool, "SELECT count(*) FROM aggregates WHERE indexed_at IS NULL").await == 0
 }
 
+/// A pipeline of the test's own, with the configuration it runs.
 struct Running {
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<clickstream::runtime::pipeline::Pipeline, clickstream::runtime::pipeline::PipelineError>>,
+    pipeline: support::InProcess,
     config: PipelineConfig,
 }
 
 async fn start(dir: &std::path::Path, topic: &str, db: &str, search: Option<&str>) -> Running {
-    start_with(dir, topic, db, search, None, Arc::new(Stats::default())).await
+    start_with(dir, topic, db, search, None).await
 }
 
 /// [`start`], with another aggregate plugin file when given.
-async fn start_with(
-    dir: &std::path::Path,
-    topic: &str,
-    db: &str,
-    search: Option<&str>,
-    aggregate: Option<&std::path::Path>,
-    stats: Arc<Stats>,
-) -> Running {
+async fn start_with(dir: &std::path::Path, topic: &str, db: &str, search: Option<&str>, aggregate: Option<&std::path::Path>) -> Running {
     support::init_logs();
     let mut extra = "[aggregate]\ninterval_ms = 300\nallowed_lateness_secs = 0\n".to_string();
     let pipeline = support::write_pipeline(dir, topic, &support::unique("agg"), db, "");
@@ -81,9 +72,7 @@ async fn start_with(
     extra.insert_str(0, &text);
     std::fs::write(&pipeline, extra).unwrap();
     let config = support::load_config(&pipeline);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(config.clone(), stopped, Default::default(), stats, |_| {}));
-    Running { stop, task, config }
+    Running { pipeline: support::InProcess::start(config.clone()), config }
 }
 
 async fn produce_to(topic: &str, config: GeneratorConfig) -> usize {
@@ -128,8 +117,7 @@ async fn indexed_aggregates_match_a_reference_and_late_events_update_them_in_pla
     let changed = updated.iter().filter(|d| !docs.contains(d)).count();
     assert!(changed > 0, "late events changed some documents");
 
-    running.stop.send(true).unwrap();
-    running.task.await.unwrap().unwrap();
+    running.pipeline.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,8 +146,7 @@ async fn a_search_outage_delays_indexing_and_every_aggregate_arrives_after() {
 
     support::wait_until(WAIT, "every aggregate indexed after the outage", || settled(&pool, first + more)).await;
     assert_docs_match(&all_docs(&indexer).await, &reference(&pool).await);
-    running.stop.send(true).unwrap();
-    running.task.await.unwrap().unwrap();
+    running.pipeline.stop().await;
 }
 
 /// A late batch holding a user's events on both sides of an event stored
@@ -210,8 +197,7 @@ async fn a_late_batch_around_a_stored_event_re_aggregates_that_events_window() {
     let window_2 = docs.iter().find(|d| d.window_start_ms == t0 + 2 * WINDOW_MS).expect("a document for window 2");
     assert_eq!((window_2.time_spent_total_ms, window_2.time_spent_samples), (70_000, 1), "C's time on page counts");
 
-    running.stop.send(true).unwrap();
-    running.task.await.unwrap().unwrap();
+    running.pipeline.stop().await;
 }
 
 /// A window whose aggregation fails (the plugin traps on one of its events,
@@ -238,8 +224,8 @@ async fn a_failing_window_is_set_aside_while_the_others_are_aggregated_and_index
     // The plugin file is the test's own copy, so swapping it touches no other test.
     let plugin = dir.path().join("aggregate.wasm");
     std::fs::copy(support::plugin("aggregate-poison"), &plugin).unwrap();
-    let stats = Arc::new(Stats::default());
-    let running = start_with(dir.path(), &topic, &db, None, Some(&plugin), stats.clone()).await;
+    let running = start_with(dir.path(), &topic, &db, None, Some(&plugin)).await;
+    let stats = running.pipeline.stats.clone();
     let indexer = Indexer::new(&running.config.index).unwrap();
 
     let total = good + 2;
@@ -277,6 +263,5 @@ async fn a_failing_window_is_set_aside_while_the_others_are_aggregated_and_index
     })
     .await;
     assert_docs_match(&all_docs(&indexer).await, &reference(&pool).await);
-    running.stop.send(true).unwrap();
-    running.task.await.unwrap().unwrap();
+    running.pipeline.stop().await;
 }

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clickstream::produce::{self, BadKind, Generator, GeneratorConfig, Record};
-use clickstream::stats::Stats;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
@@ -62,14 +61,11 @@ async fn every_good_event_is_stored_once_enriched_and_every_bad_record_is_dead_l
 
     let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
     let config = support::load_config(&pipeline);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let stats = Arc::new(Stats::default());
-    let running =
-        tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(config, stopped, Default::default(), stats.clone(), |_| {}));
+    let running = support::InProcess::start(config);
+    let stats = running.stats.clone();
     let pool = pool(&db).await;
     support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&pool, total)).await;
-    stop.send(true).unwrap();
-    running.await.unwrap().unwrap();
+    running.stop().await;
 
     // Exactly the good events (bad IPs included: only their location is unknown), once each.
     let mut expected = expected_event_ids(&records);
@@ -277,24 +273,12 @@ async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after
     // Run with the buggy plugin: it traps on user "trap".
     let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
     let fixed = std::fs::read_to_string(&pipeline).unwrap();
-    std::fs::write(
-        &pipeline,
-        fixed.replace(&support::plugin("enrich").display().to_string(), &support::plugin("misbehave").display().to_string()),
-    )
-    .unwrap();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let stats = Arc::new(Stats::default());
-    let running = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(
-        support::load_config(&pipeline),
-        stopped,
-        Default::default(),
-        stats.clone(),
-        |_| {},
-    ));
+    support::use_plugin(&pipeline, "enrich", "misbehave");
+    let running = support::InProcess::start(support::load_config(&pipeline));
+    let stats = running.stats.clone();
     let pool = pool(&db).await;
     support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&pool, total)).await;
-    stop.send(true).unwrap();
-    running.await.unwrap().unwrap();
+    running.stop().await;
 
     assert!(stats.enrich_batch_failures.get() >= 1, "the trap failed a whole batch first");
     let trapped: Vec<(String, String, Option<String>)> =
@@ -341,15 +325,8 @@ async fn a_repeated_event_id_is_stored_once_and_counted_as_a_duplicate() {
         producer.send(FutureRecord::to(&topic).key(&r.key).payload(&r.payload), Duration::from_secs(5)).await.unwrap();
     }
     let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let stats = Arc::new(Stats::default());
-    let running = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(
-        support::load_config(&pipeline),
-        stopped,
-        Default::default(),
-        stats.clone(),
-        |_| {},
-    ));
+    let running = support::InProcess::start(support::load_config(&pipeline));
+    let stats = running.stats.clone();
     let pool = pool(&db).await;
     support::wait_until(WAIT, "the first wave stored", || {
         let stats = stats.clone();
@@ -366,8 +343,7 @@ async fn a_repeated_event_id_is_stored_once_and_counted_as_a_duplicate() {
         async move { stats.consumed.get() >= 325 && stats.stored.get() + stats.duplicates.get() >= 325 }
     })
     .await;
-    stop.send(true).unwrap();
-    running.await.unwrap().unwrap();
+    running.stop().await;
 
     let stored = stored_ids(&pool).await;
     assert_eq!(stored.into_iter().collect::<BTreeSet<_>>(), expected_event_ids(&first), "each event once");

@@ -5,31 +5,21 @@
 use clickstream_testkit as support;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clickstream::produce::{self, Generator, GeneratorConfig};
-use clickstream::stats::Stats;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 const WAIT: Duration = Duration::from_secs(120);
 
 async fn run_until_stored(pipeline: &std::path::Path, pool: &PgPool, total: usize) {
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(
-        support::load_config(pipeline),
-        stopped,
-        Default::default(),
-        Arc::new(Stats::default()),
-        |_| {},
-    ));
+    let running = support::InProcess::start(support::load_config(pipeline));
     support::wait_until(WAIT, "every record stored", || async {
         support::count(pool, "SELECT count(*) FROM events").await >= total as i64
     })
     .await;
-    stop.send(true).unwrap();
-    running.await.unwrap().unwrap();
+    running.stop().await;
 }
 
 /// The consumer group has committed every offset (to the end of the topic)

@@ -7,13 +7,11 @@
 use clickstream_testkit as support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use clickstream::stages::record::{DeadLetter, Device, Enrichment, Event, Provenance, RawEvent, Stage, WindowSpec, WriteBatch};
 use clickstream::stages::store::Store;
-use clickstream::stats::Stats;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -210,24 +208,11 @@ async fn a_plugin_cannot_change_an_events_identity_and_what_neither_it_nor_postg
     produce_raw(&topic, &records).await;
 
     let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
-    let text = std::fs::read_to_string(&pipeline).unwrap();
-    std::fs::write(
-        &pipeline,
-        text.replace(&support::plugin("enrich").display().to_string(), &support::plugin("misbehave").display().to_string()),
-    )
-    .unwrap();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let stats = Arc::new(Stats::default());
-    let running = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(
-        support::load_config(&pipeline),
-        stopped,
-        Default::default(),
-        stats.clone(),
-        |_| {},
-    ));
+    support::use_plugin(&pipeline, "enrich", "misbehave");
+    let running = support::InProcess::start(support::load_config(&pipeline));
+    let stats = running.stats.clone();
     support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&pool, records.len())).await;
-    stop.send(true).unwrap();
-    running.await.unwrap().unwrap();
+    running.stop().await;
 
     // The identity is the decoded one, whatever the plugin returned.
     let (user, ts): (String, i64) =

@@ -79,3 +79,12 @@ pub fn try_load_config(path: &Path) -> Result<PipelineConfig, ConfigError> {
 pub fn load_config(path: &Path) -> PipelineConfig {
     try_load_config(path).unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// Points the pipeline file's plugin at the built plugin `to` instead of the
+/// built plugin `from` (e.g. `"enrich"` → `"misbehave"`).
+pub fn use_plugin(pipeline: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(pipeline).expect("the pipeline file");
+    let (from, to) = (plugin(from).display().to_string(), plugin(to).display().to_string());
+    assert!(text.contains(&from), "{} does not name {from}", pipeline.display());
+    std::fs::write(pipeline, text.replace(&from, &to)).expect("rewrite the pipeline file");
+}

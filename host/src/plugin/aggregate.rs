@@ -8,7 +8,7 @@ use wasmtime::component::ResourceAny;
 use wasmtime::Store;
 
 use super::error::call_error;
-use super::instance::{identify, new_store, prelink};
+use super::instance::{identify, prelink, start_instance};
 use super::wit::{since_v0_1_0, World};
 use super::{HostState, PluginCounters, PluginError, PluginInfo, PluginSpec, Slot};
 use crate::stages::record::{AggregateParams, AggregateRow, StoredEvent};
@@ -42,14 +42,9 @@ impl LoadedAggregate {
     /// version this host loads, and instantiates and configures it once.
     pub fn load(spec: PluginSpec) -> Result<Arc<LoadedAggregate>, PluginError> {
         // The aggregator imports nothing of the host's but WASI.
-        let (pre, info, _version) = prelink(&spec, World::Aggregator, |_, _| Ok(()))?;
-        let pre = since_v0_1_0::aggregator::AggregatorPre::new(pre).map_err(|e| PluginError::WrongWorld {
-            plugin: spec.slot.clone(),
-            path: spec.path.clone(),
-            world: World::Aggregator.name(),
-            reason: format!("{e:#}"),
-        })?;
-        let mut loaded = LoadedAggregate { info, spec, pre: Pre::V0_1_0(pre) };
+        let (pre, info) =
+            prelink(&spec, World::Aggregator, |_, _| Ok(()), |_, pre| Ok(Pre::V0_1_0(since_v0_1_0::aggregator::AggregatorPre::new(pre)?)))?;
+        let mut loaded = LoadedAggregate { info, spec, pre };
         let mut instance = AggregateInstance::new(&loaded)?;
         let (name, version) = match &instance.bindings {
             Bindings::V0_1_0(b) => (b.call_name(&mut instance.store), b.call_version(&mut instance.store)),
@@ -66,21 +61,14 @@ struct AggregateInstance {
 
 impl AggregateInstance {
     fn new(loaded: &LoadedAggregate) -> Result<AggregateInstance, PluginError> {
-        let mut store = new_store(&loaded.spec.limits, None);
-        store.set_epoch_deadline(loaded.spec.limits.deadline_ticks());
-        let error = |e, store: &mut Store<HostState>| call_error(e, store, &loaded.info, &loaded.spec.limits);
-        let (bindings, configured) = match &loaded.pre {
+        let (store, bindings) = start_instance(&loaded.spec, &loaded.info, None, |store| match &loaded.pre {
             Pre::V0_1_0(pre) => {
-                let bindings = pre.instantiate(&mut store).map_err(|e| error(e, &mut store))?;
-                let configured = bindings.call_configure(&mut store, &loaded.spec.settings);
-                (Bindings::V0_1_0(bindings), configured)
+                let bindings = pre.instantiate(&mut *store)?;
+                let configured = bindings.call_configure(&mut *store, &loaded.spec.settings)?;
+                Ok((Bindings::V0_1_0(bindings), configured))
             }
-        };
-        match configured {
-            Ok(Ok(())) => Ok(AggregateInstance { store, bindings }),
-            Ok(Err(reason)) => Err(PluginError::Configure { plugin: loaded.spec.slot.clone(), reason }),
-            Err(e) => Err(error(e, &mut store)),
-        }
+        })?;
+        Ok(AggregateInstance { store, bindings })
     }
 }
 

@@ -8,7 +8,7 @@ use wasmtime::Store;
 
 use super::error::call_error;
 use super::geoip::GeoIp;
-use super::instance::{identify, new_store, prelink};
+use super::instance::{identify, prelink, start_instance};
 use super::wit::{since_v0_1_0, World};
 use super::{HostState, PluginError, PluginInfo, PluginSpec, Slot};
 use crate::stages::record::{Enriched, RawEvent, Refusal};
@@ -47,15 +47,13 @@ impl LoadedEnrich {
     /// plugin fails here rather than on the first batch.
     pub fn load(spec: PluginSpec, geoip: Option<Arc<GeoIp>>) -> Result<Arc<LoadedEnrich>, PluginError> {
         // One version today; a new one adds an arm here and in `Pre`.
-        let (pre, info, _version) =
-            prelink(&spec, World::Enricher, |_, linker| since_v0_1_0::enricher::Enricher::add_to_linker::<_, HasSelf<_>>(linker, |s| s))?;
-        let pre = since_v0_1_0::enricher::EnricherPre::new(pre).map_err(|e| PluginError::WrongWorld {
-            plugin: spec.slot.clone(),
-            path: spec.path.clone(),
-            world: World::Enricher.name(),
-            reason: format!("{e:#}"),
-        })?;
-        let mut loaded = LoadedEnrich { info, spec, pre: Pre::V0_1_0(pre), geoip };
+        let (pre, info) = prelink(
+            &spec,
+            World::Enricher,
+            |_, linker| since_v0_1_0::enricher::Enricher::add_to_linker::<_, HasSelf<_>>(linker, |s| s),
+            |_, pre| Ok(Pre::V0_1_0(since_v0_1_0::enricher::EnricherPre::new(pre)?)),
+        )?;
+        let mut loaded = LoadedEnrich { info, spec, pre, geoip };
         let mut instance = EnrichInstance::new(&loaded)?;
         let (name, version) = instance.identity();
         identify(&mut loaded.info, &loaded.spec.limits, &mut instance.store, name, version)?;
@@ -71,21 +69,14 @@ struct EnrichInstance {
 
 impl EnrichInstance {
     fn new(loaded: &LoadedEnrich) -> Result<EnrichInstance, PluginError> {
-        let mut store = new_store(&loaded.spec.limits, loaded.geoip.clone());
-        store.set_epoch_deadline(loaded.spec.limits.deadline_ticks());
-        let error = |e, store: &mut Store<HostState>| call_error(e, store, &loaded.info, &loaded.spec.limits);
-        let (bindings, configured) = match &loaded.pre {
+        let (store, bindings) = start_instance(&loaded.spec, &loaded.info, loaded.geoip.clone(), |store| match &loaded.pre {
             Pre::V0_1_0(pre) => {
-                let bindings = pre.instantiate(&mut store).map_err(|e| error(e, &mut store))?;
-                let configured = bindings.call_configure(&mut store, &loaded.spec.settings);
-                (Bindings::V0_1_0(bindings), configured)
+                let bindings = pre.instantiate(&mut *store)?;
+                let configured = bindings.call_configure(&mut *store, &loaded.spec.settings)?;
+                Ok((Bindings::V0_1_0(bindings), configured))
             }
-        };
-        match configured {
-            Ok(Ok(())) => Ok(EnrichInstance { store, bindings }),
-            Ok(Err(reason)) => Err(PluginError::Configure { plugin: loaded.spec.slot.clone(), reason }),
-            Err(e) => Err(error(e, &mut store)),
-        }
+        })?;
+        Ok(EnrichInstance { store, bindings })
     }
 
     fn identity(&mut self) -> (wasmtime::Result<String>, wasmtime::Result<String>) {

@@ -64,7 +64,7 @@ impl WasiView for HostState {
     }
 }
 
-pub(super) fn new_store(limits: &PluginLimits, geoip: Option<Arc<GeoIp>>) -> Store<HostState> {
+fn new_store(limits: &PluginLimits, geoip: Option<Arc<GeoIp>>) -> Store<HostState> {
     let stderr = StderrTail::default();
     let mut wasi = WasiCtx::builder();
     wasi.stderr(stderr.clone());
@@ -89,16 +89,17 @@ pub(super) fn new_store(limits: &PluginLimits, geoip: Option<Arc<GeoIp>>) -> Sto
 }
 
 /// Compiles a plugin file, checks it targets `world` in a contract version
-/// this host loads, and links it against the world's imports (WASI plus
-/// what `add_imports` adds for that version), returning the pre-linked
-/// component, the identity of the build (name and version still empty: the
-/// caller asks the instance) and the contract version. The shared part of
-/// loading either world.
-pub(super) fn prelink(
+/// this host loads, links it against the world's imports (WASI plus what
+/// `add_imports` adds for that version) and types the pre-linked component
+/// with `typed` (the version's bindings), returning it with the identity of
+/// the build (name and version still empty: the caller asks the instance).
+/// The shared part of loading either world.
+pub(super) fn prelink<P>(
     spec: &PluginSpec,
     world: World,
     add_imports: impl FnOnce(Version, &mut Linker<HostState>) -> wasmtime::Result<()>,
-) -> Result<(InstancePre<HostState>, PluginInfo, Version), PluginError> {
+    typed: impl FnOnce(Version, InstancePre<HostState>) -> wasmtime::Result<P>,
+) -> Result<(P, PluginInfo), PluginError> {
     let (component, content_hash) = compile(spec)?;
     let refused =
         |reason: String| PluginError::WrongWorld { plugin: spec.slot.clone(), path: spec.path.clone(), world: world.name(), reason };
@@ -111,6 +112,7 @@ pub(super) fn prelink(
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link_error)?;
     add_imports(target.version, &mut linker).map_err(link_error)?;
     let pre = linker.instantiate_pre(&component).map_err(link_error)?;
+    let pre = typed(target.version, pre).map_err(link_error)?;
     let info = PluginInfo {
         slot: spec.slot.clone(),
         name: String::new(),
@@ -119,7 +121,25 @@ pub(super) fn prelink(
         content_hash,
         loaded_at: SystemTime::now(),
     };
-    Ok((pre, info, target.version))
+    Ok((pre, info))
+}
+
+/// A fresh instance: a store with the spec's limits, on which `start`
+/// instantiates the component and calls its `configure`; the error says
+/// whether it trapped, ran out of time or memory, or refused its settings.
+pub(super) fn start_instance<B>(
+    spec: &PluginSpec,
+    info: &PluginInfo,
+    geoip: Option<Arc<GeoIp>>,
+    start: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<(B, Result<(), String>)>,
+) -> Result<(Store<HostState>, B), PluginError> {
+    let mut store = new_store(&spec.limits, geoip);
+    store.set_epoch_deadline(spec.limits.deadline_ticks());
+    match start(&mut store) {
+        Ok((bindings, Ok(()))) => Ok((store, bindings)),
+        Ok((_, Err(reason))) => Err(PluginError::Configure { plugin: spec.slot.clone(), reason }),
+        Err(e) => Err(call_error(e, &mut store, info, &spec.limits)),
+    }
 }
 
 /// Which contract version and world the component of `spec` targets
