@@ -28,20 +28,18 @@ use crate::stages::store::config::StoreConfig;
 
 /// A configuration problem, naming where it is and how to fix it.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // fields are named for what they hold; each #[error] says how they read
 pub enum ConfigError {
     /// The file could not be read.
     #[error("{file}: cannot read: {source}")]
     Read {
-        /// The file.
         file: PathBuf,
-        /// Why.
         #[source]
         source: std::io::Error,
     },
     /// The file is not valid TOML, has an unknown key or a wrong type.
     #[error("{file}: {message}")]
     Parse {
-        /// The file.
         file: PathBuf,
         /// The parser's message, with line, column and key.
         message: String,
@@ -49,13 +47,10 @@ pub enum ConfigError {
     /// A value is out of range or inconsistent with another.
     #[error("{file}: `{key}` {problem}; {fix}")]
     Invalid {
-        /// The file.
         file: PathBuf,
         /// The dotted key, e.g. `source.batch_size`.
         key: String,
-        /// What is wrong.
         problem: String,
-        /// How to fix it.
         fix: String,
     },
 }

@@ -462,6 +462,7 @@ impl fmt::Display for Summary {
 
 /// Why producing stopped.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // fields are named for what they hold; each #[error] says how they read
 pub enum ProduceError {
     /// The broker refused or could not be reached.
     #[error("kafka: {0}")]
@@ -469,9 +470,7 @@ pub enum ProduceError {
     /// The output file could not be written.
     #[error("writing {path}: {source}")]
     Write {
-        /// The file.
         path: std::path::PathBuf,
-        /// Why.
         #[source]
         source: std::io::Error,
     },

@@ -18,6 +18,7 @@ const ERROR_TAIL_LINES: usize = 20;
 
 /// Why a host could not be started or did not run to a clean exit.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // fields are named for what they hold; each #[error] says how they read
 pub enum HostError {
     /// The binary has not been built for this profile.
     #[error(
@@ -40,19 +41,14 @@ pub enum HostError {
     /// The host exited when it should have run on, or exited with a failure.
     #[error("clickstream run exited ({status}); log: {}\n{tail}", log.display())]
     Exited {
-        /// Its exit status.
         status: ExitStatus,
-        /// Its log.
         log: PathBuf,
         /// The log's last lines.
         tail: String,
     },
     /// The host did not exit within a minute of SIGTERM, and was killed.
     #[error("clickstream run did not drain within {} s of SIGTERM; killed. Log: {}", DRAIN_TIMEOUT.as_secs(), log.display())]
-    Undrained {
-        /// Its log.
-        log: PathBuf,
-    },
+    Undrained { log: PathBuf },
 }
 
 fn io(doing: impl Into<String>) -> impl FnOnce(std::io::Error) -> HostError {

@@ -10,15 +10,14 @@ use super::limits::PluginLimits;
 /// Everything that can go wrong loading or calling a plugin. Each names the
 /// plugin, so a log line says which one to fix.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // fields are named for what they hold; each #[error] says how they read
 pub enum PluginError {
     /// The file could not be read.
     #[error("plugin `{plugin}`: cannot read {path}: {source}")]
     Read {
         /// Plugin name from pipeline.toml.
         plugin: String,
-        /// The file.
         path: PathBuf,
-        /// Why.
         #[source]
         source: std::io::Error,
     },
@@ -29,7 +28,6 @@ pub enum PluginError {
     NotAComponent {
         /// Plugin name from pipeline.toml.
         plugin: String,
-        /// The file.
         path: PathBuf,
         /// The compiler's message.
         reason: String,
@@ -40,9 +38,7 @@ pub enum PluginError {
     NotAPlugin {
         /// Plugin name from pipeline.toml.
         plugin: String,
-        /// The file.
         path: PathBuf,
-        /// What it targets instead.
         reason: String,
     },
     /// The component does not implement the world this slot needs in a
@@ -51,9 +47,7 @@ pub enum PluginError {
     WrongWorld {
         /// Plugin name from pipeline.toml.
         plugin: String,
-        /// The file.
         path: PathBuf,
-        /// The expected world.
         world: &'static str,
         /// The linker's message.
         reason: String,
@@ -73,7 +67,6 @@ pub enum PluginError {
         plugin: String,
         /// Plugin version.
         version: String,
-        /// The deadline.
         deadline_ms: u128,
     },
     /// A call tried to grow memory past the cap.
@@ -85,7 +78,6 @@ pub enum PluginError {
         version: String,
         /// Bytes the guest asked for.
         requested: usize,
-        /// The cap.
         cap: usize,
     },
     /// The guest trapped (a panic, an out-of-bounds access, ...).
@@ -105,7 +97,6 @@ pub enum PluginError {
         plugin: String,
         /// Plugin version.
         version: String,
-        /// What it did.
         reason: String,
     },
 }

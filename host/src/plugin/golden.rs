@@ -12,18 +12,14 @@ use crate::stages::record::{AggregateParams, RawEvent, StoredEvent};
 
 /// Why a plugin failed its proof.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // fields are named for what they hold; each #[error] says how they read
 pub enum ProofError {
     /// It failed to load or to run.
     #[error(transparent)]
     Plugin(#[from] PluginError),
     /// It ran, but answered wrongly.
     #[error("plugin `{plugin}` failed the golden batch: {reason}")]
-    Golden {
-        /// The slot.
-        plugin: String,
-        /// What was wrong.
-        reason: String,
-    },
+    Golden { plugin: String, reason: String },
 }
 
 /// Five clicks: two of one user (a time on page), an IPv6 address, a bot,

@@ -26,6 +26,7 @@ use crate::stats::{BatchStage, Stats};
 
 /// Why the pipeline could not start.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // fields are named for what they hold; each #[error] says how they read
 pub enum PipelineError {
     /// GeoIP databases.
     #[error(transparent)]
@@ -42,9 +43,7 @@ pub enum PipelineError {
     /// Kafka.
     #[error("kafka ({brokers}): {source}")]
     Kafka {
-        /// The brokers.
         brokers: String,
-        /// Why.
         #[source]
         source: rdkafka::error::KafkaError,
     },

@@ -35,6 +35,7 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Why a reload was refused. The running pipeline is untouched.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // fields are named for what they hold; each #[error] says how they read
 pub enum ReloadError {
     /// The new plugin failed to load or to pass the golden batch.
     #[error(transparent)]
@@ -44,12 +45,7 @@ pub enum ReloadError {
     Config(#[from] crate::config::ConfigError),
     /// The new pipeline.toml changes what existing aggregates mean.
     #[error("{file}: refused: {keys} changed; existing aggregates were computed with the old values and would be corrupted. Keep the old values, or point store.database_url at a new database (and index.index at a new index) to start fresh")]
-    MetricsChanged {
-        /// The file.
-        file: PathBuf,
-        /// The keys.
-        keys: String,
-    },
+    MetricsChanged { file: PathBuf, keys: String },
 }
 
 /// Settings the running stages read live.

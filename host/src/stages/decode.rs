@@ -22,13 +22,13 @@ use crate::stages::record::{Consumed, DeadLetter, Decoded, RawEvent, Stage, Writ
 /// Why a record is not a click. The message is what a user sees in the
 /// dead-letter list, so it says what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // fields are named for what they hold; each #[error] says how they read
 pub enum DecodeError {
     /// Larger than `source.max_record_bytes`; not parsed at all.
     #[error("record is {size} bytes, larger than source.max_record_bytes = {max}")]
     TooLarge {
         /// The record's size.
         size: usize,
-        /// The limit.
         max: usize,
     },
     /// Not valid JSON, or not a JSON object.
@@ -39,14 +39,7 @@ pub enum DecodeError {
     MissingField(&'static str),
     /// A key has the wrong JSON type.
     #[error("field `{field}` must be {expected}, got {got}")]
-    WrongType {
-        /// The key.
-        field: &'static str,
-        /// What it must be.
-        expected: &'static str,
-        /// What it was.
-        got: String,
-    },
+    WrongType { field: &'static str, expected: &'static str, got: String },
     /// The event time is before `source.min_event_time` or more than
     /// `source.max_future_secs` ahead of the host's clock.
     #[error("timestamp {timestamp_ms} ms ({shown}) is outside the accepted range {min_ms} .. {max_ms} ms (source.min_event_time, source.max_future_secs)")]
@@ -55,7 +48,6 @@ pub enum DecodeError {
         timestamp_ms: i64,
         /// It as a date, when it is one.
         shown: String,
-        /// The earliest accepted.
         min_ms: i64,
         /// The latest accepted (now plus the allowed skew).
         max_ms: i64,

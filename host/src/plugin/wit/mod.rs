@@ -70,6 +70,7 @@ pub struct Target {
 
 /// Why a component's target could not be read or is not served here.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // fields are named for what they hold; each #[error] says how they read
 pub enum TargetError {
     /// No `clickstream:pipeline` import or export names a version, or its
     /// exports fit no world.
@@ -77,10 +78,7 @@ pub enum TargetError {
     NotAPlugin(String),
     /// Built for a version this host does not load.
     #[error("it targets {PACKAGE}@{found}; this host supports {}..{}", SUPPORTED.0, SUPPORTED.1)]
-    Unsupported {
-        /// The version it targets.
-        found: Version,
-    },
+    Unsupported { found: Version },
 }
 
 /// Reads the contract version and world of a compiled component from the

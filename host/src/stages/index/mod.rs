@@ -84,24 +84,19 @@ impl AggregateDoc {
 
 /// Problems talking to the search server.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // fields are named for what they hold; each #[error] says how they read
 pub enum IndexError {
     /// `index.url` cannot be used as a server address.
     #[error("index.url {url:?} is not a usable URL: {reason}; use e.g. http://127.0.0.1:9200")]
     Url {
         /// The configured URL.
         url: String,
-        /// Why.
         reason: String,
     },
     /// The server could not be reached, did not answer in time, or answered
     /// that it cannot serve requests now (429, 5xx). Transient: try again later.
     #[error("search server {url} is unavailable: {reason}")]
-    Unavailable {
-        /// The server.
-        url: String,
-        /// What happened.
-        reason: String,
-    },
+    Unavailable { url: String, reason: String },
     /// The server kept answering "too busy" (429 or 5xx) for some documents
     /// until the retry budget ran out. Transient: send them again later.
     #[error("search server kept refusing {pending} documents with HTTP {status} for {waited:?}: {reason}")]
@@ -139,7 +134,6 @@ pub enum IndexError {
     /// promise (not JSON, missing fields, a document that is not an aggregate).
     #[error("search server answered {operation} unexpectedly: {reason}")]
     Protocol {
-        /// What was attempted.
         operation: String,
         /// What was wrong with the answer.
         reason: String,
