@@ -2,6 +2,10 @@
 //! (osmem locally: `scripts/services up search`), plus a scripted fake server
 //! for the answers a healthy server will not give on demand (429s, 503s).
 //! Each test works in its own indices, removed when it ends.
+//!
+//! Long because it is one component's whole contract with the server —
+//! mapping, bulk sizing and retries, refusals, time suffixes, search — each
+//! scenario a short test sharing the helpers at the top.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -7,6 +7,10 @@
 //!
 //! Also timed on the same sorted events held in memory: the plugin alone
 //! (`AggregateRun`) and the same logic compiled natively (`WindowRun`).
+//!
+//! Long because the arm is three measurements of one result (the plugin
+//! path, SQL, Spark) and the row-by-row comparison that makes the timings
+//! mean something.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

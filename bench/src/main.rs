@@ -16,6 +16,10 @@
 //! 5. [`aggregate`]: the aggregate plugin vs one SQL query (must match).
 //! 6. [`swap`]: hot swaps under load.
 //! 7. [`index`]: aggregate documents → search server by bulk size.
+//!
+//! This file holds what every arm shares: the options, the run's state
+//! (services, fresh databases, work folders), the result format and the
+//! driver that runs the arms in order; each arm is a file of its own.
 
 pub mod aggregate;
 pub mod broker;
