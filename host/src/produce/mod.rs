@@ -2,7 +2,6 @@
 //! clickstream, the same for the same seed, with an optional share of
 //! deliberately bad records for testing the dead-letter path.
 
-
 mod write;
 
 pub use write::{to_file, to_kafka, ProduceError, Summary};
