@@ -106,7 +106,7 @@ async fn every_good_event_is_stored_once_enriched_and_every_bad_record_is_dead_l
             Some(BadKind::MissingField) => ("decode", "missing_field"),
             Some(BadKind::WrongType) => ("decode", "wrong_type"),
             Some(BadKind::Huge) => ("decode", "too_large"),
-            Some(BadKind::Refused) => ("enrich", "refused"),
+            Some(BadKind::Refused) => ("transform", "rejected"),
             Some(BadKind::NulCharacter) => ("decode", "nul_character"),
             Some(BadKind::FarTimestamp) => ("decode", "timestamp_out_of_range"),
             Some(BadKind::LongId) => ("decode", "field_too_long"),
@@ -280,22 +280,23 @@ async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after
     support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&pool, total)).await;
     running.stop().await;
 
-    assert!(stats.enrich_batch_failures.get() >= 1, "the trap failed a whole batch first");
+    assert!(stats.transform_batch_failures.get() >= 1, "the trap failed a whole batch first");
     let trapped: Vec<(String, String, Option<String>)> =
         sqlx::query_as("SELECT kind, reason, plugin_version FROM dead_letters ORDER BY id").fetch_all(&pool).await.unwrap();
     assert_eq!(trapped.len(), 3, "only the poison records are dead-lettered: {trapped:?}");
     for (kind, reason, version) in &trapped {
         assert_eq!(kind, "trap");
         assert!(reason.contains("asked to trap"), "{reason}");
-        assert_eq!(version.as_deref(), Some("0.0.1-misbehave"));
+        assert_eq!(version.as_deref(), Some("enrich@0.0.1-misbehave"));
     }
     assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await as usize, records.len(), "the rest of each batch was stored");
 
     // Fix: the real plugin accepts those records; replay stores them once.
     std::fs::write(&pipeline, fixed).unwrap();
     let config = support::load_config(&pipeline);
-    let loaded = clickstream::plugin::enrich::LoadedEnrich::load(config.enrich_spec(), None).unwrap();
-    let mut runner = clickstream::plugin::enrich::EnrichRunner::new(Arc::new(clickstream::plugin::Slot::new(loaded)));
+    let chain = clickstream::stages::transform::load_chain(config.transform_specs(), &Arc::new(clickstream::plugin::geoip::GeoIp::empty()))
+        .unwrap();
+    let mut runner = clickstream::stages::transform::ChainRunner::fixed(chain);
     let outcome =
         clickstream::runtime::dead_letters::replay(&pool, config.windows(), &mut runner, &config.decode_limits(), |_| {}).await.unwrap();
     assert_eq!((outcome.stored, outcome.still_failing), (3, 0));

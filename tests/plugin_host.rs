@@ -1,5 +1,6 @@
-//! The plugin host against the real `.wasm` components: enrichment results,
-//! order, and the limits that keep a misbehaving plugin from hurting the host.
+//! The plugin host against the real `.wasm` components: transform outcomes,
+//! order, both contract versions, and the limits that keep a misbehaving
+//! plugin from hurting the host.
 
 use clickstream_testkit as support;
 
@@ -7,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clickstream::plugin::aggregate::{AggregateRun, LoadedAggregate};
-use clickstream::plugin::enrich::{EnrichRunner, LoadedEnrich};
+use clickstream::plugin::transform::{LoadedTransform, TransformRunner};
 use clickstream::plugin::{PluginError, PluginLimits, PluginSpec, Slot};
-use clickstream::stages::record::{AggregateParams, Device, RawEvent, StoredEvent};
+use clickstream::stages::record::{AggregateParams, Device, Outcome, RawEvent, StoredEvent, TransformEvent};
 
 const CHROME_WINDOWS: &str =
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
@@ -21,7 +22,7 @@ fn spec(slot: &str, file: &str, limits: PluginLimits) -> PluginSpec {
     PluginSpec { slot: slot.into(), path: support::plugin(file), settings: vec![], limits }
 }
 
-fn click(user: &str, ts: i64, ua: &str) -> RawEvent {
+fn click(user: &str, ts: i64, ua: &str) -> TransformEvent {
     RawEvent {
         event_id: format!("{user}-{ts}"),
         user_id: user.into(),
@@ -32,11 +33,19 @@ fn click(user: &str, ts: i64, ua: &str) -> RawEvent {
         referrer: None,
         session_id: None,
     }
+    .into()
 }
 
-fn runner(file: &str, limits: PluginLimits) -> EnrichRunner {
-    let loaded = LoadedEnrich::load(spec("enrich", file, limits), None).unwrap();
-    EnrichRunner::new(Arc::new(Slot::new(loaded)))
+fn runner(file: &str, limits: PluginLimits) -> TransformRunner {
+    let loaded = LoadedTransform::load(spec(file, file, limits), None).unwrap();
+    TransformRunner::new(Arc::new(Slot::new(loaded)))
+}
+
+fn kept(outcome: &Outcome) -> &TransformEvent {
+    match outcome {
+        Outcome::Keep(event) => event,
+        other => panic!("expected keep, got {other:?}"),
+    }
 }
 
 #[test]
@@ -49,46 +58,70 @@ fn enrich_component_classifies_real_user_agents() {
         click("curl", 4, CURL),
         click("empty", 5, ""),
     ];
-    let (loaded, results) = runner.enrich(&batch).unwrap();
-    assert_eq!(loaded.info.name, "enrich");
-    let out: Vec<_> = results.into_iter().map(|r| r.unwrap().enrichment).collect();
-    assert_eq!((out[0].browser.as_str(), out[0].device), ("Chrome", Device::Desktop));
-    assert!(out[0].os.starts_with("Windows"), "{:?}", out[0].os);
-    assert_eq!((out[1].browser.as_str(), out[1].os.as_str(), out[1].device), ("Safari", "iPhone", Device::Mobile));
-    assert_eq!((out[2].browser.as_str(), out[2].device), ("Googlebot", Device::Bot));
-    assert_ne!(out[3].device, Device::Desktop, "curl is no desktop browser: {:?}", out[3]);
-    assert_eq!((out[4].browser.as_str(), out[4].os.as_str(), out[4].device), ("unknown", "unknown", Device::Unknown));
-    // No geoip database was given: every location is unknown, not an error.
-    assert!(out.iter().all(|c| c.country == "unknown" && c.city == "unknown"));
-    assert!(out.iter().all(|c| c.plugin_version == loaded.info.version));
+    let (loaded, outcomes) = runner.transform(&batch).unwrap();
+    assert_eq!((loaded.info.name.as_str(), loaded.info.contract.as_str()), ("enrich", "0.2.0"));
+    let out: Vec<_> = outcomes.iter().map(|o| kept(o).enrichment.clone()).collect();
+    assert_eq!((out[0].browser.as_deref(), out[0].device), (Some("Chrome"), Some(Device::Desktop)));
+    assert!(out[0].os.as_deref().unwrap().starts_with("Windows"), "{:?}", out[0].os);
+    assert_eq!((out[1].browser.as_deref(), out[1].os.as_deref(), out[1].device), (Some("Safari"), Some("iPhone"), Some(Device::Mobile)));
+    assert_eq!((out[2].browser.as_deref(), out[2].device), (Some("Googlebot"), Some(Device::Bot)));
+    assert_ne!(out[3].device, Some(Device::Desktop), "curl is no desktop browser: {:?}", out[3]);
+    assert_eq!((out[4].browser.as_deref(), out[4].os.as_deref(), out[4].device), (None, None, Some(Device::Unknown)));
+    // No geoip database was given: every location is unset, not an error.
+    assert!(out.iter().all(|c| c.country.is_none() && c.city.is_none()));
 }
 
 #[test]
-fn enrich_results_keep_input_order_and_refuse_structural_problems() {
+fn outcomes_keep_input_order_and_structural_problems_are_rejected_with_the_field() {
     let mut runner = runner("enrich", PluginLimits::default());
-    let mut batch: Vec<RawEvent> = (1..=500).map(|i| click(&format!("u{i}"), i, CHROME_WINDOWS)).collect();
-    batch[7].user_id = String::new();
-    batch[9].timestamp_ms = -5;
-    let (_, results) = runner.enrich(&batch).unwrap();
-    assert_eq!(results.len(), 500);
-    for (i, (input, result)) in batch.iter().zip(&results).enumerate() {
-        match (i, result) {
-            (7, Err(e)) => assert_eq!(e.field.as_deref(), Some("user_id")),
-            (9, Err(e)) => assert_eq!(e.field.as_deref(), Some("timestamp")),
-            (_, Ok(out)) => assert_eq!(out.raw.event_id, input.event_id, "result {i} out of order"),
-            (_, other) => panic!("unexpected result {i}: {other:?}"),
+    let mut batch: Vec<TransformEvent> = (1..=500).map(|i| click(&format!("u{i}"), i, CHROME_WINDOWS)).collect();
+    batch[7].raw.user_id = String::new();
+    batch[9].raw.timestamp_ms = -5;
+    let (_, outcomes) = runner.transform(&batch).unwrap();
+    assert_eq!(outcomes.len(), 500);
+    for (i, (input, outcome)) in batch.iter().zip(&outcomes).enumerate() {
+        match (i, outcome) {
+            (7, Outcome::Reject(r)) => assert_eq!(r.field.as_deref(), Some("user_id")),
+            (9, Outcome::Reject(r)) => assert_eq!(r.field.as_deref(), Some("timestamp")),
+            (_, Outcome::Keep(out)) => assert_eq!(out.raw.event_id, input.raw.event_id, "outcome {i} out of order"),
+            (_, other) => panic!("unexpected outcome {i}: {other:?}"),
         }
     }
+}
+
+/// A 0.1.0 build runs through the host's adapter: one `geoip.lookup` per
+/// click, its results as keep, its errors as reject, its `unknown`s unset.
+#[test]
+fn a_contract_0_1_0_enricher_runs_as_a_transform_beside_0_2_0_ones() {
+    let mut legacy = runner("legacy-enrich", PluginLimits::default());
+    let (loaded, outcomes) = legacy
+        .transform(&[click("a", 1, GOOGLEBOT), {
+            let mut c = click("b", 2, CURL);
+            c.raw.url = " ".into();
+            c
+        }])
+        .unwrap();
+    assert_eq!((loaded.info.name.as_str(), loaded.info.contract.as_str()), ("legacy-enrich", "0.1.0"));
+    let a = kept(&outcomes[0]);
+    assert_eq!(
+        (a.enrichment.browser.as_deref(), a.enrichment.device, a.enrichment.os.as_deref()),
+        (Some("Mozilla"), Some(Device::Bot), None)
+    );
+    assert!(matches!(&outcomes[1], Outcome::Reject(r) if r.field.as_deref() == Some("url")), "{:?}", outcomes[1]);
+    // And a 0.2.0 transform takes what it kept.
+    let mut filter = runner("bot-filter", PluginLimits::default());
+    let (_, filtered) = filter.transform(std::slice::from_ref(a)).unwrap();
+    assert!(matches!(&filtered[0], Outcome::Drop(reason) if reason == "bot"), "{:?}", filtered[0]);
 }
 
 #[test]
 fn a_trapping_plugin_yields_a_typed_error_and_the_next_batch_is_served() {
     let mut runner = runner("misbehave", PluginLimits::default());
-    let err = runner.enrich(&[click("ok", 1, ""), click("trap", 2, "")]).unwrap_err();
-    assert!(matches!(err, PluginError::Trap { ref plugin, .. } if plugin == "enrich"), "{err}");
+    let err = runner.transform(&[click("ok", 1, ""), click("trap", 2, "")]).unwrap_err();
+    assert!(matches!(err, PluginError::Trap { ref plugin, .. } if plugin == "misbehave"), "{err}");
     assert!(err.to_string().contains("asked to trap"), "{err}");
-    let (_, results) = runner.enrich(&[click("ok", 3, "")]).unwrap();
-    assert_eq!(results.len(), 1);
+    let (_, outcomes) = runner.transform(&[click("ok", 3, "")]).unwrap();
+    assert_eq!(outcomes.len(), 1);
 }
 
 #[test]
@@ -96,17 +129,17 @@ fn a_plugin_that_loops_forever_hits_its_deadline_and_the_host_keeps_serving() {
     let limits = PluginLimits { deadline: Duration::from_millis(200), ..PluginLimits::default() };
     let mut runner = runner("misbehave", limits);
     let started = Instant::now();
-    let err = runner.enrich(&[click("loop", 1, "")]).unwrap_err();
+    let err = runner.transform(&[click("loop", 1, "")]).unwrap_err();
     assert!(matches!(err, PluginError::Deadline { deadline_ms: 200, .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10), "deadline took {:?}", started.elapsed());
-    assert!(runner.enrich(&[click("ok", 2, "")]).is_ok());
+    assert!(runner.transform(&[click("ok", 2, "")]).is_ok());
 }
 
 #[test]
 fn a_plugin_allocating_past_its_cap_yields_memory_exceeded_and_the_host_keeps_serving() {
     let limits = PluginLimits { memory_bytes: 64 << 20, ..PluginLimits::default() };
     let mut runner = runner("misbehave", limits);
-    let err = runner.enrich(&[click("alloc", 1, "")]).unwrap_err();
+    let err = runner.transform(&[click("alloc", 1, "")]).unwrap_err();
     match err {
         PluginError::MemoryExceeded { requested, cap, .. } => {
             assert_eq!(cap, 64 << 20);
@@ -114,32 +147,40 @@ fn a_plugin_allocating_past_its_cap_yields_memory_exceeded_and_the_host_keeps_se
         }
         other => panic!("expected MemoryExceeded, got {other}"),
     }
-    assert!(runner.enrich(&[click("ok", 2, "")]).is_ok());
+    assert!(runner.transform(&[click("ok", 2, "")]).is_ok());
     assert!(runner.memory_high_water <= 64 << 20);
 }
 
 #[test]
+fn a_plugin_answering_one_outcome_too_few_breaks_the_contract() {
+    let mut runner = runner("misbehave", PluginLimits::default());
+    let err = runner.transform(&[click("ok", 1, ""), click("short", 2, "")]).unwrap_err();
+    assert!(matches!(err, PluginError::Contract { ref reason, .. } if reason.contains("returned 1 outcomes for a batch of 2")), "{err}");
+}
+
+#[test]
 fn a_component_of_the_wrong_world_is_refused_at_load() {
-    let err = LoadedEnrich::load(spec("enrich", "aggregate", PluginLimits::default()), None).unwrap_err();
-    assert!(matches!(err, PluginError::WrongWorld { world: "enricher", .. }), "{err}");
-    assert!(err.to_string().contains("it is an aggregator"), "{err}");
+    let err = LoadedTransform::load(spec("enrich", "aggregate", PluginLimits::default()), None).unwrap_err();
+    assert!(matches!(err, PluginError::WrongWorld { world: "transformer", .. }), "{err}");
+    assert!(err.to_string().contains("implements the aggregator world"), "{err}");
     let err = LoadedAggregate::load(spec("aggregate", "enrich", PluginLimits::default())).unwrap_err();
     assert!(matches!(err, PluginError::WrongWorld { world: "aggregator", .. }), "{err}");
-    assert!(err.to_string().contains("it is an enricher"), "{err}");
+    assert!(err.to_string().contains("implements the transformer world"), "{err}");
 }
 
 /// Read from the component's imports and exports before linking: a build
 /// for another contract version is named as such, not as a link error.
 #[test]
 fn a_component_for_a_contract_version_this_host_does_not_serve_is_refused_with_both_versions() {
-    let err = LoadedEnrich::load(spec("enrich", "future-contract", PluginLimits::default()), None).unwrap_err();
-    assert!(matches!(err, PluginError::WrongWorld { world: "enricher", .. }), "{err}");
+    let err = LoadedTransform::load(spec("enrich", "future-contract", PluginLimits::default()), None).unwrap_err();
+    assert!(matches!(err, PluginError::WrongWorld { world: "transformer", .. }), "{err}");
     let message = err.to_string();
-    assert!(message.contains("targets clickstream:pipeline@9.0.0; this host supports 0.1.0..0.1.0"), "{message}");
-    let target = clickstream::plugin::instance::target_of(&spec("enrich", "enrich", PluginLimits::default())).unwrap();
-    assert_eq!((target.world, target.version.to_string()), (clickstream::plugin::wit::World::Enricher, "0.1.0".to_string()));
-    let target = clickstream::plugin::instance::target_of(&spec("aggregate", "aggregate", PluginLimits::default())).unwrap();
-    assert_eq!(target.world, clickstream::plugin::wit::World::Aggregator);
+    assert!(message.contains("targets clickstream:pipeline@9.0.0; this host supports 0.1.0..0.2.0"), "{message}");
+    let target_of = |file: &str| clickstream::plugin::instance::target_of(&spec(file, file, PluginLimits::default())).unwrap();
+    use clickstream::plugin::wit::World;
+    let seen: Vec<(World, String)> =
+        ["enrich", "legacy-enrich", "aggregate"].iter().map(|f| target_of(f)).map(|t| (t.world, t.version.to_string())).collect();
+    assert_eq!(seen, vec![(World::Transformer, "0.2.0".into()), (World::Enricher, "0.1.0".into()), (World::Aggregator, "0.1.0".into())]);
 }
 
 #[test]
@@ -148,28 +189,30 @@ fn a_file_that_is_not_a_component_is_refused_at_load() {
     let path = dir.path().join("broken.wasm");
     std::fs::write(&path, b"\0asm not really").unwrap();
     let spec = PluginSpec { slot: "enrich".into(), path, settings: vec![], limits: PluginLimits::default() };
-    let err = LoadedEnrich::load(spec, None).unwrap_err();
+    let err = LoadedTransform::load(spec, None).unwrap_err();
     assert!(matches!(err, PluginError::NotAComponent { .. }), "{err}");
 }
 
 #[test]
 fn settings_a_plugin_refuses_fail_the_load_with_its_reason() {
-    let mut s = spec("enrich", "enrich", PluginLimits::default());
-    s.settings = vec![("no_such_setting".into(), "1".into())];
-    let err = LoadedEnrich::load(s, None).unwrap_err();
-    assert!(matches!(err, PluginError::Configure { ref reason, .. } if reason.contains("no_such_setting")), "{err}");
+    for file in ["enrich", "bot-filter", "anonymize-ip", "legacy-enrich"] {
+        let mut s = spec(file, file, PluginLimits::default());
+        s.settings = vec![("no_such_setting".into(), "1".into())];
+        let err = LoadedTransform::load(s, None).unwrap_err();
+        assert!(matches!(err, PluginError::Configure { ref reason, .. } if reason.contains("no_such_setting")), "{file}: {err}");
+    }
 }
 
 #[test]
 fn swapping_the_slot_moves_the_next_batch_to_the_new_version() {
-    let slot = Arc::new(Slot::new(LoadedEnrich::load(spec("enrich", "enrich", PluginLimits::default()), None).unwrap()));
-    let mut runner = EnrichRunner::new(slot.clone());
-    let (before, _) = runner.enrich(&[click("a", 1, "")]).unwrap();
+    let slot = Arc::new(Slot::new(LoadedTransform::load(spec("enrich", "enrich", PluginLimits::default()), None).unwrap()));
+    let mut runner = TransformRunner::new(slot.clone());
+    let (before, _) = runner.transform(&[click("a", 1, "")]).unwrap();
     assert_eq!(before.info.name, "enrich");
-    slot.swap(LoadedEnrich::load(spec("enrich", "misbehave", PluginLimits::default()), None).unwrap());
-    let (after, results) = runner.enrich(&[click("b", 2, "")]).unwrap();
-    assert_eq!(after.info.name, "misbehave");
-    assert_eq!(results[0].as_ref().unwrap().enrichment.plugin_version, "0.0.1-misbehave");
+    slot.swap(LoadedTransform::load(spec("enrich", "misbehave", PluginLimits::default()), None).unwrap());
+    let (after, outcomes) = runner.transform(&[click("b", 2, "")]).unwrap();
+    assert_eq!((after.info.name.as_str(), after.info.version.as_str()), ("misbehave", "0.0.1-misbehave"));
+    assert_eq!(kept(&outcomes[0]).raw.event_id, "b-2");
 }
 
 #[test]

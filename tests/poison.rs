@@ -7,10 +7,11 @@
 use clickstream_testkit as support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use clickstream::stages::record::{DeadLetter, Device, Enrichment, Event, Provenance, RawEvent, Stage, WindowSpec, WriteBatch};
+use clickstream::stages::record::{DeadLetter, Device, Enrichment, Event, Link, Provenance, RawEvent, Stage, WindowSpec, WriteBatch};
 use clickstream::stages::store::Store;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::postgres::PgPoolOptions;
@@ -23,8 +24,8 @@ fn provenance(offset: i64) -> Provenance {
     Provenance { topic: "t".into(), partition: 0, offset, received_at: Utc::now() }
 }
 
-/// An event as the enrich stage hands it to the store, without the checks
-/// the decoder and the enrich stage make: what reaches PostgreSQL is exactly
+/// An event as the transform stage hands it to the store, without the checks
+/// the decoder and the transform stage make: what reaches PostgreSQL is exactly
 /// what the test writes.
 fn event(offset: i64, event_id: &str, url: &str, ts_ms: i64) -> Event {
     let raw = RawEvent {
@@ -40,14 +41,14 @@ fn event(offset: i64, event_id: &str, url: &str, ts_ms: i64) -> Event {
     Event {
         raw,
         enrichment: Enrichment {
-            country: "GB".into(),
-            city: "London".into(),
-            browser: "unknown".into(),
-            os: "unknown".into(),
-            device: Device::Unknown,
-            plugin_version: "1.0.0".into(),
+            country: Some("GB".into()),
+            city: Some("London".into()),
+            browser: None,
+            os: None,
+            device: Some(Device::Unknown),
         },
-        plugin_name: "test".into(),
+        attributes: Vec::new(),
+        chain: Arc::from(vec![Link { name: "test".into(), version: "1.0.0".into() }]),
         provenance: provenance(offset),
         key: Some(b"k".to_vec()),
         payload: format!("raw record {offset}").into_bytes(),
@@ -94,8 +95,8 @@ async fn records_postgresql_refuses_are_dead_lettered_alone_and_the_rest_of_the_
         provenance: provenance(43),
         key: None,
         payload: b"{\"user_id\":\"\"}".to_vec(),
-        stage: Stage::Enrich,
-        kind: "refused".into(),
+        stage: Stage::Transform,
+        kind: "rejected".into(),
         reason: "user_id: empty\0".into(),
         plugin_version: Some("1.0.0".into()),
     }];
@@ -233,10 +234,10 @@ async fn a_plugin_cannot_change_an_events_identity_and_what_neither_it_nor_postg
             .collect();
     assert_eq!(dead.keys().map(String::as_str).collect::<Vec<_>>(), vec!["forbidden", "long-city", "nul-country"]);
     let (stage, kind, reason) = &dead["long-city"];
-    assert_eq!((stage.as_str(), kind.as_str()), ("enrich", "contract"));
+    assert_eq!((stage.as_str(), kind.as_str()), ("transform", "contract"));
     assert!(reason.contains("field `city` is 1048576 bytes"), "{reason}");
     let (stage, kind, reason) = &dead["nul-country"];
-    assert_eq!((stage.as_str(), kind.as_str()), ("enrich", "contract"));
+    assert_eq!((stage.as_str(), kind.as_str()), ("transform", "contract"));
     assert!(reason.contains("`country` contains a NUL"), "{reason}");
     let (stage, kind, reason) = &dead["forbidden"];
     assert_eq!((stage.as_str(), kind.as_str()), ("store", "constraint"));

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clickstream::plugin::enrich::LoadedEnrich;
+use clickstream::plugin::transform::LoadedTransform;
 use clickstream::plugin::Slot;
 use clickstream::produce::{self, Generator, GeneratorConfig};
 use clickstream::runtime::pipeline::Pipeline;
@@ -29,7 +29,7 @@ fn install(from: &Path, to: &Path) {
 struct Running {
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<Pipeline, clickstream::runtime::pipeline::PipelineError>>,
-    enrich: Arc<Slot<LoadedEnrich>>,
+    enrich: Arc<Slot<LoadedTransform>>,
     stats: Arc<Stats>,
     pipeline: std::path::PathBuf,
 }
@@ -49,10 +49,10 @@ async fn start(dir: &Path, topic: &str, db: &str) -> Running {
     let config = support::load_config(&pipeline);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stats = Arc::new(Stats::default());
-    let slot: Arc<Mutex<Option<Arc<Slot<LoadedEnrich>>>>> = Default::default();
+    let slot: Arc<Mutex<Option<Arc<Slot<LoadedTransform>>>>> = Default::default();
     let task = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(config, stopped, Default::default(), stats.clone(), {
         let slot = slot.clone();
-        move |p: &Pipeline| *slot.lock().unwrap() = Some(p.enrich.clone())
+        move |p: &Pipeline| *slot.lock().unwrap() = Some(p.chain.load()[0].clone())
     }));
     let deadline = Instant::now() + WAIT;
     let enrich = loop {

@@ -84,7 +84,7 @@ pub async fn run_classic(bench: &Bench) -> anyhow::Result<Value> {
     store.pool().close().await;
     let mut conn = sqlx::PgConnection::connect(&url).await?;
     let statement = format!(
-        "INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+        "INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, '{{}}'::jsonb, $20)"
     );
     let started = Instant::now();
     for r in &rows {
@@ -109,6 +109,7 @@ pub async fn run_classic(bench: &Bench) -> anyhow::Result<Value> {
             .bind(r.partition)
             .bind(r.offset)
             .bind(r.received_at)
+            .bind(&r.chain)
             .execute(&mut conn)
             .await?;
     }
@@ -151,12 +152,15 @@ mod tests {
             partition: 2,
             offset: 3,
             received_at: chrono::DateTime::from_timestamp(946_684_800, 0).unwrap(),
+            chain: "enrich@0.2.0".into(),
         };
         let mut buf = Vec::new();
         encode_copy([row.as_copy()], &mut buf);
         assert!(buf.starts_with(b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0"));
-        assert_eq!(&buf[19..21], &19i16.to_be_bytes());
-        assert!(buf.ends_with(&[0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]), "the PostgreSQL epoch is 0 µs, then the trailer");
+        assert_eq!(&buf[19..21], &21i16.to_be_bytes());
+        assert!(buf.windows(12).any(|w| w == [0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0]), "received_at at the PostgreSQL epoch is 0 µs");
+        // attributes: jsonb version 1, then the text; the chain; the trailer.
+        assert!(buf.ends_with(b"\0\0\0\x03\x01{}\0\0\0\x0cenrich@0.2.0\xff\xff"));
         // referrer is NULL: a length of -1.
         assert!(buf.windows(4).any(|w| w == (-1i32).to_be_bytes()));
     }

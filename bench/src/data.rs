@@ -144,6 +144,8 @@ pub struct Row {
     pub offset: i64,
     #[allow(missing_docs)]
     pub received_at: chrono::DateTime<chrono::Utc>,
+    /// The chain that produced it, e.g. `enrich@0.2.0`.
+    pub chain: String,
 }
 
 impl Row {
@@ -169,14 +171,16 @@ impl Row {
             partition: self.partition,
             offset: self.offset,
             received_at: self.received_at,
+            attributes: std::borrow::Cow::Borrowed("{}"),
+            chain: std::borrow::Cow::Borrowed(&self.chain),
         }
     }
 }
 
 /// Native enrich of host clicks: the plugin crate's logic compiled into the
 /// host, with the host's GeoIP. Converts types at the edges.
-pub fn to_native(click: &clickstream::stages::record::RawEvent) -> clickstream_enrich::RawClick {
-    clickstream_enrich::RawClick {
+pub fn to_native(click: &clickstream::stages::record::RawEvent) -> clickstream_enrich::Event {
+    clickstream_enrich::Event {
         event_id: click.event_id.clone(),
         user_id: click.user_id.clone(),
         timestamp_ms: click.timestamp_ms,
@@ -185,12 +189,21 @@ pub fn to_native(click: &clickstream::stages::record::RawEvent) -> clickstream_e
         user_agent: click.user_agent.clone(),
         referrer: click.referrer.clone(),
         session_id: click.session_id.clone(),
+        country: None,
+        city: None,
+        browser: None,
+        os: None,
+        device: None,
+        attributes: Vec::new(),
     }
 }
 
-/// The GeoIP lookup the native enrich calls, as the host serves the WASM one.
-pub fn native_geoip(geoip: &GeoIp) -> impl Fn(&str) -> Option<clickstream_enrich::Location> + '_ {
-    move |ip: &str| geoip.lookup(ip).map(|l| clickstream_enrich::Location { country: l.country, city: l.city })
+/// The GeoIP batch lookup the native enrich calls, as the host serves the
+/// WASM one.
+pub fn native_geoip(geoip: &GeoIp) -> impl Fn(&[String]) -> Vec<Option<clickstream_enrich::Location>> + '_ {
+    move |ips: &[String]| {
+        ips.iter().map(|ip| geoip.lookup(ip).map(|l| clickstream_enrich::Location { country: l.country, city: l.city })).collect()
+    }
 }
 
 /// The enrich plugin's settings in the bench pipeline file.
@@ -198,14 +211,15 @@ pub fn native_settings() -> clickstream_enrich::Settings {
     clickstream_enrich::Settings::parse(&[("extra_bot_markers".into(), "uptimerobot,pingdom".into())]).expect("valid settings")
 }
 
-fn device(d: clickstream_enrich::DeviceClass) -> &'static str {
+/// A device class as stored.
+pub fn device(d: Option<clickstream_enrich::DeviceClass>) -> &'static str {
     use clickstream_enrich::DeviceClass as D;
     match d {
-        D::Desktop => "desktop",
-        D::Mobile => "mobile",
-        D::Tablet => "tablet",
-        D::Bot => "bot",
-        D::Unknown => "unknown",
+        Some(D::Desktop) => "desktop",
+        Some(D::Mobile) => "mobile",
+        Some(D::Tablet) => "tablet",
+        Some(D::Bot) => "bot",
+        Some(D::Unknown) | None => "unknown",
     }
 }
 
@@ -216,36 +230,42 @@ pub fn enriched_rows(bench: &Bench, geoip: &Arc<GeoIp>, events: u64) -> Vec<Row>
     let t = Instant::now();
     let settings = native_settings();
     let lookup = native_geoip(geoip);
-    let clicks: Vec<clickstream_enrich::RawClick> = raw_clicks(bench, events).iter().map(to_native).collect();
+    let clicks: Vec<clickstream_enrich::Event> = raw_clicks(bench, events).iter().map(to_native).collect();
     let now = chrono::Utc::now();
     let mut offsets = [0i64; PARTITIONS as usize];
-    let rows: Vec<Row> = clickstream_enrich::enrich_batch(clicks, &settings, lookup)
+    let unknown = |v: Option<String>| v.unwrap_or_else(|| "unknown".into());
+    let chain = format!("{}@{}", clickstream_enrich::NAME, clickstream_enrich::VERSION);
+    let rows: Vec<Row> = clickstream_enrich::transform_batch(clicks, &settings, lookup)
         .into_iter()
-        .map(|r| r.expect("generated good events are never refused"))
+        .map(|outcome| match outcome {
+            clickstream_enrich::Outcome::Keep(e) => e,
+            other => panic!("generated good events are always kept: {other:?}"),
+        })
         .map(|e| {
-            let partition = (e.raw.user_id.bytes().map(u32::from).sum::<u32>() % PARTITIONS as u32) as i32;
+            let partition = (e.user_id.bytes().map(u32::from).sum::<u32>() % PARTITIONS as u32) as i32;
             let offset = offsets[partition as usize];
             offsets[partition as usize] += 1;
             Row {
-                event_id: e.raw.event_id,
-                user_id: e.raw.user_id,
-                ts_ms: e.raw.timestamp_ms,
-                url: e.raw.url,
-                ip: e.raw.ip,
-                user_agent: e.raw.user_agent,
-                referrer: e.raw.referrer,
-                session_id: e.raw.session_id,
-                country: e.country,
-                city: e.city,
-                browser: e.browser,
-                os: e.os,
                 device: device(e.device),
+                event_id: e.event_id,
+                user_id: e.user_id,
+                ts_ms: e.timestamp_ms,
+                url: e.url,
+                ip: e.ip,
+                user_agent: e.user_agent,
+                referrer: e.referrer,
+                session_id: e.session_id,
+                country: unknown(e.country),
+                city: unknown(e.city),
+                browser: unknown(e.browser),
+                os: unknown(e.os),
                 plugin_name: clickstream_enrich::NAME.into(),
-                plugin_version: e.plugin_version,
+                plugin_version: clickstream_enrich::VERSION.into(),
                 topic: "bench".into(),
                 partition,
                 offset,
                 received_at: now,
+                chain: chain.clone(),
             }
         })
         .collect();

@@ -1,20 +1,22 @@
-//! Arm 3, native vs WASM enrich: the enrich plugin's logic compiled natively
-//! into the bench (`clickstream_enrich::enrich_batch`, the same crate) against
-//! the component through the host's runner (`EnrichRunner` over
-//! `LoadedEnrich`), both with the real GeoIP databases, over batch sizes.
-//! Isolates what WASM costs: lowering and lifting the batch, the sandboxed
-//! code, and the `geoip` import calls.
+//! Arm 3, native vs WASM enrich: the enrich transform's logic compiled
+//! natively into the bench (`clickstream_enrich::transform_batch`, the same
+//! crate) against the component through the host's runner
+//! (`TransformRunner` over `LoadedTransform`), both with the real GeoIP
+//! databases, over batch sizes. Isolates what WASM costs: lowering and
+//! lifting the batch, the sandboxed code, and the `geoip.lookup-batch` call.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use anyhow::Context;
 use serde_json::{json, Value};
 
-use super::data::{native_geoip, native_settings, raw_clicks, to_native};
+use super::data::{device, native_geoip, native_settings, raw_clicks, to_native};
 use super::stats::{rate, ratio};
 use super::{progress, Bench};
-use clickstream::plugin::enrich::{EnrichRunner, LoadedEnrich};
+use clickstream::plugin::transform::{LoadedTransform, TransformRunner};
 use clickstream::plugin::Slot;
+use clickstream::stages::record::{Outcome, TransformEvent};
 
 /// The batch sizes of the sweep, the default batch size included.
 pub fn batch_sizes(default: usize) -> Vec<usize> {
@@ -31,55 +33,55 @@ pub async fn run(bench: &Bench) -> anyhow::Result<Value> {
 
 fn run_blocking(bench: &Bench) -> anyhow::Result<Value> {
     let geoip = bench.geoip()?;
-    let clicks = raw_clicks(bench, bench.sizes.enrich_events);
-    let native_clicks: Vec<clickstream_enrich::RawClick> = clicks.iter().map(to_native).collect();
+    let clicks: Vec<TransformEvent> = raw_clicks(bench, bench.sizes.enrich_events).into_iter().map(TransformEvent::from).collect();
+    let native_clicks: Vec<clickstream_enrich::Event> = clicks.iter().map(|c| to_native(&c.raw)).collect();
     let pipeline = bench.write_pipeline("enrich", "unused", "postgres://unused/unused", &bench.plugin("enrich")?)?;
     let config = bench.load_pipeline(&pipeline)?;
     let t = Instant::now();
-    let loaded = LoadedEnrich::load(config.enrich_spec(), Some(geoip.clone()))?;
+    let spec = config.transform_specs().into_iter().next().context("the bench pipeline has an enrich transform")?;
+    let loaded = LoadedTransform::load(spec, Some(geoip.clone()))?;
     let load_s = t.elapsed().as_secs_f64();
-    let mut runner = EnrichRunner::new(Arc::new(Slot::new(loaded)));
+    let mut runner = TransformRunner::new(Arc::new(Slot::new(loaded)));
     let settings = native_settings();
     let lookup = native_geoip(&geoip);
 
     // Same answers both ways, or the comparison means nothing.
     let sample = 2000.min(clicks.len());
-    let (_, wasm_out) = runner.enrich(&clicks[..sample])?;
-    let native_out = clickstream_enrich::enrich_batch(native_clicks[..sample].to_vec(), &settings, &lookup);
+    let (_, wasm_out) = runner.transform(&clicks[..sample])?;
+    let native_out = clickstream_enrich::transform_batch(native_clicks[..sample].to_vec(), &settings, &lookup);
     for (i, (w, n)) in wasm_out.iter().zip(&native_out).enumerate() {
-        let w = w.as_ref().map(|c| {
-            let e = &c.enrichment;
-            (e.country.clone(), e.city.clone(), e.browser.clone(), e.os.clone(), e.device.as_str())
-        });
-        let n = n.as_ref().map(|c| {
-            let device = match c.device {
-                clickstream_enrich::DeviceClass::Desktop => "desktop",
-                clickstream_enrich::DeviceClass::Mobile => "mobile",
-                clickstream_enrich::DeviceClass::Tablet => "tablet",
-                clickstream_enrich::DeviceClass::Bot => "bot",
-                clickstream_enrich::DeviceClass::Unknown => "unknown",
-            };
-            (c.country.clone(), c.city.clone(), c.browser.clone(), c.os.clone(), device)
-        });
-        anyhow::ensure!(w.as_ref().ok() == n.as_ref().ok(), "native and WASM enrich disagree on event {i}: {w:?} vs {n:?}");
+        let w = match w {
+            Outcome::Keep(e) => {
+                let x = &e.enrichment;
+                Some((x.country.clone(), x.city.clone(), x.browser.clone(), x.os.clone(), x.device.map_or("unknown", |d| d.as_str())))
+            }
+            _ => None,
+        };
+        let n = match n {
+            clickstream_enrich::Outcome::Keep(e) => {
+                Some((e.country.clone(), e.city.clone(), e.browser.clone(), e.os.clone(), device(e.device)))
+            }
+            _ => None,
+        };
+        anyhow::ensure!(w == n, "native and WASM enrich disagree on event {i}: {w:?} vs {n:?}");
     }
 
     let mut sweep = Vec::new();
     for size in batch_sizes(bench.sizes.batch_size) {
         // Warm-up: caches, allocator, the instance's memory.
         for chunk in clicks.chunks(size).take(3) {
-            runner.enrich(chunk)?;
-            clickstream_enrich::enrich_batch(native_clicks[..chunk.len()].to_vec(), &settings, &lookup);
+            runner.transform(chunk)?;
+            clickstream_enrich::transform_batch(native_clicks[..chunk.len()].to_vec(), &settings, &lookup);
         }
         let t = Instant::now();
         for chunk in native_clicks.chunks(size) {
-            let out = clickstream_enrich::enrich_batch(chunk.to_vec(), &settings, &lookup);
+            let out = clickstream_enrich::transform_batch(chunk.to_vec(), &settings, &lookup);
             std::hint::black_box(out);
         }
         let native_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
         for chunk in clicks.chunks(size) {
-            let out = runner.enrich(chunk)?;
+            let out = runner.transform(chunk)?;
             std::hint::black_box(out);
         }
         let wasm_s = t.elapsed().as_secs_f64();
@@ -103,6 +105,6 @@ fn run_blocking(bench: &Bench) -> anyhow::Result<Value> {
         "wasm_memory_high_water_mib": runner.memory_high_water as f64 / 1048576.0,
         "sweep": sweep,
         "checked": format!("native and WASM results equal on the first {sample} events"),
-        "measures": "enrich of already-decoded clicks, one thread; native = clickstream_enrich::enrich_batch on a clone of the batch; WASM = EnrichRunner::enrich (lower, call, lift) on a warm instance; both with the host's GeoIp",
+        "measures": "enrich of already-decoded clicks, one thread; native = clickstream_enrich::transform_batch on a clone of the batch; WASM = TransformRunner::transform (convert, lower, call, lift, convert) on a warm instance; both with the host's GeoIp",
     }))
 }

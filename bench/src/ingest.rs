@@ -1,8 +1,12 @@
 //! Arm 1, the full pipeline: the release binary's `clickstream run` as a
 //! subprocess on a fresh database, consuming the pre-filled topic (Kafka →
 //! WASM enrich → PostgreSQL). Progress is polled from `ingest_offsets` (the
-//! records stored, maintained in each batch's transaction); peak RSS from
-//! `/proc/<pid>/status`.
+//! records stored, dead-lettered or dropped, maintained in each batch's
+//! transaction); peak RSS from `/proc/<pid>/status`.
+//!
+//! Arm 8 is arm 1 with the demo's three-transform chain (enrich →
+//! bot-filter → anonymize-ip), run right after it on the same topic: its
+//! rate over arm 1's is what a longer chain costs.
 
 use std::time::{Duration, Instant};
 
@@ -76,10 +80,26 @@ pub fn final_counters(log: &str) -> Value {
 
 /// Runs arm 1.
 pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
+    let (figures, db) = run_pipeline(bench, state, "ingest", false).await?;
+    state.ingest_db = Some(db);
+    Ok(figures)
+}
+
+/// Runs arm 8, and its ratio to arm 1 when arm 1 ran.
+pub async fn run_chain(bench: &Bench, state: &State, arm1: Option<f64>) -> anyhow::Result<Value> {
+    let (mut figures, _) = run_pipeline(bench, state, "chain", true).await?;
+    let rate = figures.pointer("/steady/events_per_s").and_then(Value::as_f64);
+    figures["over_arm_1"] = json!(super::stats::ratio(rate, arm1));
+    Ok(figures)
+}
+
+/// Runs the release binary over the bench topic: enrich alone, or the
+/// three-transform chain. Returns the figures and the database.
+async fn run_pipeline(bench: &Bench, state: &State, name: &str, full_chain: bool) -> anyhow::Result<(Value, String)> {
     let topic = state.topic.clone().context("the ingest topic was not produced")?;
-    let db = bench.fresh_database("ingest").await?;
-    let pipeline = bench.write_pipeline("ingest", &topic.name, &db, &bench.plugin("enrich")?)?;
-    let log = bench.work.join("ingest-host.log");
+    let db = bench.fresh_database(name).await?;
+    let pipeline = bench.write_chain_pipeline(name, &topic.name, &db, &bench.plugin("enrich")?, full_chain)?;
+    let log = bench.work.join(format!("{name}-host.log"));
     let (pg_cpu0, broker_cpu0, wall0) = (cpu_seconds_of(&["postgres"]), cpu_seconds_of(&["nisshi", "tansu"]), Instant::now());
     let mut host = Host::try_start(&pipeline, &log, &[])?;
     let pool = pool(&db).await?;
@@ -128,21 +148,26 @@ pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
     let last = samples.last().map(|s| s.0).unwrap_or(0.0);
     let bytes_per_event = topic.bytes as f64 / topic.records.max(1) as f64;
     let stored_events: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await?;
-    anyhow::ensure!(stored_events == total, "stored {stored_events} events of {total}");
+    let dropped: i64 = sqlx::query_scalar("SELECT coalesce(sum(dropped), 0)::bigint FROM dropped_events").fetch_one(&pool).await?;
+    anyhow::ensure!(stored_events + dropped == total, "stored {stored_events} events and dropped {dropped} of {total}");
+    anyhow::ensure!(full_chain || dropped == 0, "enrich alone dropped {dropped} events");
     let latency = latencies(&pool, "true").await?;
     pool.close().await;
-    state.ingest_db = Some(db);
     progress(format_args!(
         "  full pipeline: {:.0} events/s steady ({:.1} MiB/s), peak RSS {peak_rss:.0} MiB",
         steady.0,
         steady.0 * bytes_per_event / 1048576.0
     ));
-    Ok(json!({
+    let transforms = if full_chain { "enrich → bot-filter → anonymize-ip" } else { "enrich" };
+    let figures = json!({
         "events": total,
+        "transforms": transforms,
+        "stored": stored_events,
+        "dropped": dropped,
         "steady": {
             "events_per_s": steady.0,
             "mib_per_s": steady.0 * bytes_per_event / 1048576.0,
-            "window": "between 10% and 90% of the events stored",
+            "window": "between 10% and 90% of the records stored (or dropped)",
             "seconds": steady.1,
         },
         "overall": {
@@ -170,7 +195,8 @@ pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
         "aggregation": "on, with aggregate.interval_ms = 3600000: no pass runs during the measurement (arm 5 measures aggregation)",
         "pipeline_file": pipeline,
         "host_log": log,
-    }))
+    });
+    Ok((figures, db))
 }
 
 /// The rate between the first samples at or past `from` and `to` of `total`:

@@ -220,7 +220,29 @@ impl Bench {
     /// the given enrich plugin file, aggregation effectively off during the
     /// measurement (first pass after an hour), and its own index.
     pub fn write_pipeline(&self, name: &str, topic: &str, database_url: &str, enrich: &Path) -> anyhow::Result<PathBuf> {
+        self.write_chain_pipeline(name, topic, database_url, enrich, false)
+    }
+
+    /// [`Bench::write_pipeline`], with `bot-filter` and `anonymize-ip`
+    /// after `enrich` when `full_chain` (the demo's chain).
+    pub fn write_chain_pipeline(
+        &self,
+        name: &str,
+        topic: &str,
+        database_url: &str,
+        enrich: &Path,
+        full_chain: bool,
+    ) -> anyhow::Result<PathBuf> {
         let geoip = self.geoip_files()?;
+        let more_transforms = if full_chain {
+            format!(
+                "\n[[transforms]]\nname = \"bot-filter\"\npath = \"{}\"\n\n[[transforms]]\nname = \"anonymize-ip\"\npath = \"{}\"\n",
+                self.plugin("bot-filter")?.display(),
+                self.plugin("anonymize-ip")?.display()
+            )
+        } else {
+            String::new()
+        };
         let text = format!(
             r#"# Written by `clickstream bench` for arm `{name}`.
 [source]
@@ -237,12 +259,11 @@ max_in_flight_batches = 4
 [geoip]
 databases = [{geoip}]
 
-[plugins.enrich]
+[[transforms]]
+name = "enrich"
 path = "{enrich}"
-
-[plugins.enrich.settings]
-extra_bot_markers = "uptimerobot,pingdom"
-
+settings = {{ extra_bot_markers = "uptimerobot,pingdom" }}
+{more_transforms}
 [plugins.aggregate]
 path = "{aggregate}"
 
@@ -261,6 +282,7 @@ listen = "127.0.0.1:0"
             batch = self.sizes.batch_size,
             geoip = geoip.iter().map(|p| format!("{:?}", p.display().to_string())).collect::<Vec<_>>().join(", "),
             enrich = enrich.display(),
+            more_transforms = more_transforms,
             aggregate = self.plugin("aggregate")?.display(),
             search = self.services.search_url,
         );
@@ -475,8 +497,8 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
         }};
     }
 
-    // The topic arms 0 and 1 read, produced once.
-    if bench.runs(0) || bench.runs(1) {
+    // The topic arms 0, 1 and 8 read, produced once.
+    if bench.runs(0) || bench.runs(1) || bench.runs(8) {
         match data::produce_topic(&bench).await {
             Ok(t) => state.topic = Some(t),
             Err(e) => progress(format_args!("producing the bench topic FAILED: {e:#}")),
@@ -484,11 +506,13 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
     }
     arm!(0, "broker ceiling", broker::run(&bench, &state));
     arm!(1, "full pipeline", ingest::run(&bench, &mut state));
+    // Right after arm 1, on the same topic, so the two compare side by side.
+    let arm1_rate = arms.iter().find(|a| a.arm == 1 && a.status == "ok").and_then(|a| a.figures.pointer("/steady/events_per_s")?.as_f64());
+    arm!(8, "full pipeline, three-transform chain", ingest::run_chain(&bench, &state, arm1_rate));
     arm!(2, "ingest limit (binary COPY)", copy::run_copy(&bench));
     arm!(3, "native vs WASM enrich", enrich::run(&bench));
     arm!(4, "classic INSERT + COMMIT per event", copy::run_classic(&bench));
     arm!(5, "aggregation: plugin vs SQL", aggregate::run(&bench, &mut state));
-    let arm1_rate = arms.iter().find(|a| a.arm == 1 && a.status == "ok").and_then(|a| a.figures.pointer("/steady/events_per_s")?.as_f64());
     arm!(6, "hot swap under load", swap::run(&bench, arm1_rate));
     arm!(7, "indexing by bulk size", index::run(&bench, &state));
 

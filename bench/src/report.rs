@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use super::stats::{format_number, format_ratio, ratio, Goal, Target};
 use super::Results;
 
-/// The targets of issue #8, each with its measured value and verdict.
+/// The targets of issues #8 and #14, each with its measured value and verdict.
 pub fn targets(r: &Results) -> Vec<Target> {
     let arm1 = r.num(1, "/steady/events_per_s");
     let arm0 = r.num(0, "/events_per_s");
@@ -49,6 +49,17 @@ pub fn targets(r: &Results) -> Vec<Target> {
             0.85,
             "×",
             format!("batch size {}", r.sizes.batch_size),
+        ),
+        Target::new(
+            "Arm 8 (enrich → bot-filter → anonymize-ip) / arm 1 (enrich alone)",
+            r.num(8, "/over_arm_1"),
+            Goal::AtLeast,
+            0.9,
+            "×",
+            format!(
+                "steady events/s, same topic, run back to back; chain {}",
+                r.num(8, "/steady/events_per_s").map_or("n/a".into(), format_number)
+            ),
         ),
         Target::new(
             "Arm 1 / arm 4 (classic)",

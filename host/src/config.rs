@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::plugin::config::PluginsConfig;
+use crate::plugin::config::{chain_of, validate_chain, PluginConfig, PluginsConfig};
 use crate::plugin::geoip::GeoIpConfig;
 use crate::plugin::PluginSpec;
 use crate::runtime::api::config::ApiConfig;
@@ -85,7 +85,11 @@ pub struct PipelineConfig {
     /// GeoIP databases for the enrich plugin's `geoip` import.
     #[serde(default)]
     pub geoip: GeoIpConfig,
-    /// The WASM plugins.
+    /// The chain of transforms, in order (`[[transforms]]`).
+    #[serde(default)]
+    pub transforms: Vec<PluginConfig>,
+    /// The aggregate plugin (and the pre-chain `[plugins.enrich]`, turned
+    /// into a one-transform chain when read).
     pub plugins: PluginsConfig,
     /// Windowed aggregation.
     #[serde(default)]
@@ -132,7 +136,9 @@ impl PipelineConfig {
             }
         }
         let base = file.parent().unwrap_or(Path::new("")).to_path_buf();
+        chain_of(file, config.plugins.enrich.take(), &mut config.transforms)?;
         config.plugins.resolve(&base);
+        config.transforms.iter_mut().for_each(|t| t.resolve(&base));
         config.geoip.databases.iter_mut().for_each(|p| resolve(&base, p));
         config.validate()?;
         Ok(config)
@@ -143,15 +149,16 @@ impl PipelineConfig {
         let file = &self.file;
         self.source.validate(file)?;
         self.store.validate(file)?;
+        validate_chain(file, &self.transforms)?;
         self.plugins.validate(file)?;
         self.aggregate.validate(file)?;
         self.index.validate(file)?;
         self.api.validate(file)
     }
 
-    /// How the enrich plugin is loaded.
-    pub fn enrich_spec(&self) -> PluginSpec {
-        self.plugins.enrich.spec("enrich")
+    /// How each transform of the chain is loaded, in order.
+    pub fn transform_specs(&self) -> Vec<PluginSpec> {
+        self.transforms.iter().map(|t| t.spec(t.transform_name())).collect()
     }
 
     /// How the aggregate plugin is loaded.
@@ -202,8 +209,47 @@ path = "plugins/aggregate.wasm"
         assert_eq!(c.source.batch_size, 4096);
         assert_eq!(c.aggregate.window_secs, 60);
         assert_eq!(c.aggregate.session_timeout_secs, 1800);
-        assert_eq!(c.plugins.enrich.path, Path::new("/etc/cs/plugins/enrich.wasm"));
-        assert_eq!(c.enrich_spec().limits.memory_bytes, 256 << 20);
+        // The pre-chain [plugins.enrich] is a one-transform chain.
+        assert_eq!((c.transforms.len(), c.transforms[0].name.as_deref()), (1, Some("enrich")));
+        assert_eq!(c.transforms[0].path, Path::new("/etc/cs/plugins/enrich.wasm"));
+        assert_eq!(c.transform_specs()[0].limits.memory_bytes, 256 << 20);
+    }
+
+    #[test]
+    fn a_chain_is_read_in_order_with_its_own_limits_and_settings() {
+        let text = MINIMAL.replace(
+            "[plugins.enrich]\npath = \"plugins/enrich.wasm\"\n",
+            "[[transforms]]\nname = \"enrich\"\npath = \"t/enrich.wasm\"\n\n[[transforms]]\nname = \"bot-filter\"\npath = \"t/bot.wasm\"\nmemory_mib = 32\nsettings = { markers = \"curl\" }\n\n",
+        );
+        let c = parse(&text).unwrap();
+        let specs = c.transform_specs();
+        assert_eq!(specs.iter().map(|s| s.slot.as_str()).collect::<Vec<_>>(), vec!["enrich", "bot-filter"]);
+        assert_eq!(specs[1].limits.memory_bytes, 32 << 20);
+        assert_eq!(specs[1].settings, vec![("markers".to_string(), "curl".to_string())]);
+        assert_eq!(specs[1].path, Path::new("/etc/cs/t/bot.wasm"));
+    }
+
+    #[test]
+    fn the_old_enrich_table_beside_a_chain_is_refused_with_the_new_form() {
+        let text = format!("{MINIMAL}\n[[transforms]]\nname = \"x\"\npath = \"x.wasm\"\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("plugins.enrich") && err.contains("[[transforms]]") && err.contains("name = \"enrich\""), "{err}");
+    }
+
+    #[test]
+    fn transform_names_must_be_present_unique_and_well_formed() {
+        let chain = |names: &[&str]| {
+            let mut text = MINIMAL.replace("[plugins.enrich]\npath = \"plugins/enrich.wasm\"\n", "");
+            for n in names {
+                text.push_str(&format!("\n[[transforms]]\nname = \"{n}\"\npath = \"{n}.wasm\"\n"));
+            }
+            parse(&text).map(|_| ()).map_err(|e| e.to_string())
+        };
+        assert!(chain(&["a", "b-2"]).is_ok());
+        assert!(chain(&["a", "a"]).unwrap_err().contains("again"));
+        assert!(chain(&["Upper"]).unwrap_err().contains("transforms[0].name"));
+        assert!(chain(&["aggregate"]).is_err());
+        assert!(chain(&[]).is_ok(), "an empty chain stores events as decoded");
     }
 
     #[test]

@@ -133,8 +133,8 @@ impl Histogram {
 pub enum BatchStage {
     /// Kafka → a batch: from its first record to handing it downstream.
     Source,
-    /// Decoding and the enrich plugin call.
-    Enrich,
+    /// Decoding and the chain of transforms.
+    Transform,
     /// The PostgreSQL transaction, retries included.
     Store,
     /// One aggregation run over consecutive windows (records = events read).
@@ -145,13 +145,14 @@ pub enum BatchStage {
 
 impl BatchStage {
     /// Every stage, in data-flow order.
-    pub const ALL: [BatchStage; 5] = [BatchStage::Source, BatchStage::Enrich, BatchStage::Store, BatchStage::Aggregate, BatchStage::Index];
+    pub const ALL: [BatchStage; 5] =
+        [BatchStage::Source, BatchStage::Transform, BatchStage::Store, BatchStage::Aggregate, BatchStage::Index];
 
     /// The `stage` label.
     pub fn as_str(self) -> &'static str {
         match self {
             BatchStage::Source => "source",
-            BatchStage::Enrich => "enrich",
+            BatchStage::Transform => "transform",
             BatchStage::Store => "store",
             BatchStage::Aggregate => "aggregate",
             BatchStage::Index => "index",
@@ -220,6 +221,8 @@ pub struct Stats {
     pub stored: Counter,
     /// Records inserted into the dead-letter table.
     pub dead_lettered: Counter,
+    /// Records a transform dropped (counted in `dropped_events`).
+    pub dropped: Counter,
     /// Records skipped because PostgreSQL had stored them before.
     pub redelivered: Counter,
     /// Events skipped because their event id was already stored.
@@ -228,8 +231,8 @@ pub struct Stats {
     pub batches_written: Counter,
     /// Failed store attempts (each retried).
     pub store_retries: Counter,
-    /// Enrich calls that failed and were retried record by record.
-    pub enrich_batch_failures: Counter,
+    /// Transform calls that failed as a batch and were retried event by event.
+    pub transform_batch_failures: Counter,
     /// Aggregation passes run.
     pub aggregation_passes: Counter,
     /// Windows aggregated.
@@ -266,11 +269,12 @@ impl Default for Stats {
             consumed_bytes: Counter::default(),
             stored: Counter::default(),
             dead_lettered: Counter::default(),
+            dropped: Counter::default(),
             redelivered: Counter::default(),
             duplicates: Counter::default(),
             batches_written: Counter::default(),
             store_retries: Counter::default(),
-            enrich_batch_failures: Counter::default(),
+            transform_batch_failures: Counter::default(),
             aggregation_passes: Counter::default(),
             windows_aggregated: Counter::default(),
             documents_indexed: Counter::default(),

@@ -75,12 +75,13 @@ pub async fn fresh_database(name: &str) -> String {
     create_database(&mut conn, &base, &unique(name).to_lowercase()).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Whether every one of `total` records is stored as an event or a dead
-/// letter (false while the tables do not exist yet).
+/// Whether every one of `total` records is stored as an event, a dead
+/// letter or a drop (false while the tables do not exist yet).
 pub async fn reconciled(pool: &PgPool, total: usize) -> bool {
     let stored = count(pool, "SELECT count(*) FROM events").await;
     let dead = count(pool, "SELECT count(*) FROM dead_letters").await;
-    stored >= 0 && dead >= 0 && (stored + dead) as usize >= total
+    let dropped = count(pool, "SELECT coalesce(sum(dropped), 0)::bigint FROM dropped_events").await;
+    stored >= 0 && dead >= 0 && dropped >= 0 && (stored + dead + dropped) as usize >= total
 }
 
 /// Counts rows of a query returning one bigint; -1 when it fails (e.g.

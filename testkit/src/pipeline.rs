@@ -40,9 +40,7 @@ database_url = "{database_url}"
 [geoip]
 databases = ["{city4}", "{city6}", "{country}"]
 
-[plugins.enrich]
-path = "{enrich}"
-
+{chain}
 [plugins.aggregate]
 path = "{aggregate}"
 
@@ -58,7 +56,7 @@ listen = "127.0.0.1:0"
         city4 = city4.display(),
         city6 = city6.display(),
         country = country.display(),
-        enrich = plugin("enrich").display(),
+        chain = chain_toml(&[("enrich", &plugin("enrich"))]),
         aggregate = plugin("aggregate").display(),
         search = search_url(),
         index = group.to_lowercase().replace('_', "-"),
@@ -66,6 +64,33 @@ listen = "127.0.0.1:0"
     let path = dir.join("pipeline.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// The `[[transforms]]` tables of a chain, between the markers
+/// [`set_chain`] finds them by.
+fn chain_toml(transforms: &[(&str, &Path)]) -> String {
+    let mut text = String::from(CHAIN_BEGIN);
+    for (name, path) in transforms {
+        text.push_str(&format!("[[transforms]]\nname = \"{name}\"\npath = \"{}\"\n\n", path.display()));
+    }
+    text.push_str(CHAIN_END);
+    text
+}
+
+const CHAIN_BEGIN: &str = "# chain (tests rewrite this part)\n";
+const CHAIN_END: &str = "# end of chain\n";
+
+/// Rewrites the chain of a pipeline file [`write_pipeline`] wrote: the
+/// named transforms, in order (the rest of the file is kept). A running
+/// pipeline watching the file applies it live.
+pub fn set_chain(pipeline: &Path, transforms: &[(&str, &Path)]) {
+    let text = std::fs::read_to_string(pipeline).expect("the pipeline file");
+    let (start, end) = (text.find(CHAIN_BEGIN).expect("a file write_pipeline wrote"), text.find(CHAIN_END).expect("the end of the chain"));
+    let next = format!("{}{}{}", &text[..start], chain_toml(transforms), &text[end + CHAIN_END.len()..]);
+    // Write beside it and rename over, as an editor does: a watcher never reads half a file.
+    let tmp = pipeline.with_extension("toml.tmp");
+    std::fs::write(&tmp, next).expect("write the pipeline file");
+    std::fs::rename(&tmp, pipeline).expect("replace the pipeline file");
 }
 
 /// Reads a pipeline file as written: without the environment's overrides,

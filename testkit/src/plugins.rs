@@ -23,5 +23,5 @@ pub fn plugin(name: &str) -> PathBuf {
 pub fn enrich_version() -> String {
     let spec =
         clickstream::plugin::PluginSpec { slot: "enrich".into(), path: plugin("enrich"), settings: vec![], limits: Default::default() };
-    clickstream::plugin::enrich::LoadedEnrich::load(spec, None).unwrap().info.version.clone()
+    clickstream::plugin::transform::LoadedTransform::load(spec, None).unwrap().info.version.clone()
 }

@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clickstream::config::PipelineConfig;
-use clickstream::plugin::enrich::{EnrichRunner, LoadedEnrich};
 use clickstream::plugin::geoip::GeoIp;
-use clickstream::plugin::Slot;
 use clickstream::runtime::dead_letters;
+use clickstream::runtime::pipeline::describe_chain;
+use clickstream::stages::transform::{load_chain, ChainRunner};
 
 use super::connect_store;
 
-/// List dead-lettered records, or replay them through the current enrich plugin.
+/// List dead-lettered records, or replay them through the chain of transforms.
 #[derive(clap::Args)]
 pub struct Args {
     /// The pipeline file.
@@ -24,7 +24,7 @@ pub struct Args {
     /// Most records to list.
     #[arg(long, default_value_t = 50)]
     limit: i64,
-    /// Re-run every pending dead letter through the plugin in pipeline.toml;
+    /// Re-run every pending dead letter through the chain in pipeline.toml;
     /// successes are stored, failures keep their new reason.
     #[arg(long)]
     replay: bool,
@@ -39,14 +39,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let store = connect_store(&config).await?;
         if replay {
             let geoip = Arc::new(GeoIp::open(&config.geoip.databases)?);
-            let loaded = LoadedEnrich::load(config.enrich_spec(), Some(geoip)).context("while loading [plugins.enrich]")?;
-            println!("replaying pending dead letters through {} {}", loaded.info.name, loaded.info.version);
-            let mut runner = EnrichRunner::new(Arc::new(Slot::new(loaded)));
+            let chain = load_chain(config.transform_specs(), &geoip).context("while loading [[transforms]]")?;
+            println!("replaying pending dead letters through {}", describe_chain(&chain));
+            let mut runner = ChainRunner::fixed(chain);
             let outcome = dead_letters::replay(store.pool(), config.windows(), &mut runner, &config.decode_limits(), |o| {
-                eprintln!("  ... {} stored, {} still failing", o.stored, o.still_failing);
+                eprintln!("  ... {} stored, {} dropped, {} still failing", o.stored, o.dropped, o.still_failing);
             })
             .await?;
-            println!("replay: {} stored, {} still failing", outcome.stored, outcome.still_failing);
+            println!(
+                "replay: {} stored, {} dropped by a transform, {} still failing",
+                outcome.stored, outcome.dropped, outcome.still_failing
+            );
             return Ok(());
         }
         let (total, pending) = dead_letters::counts(store.pool()).await?;

@@ -9,30 +9,41 @@ use std::sync::Arc;
 use anyhow::Context;
 use clickstream::config::PipelineConfig;
 use clickstream::plugin::aggregate::{AggregateRun, LoadedAggregate};
-use clickstream::plugin::enrich::{EnrichRunner, LoadedEnrich};
 use clickstream::plugin::geoip::GeoIp;
 use clickstream::plugin::instance::target_of;
 use clickstream::plugin::wit::{World, PACKAGE};
 use clickstream::plugin::{golden, PluginLimits, PluginSpec, Slot};
+use clickstream::runtime::pipeline::describe_chain;
 use clickstream::stages::decode::{decode, DecodeLimits};
-use clickstream::stages::record::RawEvent;
+use clickstream::stages::record::{attributes_json, Consumed, Decoded, Provenance, RawEvent, WriteBatch};
+use clickstream::stages::transform::{load_chain, ChainRunner};
+use clickstream::stats::Stats;
 
 use super::parse_setting;
 
 /// Plugin author tools.
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Load a component, report which world it implements, and run it on sample events.
+    /// Run transforms (one file, several files as a chain, or the chain of a
+    /// pipeline.toml) or an aggregator on sample events, and print what
+    /// became of each event.
     Check {
-        /// The .wasm component.
-        file: PathBuf,
+        /// .wasm components: one aggregator, or transforms run as a chain in
+        /// the order given.
+        #[arg(required_unless_present = "chain")]
+        files: Vec<PathBuf>,
+        /// Run the `[[transforms]]` chain of this pipeline.toml, with its
+        /// settings, limits and GeoIP databases.
+        #[arg(long, conflicts_with_all = ["files", "settings"])]
+        chain: Option<PathBuf>,
         /// NDJSON events in the pipeline's event format (default: a built-in sample).
         #[arg(long)]
         events: Option<PathBuf>,
-        /// A setting passed to the plugin's configure, as KEY=VALUE (repeatable).
+        /// A setting passed to every file's configure, as KEY=VALUE (repeatable).
         #[arg(long = "setting", value_parser = parse_setting)]
         settings: Vec<(String, String)>,
-        /// GeoIP databases for the enricher's lookups (default: those of pipeline.toml, when present).
+        /// GeoIP databases for the `geoip` import (default: those of the
+        /// chain's pipeline.toml, or of ./pipeline.toml when present).
         #[arg(long = "geoip")]
         geoip: Vec<PathBuf>,
     },
@@ -41,41 +52,55 @@ pub enum Command {
 /// Runs a plugin subcommand.
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Check { file, events, settings, geoip } => check(&file, events.as_deref(), settings, geoip),
+        Command::Check { files, chain, events, settings, geoip } => {
+            let events = match events {
+                Some(path) => read_events(&path)?,
+                None => golden::batch(),
+            };
+            let (specs, config) = match chain {
+                Some(file) => {
+                    let config = PipelineConfig::load(&file)?;
+                    (config.transform_specs(), Some(config))
+                }
+                None => (specs_of(&files, &settings)?, PipelineConfig::load(Path::new("pipeline.toml")).ok()),
+            };
+            if let [spec] = specs.as_slice() {
+                if target_of(spec)?.world == World::Aggregator {
+                    return check_aggregator(PluginSpec { slot: "aggregate".into(), ..spec.clone() }, events);
+                }
+            }
+            let geoip =
+                if geoip.is_empty() { config.and_then(|c| GeoIp::open(&c.geoip.databases).ok()) } else { Some(GeoIp::open(&geoip)?) };
+            let geoip = geoip.unwrap_or_else(|| {
+                eprintln!("note: no GeoIP database: lookups find nothing (pass --geoip FILE.mmdb)");
+                GeoIp::empty()
+            });
+            check_chain(specs, &Arc::new(geoip), events)
+        }
     }
 }
 
-fn check(file: &Path, events: Option<&Path>, settings: Vec<(String, String)>, geoip: Vec<PathBuf>) -> anyhow::Result<()> {
-    let events = match events {
-        Some(path) => read_events(path)?,
-        None => golden::batch(),
-    };
-    let spec = |slot: &str| PluginSpec {
-        slot: slot.into(),
-        path: file.to_path_buf(),
-        settings: settings.clone(),
-        limits: PluginLimits::default(),
-    };
-    let target = target_of(&spec("check"))?;
-    println!("{}: world {} of {PACKAGE}@{}", file.display(), target.world.name(), target.version);
-    let lines = match target.world {
-        World::Enricher => {
-            let geoip = if geoip.is_empty() {
-                PipelineConfig::load(Path::new("pipeline.toml")).ok().and_then(|c| GeoIp::open(&c.geoip.databases).ok())
-            } else {
-                Some(GeoIp::open(&geoip)?)
-            };
-            if geoip.is_none() {
-                eprintln!("note: no GeoIP database: countries and cities will be unknown (pass --geoip FILE.mmdb)");
-            }
-            check_enricher(spec("enrich"), geoip.map(Arc::new), &events)?
+/// A spec per file, named for its file stem (made unique), each told where
+/// its component points.
+fn specs_of(files: &[PathBuf], settings: &[(String, String)]) -> anyhow::Result<Vec<PluginSpec>> {
+    let mut specs: Vec<PluginSpec> = Vec::new();
+    for file in files {
+        let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "plugin".into());
+        let mut name = stem.clone();
+        let mut n = 2;
+        while specs.iter().any(|s| s.slot == name) {
+            name = format!("{stem}-{n}");
+            n += 1;
         }
-        World::Aggregator => check_aggregator(spec("aggregate"), events)?,
-    };
-    for line in lines {
-        println!("  {line}");
+        let spec = PluginSpec { slot: name, path: file.clone(), settings: settings.to_vec(), limits: PluginLimits::default() };
+        let target = target_of(&spec)?;
+        println!("{}: world {} of {PACKAGE}@{}", file.display(), target.world.name(), target.version);
+        if target.world == World::Aggregator && files.len() > 1 {
+            anyhow::bail!("{} is an aggregator: it does not run in a chain; check it alone", file.display());
+        }
+        specs.push(spec);
     }
-    Ok(())
+    Ok(specs)
 }
 
 /// Reads clicks from an NDJSON file, one event per line in the pipeline's
@@ -95,34 +120,79 @@ fn read_events(path: &Path) -> anyhow::Result<Vec<RawEvent>> {
     Ok(events)
 }
 
-fn check_enricher(spec: PluginSpec, geoip: Option<Arc<GeoIp>>, events: &[RawEvent]) -> anyhow::Result<Vec<String>> {
-    let loaded = LoadedEnrich::load(spec, geoip)?;
-    println!("plugin {} {}", loaded.info.name, loaded.info.version);
-    let mut runner = EnrichRunner::new(Arc::new(Slot::new(loaded)));
-    let (_, results) = runner.enrich(events)?;
-    Ok(events
-        .iter()
-        .zip(results)
-        .map(|(input, result)| match result {
-            Ok(e) => {
-                let x = &e.enrichment;
-                format!(
-                    "{}  ok     country={} city={} browser={} os={} device={} version={}",
-                    input.event_id,
-                    x.country,
-                    x.city,
-                    x.browser,
-                    x.os,
-                    x.device.as_str(),
-                    x.plugin_version
-                )
-            }
-            Err(e) => format!("{}  error  {}{}", input.event_id, e.field.map(|f| format!("{f}: ")).unwrap_or_default(), e.reason),
-        })
-        .collect())
+/// Runs `events` through the chain exactly as the pipeline would, and
+/// prints each event's path: the transforms that kept it, and where it was
+/// dropped or rejected.
+fn check_chain(specs: Vec<PluginSpec>, geoip: &Arc<GeoIp>, events: Vec<RawEvent>) -> anyhow::Result<()> {
+    let chain = load_chain(specs, geoip)?;
+    for slot in &chain {
+        let info = &slot.current().info;
+        println!("transform {}: {} {} (contract {})", info.slot, info.name, info.version, info.contract);
+    }
+    let names: Vec<String> = chain.iter().map(|slot| slot.current().info.slot.clone()).collect();
+    println!("chain: {}", describe_chain(&chain));
+    let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    let mut decoded = Decoded::default();
+    for (offset, event) in events.into_iter().enumerate() {
+        let provenance = Provenance { topic: "check".into(), partition: 0, offset: offset as i64, received_at: chrono::Utc::now() };
+        decoded.batch.saw(&provenance);
+        decoded.origins.push(Consumed { provenance, key: None, payload: Vec::new() });
+        decoded.events.push(event);
+    }
+    let batch = ChainRunner::fixed(chain).process(decoded, &Stats::default());
+    let mut lines = paths(&batch, &names);
+    lines.sort_by_key(|(offset, _)| *offset);
+    for (offset, line) in &lines {
+        println!("  {}  {line}", ids[*offset as usize]);
+    }
+    println!(
+        "{} events: {} kept, {} dropped, {} rejected or failed",
+        ids.len(),
+        batch.events.len(),
+        batch.dropped.len(),
+        batch.dead_letters.len()
+    );
+    Ok(())
 }
 
-fn check_aggregator(spec: PluginSpec, events: Vec<RawEvent>) -> anyhow::Result<Vec<String>> {
+/// One line per event of `batch`, keyed by its offset: the path it took
+/// through the transforms named `names` and what became of it.
+fn paths(batch: &WriteBatch, names: &[String]) -> Vec<(i64, String)> {
+    // The transforms before `name` kept the event, or it would not have reached it.
+    let upto = |name: &str| {
+        let i = names.iter().position(|n| n == name).map_or(names.len(), |i| i + 1);
+        names[..i].join(" → ")
+    };
+    let mut lines = Vec::with_capacity(batch.len());
+    for e in &batch.events {
+        let x = &e.enrichment;
+        let unset = |v: Option<&str>| v.unwrap_or("-").to_string();
+        let path = e.chain.iter().map(|l| format!("{}@{}", l.name, l.version)).collect::<Vec<_>>().join(" → ");
+        lines.push((
+            e.provenance.offset,
+            format!(
+                "kept     {path}\n      country={} city={} browser={} os={} device={} ip={} attributes={}",
+                unset(x.country.as_deref()),
+                unset(x.city.as_deref()),
+                unset(x.browser.as_deref()),
+                unset(x.os.as_deref()),
+                unset(x.device.map(|d| d.as_str())),
+                e.raw.ip,
+                attributes_json(&e.attributes)
+            ),
+        ));
+    }
+    for d in &batch.dropped {
+        lines.push((d.provenance.offset, format!("dropped  {} (by {}: {})", upto(&d.transform), d.transform, d.reason)));
+    }
+    for d in &batch.dead_letters {
+        let by = d.plugin_version.as_deref().and_then(|v| v.split_once('@')).map_or("", |(name, _)| name);
+        lines.push((d.provenance.offset, format!("{}  {} (by {by}: {})", d.kind, upto(by), d.reason)));
+    }
+    lines
+}
+
+fn check_aggregator(spec: PluginSpec, events: Vec<RawEvent>) -> anyhow::Result<()> {
     let loaded = LoadedAggregate::load(spec)?;
     println!("plugin {} {}", loaded.info.name, loaded.info.version);
     let stored = golden::as_stored(events);
@@ -131,14 +201,11 @@ fn check_aggregator(spec: PluginSpec, events: Vec<RawEvent>) -> anyhow::Result<V
     let to = (stored.iter().map(|c| c.timestamp_ms).max().unwrap_or(0).div_euclid(window) + 1) * window;
     let mut run = AggregateRun::start(&Slot::new(loaded), golden::PARAMS, from, to)?;
     run.push(&stored)?;
-    Ok(run
-        .finish()?
-        .into_iter()
-        .map(|r| {
-            format!(
-                "window={} url={} country={} clicks={} unique_users={} time_spent_total_ms={} time_spent_samples={}",
-                r.window_start_ms, r.url, r.country, r.clicks, r.unique_users, r.time_spent_total_ms, r.time_spent_samples
-            )
-        })
-        .collect())
+    for r in run.finish()? {
+        println!(
+            "  window={} url={} country={} clicks={} unique_users={} time_spent_total_ms={} time_spent_samples={}",
+            r.window_start_ms, r.url, r.country, r.clicks, r.unique_users, r.time_spent_total_ms, r.time_spent_samples
+        );
+    }
+    Ok(())
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clickstream::config::PipelineConfig;
 use clickstream::plugin::aggregate::LoadedAggregate;
-use clickstream::plugin::enrich::LoadedEnrich;
 use clickstream::plugin::geoip::GeoIp;
+use clickstream::plugin::transform::LoadedTransform;
 
 /// Check a pipeline.toml without running it: keys, values, plugin files and GeoIP databases.
 #[derive(clap::Args)]
@@ -17,7 +17,7 @@ pub struct Args {
     pipeline: PathBuf,
 }
 
-/// Validates the keys, opens the GeoIP databases and loads both plugins.
+/// Validates the keys, opens the GeoIP databases and loads every plugin.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let pipeline: &Path = &args.pipeline;
     let config = PipelineConfig::load(pipeline)?;
@@ -26,8 +26,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for (path, kind) in geoip.databases() {
         println!("geoip: {} ({kind})", path.display());
     }
-    let enrich = LoadedEnrich::load(config.enrich_spec(), Some(geoip)).context("while loading [plugins.enrich]")?;
-    println!("plugins.enrich: {} {} ({})", enrich.info.name, enrich.info.version, enrich.info.path.display());
+    if config.transforms.is_empty() {
+        println!("transforms: none (events are stored as decoded)");
+    }
+    for (i, spec) in config.transform_specs().into_iter().enumerate() {
+        let name = spec.slot.clone();
+        let t = LoadedTransform::load(spec, Some(geoip.clone())).with_context(|| format!("while loading transforms[{i}] ({name})"))?;
+        let info = &t.info;
+        println!("transforms[{i}] {name}: {} {} (contract {}, {})", info.name, info.version, info.contract, info.path.display());
+    }
     let aggregate = LoadedAggregate::load(config.aggregate_spec()).context("while loading [plugins.aggregate]")?;
     println!("plugins.aggregate: {} {} ({})", aggregate.info.name, aggregate.info.version, aggregate.info.path.display());
     println!("{}: ok", pipeline.display());

@@ -42,8 +42,12 @@ impl LoadedAggregate {
     /// version this host loads, and instantiates and configures it once.
     pub fn load(spec: PluginSpec) -> Result<Arc<LoadedAggregate>, PluginError> {
         // The aggregator imports nothing of the host's but WASI.
-        let (pre, info) =
-            prelink(&spec, World::Aggregator, |_, _| Ok(()), |_, pre| Ok(Pre::V0_1_0(since_v0_1_0::aggregator::AggregatorPre::new(pre)?)))?;
+        let (pre, info) = prelink(
+            &spec,
+            &[World::Aggregator],
+            |_, _| Ok(()),
+            |_, pre| Ok(Pre::V0_1_0(since_v0_1_0::aggregator::AggregatorPre::new(pre)?)),
+        )?;
         let mut loaded = LoadedAggregate { info, spec, pre };
         let mut instance = AggregateInstance::new(&loaded)?;
         let (name, version) = match &instance.bindings {

@@ -9,20 +9,28 @@ use serde::Deserialize;
 use super::{PluginLimits, PluginSpec};
 use crate::config::{invalid, Apply, ConfigError};
 
-/// `[plugins]`: one table per slot.
+/// `[plugins]`: the aggregate plugin, and (before 0.2.0) the enrich plugin.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
-    /// The enrich plugin (`enricher` world).
-    pub enrich: PluginConfig,
+    /// The pre-chain form of a one-transform chain: accepted as
+    /// `[[transforms]] name = "enrich"` when no `[[transforms]]` is given.
+    #[serde(default)]
+    pub enrich: Option<PluginConfig>,
     /// The aggregate plugin (`aggregator` world).
     pub aggregate: PluginConfig,
 }
 
-/// `[plugins.NAME]`. A change swaps the plugin live (golden batch first).
+/// `[plugins.NAME]` or one `[[transforms]]` entry. A change swaps the plugin
+/// live (golden batch first).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
+    /// A transform's name in the chain: unique, lower-case letters, digits,
+    /// `-` and `_` (it names the transform in metrics, the API and the
+    /// stored chain). Not used for the aggregate plugin.
+    #[serde(default)]
+    pub name: Option<String>,
     /// The component file; relative paths are relative to pipeline.toml.
     pub path: PathBuf,
     /// Most linear memory an instance may use, in MiB.
@@ -47,55 +55,104 @@ const fn default_deadline_ms() -> u64 {
     1000
 }
 
-impl PluginsConfig {
-    /// The slots, by name.
-    pub fn slots(&self) -> [(&'static str, &PluginConfig); 2] {
-        [("enrich", &self.enrich), ("aggregate", &self.aggregate)]
-    }
+/// Names a transform may not take: the API's plugin paths use them.
+const RESERVED_NAMES: [&str; 1] = ["aggregate"];
 
-    /// Checks every slot's file name and limits; touches nothing.
+/// Checks a plugin table's file name and limits.
+fn validate_plugin(file: &Path, key: &str, plugin: &PluginConfig) -> Result<(), ConfigError> {
+    if plugin.path.extension().and_then(|e| e.to_str()) != Some("wasm") {
+        return Err(invalid(
+            file,
+            &format!("{key}.path"),
+            format!("is {}", plugin.path.display()),
+            "point it at a .wasm component (build them with scripts/build-plugins)",
+        ));
+    }
+    if !(16..=4096).contains(&plugin.memory_mib) {
+        return Err(invalid(file, &format!("{key}.memory_mib"), format!("is {}", plugin.memory_mib), "use 16 to 4096 (default 256)"));
+    }
+    if !(10..=600_000).contains(&plugin.deadline_ms) {
+        return Err(invalid(file, &format!("{key}.deadline_ms"), format!("is {}", plugin.deadline_ms), "use 10 to 600000 (default 1000)"));
+    }
+    Ok(())
+}
+
+impl PluginsConfig {
+    /// Checks the aggregate plugin's table; touches nothing.
     pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
-        for (name, plugin) in self.slots() {
-            if plugin.path.extension().and_then(|e| e.to_str()) != Some("wasm") {
-                return Err(invalid(
-                    file,
-                    &format!("plugins.{name}.path"),
-                    format!("is {}", plugin.path.display()),
-                    "point it at a .wasm component (build them with scripts/build-plugins)",
-                ));
-            }
-            if !(16..=4096).contains(&plugin.memory_mib) {
-                return Err(invalid(
-                    file,
-                    &format!("plugins.{name}.memory_mib"),
-                    format!("is {}", plugin.memory_mib),
-                    "use 16 to 4096 (default 256)",
-                ));
-            }
-            if !(10..=600_000).contains(&plugin.deadline_ms) {
-                return Err(invalid(
-                    file,
-                    &format!("plugins.{name}.deadline_ms"),
-                    format!("is {}", plugin.deadline_ms),
-                    "use 10 to 600000 (default 1000)",
-                ));
-            }
-        }
-        Ok(())
+        validate_plugin(file, "plugins.aggregate", &self.aggregate)
     }
 
     /// Resolves relative paths against `base`, the folder of pipeline.toml.
     pub fn resolve(&mut self, base: &Path) {
-        for plugin in [&mut self.enrich, &mut self.aggregate] {
-            crate::config::resolve(base, &mut plugin.path);
-            if let Some(dir) = plugin.read_only_dir.as_mut() {
-                crate::config::resolve(base, dir);
-            }
+        for plugin in self.enrich.iter_mut().chain([&mut self.aggregate]) {
+            plugin.resolve(base);
         }
     }
 }
 
+/// The form `[plugins.enrich]` takes in the chain, for the error that shows it.
+const CHAIN_FORM: &str = "[[transforms]]\nname = \"enrich\"\npath = \"target/plugins/enrich.wasm\"";
+
+/// Turns a `[plugins.enrich]` table into the one-transform chain it stands
+/// for; refuses a file that has both forms.
+pub fn chain_of(file: &Path, legacy: Option<PluginConfig>, transforms: &mut Vec<PluginConfig>) -> Result<(), ConfigError> {
+    match legacy {
+        None => Ok(()),
+        Some(_) if !transforms.is_empty() => Err(invalid(
+            file,
+            "plugins.enrich",
+            "is set beside [[transforms]]".into(),
+            &format!("move it into the chain as its first transform:\n{CHAIN_FORM}"),
+        )),
+        Some(enrich) => {
+            transforms.push(PluginConfig { name: Some("enrich".into()), ..enrich });
+            Ok(())
+        }
+    }
+}
+
+/// Checks every transform's name (present, well-formed, unique) and table.
+pub fn validate_chain(file: &Path, transforms: &[PluginConfig]) -> Result<(), ConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, t) in transforms.iter().enumerate() {
+        let key = format!("transforms[{i}]");
+        let Some(name) = t.name.as_deref() else {
+            return Err(invalid(file, &format!("{key}.name"), "is missing".into(), "name each transform, e.g. name = \"enrich\""));
+        };
+        let well_formed = !name.is_empty()
+            && name.len() <= 64
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !well_formed || RESERVED_NAMES.contains(&name) {
+            return Err(invalid(
+                file,
+                &format!("{key}.name"),
+                format!("is {name:?}"),
+                "use 1 to 64 lower-case letters, digits, - and _, not \"aggregate\"",
+            ));
+        }
+        if !seen.insert(name) {
+            return Err(invalid(file, &format!("{key}.name"), format!("is {name:?} again"), "give each transform its own name"));
+        }
+        validate_plugin(file, &key, t)?;
+    }
+    Ok(())
+}
+
 impl PluginConfig {
+    /// Resolves relative paths against `base`, the folder of pipeline.toml.
+    pub fn resolve(&mut self, base: &Path) {
+        crate::config::resolve(base, &mut self.path);
+        if let Some(dir) = self.read_only_dir.as_mut() {
+            crate::config::resolve(base, dir);
+        }
+    }
+
+    /// The transform's name in the chain (validated to be set).
+    pub fn transform_name(&self) -> &str {
+        self.name.as_deref().unwrap_or("transform")
+    }
+
     /// The plugin host's view of this table.
     pub fn spec(&self, slot: &str) -> PluginSpec {
         PluginSpec {

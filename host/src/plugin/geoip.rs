@@ -91,6 +91,11 @@ impl fmt::Debug for GeoIp {
 }
 
 impl GeoIp {
+    /// No databases: every lookup finds nothing.
+    pub fn empty() -> GeoIp {
+        GeoIp { databases: Vec::new() }
+    }
+
     /// Opens MMDB files, to be consulted in the given order.
     pub fn open(paths: &[PathBuf]) -> Result<GeoIp, GeoIpError> {
         let databases = paths

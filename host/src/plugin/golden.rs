@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use super::aggregate::{AggregateRun, LoadedAggregate};
-use super::enrich::{EnrichRunner, LoadedEnrich};
 use super::geoip::GeoIp;
+use super::transform::{LoadedTransform, TransformRunner};
 use super::{PluginError, PluginSpec, Slot};
 use crate::stages::record::{AggregateParams, RawEvent, StoredEvent};
 
@@ -73,18 +73,14 @@ pub fn as_stored(events: Vec<RawEvent>) -> Vec<StoredEvent> {
 /// The default metric parameters (60 s windows, 30 min session timeout).
 pub const PARAMS: AggregateParams = AggregateParams { window_ms: 60_000, session_timeout_ms: 30 * 60_000, keep_query: false };
 
-/// Loads an enrich plugin and proves it on the golden batch: one result per
-/// click, each stamped with the version the plugin reports.
-pub fn prove_enrich(spec: PluginSpec, geoip: Option<Arc<GeoIp>>) -> Result<Arc<LoadedEnrich>, ProofError> {
-    let loaded = LoadedEnrich::load(spec, geoip)?;
-    let mut runner = EnrichRunner::new(Arc::new(Slot::new(loaded.clone())));
-    let (_, results) = runner.enrich(&batch())?;
-    if let Some(bad) = results.iter().flatten().find(|r| r.enrichment.plugin_version != loaded.info.version) {
-        return Err(ProofError::Golden {
-            plugin: loaded.info.slot.clone(),
-            reason: format!("stamped version {:?} but reports {:?}", bad.enrichment.plugin_version, loaded.info.version),
-        });
-    }
+/// Loads a transform and proves it on the golden batch: one outcome per
+/// click, in a call that neither traps nor runs out of time or memory. (What
+/// it keeps, drops or rejects is its own business.)
+pub fn prove_transform(spec: PluginSpec, geoip: Option<Arc<GeoIp>>) -> Result<Arc<LoadedTransform>, ProofError> {
+    let loaded = LoadedTransform::load(spec, geoip)?;
+    let mut runner = TransformRunner::new(Arc::new(Slot::new(loaded.clone())));
+    let events: Vec<_> = batch().into_iter().map(Into::into).collect();
+    runner.transform(&events)?;
     Ok(loaded)
 }
 

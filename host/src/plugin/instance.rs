@@ -14,6 +14,7 @@ use super::engine::{compile, engine};
 use super::error::call_error;
 use super::geoip::GeoIp;
 use super::limits::{MemoryLimiter, PluginLimits};
+use super::log::LogTap;
 use super::stderr::StderrTail;
 use super::wit::{self, Version, World};
 use super::PluginError;
@@ -21,12 +22,14 @@ use super::PluginError;
 /// What identifies a loaded plugin version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginInfo {
-    /// The slot name from pipeline.toml (`enrich`, `aggregate`).
+    /// The name pipeline.toml gives it: the transform's name, or `aggregate`.
     pub slot: String,
     /// The name the plugin reports.
     pub name: String,
     /// The version the plugin reports.
     pub version: String,
+    /// The contract version it was built against (`0.2.0`).
+    pub contract: String,
     /// The file it was loaded from.
     pub path: PathBuf,
     /// SHA-256 of the file, hex.
@@ -38,7 +41,8 @@ pub struct PluginInfo {
 /// How a plugin is loaded: the file, its settings and its limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginSpec {
-    /// The slot name (`enrich`, `aggregate`), used in errors and metrics.
+    /// The name pipeline.toml gives it (a transform's name, or
+    /// `aggregate`), used in errors and metrics.
     pub slot: String,
     /// The component file.
     pub path: PathBuf,
@@ -56,6 +60,7 @@ pub struct HostState {
     pub(super) limiter: MemoryLimiter,
     pub(super) stderr: StderrTail,
     pub(super) geoip: Option<Arc<GeoIp>>,
+    pub(super) log: LogTap,
 }
 
 impl WasiView for HostState {
@@ -64,7 +69,7 @@ impl WasiView for HostState {
     }
 }
 
-fn new_store(limits: &PluginLimits, geoip: Option<Arc<GeoIp>>) -> Store<HostState> {
+fn new_store(slot: &str, limits: &PluginLimits, geoip: Option<Arc<GeoIp>>) -> Store<HostState> {
     let stderr = StderrTail::default();
     let mut wasi = WasiCtx::builder();
     wasi.stderr(stderr.clone());
@@ -81,6 +86,7 @@ fn new_store(limits: &PluginLimits, geoip: Option<Arc<GeoIp>>) -> Store<HostStat
         limiter: MemoryLimiter { cap: limits.memory_bytes, high_water: 0, refused: None },
         stderr,
         geoip,
+        log: LogTap::new(slot),
     };
     let mut store = Store::new(engine(), state);
     store.limiter(|s| &mut s.limiter);
@@ -88,7 +94,7 @@ fn new_store(limits: &PluginLimits, geoip: Option<Arc<GeoIp>>) -> Store<HostStat
     store
 }
 
-/// Compiles a plugin file, checks it targets `world` in a contract version
+/// Compiles a plugin file, checks it targets one of the `accepts` worlds in a contract version
 /// this host loads, links it against the world's imports (WASI plus what
 /// `add_imports` adds for that version) and types the pre-linked component
 /// with `typed` (the version's bindings), returning it with the identity of
@@ -96,16 +102,16 @@ fn new_store(limits: &PluginLimits, geoip: Option<Arc<GeoIp>>) -> Store<HostStat
 /// The shared part of loading either world.
 pub(super) fn prelink<P>(
     spec: &PluginSpec,
-    world: World,
+    accepts: &[World],
     add_imports: impl FnOnce(Version, &mut Linker<HostState>) -> wasmtime::Result<()>,
     typed: impl FnOnce(Version, InstancePre<HostState>) -> wasmtime::Result<P>,
 ) -> Result<(P, PluginInfo), PluginError> {
     let (component, content_hash) = compile(spec)?;
     let refused =
-        |reason: String| PluginError::WrongWorld { plugin: spec.slot.clone(), path: spec.path.clone(), world: world.name(), reason };
+        |reason: String| PluginError::WrongWorld { plugin: spec.slot.clone(), path: spec.path.clone(), world: accepts[0].name(), reason };
     let target = wit::target(&component).map_err(|e| refused(e.to_string()))?;
-    if target.world != world {
-        return Err(refused(format!("it is an {}", target.world.name())));
+    if !accepts.contains(&target.world) {
+        return Err(refused(format!("it implements the {} world", target.world.name())));
     }
     let link_error = |e: wasmtime::Error| refused(format!("{e:#}"));
     let mut linker: Linker<HostState> = Linker::new(engine());
@@ -117,6 +123,7 @@ pub(super) fn prelink<P>(
         slot: spec.slot.clone(),
         name: String::new(),
         version: String::new(),
+        contract: target.version.to_string(),
         path: spec.path.clone(),
         content_hash,
         loaded_at: SystemTime::now(),
@@ -133,7 +140,7 @@ pub(super) fn start_instance<B>(
     geoip: Option<Arc<GeoIp>>,
     start: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<(B, Result<(), String>)>,
 ) -> Result<(Store<HostState>, B), PluginError> {
-    let mut store = new_store(&spec.limits, geoip);
+    let mut store = new_store(&spec.slot, &spec.limits, geoip);
     store.set_epoch_deadline(spec.limits.deadline_ticks());
     match start(&mut store) {
         Ok((bindings, Ok(()))) => Ok((store, bindings)),

@@ -14,14 +14,15 @@
 pub mod aggregate;
 pub mod config;
 pub mod engine;
-pub mod enrich;
 pub mod error;
 pub mod geoip;
 pub mod golden;
 pub mod instance;
 pub mod limits;
+pub mod log;
 pub mod slot;
 mod stderr;
+pub mod transform;
 pub mod wit;
 
 pub use engine::{engine, EPOCH_TICK};

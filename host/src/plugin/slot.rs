@@ -17,7 +17,20 @@ pub struct PluginCounters {
     errors: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Largest linear memory any instance reached, in bytes.
     memory_high_water: AtomicU64,
+    /// Events a transform was given.
+    pub records_in: Counter,
+    /// Events it kept.
+    pub kept: Counter,
+    /// Events it rejected (dead-lettered).
+    pub rejected: Counter,
+    /// Events it dropped, by reason (at most [`MAX_DROP_REASONS`] reasons;
+    /// the rest count as `other`).
+    dropped_by: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
+
+/// Distinct drop reasons kept per transform: a plugin choosing its reasons
+/// freely must not grow the host's memory or the metrics' label set.
+pub const MAX_DROP_REASONS: usize = 32;
 
 impl PluginCounters {
     /// Counts a failed call.
@@ -38,6 +51,18 @@ impl PluginCounters {
     /// Largest linear memory any instance reached, in bytes.
     pub fn memory_high_water(&self) -> u64 {
         self.memory_high_water.load(Ordering::Relaxed)
+    }
+
+    /// Counts an event dropped for `reason`.
+    pub fn dropped(&self, reason: &str) {
+        let mut by = self.dropped_by.lock().unwrap_or_else(|e| e.into_inner());
+        let key = if by.contains_key(reason) || by.len() < MAX_DROP_REASONS { reason } else { "other" };
+        *by.entry(key.to_string()).or_default() += 1;
+    }
+
+    /// Events dropped, by reason.
+    pub fn dropped_by(&self) -> std::collections::BTreeMap<String, u64> {
+        self.dropped_by.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

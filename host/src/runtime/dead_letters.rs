@@ -1,15 +1,14 @@
 //! The dead-letter workflow: list what was refused and why, and replay it
-//! through the current enrich plugin once the cause is fixed.
+//! through the current chain of transforms once the cause is fixed.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 
-use crate::plugin::enrich::EnrichRunner;
 use crate::postgres::pg_text;
 use crate::stages::decode::{decode_batch, DecodeLimits};
-use crate::stages::enrich::process;
 use crate::stages::record::{Consumed, DeadLetter, Provenance, WindowSpec};
 use crate::stages::store::{insert_isolating, Item, Refused, MAX_REASON_BYTES};
+use crate::stages::transform::ChainRunner;
 use crate::stats::Stats;
 
 /// One dead letter, as listed.
@@ -23,7 +22,7 @@ pub struct DeadLetterRow {
     pub partition: i32,
     /// Offset.
     pub offset: i64,
-    /// `decode` or `enrich`.
+    /// `decode`, `transform` or `store`.
     pub stage: String,
     /// Short label, e.g. `not_json`.
     pub kind: String,
@@ -86,9 +85,11 @@ pub struct ReplayOutcome {
     pub stored: u64,
     /// Dead letters refused again; their reason is updated.
     pub still_failing: u64,
+    /// Dead letters a transform now drops: marked replayed, kind `dropped`.
+    pub dropped: u64,
 }
 
-/// Replays every pending dead letter through `runner` (the current plugin)
+/// Replays every pending dead letter through `runner` (the current chain)
 /// with the current decode limits. A success is stored and marked replayed
 /// in the same transaction; a failure (PostgreSQL refusing the event
 /// included) stays pending with its new reason. `progress` is called after
@@ -96,7 +97,7 @@ pub struct ReplayOutcome {
 pub async fn replay(
     pool: &PgPool,
     windows: WindowSpec,
-    runner: &mut EnrichRunner,
+    runner: &mut ChainRunner,
     limits: &DecodeLimits,
     mut progress: impl FnMut(ReplayOutcome),
 ) -> Result<ReplayOutcome, sqlx::Error> {
@@ -124,7 +125,7 @@ pub async fn replay(
             })
             .collect();
         // Plugin calls block; this is a batch job, so blocking this task is fine.
-        let batch = tokio::task::block_in_place(|| process(runner, decode_batch(records, limits), &stats));
+        let batch = tokio::task::block_in_place(|| runner.process(decode_batch(records, limits), &stats));
         let mut tx = pool.begin().await?;
         let items: Vec<Item<'_>> = batch.events.iter().map(Item::Event).collect();
         let inserted = insert_isolating(&mut tx, &items, windows).await?;
@@ -160,8 +161,22 @@ pub async fn replay(
             .execute(&mut *tx)
             .await?;
         }
+        for dropped in &batch.dropped {
+            let p = &dropped.provenance;
+            sqlx::query(
+                "UPDATE dead_letters SET replayed_at = now(), stage = 'transform', kind = 'dropped', reason = $4
+                 WHERE topic = $1 AND \"partition\" = $2 AND \"offset\" = $3",
+            )
+            .bind(&p.topic)
+            .bind(p.partition)
+            .bind(p.offset)
+            .bind(pg_text(&format!("dropped on replay by transform `{}`: {}", dropped.transform, dropped.reason), MAX_REASON_BYTES))
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         outcome.stored += stored.len() as u64;
+        outcome.dropped += batch.dropped.len() as u64;
         outcome.still_failing += (batch.dead_letters.len() + refused.len()) as u64;
         progress(outcome);
     }

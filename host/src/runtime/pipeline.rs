@@ -1,4 +1,4 @@
-//! Wires the stages: source → enrich → store, each a task or thread joined
+//! Wires the stages: source → decode → transform → store, each a task or thread joined
 //! by bounded channels so reading, plugin calls and database writes overlap
 //! and a slow stage applies backpressure upstream.
 
@@ -7,13 +7,13 @@ use std::sync::Arc;
 use rdkafka::consumer::CommitMode;
 use tokio::sync::{mpsc, watch, Notify};
 
+use arc_swap::ArcSwap;
 use rdkafka::consumer::Consumer;
 
 use crate::config::PipelineConfig;
 use crate::plugin::aggregate::LoadedAggregate;
-use crate::plugin::enrich::{EnrichRunner, LoadedEnrich};
 use crate::plugin::geoip::{GeoIp, GeoIpError};
-use crate::plugin::{PluginError, Slot};
+use crate::plugin::{PluginCounters, PluginError, PluginInfo, Slot};
 use crate::runtime::reload::{LiveSettings, ReloadRequest, Reloader};
 use crate::stages::aggregate::Aggregator;
 use crate::stages::decode::{decode_batch, DecodeLimits};
@@ -22,6 +22,7 @@ use crate::stages::record::{Consumed, WriteBatch};
 use crate::stages::source::{self, SourceConsumer};
 use crate::stages::store::retry::{connect_store, store_batch};
 use crate::stages::store::{Store, StoreError};
+use crate::stages::transform::{load_chain, Chain, ChainRunner};
 use crate::stats::{BatchStage, Stats};
 
 /// Why the pipeline could not start.
@@ -65,8 +66,8 @@ pub struct Pipeline {
     pub config: Arc<PipelineConfig>,
     /// Counters.
     pub stats: Arc<Stats>,
-    /// The live enrich plugin.
-    pub enrich: Arc<Slot<LoadedEnrich>>,
+    /// The live chain of transforms.
+    pub chain: Arc<ArcSwap<Chain>>,
     /// The live aggregate plugin.
     pub aggregate: Arc<Slot<LoadedAggregate>>,
     /// The store.
@@ -112,10 +113,10 @@ pub async fn run(
     started: impl Fn(&Pipeline),
 ) -> Result<Exit, PipelineError> {
     let geoip = Arc::new(GeoIp::open(&config.geoip.databases)?);
-    let enrich = Arc::new(Slot::new(LoadedEnrich::load(config.enrich_spec(), Some(geoip.clone()))?));
+    let chain = Arc::new(ArcSwap::from_pointee(load_chain(config.transform_specs(), &geoip)?));
     let aggregate = Arc::new(Slot::new(LoadedAggregate::load(config.aggregate_spec())?));
     tracing::info!(
-        enrich = %format!("{} {}", enrich.current().info.name, enrich.current().info.version),
+        chain = %describe_chain(&chain.load()),
         aggregate = %format!("{} {}", aggregate.current().info.name, aggregate.current().info.version),
         "plugins loaded"
     );
@@ -144,7 +145,7 @@ pub async fn run(
     let (aggregate_tx, aggregate_rx) = watch::channel(config.aggregate.clone());
     let (decode_tx, decode_rx) = watch::channel(config.decode_limits());
     let live = LiveSettings { batching: batching_tx, decode: decode_tx, aggregate: aggregate_tx };
-    let reloader = Reloader::new(config.clone(), enrich.clone(), aggregate.clone(), geoip, live, stats.clone(), restart_tx.clone());
+    let reloader = Reloader::new(config.clone(), chain.clone(), aggregate.clone(), geoip, live, stats.clone(), restart_tx.clone());
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let reloading = tokio::spawn(reloader.run(sighup, reload_rx, drain.clone()));
 
@@ -159,12 +160,12 @@ pub async fn run(
     let (records_tx, records_rx) = mpsc::channel(depth);
     let (batches_tx, mut batches_rx) = mpsc::channel::<WriteBatch>(depth);
     let reading = tokio::spawn(source::run(consumer.clone(), batching_rx, records_tx, drain.clone(), stats.clone()));
-    let enriching = spawn_decode_and_enrich(EnrichRunner::new(enrich.clone()), decode_rx, records_rx, batches_tx, stats.clone());
+    let transforming = spawn_decode_and_transform(ChainRunner::new(chain.clone()), decode_rx, records_rx, batches_tx, stats.clone());
 
     let pipeline = Pipeline {
         config: Arc::new(config),
         stats: stats.clone(),
-        enrich,
+        chain,
         aggregate,
         store: store.clone(),
         consumer: consumer.clone(),
@@ -188,7 +189,7 @@ pub async fn run(
     let _ = publishing.await;
     let _ = reloading.await;
     forward.abort();
-    let _ = tokio::task::spawn_blocking(move || enriching.join()).await;
+    let _ = tokio::task::spawn_blocking(move || transforming.join()).await;
     // Only this host's partitions: committing another member's could move
     // its visible offset backwards.
     let assigned = consumer.assignment().map(|tpl| tpl.to_topic_map()).unwrap_or_default();
@@ -209,28 +210,58 @@ pub async fn run(
     })
 }
 
-/// Decodes and enriches on a thread of its own (plugin calls are CPU-bound
-/// and block) until `input` closes; `output` closes when it returns.
-fn spawn_decode_and_enrich(
-    mut runner: EnrichRunner,
+/// Decodes and transforms on a thread of its own (plugin calls are
+/// CPU-bound and block) until `input` closes; `output` closes when it returns.
+fn spawn_decode_and_transform(
+    mut runner: ChainRunner,
     limits: watch::Receiver<DecodeLimits>,
     mut input: mpsc::Receiver<Vec<Consumed>>,
     output: mpsc::Sender<WriteBatch>,
     stats: Arc<Stats>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
-        .name("enrich".into())
+        .name("transform".into())
         .spawn(move || {
             while let Some(records) = input.blocking_recv() {
                 let started = std::time::Instant::now();
                 let len = records.len();
                 let limits = *limits.borrow();
-                let batch = crate::stages::enrich::process(&mut runner, decode_batch(records, &limits), &stats);
-                stats.batch(BatchStage::Enrich, len, started.elapsed());
+                let batch = runner.process(decode_batch(records, &limits), &stats);
+                stats.batch(BatchStage::Transform, len, started.elapsed());
                 if output.blocking_send(batch).is_err() {
                     return;
                 }
             }
         })
-        .expect("spawn the enrich thread")
+        .expect("spawn the transform thread")
+}
+
+/// One plugin the pipeline runs, for the API and metrics.
+pub struct PluginView {
+    /// `transform` or `aggregate`.
+    pub kind: &'static str,
+    /// The version serving.
+    pub info: PluginInfo,
+    /// What its slot did.
+    pub counters: Arc<PluginCounters>,
+}
+
+impl Pipeline {
+    /// The transforms in chain order, then the aggregate plugin.
+    pub fn plugins(&self) -> Vec<PluginView> {
+        let view =
+            |kind, info: &PluginInfo, counters: &Arc<PluginCounters>| PluginView { kind, info: info.clone(), counters: counters.clone() };
+        let mut all: Vec<PluginView> =
+            self.chain.load().iter().map(|slot| view("transform", &slot.current().info, slot.counters())).collect();
+        all.push(view("aggregate", &self.aggregate.current().info, self.aggregate.counters()));
+        all
+    }
+}
+
+/// `enrich 0.2.0 → bot-filter 1.0.0`, for the log.
+pub fn describe_chain(chain: &Chain) -> String {
+    if chain.is_empty() {
+        return "(no transforms)".into();
+    }
+    chain.iter().map(|slot| format!("{} {}", slot.current().info.slot, slot.current().info.version)).collect::<Vec<_>>().join(" → ")
 }

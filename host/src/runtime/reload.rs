@@ -15,18 +15,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use notify::{RecursiveMode, Watcher};
+use arc_swap::ArcSwap;
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::{Apply, PipelineConfig};
 use crate::plugin::aggregate::LoadedAggregate;
-use crate::plugin::enrich::LoadedEnrich;
 use crate::plugin::geoip::GeoIp;
-use crate::plugin::golden::{prove_aggregate, prove_enrich, ProofError};
+use crate::plugin::golden::{prove_aggregate, prove_transform, ProofError};
+use crate::plugin::transform::LoadedTransform;
 use crate::plugin::{PluginInfo, PluginSpec, Slot};
 use crate::stages::aggregate::config::AggregateConfig;
 use crate::stages::decode::DecodeLimits;
 use crate::stages::source::Batching;
+use crate::stages::transform::Chain;
 use crate::stats::Stats;
 
 /// Quiet time after the last file event before acting: editors and build
@@ -46,6 +48,9 @@ pub enum ReloadError {
     /// The new pipeline.toml changes what existing aggregates mean.
     #[error("{file}: refused: {keys} changed; existing aggregates were computed with the old values and would be corrupted. Keep the old values, or point store.database_url at a new database (and index.index at a new index) to start fresh")]
     MetricsChanged { file: PathBuf, keys: String },
+    /// A reload named a plugin the pipeline does not run.
+    #[error("no plugin named `{name}`; the plugins are {known}")]
+    NoSuchPlugin { name: String, known: String },
 }
 
 /// Settings the running stages read live.
@@ -73,7 +78,7 @@ pub struct Swap {
 /// A request to reload a plugin from its file now (the API's forced reload):
 /// the file is loaded and proven even when its content is unchanged.
 pub struct ReloadRequest {
-    /// The slot: `enrich` or `aggregate`.
+    /// The plugin: a transform's name, or `aggregate`.
     pub slot: String,
     /// Gets the version now serving, or why the reload was refused.
     pub reply: tokio::sync::oneshot::Sender<Result<PluginInfo, String>>,
@@ -82,7 +87,7 @@ pub struct ReloadRequest {
 /// Watches the plugin files and pipeline.toml and applies changes.
 pub struct Reloader {
     config: PipelineConfig,
-    enrich: Arc<Slot<LoadedEnrich>>,
+    chain: Arc<ArcSwap<Chain>>,
     aggregate: Arc<Slot<LoadedAggregate>>,
     geoip: Arc<GeoIp>,
     live: LiveSettings,
@@ -95,26 +100,84 @@ impl Reloader {
     /// A reloader for a pipeline started with `config`.
     pub fn new(
         config: PipelineConfig,
-        enrich: Arc<Slot<LoadedEnrich>>,
+        chain: Arc<ArcSwap<Chain>>,
         aggregate: Arc<Slot<LoadedAggregate>>,
         geoip: Arc<GeoIp>,
         live: LiveSettings,
         stats: Arc<Stats>,
         restart: watch::Sender<Option<PipelineConfig>>,
     ) -> Reloader {
-        Reloader { config, enrich, aggregate, geoip, live, stats, restart }
+        Reloader { config, chain, aggregate, geoip, live, stats, restart }
     }
 
-    /// Replaces the enrich plugin with the file and settings of `spec` if it
-    /// passes every check.
-    pub async fn swap_enrich(&self, spec: PluginSpec) -> Result<Swap, ReloadError> {
-        let started = Instant::now();
+    /// The slot of the transform named `name` in the live chain.
+    fn transform_slot(&self, name: &str) -> Option<Arc<Slot<LoadedTransform>>> {
+        self.chain.load().iter().find(|slot| slot.current().info.slot == name).cloned()
+    }
+
+    /// Loads a transform off the hot path and proves it on the golden batch.
+    async fn prove(&self, spec: PluginSpec) -> Result<Arc<LoadedTransform>, ProofError> {
         let geoip = self.geoip.clone();
-        let result = tokio::task::spawn_blocking(move || prove_enrich(spec, Some(geoip))).await.expect("plugin preparation does not panic");
-        self.count("enrich", result.as_ref().map(|l| &l.info));
+        tokio::task::spawn_blocking(move || prove_transform(spec, Some(geoip))).await.expect("plugin preparation does not panic")
+    }
+
+    /// Replaces the transform of `spec.slot` with the file and settings of
+    /// `spec` if it passes every check; the chain is otherwise unchanged.
+    pub async fn swap_transform(&self, spec: PluginSpec) -> Result<Swap, ReloadError> {
+        let started = Instant::now();
+        let name = spec.slot.clone();
+        let Some(slot) = self.transform_slot(&name) else {
+            return Err(ReloadError::NoSuchPlugin { name, known: self.known_plugins() });
+        };
+        let result = self.prove(spec).await;
+        self.count(&name, result.as_ref().map(|l| &l.info));
         let loaded = result?;
-        let old = self.enrich.swap(loaded.clone());
+        let old = slot.swap(loaded.clone());
         Ok(self.swapped(old.info.clone(), loaded.info.clone(), started))
+    }
+
+    /// Makes the live chain the one `next` describes, at a batch boundary:
+    /// unchanged transforms keep their slot (and instances), changed ones
+    /// are swapped in their slot, new ones loaded; every new version proven
+    /// first, so a failure leaves the old chain serving whole.
+    pub async fn apply_chain(&self, next: &PipelineConfig) -> Result<(), ReloadError> {
+        let old_chain = self.chain.load_full();
+        let mut chain: Chain = Vec::with_capacity(next.transforms.len());
+        let mut swaps: Vec<(Arc<Slot<LoadedTransform>>, Arc<LoadedTransform>)> = Vec::new();
+        let mut changed = old_chain.len() != next.transforms.len();
+        for (i, (config, spec)) in next.transforms.iter().zip(next.transform_specs()).enumerate() {
+            let name = config.transform_name();
+            let existing = old_chain.iter().find(|slot| slot.current().info.slot == name).cloned();
+            let before = self.config.transforms.iter().find(|t| t.transform_name() == name);
+            match (existing, before) {
+                (Some(slot), Some(before)) if before.change(config) == Apply::Unchanged => {
+                    changed |= !old_chain.get(i).is_some_and(|s| Arc::ptr_eq(s, &slot));
+                    chain.push(slot);
+                }
+                (existing, _) => {
+                    let result = self.prove(spec).await;
+                    self.count(name, result.as_ref().map(|l| &l.info));
+                    let loaded = result?;
+                    changed = true;
+                    match existing {
+                        Some(slot) => {
+                            swaps.push((slot.clone(), loaded));
+                            chain.push(slot);
+                        }
+                        None => chain.push(Arc::new(Slot::new(loaded))),
+                    }
+                }
+            }
+        }
+        for (slot, loaded) in swaps {
+            let old = slot.swap(loaded.clone());
+            tracing::info!(transform = %loaded.info.slot, old = %old.info.version, new = %loaded.info.version, "transform swapped");
+        }
+        if changed {
+            self.chain.store(Arc::new(chain));
+            tracing::info!(chain = %crate::runtime::pipeline::describe_chain(&self.chain.load()), "transform chain applied");
+        }
+        Ok(())
     }
 
     /// Replaces the aggregate plugin likewise.
@@ -177,8 +240,11 @@ impl Reloader {
             tracing::error!(error = %err, "pipeline.toml rejected");
             return Err(err);
         }
-        if old.plugins.enrich.change(&next.plugins.enrich) != Apply::Unchanged {
-            self.swap_enrich(next.enrich_spec()).await?;
+        if old.transforms != next.transforms {
+            if let Err(e) = self.apply_chain(&next).await {
+                self.stats.config_reloads(false, e.to_string());
+                return Err(e);
+            }
         }
         if old.plugins.aggregate.change(&next.plugins.aggregate) != Apply::Unchanged {
             self.swap_aggregate(next.aggregate_spec()).await?;
@@ -225,24 +291,14 @@ impl Reloader {
             }
         };
         let mut watched = HashSet::new();
-        for (what, path) in self.watched_files() {
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-            if watched.contains(&dir) {
-                continue;
-            }
-            match watcher.watch(&dir, RecursiveMode::NonRecursive) {
-                Ok(()) => {
-                    watched.insert(dir);
-                }
-                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch {what}"),
-            }
-        }
+        self.watch_folders(&mut watcher, &mut watched);
         loop {
             let changed: Vec<PathBuf> = tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = sighup.notified() => {
                     tracing::info!("reload requested");
                     let _ = self.reload_config().await;
+                    self.watch_folders(&mut watcher, &mut watched);
                     continue;
                 }
                 Some(request) = requests.recv() => {
@@ -260,15 +316,37 @@ impl Reloader {
             let touched = |target: &Path| changed.iter().any(|p| same_file(p, target));
             if touched(&self.config.file) {
                 let _ = self.reload_config().await;
+                // A transform added to the chain may live in a new folder.
+                self.watch_folders(&mut watcher, &mut watched);
                 continue;
             }
-            if touched(&self.config.plugins.enrich.path) && self.differs(&self.config.plugins.enrich.path, &self.enrich.current().info) {
-                let _ = self.swap_enrich(self.config.enrich_spec()).await;
+            for (config, spec) in self.config.transforms.iter().zip(self.config.transform_specs()) {
+                let serving = self.transform_slot(config.transform_name()).map(|slot| slot.current().info.clone());
+                if touched(&config.path) && serving.is_some_and(|info| self.differs(&config.path, &info)) {
+                    let _ = self.swap_transform(spec).await;
+                }
             }
             if touched(&self.config.plugins.aggregate.path)
                 && self.differs(&self.config.plugins.aggregate.path, &self.aggregate.current().info)
             {
                 let _ = self.swap_aggregate(self.config.aggregate_spec()).await;
+            }
+        }
+    }
+
+    /// Watches the folder of every file the pipeline reads that is not
+    /// watched yet.
+    fn watch_folders(&self, watcher: &mut RecommendedWatcher, watched: &mut HashSet<PathBuf>) {
+        for (what, path) in self.watched_files() {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+            if watched.contains(&dir) {
+                continue;
+            }
+            match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    watched.insert(dir);
+                }
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch {what}"),
             }
         }
     }
@@ -288,23 +366,34 @@ impl Reloader {
         }
     }
 
-    /// Serves a forced reload of one plugin slot.
+    /// Serves a forced reload of one plugin.
     async fn forced(&self, request: ReloadRequest) {
         tracing::info!(plugin = %request.slot, "reload requested through the API");
-        let result = match request.slot.as_str() {
-            "enrich" => self.swap_enrich(self.config.enrich_spec()).await.map(|s| s.new).map_err(|e| e.to_string()),
-            "aggregate" => self.swap_aggregate(self.config.aggregate_spec()).await.map(|s| s.new).map_err(|e| e.to_string()),
-            other => Err(format!("no plugin slot `{other}`; the slots are `enrich` and `aggregate`")),
+        let result = if request.slot == "aggregate" {
+            self.swap_aggregate(self.config.aggregate_spec()).await
+        } else {
+            match self.config.transform_specs().into_iter().find(|spec| spec.slot == request.slot) {
+                Some(spec) => self.swap_transform(spec).await,
+                None => Err(ReloadError::NoSuchPlugin { name: request.slot.clone(), known: self.known_plugins() }),
+            }
         };
-        let _ = request.reply.send(result);
+        let _ = request.reply.send(result.map(|s| s.new).map_err(|e| e.to_string()));
     }
 
-    fn watched_files(&self) -> Vec<(&'static str, PathBuf)> {
-        vec![
-            ("pipeline.toml", self.config.file.clone()),
-            ("the enrich plugin", self.config.plugins.enrich.path.clone()),
-            ("the aggregate plugin", self.config.plugins.aggregate.path.clone()),
-        ]
+    /// The plugins a reload can name, for error messages.
+    fn known_plugins(&self) -> String {
+        let mut names: Vec<String> = self.config.transforms.iter().map(|t| format!("`{}`", t.transform_name())).collect();
+        names.push("`aggregate`".into());
+        names.join(", ")
+    }
+
+    fn watched_files(&self) -> Vec<(String, PathBuf)> {
+        let mut files = vec![("pipeline.toml".to_string(), self.config.file.clone())];
+        for t in &self.config.transforms {
+            files.push((format!("the transform `{}`", t.transform_name()), t.path.clone()));
+        }
+        files.push(("the aggregate plugin".into(), self.config.plugins.aggregate.path.clone()));
+        files
     }
 
     /// Whether the file's content differs from what is serving: an editor

@@ -68,6 +68,7 @@ impl DecodeError {
             DecodeError::TimestampOutOfRange { .. } => "timestamp_out_of_range",
             DecodeError::Field(FieldError::Nul { .. }) => "nul_character",
             DecodeError::Field(FieldError::TooLong { .. }) => "field_too_long",
+            DecodeError::Field(_) => "invalid_field",
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The data plane, in data-flow order: [`source`] reads records from Kafka,
-//! [`decode`] turns them into clicks, [`enrich`] runs the enrich plugin,
+//! [`decode`] turns them into clicks, [`transform`] runs the chain of
+//! transform plugins,
 //! [`store`] writes events, dead letters and offsets to PostgreSQL in one
 //! transaction, [`aggregate`] turns stored events into aggregate rows, and
 //! [`index`] publishes those rows to the search server. No stage imports
@@ -12,7 +13,7 @@ pub mod source;
 
 pub mod decode;
 
-pub mod enrich;
+pub mod transform;
 
 pub mod store;
 

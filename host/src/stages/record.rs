@@ -3,6 +3,7 @@
 //! boundary, so a new contract version changes one module, not every stage.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -95,34 +96,64 @@ impl Device {
     }
 }
 
-/// What an enricher derived from a click.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A user attribute's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// Text.
+    Str(String),
+    /// A whole number.
+    Int(i64),
+    /// A floating-point number (finite: JSON has no NaN).
+    Float(f64),
+    /// True or false.
+    Bool(bool),
+}
+
+/// A named value a transform attached to an event; stored in the
+/// `attributes` JSON object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attribute {
+    /// Unique within the event.
+    pub key: String,
+    /// The value.
+    pub value: Value,
+}
+
+/// What transforms derived from a click; unset until one sets it, stored
+/// as `unknown` when none did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Enrichment {
-    /// ISO country code, or `unknown`.
-    pub country: String,
-    /// City, or `unknown`.
-    pub city: String,
-    /// Browser family, or `unknown`.
-    pub browser: String,
-    /// Operating system, or `unknown`.
-    pub os: String,
+    /// ISO country code.
+    pub country: Option<String>,
+    /// City.
+    pub city: Option<String>,
+    /// Browser family.
+    pub browser: Option<String>,
+    /// Operating system.
+    pub os: Option<String>,
     /// Device class.
-    pub device: Device,
-    /// The version of the plugin that produced it, stored with the event.
-    pub plugin_version: String,
+    pub device: Option<Device>,
 }
 
-/// An enricher's answer for one click: the click (a plugin may normalise its
-/// fields) and what it derived.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Enriched {
-    /// The click as the plugin returned it.
+/// A click as it moves through the transform chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransformEvent {
+    /// The click (a transform may normalise its fields; the host restores
+    /// the event id, user id and timestamp it decoded).
     pub raw: RawEvent,
-    /// What it derived.
+    /// What transforms derived so far.
     pub enrichment: Enrichment,
+    /// Attributes transforms attached so far.
+    pub attributes: Vec<Attribute>,
 }
 
-/// An enricher's reason for refusing a click.
+impl From<RawEvent> for TransformEvent {
+    fn from(raw: RawEvent) -> Self {
+        TransformEvent { raw, enrichment: Enrichment::default(), attributes: Vec::new() }
+    }
+}
+
+/// A transform's reason for refusing a click.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// The field at fault, when one is.
@@ -131,15 +162,78 @@ pub struct Refusal {
     pub reason: String,
 }
 
-/// An enriched event ready to store.
+/// What a transform did with one event.
+#[derive(Debug, Clone, PartialEq)]
+// Keep is the common case: boxing it would cost an allocation per event.
+#[allow(clippy::large_enum_variant)]
+pub enum Outcome {
+    /// Pass it on, as returned.
+    Keep(TransformEvent),
+    /// Filtered out on purpose: not stored, counted with the reason.
+    Drop(String),
+    /// Refused as invalid: dead-lettered with the reason.
+    Reject(Refusal),
+}
+
+/// One transform of the chain that produced an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// The transform's name in pipeline.toml.
+    pub name: String,
+    /// The version the plugin reported.
+    pub version: String,
+}
+
+/// The chain that produced an event, as stored: `enrich@0.2.0,bot-filter@1.0.0`.
+pub fn chain_text(chain: &[Link]) -> String {
+    chain.iter().map(|l| format!("{}@{}", l.name, l.version)).collect::<Vec<_>>().join(",")
+}
+
+/// The attributes as a JSON object (`{}` when there are none).
+pub fn attributes_json(attributes: &[Attribute]) -> std::borrow::Cow<'static, str> {
+    if attributes.is_empty() {
+        return std::borrow::Cow::Borrowed("{}");
+    }
+    let object: serde_json::Map<String, serde_json::Value> = attributes
+        .iter()
+        .map(|a| {
+            let value = match &a.value {
+                Value::Str(s) => serde_json::Value::from(s.as_str()),
+                Value::Int(i) => serde_json::Value::from(*i),
+                // Checked finite before it got here; JSON has no NaN.
+                Value::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, serde_json::Value::Number),
+                Value::Bool(b) => serde_json::Value::from(*b),
+            };
+            (a.key.clone(), value)
+        })
+        .collect();
+    std::borrow::Cow::Owned(serde_json::Value::Object(object).to_string())
+}
+
+/// A record a transform dropped: counted per transform and partition, in the
+/// transaction that advances its offset, so consumed = stored +
+/// dead-lettered + dropped reconciles from PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct Dropped {
+    /// Where it came from.
+    pub provenance: Provenance,
+    /// The transform that dropped it.
+    pub transform: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// An event ready to store: what came out of the end of the chain.
 #[derive(Debug, Clone)]
 pub struct Event {
     /// The click, with the identity the host decoded.
     pub raw: RawEvent,
-    /// What the enricher derived.
+    /// What the transforms derived.
     pub enrichment: Enrichment,
-    /// Name of the plugin that enriched it.
-    pub plugin_name: String,
+    /// What the transforms attached.
+    pub attributes: Vec<Attribute>,
+    /// The transforms it went through, in order.
+    pub chain: Arc<[Link]>,
     /// Where it came from.
     pub provenance: Provenance,
     /// The record's key, kept so a refusal by PostgreSQL can dead-letter it.
@@ -154,9 +248,9 @@ pub enum Stage {
     /// Before enrichment: too large, not JSON, missing or mistyped fields,
     /// values out of range.
     Decode,
-    /// The enrich plugin refused it, trapped on it, or returned something the
+    /// A transform rejected it, trapped on it, or returned something the
     /// contract forbids for it.
-    Enrich,
+    Transform,
     /// PostgreSQL refused to store it.
     Store,
 }
@@ -166,7 +260,7 @@ impl Stage {
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Decode => "decode",
-            Stage::Enrich => "enrich",
+            Stage::Transform => "transform",
             Stage::Store => "store",
         }
     }
@@ -187,7 +281,8 @@ pub struct DeadLetter {
     pub kind: String,
     /// Why, for a human.
     pub reason: String,
-    /// The plugin version that refused it, for enrich-stage refusals.
+    /// The transform that refused it (`name@version`), for transform-stage
+    /// refusals.
     pub plugin_version: Option<String>,
 }
 
@@ -198,6 +293,8 @@ pub struct WriteBatch {
     pub events: Vec<Event>,
     /// Records to dead-letter.
     pub dead_letters: Vec<DeadLetter>,
+    /// Records a transform dropped.
+    pub dropped: Vec<Dropped>,
     /// Per (topic, partition): the offset after the last record in the batch.
     pub next_offsets: BTreeMap<(String, i32), i64>,
     /// Per (topic, partition): the first offset in the batch.
@@ -215,7 +312,7 @@ impl WriteBatch {
 
     /// Records in the batch.
     pub fn len(&self) -> usize {
-        self.events.len() + self.dead_letters.len()
+        self.events.len() + self.dead_letters.len() + self.dropped.len()
     }
 
     /// Whether the batch holds no record.
@@ -316,6 +413,12 @@ pub mod limits {
     /// stored in every row and used as index keys.
     pub const LABEL_MAX_BYTES: usize = 256;
 
+    /// Longest attribute key, in bytes.
+    pub const ATTRIBUTE_KEY_MAX_BYTES: usize = 128;
+
+    /// Most attributes an event may carry: each is stored in every row.
+    pub const MAX_ATTRIBUTES: usize = 64;
+
     /// A string over its limit or holding a NUL character.
     #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
     pub enum FieldError {
@@ -328,6 +431,26 @@ pub mod limits {
             len: usize,
             /// The limit.
             max: usize,
+        },
+        /// More attributes than an event may carry.
+        #[error("{count} attributes, more than the {max} an event may carry")]
+        TooMany {
+            /// How many.
+            count: usize,
+            /// The limit.
+            max: usize,
+        },
+        /// An empty or repeated attribute key.
+        #[error("attribute key {key:?} is empty or given twice")]
+        BadKey {
+            /// The key.
+            key: String,
+        },
+        /// A float attribute that JSON cannot hold.
+        #[error("attribute {key:?} is not a finite number")]
+        NotFinite {
+            /// The key.
+            key: String,
         },
         /// Holds a NUL character.
         #[error("field `{field}` contains a NUL character (\\u0000) at byte {at}")]
@@ -374,14 +497,34 @@ impl RawEvent {
 impl Enrichment {
     /// Every label within [`limits::LABEL_MAX_BYTES`] and free of NUL characters.
     pub fn check_fields(&self) -> Result<(), limits::FieldError> {
-        for (field, value) in [
-            ("country", &self.country),
-            ("city", &self.city),
-            ("browser", &self.browser),
-            ("os", &self.os),
-            ("plugin_version", &self.plugin_version),
-        ] {
-            limits::check_text(field, value, limits::LABEL_MAX_BYTES)?;
+        for (field, value) in [("country", &self.country), ("city", &self.city), ("browser", &self.browser), ("os", &self.os)] {
+            limits::check_text(field, value.as_deref().unwrap_or_default(), limits::LABEL_MAX_BYTES)?;
+        }
+        Ok(())
+    }
+}
+
+impl TransformEvent {
+    /// Every string within its limit and free of NUL characters; attribute
+    /// keys unique, at most [`limits::MAX_ATTRIBUTES`] of them, floats finite.
+    pub fn check_fields(&self) -> Result<(), limits::FieldError> {
+        use limits::{check_text, FieldError, ATTRIBUTE_KEY_MAX_BYTES, MAX_ATTRIBUTES, TEXT_MAX_BYTES};
+        self.raw.check_fields()?;
+        self.enrichment.check_fields()?;
+        if self.attributes.len() > MAX_ATTRIBUTES {
+            return Err(FieldError::TooMany { count: self.attributes.len(), max: MAX_ATTRIBUTES });
+        }
+        let mut keys = std::collections::HashSet::with_capacity(self.attributes.len());
+        for a in &self.attributes {
+            check_text("attribute key", &a.key, ATTRIBUTE_KEY_MAX_BYTES)?;
+            if a.key.is_empty() || !keys.insert(a.key.as_str()) {
+                return Err(FieldError::BadKey { key: a.key.clone() });
+            }
+            match &a.value {
+                Value::Str(text) => check_text("attribute value", text, TEXT_MAX_BYTES)?,
+                Value::Float(f) if !f.is_finite() => return Err(FieldError::NotFinite { key: a.key.clone() }),
+                _ => {}
+            }
         }
         Ok(())
     }

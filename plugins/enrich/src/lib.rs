@@ -1,28 +1,29 @@
-//! The enrich plugin: user agent → browser, OS and device class; IP → country
-//! and city through the host's `geoip` import.
+//! The enrich plugin, a transform of contract 0.2.0: user agent → browser,
+//! OS and device class; IP → country and city through the host's
+//! `geoip.lookup-batch` import, called once per batch.
 //!
-//! The logic is plain Rust ([`enrich_batch`]) so it is unit-tested natively
-//! and benchmarked natively by the host; the component export at the bottom
-//! is a thin shell around it.
+//! The logic is plain Rust ([`transform_batch`]) so it is unit-tested
+//! natively and benchmarked natively by the host; the component export at
+//! the bottom is a thin shell around it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 wit_bindgen::generate!({
-    world: "enricher",
-    path: "../../wit/v0.1.0",
-    additional_derives: [PartialEq],
+    world: "transformer",
+    path: "../../wit/v0.2.0",
+    additional_derives: [PartialEq, Clone],
 });
 
 pub use clickstream::pipeline::geoip::Location;
-pub use clickstream::pipeline::types::DeviceClass;
+pub use clickstream::pipeline::types::{DeviceClass, Rejection};
 
 /// Plugin name, reported to the host.
 pub const NAME: &str = "enrich";
 
-/// Plugin version, stored with every event it enriches. A build may override
-/// it (`CLICKSTREAM_PLUGIN_VERSION=...`), which the hot-swap tests use to tell
-/// two builds apart.
+/// Plugin version, recorded in the chain of every event it keeps. A build
+/// may override it (`CLICKSTREAM_PLUGIN_VERSION=...`), which the hot-swap
+/// tests use to tell two builds apart.
 pub const VERSION: &str = match option_env!("CLICKSTREAM_PLUGIN_VERSION") {
     Some(v) => v,
     None if cfg!(feature = "canary") => concat!(env!("CARGO_PKG_VERSION"), "-canary"),
@@ -32,7 +33,7 @@ pub const VERSION: &str = match option_env!("CLICKSTREAM_PLUGIN_VERSION") {
 /// Value of a field the plugin could not determine.
 pub const UNKNOWN: &str = "unknown";
 
-/// Settings from `[plugins.enrich.settings]` in pipeline.toml.
+/// Settings from the transform's `settings` table in pipeline.toml.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
     /// Lower-cased substrings that mark a user agent as a bot, on top of the
@@ -63,70 +64,96 @@ impl Settings {
     }
 }
 
-/// Enriches a batch: one result per input, in input order.
+/// Transforms a batch: one outcome per input, in input order. Events that
+/// cannot be aggregated are rejected; the rest are kept with their location
+/// and client filled in. Unparseable user agents and IPs are not errors:
+/// what cannot be determined stays unset (stored as `unknown`).
 ///
-/// A clickstream repeats a few user agents many times, and parsing one is
-/// most of the work (substring searches and regexes; in WASM, without the
-/// SIMD substring search native code gets, more so): each distinct user
-/// agent is parsed once per batch (docs/BENCHMARKS.md, arm 3).
-pub fn enrich_batch(
-    batch: Vec<RawClick>,
-    settings: &Settings,
-    geoip: impl Fn(&str) -> Option<Location>,
-) -> Vec<Result<EnrichedClick, EnrichError>> {
+/// A clickstream repeats a few user agents and addresses many times:
+/// each distinct user agent is parsed once per batch, and the distinct
+/// addresses are looked up in one `lookup` call (one boundary crossing).
+pub fn transform_batch(batch: Vec<Event>, settings: &Settings, lookup: impl FnOnce(&[String]) -> Vec<Option<Location>>) -> Vec<Outcome> {
+    let checked: Vec<Result<Event, Rejection>> = batch.into_iter().map(check).collect();
+
+    // Distinct valid addresses, in their canonical text form.
+    let mut addresses: Vec<String> = Vec::new();
+    let mut index: HashMap<IpAddr, usize> = HashMap::new();
+    let slots: Vec<Option<usize>> = checked
+        .iter()
+        .map(|event| {
+            let ip = event.as_ref().ok()?.ip.trim().parse::<IpAddr>().ok()?;
+            Some(*index.entry(ip).or_insert_with(|| {
+                addresses.push(ip.to_string());
+                addresses.len() - 1
+            }))
+        })
+        .collect();
+    let locations = if addresses.is_empty() { Vec::new() } else { lookup(&addresses) };
+
     let mut agents: HashMap<String, Agent> = HashMap::new();
-    batch
+    checked
         .into_iter()
-        .map(|click| {
-            enrich_with(click, &geoip, |user_agent| match agents.get(user_agent) {
-                Some(agent) => agent.clone(),
-                None => {
-                    let agent = parse_user_agent(user_agent, settings);
-                    agents.insert(user_agent.to_string(), agent.clone());
-                    agent
-                }
-            })
+        .zip(slots)
+        .map(|(event, slot)| match event {
+            Err(rejection) => Outcome::Reject(rejection),
+            Ok(mut event) => {
+                let agent = match agents.get(&event.user_agent) {
+                    Some(agent) => agent.clone(),
+                    None => {
+                        let agent = parse_user_agent(&event.user_agent, settings);
+                        agents.insert(event.user_agent.clone(), agent.clone());
+                        agent
+                    }
+                };
+                let location = slot.and_then(|i| locations.get(i).cloned().flatten());
+                apply(&mut event, agent, location);
+                Outcome::Keep(event)
+            }
         })
         .collect()
 }
 
-/// Enriches one click. Unparseable user agents and IPs are not errors (their
-/// fields become `unknown`); a click that cannot be aggregated is.
-pub fn enrich_one(raw: RawClick, settings: &Settings, geoip: &impl Fn(&str) -> Option<Location>) -> Result<EnrichedClick, EnrichError> {
-    enrich_with(raw, geoip, |user_agent| parse_user_agent(user_agent, settings))
+/// Transforms one event, looking its address up alone.
+pub fn transform_one(event: Event, settings: &Settings, lookup: impl Fn(&str) -> Option<Location>) -> Outcome {
+    match check(event) {
+        Err(rejection) => Outcome::Reject(rejection),
+        Ok(mut event) => {
+            let location = event.ip.trim().parse::<IpAddr>().ok().and_then(|ip| lookup(&ip.to_string()));
+            let agent = parse_user_agent(&event.user_agent, settings);
+            apply(&mut event, agent, location);
+            Outcome::Keep(event)
+        }
+    }
 }
 
-fn enrich_with(
-    raw: RawClick,
-    geoip: &impl Fn(&str) -> Option<Location>,
-    agent_of: impl FnOnce(&str) -> Agent,
-) -> Result<EnrichedClick, EnrichError> {
-    if raw.user_id.trim().is_empty() {
-        return Err(refuse("user_id", "user_id is empty"));
+/// Refuses a click that cannot be aggregated.
+fn check(event: Event) -> Result<Event, Rejection> {
+    if event.user_id.trim().is_empty() {
+        return Err(refuse("user_id", "user_id is empty".into()));
     }
-    if raw.timestamp_ms <= 0 {
-        return Err(refuse("timestamp", &format!("timestamp must be after 1970-01-01, got {} ms", raw.timestamp_ms)));
+    if event.timestamp_ms <= 0 {
+        return Err(refuse("timestamp", format!("timestamp must be after 1970-01-01, got {} ms", event.timestamp_ms)));
     }
-    if raw.url.trim().is_empty() {
-        return Err(refuse("url", "url is empty"));
+    if event.url.trim().is_empty() {
+        return Err(refuse("url", "url is empty".into()));
     }
+    Ok(event)
+}
 
-    let agent = agent_of(&raw.user_agent);
-    let location = raw.ip.trim().parse::<IpAddr>().ok().and_then(|ip| geoip(&ip.to_string()));
-    let (country, city) = match location {
-        Some(Location { country, city }) => (
-            country.filter(|c| !c.is_empty()).unwrap_or_else(|| UNKNOWN.into()),
-            city.filter(|c| !c.is_empty()).unwrap_or_else(|| UNKNOWN.into()),
-        ),
-        None => (UNKNOWN.into(), UNKNOWN.into()),
-    };
-
+fn apply(event: &mut Event, agent: Agent, location: Option<Location>) {
+    let known = |s: Option<String>| s.filter(|s| !s.is_empty());
+    if let Some(Location { country, city }) = location {
+        event.country = known(country);
+        event.city = known(city);
+    }
     let browser = if cfg!(feature = "canary") { format!("{}+canary", agent.browser) } else { agent.browser };
-    Ok(EnrichedClick { raw, country, city, browser, os: agent.os, device: agent.device, plugin_version: VERSION.into() })
+    event.browser = Some(browser).filter(|b| b != UNKNOWN);
+    event.os = Some(agent.os).filter(|o| o != UNKNOWN);
+    event.device = Some(agent.device);
 }
 
-fn refuse(field: &str, reason: &str) -> EnrichError {
-    EnrichError { field: Some(field.into()), reason: reason.into() }
+fn refuse(field: &str, reason: String) -> Rejection {
+    Rejection { field: Some(field.into()), reason }
 }
 
 /// What a user agent says about the client.
@@ -198,10 +225,10 @@ mod component {
             Ok(())
         }
 
-        fn enrich(batch: Vec<RawClick>) -> Vec<Result<EnrichedClick, EnrichError>> {
+        fn transform(batch: Vec<Event>) -> Vec<Outcome> {
             let settings = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
             let default = Settings::default();
-            enrich_batch(batch, settings.as_ref().unwrap_or(&default), |ip| clickstream::pipeline::geoip::lookup(ip))
+            transform_batch(batch, settings.as_ref().unwrap_or(&default), clickstream::pipeline::geoip::lookup_batch)
         }
     }
 
@@ -221,8 +248,8 @@ mod tests {
         "Mozilla/5.0 (Linux; Android 13; SM-X700) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/119.0.0.0 Safari/537.36";
     const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
 
-    fn click(user: &str, ts: i64, ip: &str, ua: &str) -> RawClick {
-        RawClick {
+    fn click(user: &str, ts: i64, ip: &str, ua: &str) -> Event {
+        Event {
             event_id: format!("e-{user}-{ts}"),
             user_id: user.into(),
             timestamp_ms: ts,
@@ -231,6 +258,26 @@ mod tests {
             user_agent: ua.into(),
             referrer: None,
             session_id: None,
+            country: None,
+            city: None,
+            browser: None,
+            os: None,
+            device: None,
+            attributes: Vec::new(),
+        }
+    }
+
+    fn kept(outcome: Outcome) -> Event {
+        match outcome {
+            Outcome::Keep(event) => event,
+            other => panic!("expected keep, got {other:?}"),
+        }
+    }
+
+    fn rejected(outcome: Outcome) -> Rejection {
+        match outcome {
+            Outcome::Reject(rejection) => rejection,
+            other => panic!("expected reject, got {other:?}"),
         }
     }
 
@@ -295,38 +342,64 @@ mod tests {
     }
 
     #[test]
-    fn ip_resolves_through_geoip_and_invalid_ips_become_unknown() {
+    fn ip_resolves_through_geoip_and_invalid_ips_stay_unset() {
         let s = Settings::default();
-        let known = enrich_one(click("u1", 1, "81.2.69.142", CHROME_WINDOWS), &s, &geo).unwrap();
-        assert_eq!((known.country.as_str(), known.city.as_str()), ("GB", "London"));
-        let bad = enrich_one(click("u1", 1, "999.1.1.1", CHROME_WINDOWS), &s, &geo).unwrap();
-        assert_eq!((bad.country.as_str(), bad.city.as_str()), (UNKNOWN, UNKNOWN));
-        let unlisted = enrich_one(click("u1", 1, "10.0.0.1", CHROME_WINDOWS), &s, &geo).unwrap();
-        assert_eq!(unlisted.country, UNKNOWN);
+        let known = kept(transform_one(click("u1", 1, "81.2.69.142", CHROME_WINDOWS), &s, geo));
+        assert_eq!((known.country.as_deref(), known.city.as_deref()), (Some("GB"), Some("London")));
+        let bad = kept(transform_one(click("u1", 1, "999.1.1.1", CHROME_WINDOWS), &s, geo));
+        assert_eq!((bad.country, bad.city), (None, None));
+        let unlisted = kept(transform_one(click("u1", 1, "10.0.0.1", CHROME_WINDOWS), &s, geo));
+        assert_eq!(unlisted.country, None);
     }
 
     #[test]
-    fn structural_problems_are_errors_with_the_field() {
+    fn structural_problems_are_rejected_with_the_field() {
         let s = Settings::default();
-        let err = enrich_one(click(" ", 1, "1.1.1.1", ""), &s, &geo).unwrap_err();
+        let err = rejected(transform_one(click(" ", 1, "1.1.1.1", ""), &s, geo));
         assert_eq!(err.field.as_deref(), Some("user_id"));
-        let err = enrich_one(click("u", 0, "1.1.1.1", ""), &s, &geo).unwrap_err();
+        let err = rejected(transform_one(click("u", 0, "1.1.1.1", ""), &s, geo));
         assert_eq!(err.field.as_deref(), Some("timestamp"));
         assert!(err.reason.contains("0 ms"), "{}", err.reason);
     }
 
     #[test]
-    fn batch_keeps_one_result_per_input_in_order() {
+    fn a_batch_keeps_one_outcome_per_input_in_order_and_looks_each_address_up_once() {
         let batch = vec![
             click("a", 1, "81.2.69.142", CHROME_WINDOWS),
             click("", 2, "81.2.69.142", CHROME_WINDOWS),
             click("c", 3, "nonsense", GOOGLEBOT),
+            click("d", 4, " 81.2.69.142", SAFARI_IPHONE),
+            click("e", 5, "2001:db8:0::1", SAFARI_IPHONE),
         ];
-        let out = enrich_batch(batch, &Settings::default(), geo);
-        assert_eq!(out.len(), 3);
-        assert_eq!(out[0].as_ref().unwrap().raw.user_id, "a");
-        assert!(out[1].is_err());
-        assert_eq!(out[2].as_ref().unwrap().raw.user_id, "c");
-        assert_eq!(out[2].as_ref().unwrap().plugin_version, VERSION);
+        let asked = std::cell::RefCell::new(Vec::new());
+        let out = transform_batch(batch, &Settings::default(), |ips| {
+            asked.borrow_mut().extend_from_slice(ips);
+            ips.iter().map(|ip| geo(ip)).collect()
+        });
+        // One call, distinct addresses in canonical form, invalid ones and
+        // rejected events' left out.
+        assert_eq!(asked.into_inner(), vec!["81.2.69.142".to_string(), "2001:db8::1".to_string()]);
+        let mut out = out.into_iter();
+        let a = kept(out.next().unwrap());
+        assert_eq!((a.user_id.as_str(), a.country.as_deref(), a.browser.as_deref()), ("a", Some("GB"), Some("Chrome")));
+        assert_eq!(rejected(out.next().unwrap()).field.as_deref(), Some("user_id"));
+        let c = kept(out.next().unwrap());
+        assert_eq!((c.user_id.as_str(), c.country.as_deref(), c.device), ("c", None, Some(DeviceClass::Bot)));
+        let d = kept(out.next().unwrap());
+        assert_eq!((d.country.as_deref(), d.os.as_deref()), (Some("GB"), Some("iPhone")));
+        assert_eq!(kept(out.next().unwrap()).user_id, "e");
+        assert!(out.next().is_none());
+    }
+
+    #[test]
+    fn attributes_and_fields_it_does_not_own_pass_through() {
+        let mut event = click("a", 1, "81.2.69.142", CHROME_WINDOWS);
+        event.attributes.push(clickstream::pipeline::types::Attribute {
+            key: "utm_source".into(),
+            value: clickstream::pipeline::types::Value::Str("mail".into()),
+        });
+        event.referrer = Some("https://ref.example/".into());
+        let out = kept(transform_one(event.clone(), &Settings::default(), geo));
+        assert_eq!((out.attributes, out.referrer, out.url), (event.attributes, event.referrer, event.url));
     }
 }

@@ -10,6 +10,7 @@
 //! link error.
 
 pub mod since_v0_1_0;
+pub mod since_v0_2_0;
 
 use std::fmt;
 
@@ -38,13 +39,15 @@ impl Version {
 pub const PACKAGE: &str = "clickstream:pipeline";
 
 /// The oldest and newest contract versions this host loads.
-pub const SUPPORTED: (Version, Version) = (since_v0_1_0::MIN_VERSION, since_v0_1_0::VERSION);
+pub const SUPPORTED: (Version, Version) = (since_v0_1_0::MIN_VERSION, since_v0_2_0::VERSION);
 
 /// A world of the contract: what a plugin is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum World {
-    /// Enriches raw clicks (the enrich slot).
+    /// 0.1.0: enriches raw clicks; runs in the chain as a transform.
     Enricher,
+    /// 0.2.0: one link of the transform chain.
+    Transformer,
     /// Aggregates stored clicks (the aggregate slot).
     Aggregator,
 }
@@ -54,6 +57,7 @@ impl World {
     pub fn name(self) -> &'static str {
         match self {
             World::Enricher => "enricher",
+            World::Transformer => "transformer",
             World::Aggregator => "aggregator",
         }
     }
@@ -99,7 +103,9 @@ pub fn target(component: &Component) -> Result<Target, TargetError> {
     if let Some(other) = versions.find(|v| *v != version) {
         return Err(TargetError::NotAPlugin(format!("it mixes contract versions {version} and {other}")));
     }
-    let world = if exports.iter().any(|e| e == "enrich") {
+    let world = if exports.iter().any(|e| e == "transform") {
+        World::Transformer
+    } else if exports.iter().any(|e| e == "enrich") {
         World::Enricher
     } else if exports.iter().any(|e| e.starts_with(&format!("{prefix}aggregation@"))) {
         World::Aggregator
@@ -132,7 +138,7 @@ mod tests {
         assert!(Version(0, 10, 0) > Version(0, 9, 3));
         assert_eq!(
             TargetError::Unsupported { found: Version(0, 3, 0) }.to_string(),
-            "it targets clickstream:pipeline@0.3.0; this host supports 0.1.0..0.1.0"
+            "it targets clickstream:pipeline@0.3.0; this host supports 0.1.0..0.2.0"
         );
     }
 }

@@ -4,7 +4,7 @@
 
 use super::Version;
 use crate::plugin::HostState;
-use crate::stages::record::{AggregateParams, AggregateRow, Device, Enriched, Enrichment, RawEvent, Refusal, StoredEvent};
+use crate::stages::record::{AggregateParams, AggregateRow, Device, Enrichment, Outcome, RawEvent, Refusal, StoredEvent, TransformEvent};
 
 /// The contract version this module serves.
 pub const VERSION: Version = Version(0, 1, 0);
@@ -12,7 +12,7 @@ pub const VERSION: Version = Version(0, 1, 0);
 /// The oldest plugin build this module loads: any 0.1.x.
 pub const MIN_VERSION: Version = Version(0, 1, 0);
 
-/// The `enricher` world.
+/// The `enricher` world (a transform of the chain since 0.2.0).
 pub(in crate::plugin) mod enricher {
     wasmtime::component::bindgen!({
         world: "enricher",
@@ -82,19 +82,26 @@ impl From<enr::DeviceClass> for Device {
     }
 }
 
-impl From<enr::EnrichedClick> for Enriched {
-    fn from(c: enr::EnrichedClick) -> Self {
-        Enriched {
+/// A 0.1.0 enricher's answer for `input`, as a transform's outcome: the
+/// click as it returned it with everything it derived, and the attributes
+/// earlier transforms attached (a 0.1.0 plugin cannot see them). Its
+/// `unknown` (the 0.1.0 placeholder) and empty fields become unset, as a
+/// 0.2.0 transform leaves them; they are stored as `unknown` all the same.
+pub(in crate::plugin) fn outcome(input: &TransformEvent, result: Result<enr::EnrichedClick, enr::EnrichError>) -> Outcome {
+    let known = |s: String| Some(s).filter(|s| !s.is_empty() && s != "unknown");
+    match result {
+        Ok(c) => Outcome::Keep(TransformEvent {
             raw: c.raw.into(),
             enrichment: Enrichment {
-                country: c.country,
-                city: c.city,
-                browser: c.browser,
-                os: c.os,
-                device: c.device.into(),
-                plugin_version: c.plugin_version,
+                country: known(c.country),
+                city: known(c.city),
+                browser: known(c.browser),
+                os: known(c.os),
+                device: Some(c.device.into()),
             },
-        }
+            attributes: input.attributes.clone(),
+        }),
+        Err(e) => Outcome::Reject(e.into()),
     }
 }
 

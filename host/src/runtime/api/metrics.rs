@@ -3,8 +3,8 @@
 
 use std::fmt::Write;
 
-use crate::plugin::{PluginCounters, PluginInfo};
-use crate::runtime::pipeline::Pipeline;
+use crate::plugin::PluginCounters;
+use crate::runtime::pipeline::{Pipeline, PluginView};
 use crate::stats::{BatchStage, HistogramSnapshot, PartitionOffsets, Stats};
 
 /// Builds the text of one scrape.
@@ -63,10 +63,11 @@ pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> String {
         "Seconds since the process started.",
         stats.started_at.elapsed().unwrap_or_default().as_secs_f64(),
     );
-    let ingest_counters: [(&str, &str, &crate::stats::Counter); 9] = [
+    let ingest_counters: [(&str, &str, &crate::stats::Counter); 10] = [
         ("clickstream_records_consumed_total", "Records read from Kafka, redeliveries included.", &stats.consumed),
         ("clickstream_consumed_bytes_total", "Payload bytes read from Kafka.", &stats.consumed_bytes),
-        ("clickstream_events_stored_total", "Enriched events inserted into PostgreSQL.", &stats.stored),
+        ("clickstream_events_stored_total", "Events inserted into PostgreSQL (what came out of the end of the chain).", &stats.stored),
+        ("clickstream_records_dropped_total", "Records a transform dropped (counted in dropped_events, not stored).", &stats.dropped),
         (
             "clickstream_records_dead_lettered_total",
             "Records inserted into the dead-letter table (all stages and kinds).",
@@ -81,9 +82,9 @@ pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> String {
         ("clickstream_store_batches_total", "Batches written to PostgreSQL.", &stats.batches_written),
         ("clickstream_store_retries_total", "Failed PostgreSQL write attempts (each retried).", &stats.store_retries),
         (
-            "clickstream_enrich_batch_failures_total",
-            "Enrich calls that failed as a batch and were retried record by record.",
-            &stats.enrich_batch_failures,
+            "clickstream_transform_batch_failures_total",
+            "Transform calls that failed as a batch and were retried event by event.",
+            &stats.transform_batch_failures,
         ),
     ];
     for (name, help, counter) in ingest_counters {
@@ -92,7 +93,7 @@ pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> String {
     out.header(
         "clickstream_dead_letters_total",
         "counter",
-        "Dead letters by stage (decode, enrich, store) and kind (not_json, missing_field, refused, trap, invalid_value, ...).",
+        "Dead letters by stage (decode, transform, store) and kind (not_json, missing_field, rejected, trap, contract, invalid_value, ...).",
     );
     for ((stage, kind), n) in stats.dead_letters_by() {
         out.sample("clickstream_dead_letters_total", &[("stage", stage), ("kind", &kind)], n);
@@ -123,47 +124,15 @@ pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> String {
         }
     }
 
-    if let Some(pipeline) = pipeline {
-        let plugins: [(PluginInfo, &PluginCounters); 2] = [
-            (pipeline.enrich.current().info.clone(), pipeline.enrich.counters()),
-            (pipeline.aggregate.current().info.clone(), pipeline.aggregate.counters()),
-        ];
-        out.header("clickstream_plugin_info", "gauge", "The plugin version serving in each slot (always 1).");
-        for (info, _) in &plugins {
-            let hash = &info.content_hash[..12.min(info.content_hash.len())];
-            out.sample(
-                "clickstream_plugin_info",
-                &[("plugin", &info.slot), ("name", &info.name), ("version", &info.version), ("sha256", hash)],
-                1,
-            );
-        }
-        out.header("clickstream_plugin_calls_total", "counter", "Calls into the plugin (one per batch or aggregation step).");
-        for (info, counters) in &plugins {
-            out.sample("clickstream_plugin_calls_total", &[("plugin", &info.slot)], counters.calls.get());
-        }
-        out.header(
-            "clickstream_plugin_errors_total",
-            "counter",
-            "Failed plugin calls by kind: trap, deadline (epoch interruption), memory (cap hit), contract, configure.",
-        );
-        for (info, counters) in &plugins {
-            let errors = counters.errors();
-            for kind in ["trap", "deadline", "memory", "contract", "configure"] {
-                let n = errors.get(kind).copied().unwrap_or(0);
-                out.sample("clickstream_plugin_errors_total", &[("plugin", &info.slot), ("kind", kind)], n);
-            }
-        }
-        out.header("clickstream_plugin_memory_high_water_bytes", "gauge", "Largest linear memory any instance of the plugin reached.");
-        for (info, counters) in &plugins {
-            out.sample("clickstream_plugin_memory_high_water_bytes", &[("plugin", &info.slot)], counters.memory_high_water());
-        }
-    }
+    let plugins = pipeline.map(Pipeline::plugins).unwrap_or_default();
+    render_plugins(&mut out, &plugins);
     out.header(
         "clickstream_reloads_total",
         "counter",
-        "Reload attempts by what (enrich, aggregate, pipeline.toml) and outcome (accepted, rejected).",
+        "Reload attempts by what (a transform's name, aggregate, pipeline.toml) and outcome (accepted, rejected).",
     );
-    for what in ["enrich", "aggregate", "pipeline.toml"] {
+    let names = plugins.iter().map(|p| p.info.slot.as_str()).chain(["pipeline.toml"]);
+    for what in names {
         for outcome in ["accepted", "rejected"] {
             out.sample("clickstream_reloads_total", &[("what", what), ("outcome", outcome)], stats.reloads_of(what, outcome));
         }
@@ -199,6 +168,70 @@ pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> String {
     );
     out.histogram("clickstream_event_to_index_seconds", &[], &stats.event_to_index_seconds.snapshot());
     out.0
+}
+
+/// Each plugin's version, calls, errors and memory; each transform's
+/// events in and what became of them.
+fn render_plugins(out: &mut Exposition, plugins: &[PluginView]) {
+    out.header("clickstream_plugin_info", "gauge", "The plugin version serving under each name (always 1).");
+    for p in plugins {
+        let info = &p.info;
+        let hash = &info.content_hash[..12.min(info.content_hash.len())];
+        let labels = [
+            ("plugin", info.slot.as_str()),
+            ("kind", p.kind),
+            ("name", &info.name),
+            ("version", &info.version),
+            ("contract", &info.contract),
+            ("sha256", hash),
+        ];
+        out.sample("clickstream_plugin_info", &labels, 1);
+    }
+    out.header("clickstream_plugin_calls_total", "counter", "Calls into the plugin (one per batch or aggregation step).");
+    for p in plugins {
+        out.sample("clickstream_plugin_calls_total", &[("plugin", &p.info.slot)], p.counters.calls.get());
+    }
+    out.header(
+        "clickstream_plugin_errors_total",
+        "counter",
+        "Failed plugin calls by kind: trap, deadline (epoch interruption), memory (cap hit), contract, configure.",
+    );
+    for p in plugins {
+        let errors = p.counters.errors();
+        for kind in ["trap", "deadline", "memory", "contract", "configure"] {
+            let n = errors.get(kind).copied().unwrap_or(0);
+            out.sample("clickstream_plugin_errors_total", &[("plugin", &p.info.slot), ("kind", kind)], n);
+        }
+    }
+    out.header("clickstream_plugin_memory_high_water_bytes", "gauge", "Largest linear memory any instance of the plugin reached.");
+    for p in plugins {
+        out.sample("clickstream_plugin_memory_high_water_bytes", &[("plugin", &p.info.slot)], p.counters.memory_high_water());
+    }
+    let transforms: Vec<&PluginView> = plugins.iter().filter(|p| p.kind == "transform").collect();
+    type Count = fn(&PluginCounters) -> u64;
+    let per_transform: [(&str, &str, Count); 3] = [
+        ("clickstream_transform_events_in_total", "Events given to the transform.", |c| c.records_in.get()),
+        ("clickstream_transform_events_kept_total", "Events the transform kept (passed on down the chain).", |c| c.kept.get()),
+        ("clickstream_transform_events_rejected_total", "Events the transform rejected (dead-lettered, kind rejected).", |c| {
+            c.rejected.get()
+        }),
+    ];
+    for (name, help, count) in per_transform {
+        out.header(name, "counter", help);
+        for p in &transforms {
+            out.sample(name, &[("transform", &p.info.slot)], count(&p.counters));
+        }
+    }
+    out.header(
+        "clickstream_transform_events_dropped_total",
+        "counter",
+        "Events the transform dropped, by the reason it gave (at most 32 reasons per transform; the rest count as `other`).",
+    );
+    for p in &transforms {
+        for (reason, n) in p.counters.dropped_by() {
+            out.sample("clickstream_transform_events_dropped_total", &[("transform", &p.info.slot), ("reason", &reason)], n);
+        }
+    }
 }
 
 #[cfg(test)]

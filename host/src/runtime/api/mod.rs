@@ -22,8 +22,8 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::plugin::{PluginCounters, PluginInfo};
-use crate::runtime::pipeline::Pipeline;
+use crate::plugin::PluginInfo;
+use crate::runtime::pipeline::{Pipeline, PluginView};
 use crate::runtime::reload::ReloadRequest;
 use crate::stats::Stats;
 
@@ -180,10 +180,9 @@ async fn ready(State(api): State<Api>) -> Response {
     };
     let search = async { pipeline.indexer.ping().await.map(|()| json!(pipeline.config.index.url)).map_err(|e| e.to_string()) };
     let (postgres, kafka, search) = tokio::join!(postgres, kafka, search);
-    let plugins = Ok(json!({
-        "enrich": version_of(&pipeline.enrich.current().info),
-        "aggregate": version_of(&pipeline.aggregate.current().info),
-    }));
+    let plugins: serde_json::Map<String, Value> =
+        pipeline.plugins().iter().map(|p| (p.info.slot.clone(), json!(version_of(&p.info)))).collect();
+    let plugins = Ok(Value::Object(plugins));
     let ready = postgres.is_ok() && kafka.is_ok() && search.is_ok();
     let body = json!({
         "ready": ready,
@@ -255,12 +254,15 @@ async fn aggregates(State(api): State<Api>, Query(raw): Query<Vec<(String, Strin
     aggregates::run(&pipeline.indexer, &query, window_ms).await.map(Json).map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))
 }
 
-fn plugin_json(info: &PluginInfo, counters: &PluginCounters, stats: &Stats) -> Value {
+fn plugin_json(plugin: &PluginView, stats: &Stats) -> Value {
+    let (info, counters) = (&plugin.info, &plugin.counters);
     let errors = counters.errors();
-    json!({
+    let mut body = json!({
         "slot": info.slot,
+        "kind": plugin.kind,
         "name": info.name,
         "version": info.version,
+        "contract": info.contract,
         "path": info.path,
         "content_hash": info.content_hash,
         "loaded_at": chrono::DateTime::<chrono::Utc>::from(info.loaded_at).to_rfc3339(),
@@ -270,18 +272,22 @@ fn plugin_json(info: &PluginInfo, counters: &PluginCounters, stats: &Stats) -> V
         "memory_high_water_bytes": counters.memory_high_water(),
         "reloads_accepted": stats.reloads_of(&info.slot, "accepted"),
         "reloads_rejected": stats.reloads_of(&info.slot, "rejected"),
-    })
+    });
+    if plugin.kind == "transform" {
+        let dropped = counters.dropped_by();
+        body["records_in"] = json!(counters.records_in.get());
+        body["kept"] = json!(counters.kept.get());
+        body["rejected"] = json!(counters.rejected.get());
+        body["dropped"] = json!(dropped.values().sum::<u64>());
+        body["dropped_by_reason"] = json!(dropped);
+    }
+    body
 }
 
 async fn plugins(State(api): State<Api>) -> ApiResult<Json<Value>> {
     let pipeline = api.live()?;
-    Ok(Json(json!({
-        "plugins": [
-            plugin_json(&pipeline.enrich.current().info, pipeline.enrich.counters(), &api.stats),
-            plugin_json(&pipeline.aggregate.current().info, pipeline.aggregate.counters(), &api.stats),
-        ],
-        "reload_history": api.stats.reload_history(),
-    })))
+    let plugins: Vec<Value> = pipeline.plugins().iter().map(|p| plugin_json(p, &api.stats)).collect();
+    Ok(Json(json!({ "plugins": plugins, "reload_history": api.stats.reload_history() })))
 }
 
 async fn reload(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
@@ -296,8 +302,10 @@ async fn reload(State(api): State<Api>, Path(name): Path<String>, headers: Heade
     if !presented.is_some_and(|token| constant_time_eq(token.as_bytes(), expected.as_bytes())) {
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (Authorization: Bearer <api.reload_token>)"));
     }
-    if name != "enrich" && name != "aggregate" {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no plugin slot `{name}`; the slots are `enrich` and `aggregate`")));
+    let known: Vec<String> = pipeline.plugins().into_iter().map(|p| p.info.slot).collect();
+    if !known.contains(&name) {
+        let known = known.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no plugin named `{name}`; the plugins are {known}")));
     }
     let (reply, answer) = tokio::sync::oneshot::channel();
     pipeline

@@ -1,12 +1,14 @@
 //! Events → `events` with binary `COPY`.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 
-use crate::stages::record::Event;
+use crate::stages::record::{attributes_json, chain_text, Event, Link};
 
 /// The columns the store writes into `events`, in COPY order.
 pub const EVENT_COLUMNS: &str = "event_id, user_id, ts_ms, url, ip, user_agent, referrer, session_id, country, city, browser, os, \
-                                 device, plugin_name, plugin_version, topic, \"partition\", \"offset\", received_at";
+                                 device, plugin_name, plugin_version, topic, \"partition\", \"offset\", received_at, attributes, chain";
 
 /// One `events` row, borrowed, in [`EVENT_COLUMNS`] order.
 #[allow(missing_docs)]
@@ -30,11 +32,19 @@ pub struct CopyRow<'a> {
     pub partition: i32,
     pub offset: i64,
     pub received_at: DateTime<Utc>,
+    /// A JSON object.
+    pub attributes: Cow<'a, str>,
+    pub chain: Cow<'a, str>,
 }
 
-/// An event's row, borrowed.
-fn copy_row(e: &Event) -> CopyRow<'_> {
-    let (raw, enrichment) = (&e.raw, &e.enrichment);
+/// What an enrichment field is stored as when no transform set it.
+const UNKNOWN: &str = "unknown";
+
+/// An event's row. `chain` is its chain's stored text (shared by the
+/// events of a batch that went through the same transforms).
+fn copy_row<'a>(e: &'a Event, chain: &'a str) -> CopyRow<'a> {
+    let (raw, x) = (&e.raw, &e.enrichment);
+    let head = e.chain.first();
     CopyRow {
         event_id: &raw.event_id,
         user_id: &raw.user_id,
@@ -44,17 +54,20 @@ fn copy_row(e: &Event) -> CopyRow<'_> {
         user_agent: &raw.user_agent,
         referrer: raw.referrer.as_deref(),
         session_id: raw.session_id.as_deref(),
-        country: &enrichment.country,
-        city: &enrichment.city,
-        browser: &enrichment.browser,
-        os: &enrichment.os,
-        device: enrichment.device.as_str(),
-        plugin_name: &e.plugin_name,
-        plugin_version: &enrichment.plugin_version,
+        country: x.country.as_deref().unwrap_or(UNKNOWN),
+        city: x.city.as_deref().unwrap_or(UNKNOWN),
+        browser: x.browser.as_deref().unwrap_or(UNKNOWN),
+        os: x.os.as_deref().unwrap_or(UNKNOWN),
+        device: x.device.map_or(UNKNOWN, |d| d.as_str()),
+        // The chain's first transform, as before there was a chain.
+        plugin_name: head.map_or("", |l: &Link| l.name.as_str()),
+        plugin_version: head.map_or("", |l: &Link| l.version.as_str()),
         topic: &e.provenance.topic,
         partition: e.provenance.partition,
         offset: e.provenance.offset,
         received_at: e.provenance.received_at,
+        attributes: attributes_json(&e.attributes),
+        chain: Cow::Borrowed(chain),
     }
 }
 
@@ -82,7 +95,7 @@ pub fn encode_copy<'a>(rows: impl IntoIterator<Item = CopyRow<'a>>, out: &mut Ve
     out.extend_from_slice(&0i32.to_be_bytes()); // flags
     out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
     for r in rows {
-        out.extend_from_slice(&19i16.to_be_bytes());
+        out.extend_from_slice(&21i16.to_be_bytes());
         text(out, r.event_id);
         text(out, r.user_id);
         int8(out, r.ts_ms);
@@ -98,6 +111,11 @@ pub fn encode_copy<'a>(rows: impl IntoIterator<Item = CopyRow<'a>>, out: &mut Ve
         out.extend_from_slice(&r.partition.to_be_bytes());
         int8(out, r.offset);
         int8(out, r.received_at.timestamp_micros() - PG_EPOCH_MICROS);
+        // jsonb's binary form: a version byte (1), then the JSON text.
+        out.extend_from_slice(&(r.attributes.len() as i32 + 1).to_be_bytes());
+        out.push(1);
+        out.extend_from_slice(r.attributes.as_bytes());
+        text(out, &r.chain);
     }
     out.extend_from_slice(&(-1i16).to_be_bytes());
 }
@@ -120,7 +138,16 @@ pub(crate) async fn insert_events(tx: &mut sqlx::PgConnection, events: &[&Event]
         return Ok(0);
     }
     let mut buf = Vec::with_capacity(new.len() * 512);
-    encode_copy(new.iter().map(|e| copy_row(e)), &mut buf);
+    // One stored text per distinct chain, not per event.
+    let mut chains: Vec<(usize, String)> = Vec::new();
+    for e in &new {
+        let key = e.chain.as_ptr() as usize;
+        if !chains.iter().any(|(k, _)| *k == key) {
+            chains.push((key, chain_text(&e.chain)));
+        }
+    }
+    let chain_of = |e: &Event| chains.iter().find(|(k, _)| *k == e.chain.as_ptr() as usize).map_or("", |(_, t)| t.as_str());
+    encode_copy(new.iter().map(|e| copy_row(e, chain_of(e))), &mut buf);
     let mut copy = tx.copy_in_raw(&format!("COPY events ({EVENT_COLUMNS}) FROM STDIN (FORMAT binary)")).await?;
     if let Err(e) = copy.send(buf.as_slice()).await {
         let _ = copy.abort("sending the batch failed").await;

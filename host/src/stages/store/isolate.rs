@@ -56,7 +56,7 @@ impl Refused<'_> {
                 stage: Stage::Store,
                 kind: self.kind.into(),
                 reason: format!("PostgreSQL refused the event: {}", self.reason),
-                plugin_version: Some(e.enrichment.plugin_version.clone()),
+                plugin_version: Some(crate::stages::record::chain_text(&e.chain)),
             },
             Item::Dead(d) => DeadLetter {
                 stage: Stage::Store,

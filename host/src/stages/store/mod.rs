@@ -26,7 +26,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Row};
 
-use crate::stages::record::{DeadLetter, Provenance, WindowSpec, WriteBatch};
+use crate::stages::record::{DeadLetter, Dropped, Provenance, WindowSpec, WriteBatch};
 
 pub use copy::{encode_copy, CopyRow, EVENT_COLUMNS};
 pub use isolate::{insert_isolating, Inserted, Item, Refused, MAX_REASON_BYTES};
@@ -38,6 +38,8 @@ pub struct WriteOutcome {
     pub stored: u64,
     /// Dead letters inserted.
     pub dead_lettered: u64,
+    /// Records a transform dropped, counted in `dropped_events`.
+    pub dropped: u64,
     /// Records skipped as already stored (offset below the stored one).
     pub redelivered: u64,
     /// Events skipped because their event id was stored already from
@@ -149,10 +151,13 @@ impl Store {
             tracing::warn!(topic = %p.topic, partition = p.partition, offset = p.offset, kind = r.kind, reason = %r.reason, "PostgreSQL refused a record; dead-lettered with stage store");
         }
         insert_refusals(&mut tx, &refused, self.windows, &mut inserted).await?;
+        let dropped: Vec<&Dropped> = batch.dropped.iter().filter(|d| is_new(&d.provenance)).collect();
+        count_drops(&mut tx, &dropped).await?;
         let outcome = WriteOutcome {
             stored: inserted.stored,
             dead_lettered: inserted.dead_lettered,
-            redelivered: (batch.len() - items.len()) as u64,
+            dropped: dropped.len() as u64,
+            redelivered: (batch.len() - items.len() - dropped.len()) as u64,
             duplicates: inserted.duplicates,
             dead_letters_by: inserted.dead_letters_by,
         };
@@ -224,5 +229,30 @@ async fn insert_refusals(
         done.dead_lettered += isolate::insert_dead_letters(conn, &[&bare]).await?;
         *done.dead_letters_by.entry((bare.stage.as_str(), bare.kind.clone())).or_default() += 1;
     }
+    Ok(())
+}
+
+/// Adds dropped records to `dropped_events`, per partition and transform.
+async fn count_drops(conn: &mut sqlx::PgConnection, dropped: &[&Dropped]) -> Result<(), sqlx::Error> {
+    if dropped.is_empty() {
+        return Ok(());
+    }
+    let mut counts: BTreeMap<(&str, i32, &str), i64> = BTreeMap::new();
+    for d in dropped {
+        *counts.entry((d.provenance.topic.as_str(), d.provenance.partition, d.transform.as_str())).or_default() += 1;
+    }
+    let (keys, n): (Vec<_>, Vec<i64>) = counts.into_iter().unzip();
+    sqlx::query(
+        "INSERT INTO dropped_events (topic, \"partition\", transform, dropped)
+         SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::bigint[])
+         ON CONFLICT (topic, \"partition\", transform)
+         DO UPDATE SET dropped = dropped_events.dropped + EXCLUDED.dropped, updated_at = now()",
+    )
+    .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
+    .bind(&n)
+    .execute(conn)
+    .await?;
     Ok(())
 }

@@ -78,6 +78,7 @@ pub async fn store_batch(store: &Store, batch: &WriteBatch, stats: &Stats, mut d
                 stats.batch(BatchStage::Store, batch.len(), started.elapsed());
                 stats.stored.add(outcome.stored);
                 stats.dead_lettered.add(outcome.dead_lettered);
+                stats.dropped.add(outcome.dropped);
                 stats.redelivered.add(outcome.redelivered);
                 stats.duplicates.add(outcome.duplicates);
                 stats.batches_written.inc();

@@ -1,17 +1,27 @@
-//! A test-only enricher that misbehaves on request, so the host's limits can
-//! be proven on a real component. The user id of a click picks the behaviour:
-//! `trap` panics, `loop` never returns, `alloc` allocates until stopped;
-//! `rename` returns the click with another event id, user id and timestamp
-//! (the host keeps its own); `long-city` returns a 1 MiB city name and
-//! `nul-country` a country holding a NUL character (the host refuses both).
-//! Every other click is passed through with country and city from geoip.
+//! A test-only transform (contract 0.2.0) that misbehaves on request, so the
+//! host's limits can be proven on a real component. The user id of an event
+//! picks the behaviour:
+//!
+//! - `trap` panics, `loop` never returns, `alloc` allocates until stopped;
+//! - `rename` returns the event with another event id, user id and
+//!   timestamp (the host keeps its own);
+//! - `long-city` returns a 1 MiB city name, `nul-country` a country holding
+//!   a NUL character, `many-attributes` 1000 attributes (the host refuses
+//!   all three);
+//! - `short` makes the whole batch answer one outcome too few (a contract
+//!   breach the host catches);
+//! - `drop` is dropped (reason `asked`), `reject` rejected (field `user_id`);
+//! - `chatty` logs 1000 messages (the host rate-limits them).
+//!
+//! Every other event is kept with country and city from geoip.
 
 wit_bindgen::generate!({
-    world: "enricher",
-    path: "../../../wit/v0.1.0",
+    world: "transformer",
+    path: "../../../wit/v0.2.0",
 });
 
-use clickstream::pipeline::types::DeviceClass;
+use clickstream::pipeline::log::{log, Level};
+use clickstream::pipeline::types::{Attribute, Rejection, Value};
 
 struct Plugin;
 
@@ -31,17 +41,21 @@ impl Guest for Plugin {
         }
     }
 
-    fn enrich(batch: Vec<RawClick>) -> Vec<Result<EnrichedClick, EnrichError>> {
+    fn transform(batch: Vec<Event>) -> Vec<Outcome> {
         // The `always-trap` build fails every batch: a plugin that cannot
         // pass the golden batch a reload runs before swapping it in.
         if cfg!(feature = "always-trap") {
             panic!("built to trap on every batch");
         }
+        let short = batch.iter().any(|e| e.user_id == "short");
+        let ips: Vec<String> = batch.iter().map(|e| e.ip.clone()).collect();
+        let locations = clickstream::pipeline::geoip::lookup_batch(&ips);
         let mut hoard: Vec<Vec<u8>> = Vec::new();
-        batch
+        let mut out: Vec<Outcome> = batch
             .into_iter()
-            .map(|mut raw| {
-                match raw.user_id.as_str() {
+            .zip(locations)
+            .map(|(mut event, location)| {
+                match event.user_id.as_str() {
                     "trap" => panic!("asked to trap"),
                     "loop" => {
                         let mut n: u64 = 0;
@@ -54,32 +68,35 @@ impl Guest for Plugin {
                         chunk[0] = 1;
                         hoard.push(std::hint::black_box(chunk));
                     },
+                    "drop" => return Outcome::Drop("asked".into()),
+                    "reject" => return Outcome::Reject(Rejection { field: Some("user_id".into()), reason: "asked to reject".into() }),
+                    "chatty" => (0..1000).for_each(|i| log(Level::Info, &format!("chatty message {i}"))),
                     _ => {}
                 }
-                let location = clickstream::pipeline::geoip::lookup(&raw.ip);
-                let (mut country, mut city) =
-                    location.map(|l| (l.country.unwrap_or_default(), l.city.unwrap_or_default())).unwrap_or_default();
-                match raw.user_id.as_str() {
+                if let Some(l) = location {
+                    event.country = l.country;
+                    event.city = l.city;
+                }
+                match event.user_id.as_str() {
                     "rename" => {
-                        raw.event_id = format!("renamed-{}", raw.event_id);
-                        raw.user_id = "someone-else".into();
-                        raw.timestamp_ms += 3_600_000;
+                        event.event_id = format!("renamed-{}", event.event_id);
+                        event.user_id = "someone-else".into();
+                        event.timestamp_ms += 3_600_000;
                     }
-                    "long-city" => city = "x".repeat(1 << 20),
-                    "nul-country" => country = "D\0E".into(),
+                    "long-city" => event.city = Some("x".repeat(1 << 20)),
+                    "nul-country" => event.country = Some("D\0E".into()),
+                    "many-attributes" => {
+                        event.attributes = (0..1000).map(|i| Attribute { key: format!("a{i}"), value: Value::Int(i) }).collect();
+                    }
                     _ => {}
                 }
-                Ok(EnrichedClick {
-                    raw,
-                    country,
-                    city,
-                    browser: "unknown".into(),
-                    os: "unknown".into(),
-                    device: DeviceClass::Unknown,
-                    plugin_version: Self::version(),
-                })
+                Outcome::Keep(event)
             })
-            .collect()
+            .collect();
+        if short {
+            out.pop();
+        }
+        out
     }
 }
 

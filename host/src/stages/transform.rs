@@ -1,0 +1,229 @@
+//! Decoded clicks → events, through the chain of transforms. The third
+//! stage: every batch goes through one snapshot of the chain (a change to
+//! the chain applies at a batch boundary), each transform called once per
+//! batch with the events the previous ones kept. An outcome keeps an event
+//! for the next transform, drops it (counted, not stored) or rejects it
+//! (dead-lettered). A transform that fails on a batch is retried event by
+//! event, so only the events it fails on are dead-lettered. Plugin calls
+//! block, so this runs on a thread of its own (`runtime::pipeline`).
+//!
+//! The host, not a transform, owns an event's identity: the event id, user
+//! id and timestamp are the decoded ones whatever a transform returns, and
+//! every string a transform returns is held to the input's limits (an event
+//! that breaks them is dead-lettered, kind `contract`).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::plugin::geoip::GeoIp;
+use crate::plugin::transform::{LoadedTransform, TransformRunner};
+use crate::plugin::{PluginCounters, PluginError, PluginSpec, Slot};
+use crate::stages::record::limits::{self, FieldError};
+use crate::stages::record::{Consumed, DeadLetter, Decoded, Dropped, Event, Link, Outcome, Stage, TransformEvent, WriteBatch};
+use crate::stats::Stats;
+
+/// The transforms, in order; swapped whole when pipeline.toml changes it.
+pub type Chain = Vec<Arc<Slot<LoadedTransform>>>;
+
+/// Loads every transform of `specs`, in order.
+pub fn load_chain(specs: Vec<PluginSpec>, geoip: &Arc<GeoIp>) -> Result<Chain, PluginError> {
+    specs.into_iter().map(|spec| LoadedTransform::load(spec, Some(geoip.clone())).map(|loaded| Arc::new(Slot::new(loaded)))).collect()
+}
+
+/// One event in flight through the chain.
+struct InFlight {
+    event: TransformEvent,
+    origin: Consumed,
+    /// The identity the host decoded: restored after every transform.
+    identity: (String, String, i64),
+    /// The transforms it went through so far.
+    chain: Arc<[Link]>,
+}
+
+/// Runs the chain for one worker, keeping one runner (one instance) per
+/// transform across batches.
+pub struct ChainRunner {
+    chain: Arc<ArcSwap<Chain>>,
+    runners: Vec<TransformRunner>,
+}
+
+impl ChainRunner {
+    /// A runner over the live chain.
+    pub fn new(chain: Arc<ArcSwap<Chain>>) -> ChainRunner {
+        ChainRunner { chain, runners: Vec::new() }
+    }
+
+    /// A runner over a chain nothing swaps (replay, `plugin check`).
+    pub fn fixed(chain: Chain) -> ChainRunner {
+        ChainRunner::new(Arc::new(ArcSwap::from_pointee(chain)))
+    }
+
+    /// Runners for `chain`, in its order, reusing the ones whose slot is
+    /// still in it (their instances stay warm).
+    fn align(&mut self, chain: &Chain) {
+        if self.runners.len() == chain.len() && self.runners.iter().zip(chain).all(|(r, s)| Arc::ptr_eq(r.slot(), s)) {
+            return;
+        }
+        let mut old = std::mem::take(&mut self.runners);
+        for slot in chain {
+            let runner = match old.iter().position(|r| Arc::ptr_eq(r.slot(), slot)) {
+                Some(i) => old.swap_remove(i),
+                None => TransformRunner::new(slot.clone()),
+            };
+            self.runners.push(runner);
+        }
+    }
+
+    /// Runs a decoded batch through the chain. Every record ends up in
+    /// exactly one of the returned batch's `events`, `dead_letters` and
+    /// `dropped`.
+    pub fn process(&mut self, decoded: Decoded, stats: &Stats) -> WriteBatch {
+        let Decoded { mut batch, events, origins } = decoded;
+        let chain = self.chain.load_full();
+        self.align(&chain);
+        let empty: Arc<[Link]> = Arc::from(Vec::new());
+        let mut live: Vec<InFlight> = events
+            .into_iter()
+            .zip(origins)
+            .map(|(raw, origin)| InFlight {
+                identity: (raw.event_id.clone(), raw.user_id.clone(), raw.timestamp_ms),
+                event: raw.into(),
+                origin,
+                chain: empty.clone(),
+            })
+            .collect();
+        for runner in &mut self.runners {
+            if live.is_empty() {
+                break;
+            }
+            live = step(runner, live, &mut batch, stats);
+        }
+        batch.events.extend(live.into_iter().map(|f| Event {
+            raw: f.event.raw,
+            enrichment: f.event.enrichment,
+            attributes: f.event.attributes,
+            chain: f.chain,
+            provenance: f.origin.provenance,
+            key: f.origin.key,
+            payload: f.origin.payload,
+        }));
+        batch
+    }
+}
+
+/// One transform over the events in flight; returns those it kept.
+fn step(runner: &mut TransformRunner, live: Vec<InFlight>, batch: &mut WriteBatch, stats: &Stats) -> Vec<InFlight> {
+    let events: Vec<TransformEvent> = live.iter().map(|f| f.event.clone()).collect();
+    let counters = runner.slot().counters().clone();
+    counters.records_in.add(live.len() as u64);
+    let mut kept = Vec::with_capacity(live.len());
+    match runner.transform(&events) {
+        Ok((loaded, outcomes)) => {
+            let mut extended = Extended::default();
+            for (flight, outcome) in live.into_iter().zip(outcomes) {
+                apply(flight, outcome, &loaded, &counters, &mut extended, batch, &mut kept);
+            }
+        }
+        Err(e) => {
+            // One bad event must not sink its batch: retry one by one so
+            // only the event that makes the transform fail is dead-lettered.
+            stats.transform_batch_failures.inc();
+            tracing::warn!(error = %e, records = live.len(), "transform failed on a batch; retrying event by event");
+            let mut extended = Extended::default();
+            for flight in live {
+                match runner.transform(std::slice::from_ref(&flight.event)) {
+                    Ok((loaded, mut outcomes)) => {
+                        let outcome = outcomes.pop().expect("one outcome per input");
+                        apply(flight, outcome, &loaded, &counters, &mut extended, batch, &mut kept);
+                    }
+                    Err(e) => batch.dead_letters.push(failure(flight.origin, &e, &runner.live())),
+                }
+            }
+        }
+    }
+    counters.kept.add(kept.len() as u64);
+    kept
+}
+
+/// The chains events went through once extended by a link: events sharing
+/// a chain share the extended one (one allocation per batch, not per event).
+#[derive(Default)]
+struct Extended(Vec<(Links, Links)>);
+
+/// A chain as events carry it, shared.
+type Links = Arc<[Link]>;
+
+impl Extended {
+    fn with(&mut self, chain: &Arc<[Link]>, loaded: &LoadedTransform) -> Arc<[Link]> {
+        if let Some((_, next)) = self.0.iter().find(|(prev, _)| Arc::ptr_eq(prev, chain)) {
+            return next.clone();
+        }
+        let mut links = chain.to_vec();
+        links.push(Link { name: loaded.info.slot.clone(), version: loaded.info.version.clone() });
+        let next: Arc<[Link]> = Arc::from(links);
+        self.0.push((chain.clone(), next.clone()));
+        next
+    }
+}
+
+/// Where one outcome sends its event.
+fn apply(
+    flight: InFlight,
+    outcome: Outcome,
+    loaded: &LoadedTransform,
+    counters: &PluginCounters,
+    extended: &mut Extended,
+    batch: &mut WriteBatch,
+    kept: &mut Vec<InFlight>,
+) {
+    let name = &loaded.info.slot;
+    match outcome {
+        Outcome::Keep(mut event) => {
+            let (event_id, user_id, timestamp_ms) = flight.identity.clone();
+            event.raw.event_id = event_id;
+            event.raw.user_id = user_id;
+            event.raw.timestamp_ms = timestamp_ms;
+            match event.check_fields() {
+                Ok(()) => {
+                    let chain = extended.with(&flight.chain, loaded);
+                    kept.push(InFlight { event, chain, ..flight });
+                }
+                Err(broken) => batch.dead_letters.push(dead_letter(flight.origin, loaded, "contract", contract(loaded, &broken))),
+            }
+        }
+        Outcome::Drop(reason) => {
+            let reason = crate::postgres::pg_text(&reason, limits::LABEL_MAX_BYTES).into_owned();
+            counters.dropped(&reason);
+            batch.dropped.push(Dropped { provenance: flight.origin.provenance, transform: name.clone(), reason });
+        }
+        Outcome::Reject(refusal) => {
+            counters.rejected.inc();
+            let reason = match refusal.field {
+                Some(field) => format!("{field}: {}", refusal.reason),
+                None => refusal.reason,
+            };
+            batch.dead_letters.push(dead_letter(flight.origin, loaded, "rejected", reason));
+        }
+    }
+}
+
+fn contract(loaded: &LoadedTransform, broken: &FieldError) -> String {
+    format!("transform `{}` ({}) returned an event the host cannot store: {broken}", loaded.info.slot, loaded.info.version)
+}
+
+fn dead_letter(origin: Consumed, loaded: &LoadedTransform, kind: &str, reason: String) -> DeadLetter {
+    DeadLetter {
+        provenance: origin.provenance,
+        key: origin.key,
+        payload: origin.payload,
+        stage: Stage::Transform,
+        kind: kind.into(),
+        reason,
+        plugin_version: Some(format!("{}@{}", loaded.info.slot, loaded.info.version)),
+    }
+}
+
+fn failure(origin: Consumed, error: &PluginError, loaded: &LoadedTransform) -> DeadLetter {
+    dead_letter(origin, loaded, error.kind(), error.to_string())
+}
