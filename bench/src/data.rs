@@ -235,7 +235,8 @@ pub fn enriched_rows(bench: &Bench, geoip: &Arc<GeoIp>, events: u64) -> Vec<Row>
     let mut offsets = [0i64; PARTITIONS as usize];
     let unknown = |v: Option<String>| v.unwrap_or_else(|| "unknown".into());
     let chain = format!("{}@{}", clickstream_enrich::NAME, clickstream_enrich::VERSION);
-    let rows: Vec<Row> = clickstream_enrich::transform_batch(clicks, &settings, lookup)
+    let rows: Vec<Row> = clickstream_enrich::Enricher::new(settings)
+        .transform_batch(clicks, lookup)
         .into_iter()
         .map(|outcome| match outcome {
             clickstream_enrich::Outcome::Keep(e) => e,

@@ -53,6 +53,9 @@ pub struct BenchArgs {
     /// Events enriched per batch size in the native/WASM sweep [default: 50000, quick 5000].
     #[arg(long)]
     pub enrich_events: Option<u64>,
+    /// Batch sizes of arm 3's sweep, e.g. `4096` to profile one [default: 1, 64, 512, 4096 and --batch-size].
+    #[arg(long, value_delimiter = ',')]
+    pub sweep: Option<Vec<usize>>,
     /// Events inserted one by one in the classic arm [default: 3000, quick 300].
     #[arg(long)]
     pub classic_events: Option<u64>,

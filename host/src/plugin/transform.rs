@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use wasmtime::component::HasSelf;
+use wasmtime::component::{Func, HasSelf};
 use wasmtime::Store;
 
 use super::error::call_error;
@@ -20,10 +20,11 @@ enum Pre {
     V0_2_0(since_v0_2_0::transformer::TransformerPre<HostState>),
 }
 
-/// An instantiated transform, by contract version.
+/// An instantiated transform, by contract version (for 0.2.0, with its
+/// `transform` export, called with the host's records lowered directly).
 enum Bindings {
     V0_1_0(since_v0_1_0::enricher::Enricher),
-    V0_2_0(since_v0_2_0::transformer::Transformer),
+    V0_2_0(since_v0_2_0::transformer::Transformer, Func),
 }
 
 /// A compiled, checked transform, ready to instantiate.
@@ -88,9 +89,12 @@ impl TransformInstance {
                 Ok((Bindings::V0_1_0(bindings), configured))
             }
             Pre::V0_2_0(pre) => {
-                let bindings = pre.instantiate(&mut *store)?;
+                let instance = pre.instance_pre().instantiate(&mut *store)?;
+                let bindings = since_v0_2_0::transformer::Transformer::new(&mut *store, &instance)?;
+                let transform =
+                    instance.get_func(&mut *store, "transform").ok_or_else(|| wasmtime::format_err!("no `transform` export"))?;
                 let configured = bindings.call_configure(&mut *store, settings)?;
-                Ok((Bindings::V0_2_0(bindings), configured))
+                Ok((Bindings::V0_2_0(bindings, transform), configured))
             }
         })?;
         Ok(TransformInstance { store, bindings })
@@ -99,7 +103,7 @@ impl TransformInstance {
     fn identity(&mut self) -> (wasmtime::Result<String>, wasmtime::Result<String>) {
         match &self.bindings {
             Bindings::V0_1_0(b) => (b.call_name(&mut self.store), b.call_version(&mut self.store)),
-            Bindings::V0_2_0(b) => (b.call_name(&mut self.store), b.call_version(&mut self.store)),
+            Bindings::V0_2_0(b, _) => (b.call_name(&mut self.store), b.call_version(&mut self.store)),
         }
     }
 
@@ -115,13 +119,12 @@ impl TransformInstance {
                 }
                 Ok(Ok(batch.iter().zip(results).map(|(input, r)| since_v0_1_0::outcome(input, r)).collect()))
             }
-            Bindings::V0_2_0(b) => {
-                let events: Vec<_> = batch.iter().map(Into::into).collect();
-                let outcomes = b.call_transform(&mut self.store, &events)?;
+            Bindings::V0_2_0(_, transform) => {
+                let outcomes = since_v0_2_0::call_transform(&mut self.store, *transform, batch)?;
                 if outcomes.len() != batch.len() {
                     return Ok(Err(outcomes.len()));
                 }
-                Ok(Ok(outcomes.into_iter().map(Into::into).collect()))
+                Ok(Ok(outcomes))
             }
         }
     }

@@ -31,14 +31,21 @@ pub fn load_chain(specs: Vec<PluginSpec>, geoip: &Arc<GeoIp>) -> Result<Chain, P
     specs.into_iter().map(|spec| LoadedTransform::load(spec, Some(geoip.clone())).map(|loaded| Arc::new(Slot::new(loaded)))).collect()
 }
 
-/// One event in flight through the chain.
+/// What the host keeps beside an event in flight through the chain.
 struct InFlight {
-    event: TransformEvent,
     origin: Consumed,
     /// The identity the host decoded: restored after every transform.
     identity: (String, String, i64),
     /// The transforms it went through so far.
-    chain: Arc<[Link]>,
+    chain: Links,
+}
+
+/// The events in flight and, at the same index, what the host keeps of
+/// each: the events are handed to a transform as they are, without a copy.
+#[derive(Default)]
+struct Live {
+    events: Vec<TransformEvent>,
+    flights: Vec<InFlight>,
 }
 
 /// Runs the chain for one worker, keeping one runner (one instance) per
@@ -82,27 +89,27 @@ impl ChainRunner {
         let Decoded { mut batch, events, origins } = decoded;
         let chain = self.chain.load_full();
         self.align(&chain);
-        let empty: Arc<[Link]> = Arc::from(Vec::new());
-        let mut live: Vec<InFlight> = events
-            .into_iter()
+        let empty: Links = Arc::from(Vec::new());
+        let flights = events
+            .iter()
             .zip(origins)
             .map(|(raw, origin)| InFlight {
                 identity: (raw.event_id.clone(), raw.user_id.clone(), raw.timestamp_ms),
-                event: raw.into(),
                 origin,
                 chain: empty.clone(),
             })
             .collect();
+        let mut live = Live { events: events.into_iter().map(TransformEvent::from).collect(), flights };
         for runner in &mut self.runners {
-            if live.is_empty() {
+            if live.events.is_empty() {
                 break;
             }
             live = step(runner, live, &mut batch, stats);
         }
-        batch.events.extend(live.into_iter().map(|f| Event {
-            raw: f.event.raw,
-            enrichment: f.event.enrichment,
-            attributes: f.event.attributes,
+        batch.events.extend(live.events.into_iter().zip(live.flights).map(|(event, f)| Event {
+            raw: event.raw,
+            enrichment: event.enrichment,
+            attributes: event.attributes,
             chain: f.chain,
             provenance: f.origin.provenance,
             key: f.origin.key,
@@ -113,15 +120,14 @@ impl ChainRunner {
 }
 
 /// One transform over the events in flight; returns those it kept.
-fn step(runner: &mut TransformRunner, live: Vec<InFlight>, batch: &mut WriteBatch, stats: &Stats) -> Vec<InFlight> {
-    let events: Vec<TransformEvent> = live.iter().map(|f| f.event.clone()).collect();
+fn step(runner: &mut TransformRunner, live: Live, batch: &mut WriteBatch, stats: &Stats) -> Live {
     let counters = runner.slot().counters().clone();
-    counters.records_in.add(live.len() as u64);
-    let mut kept = Vec::with_capacity(live.len());
-    match runner.transform(&events) {
+    counters.records_in.add(live.events.len() as u64);
+    let mut kept = Live { events: Vec::with_capacity(live.events.len()), flights: Vec::with_capacity(live.events.len()) };
+    let mut extended = Extended::default();
+    match runner.transform(&live.events) {
         Ok((loaded, outcomes)) => {
-            let mut extended = Extended::default();
-            for (flight, outcome) in live.into_iter().zip(outcomes) {
+            for (flight, outcome) in live.flights.into_iter().zip(outcomes) {
                 apply(flight, outcome, &loaded, &counters, &mut extended, batch, &mut kept);
             }
         }
@@ -129,10 +135,9 @@ fn step(runner: &mut TransformRunner, live: Vec<InFlight>, batch: &mut WriteBatc
             // One bad event must not sink its batch: retry one by one so
             // only the event that makes the transform fail is dead-lettered.
             stats.transform_batch_failures.inc();
-            tracing::warn!(error = %e, records = live.len(), "transform failed on a batch; retrying event by event");
-            let mut extended = Extended::default();
-            for flight in live {
-                match runner.transform(std::slice::from_ref(&flight.event)) {
+            tracing::warn!(error = %e, records = live.events.len(), "transform failed on a batch; retrying event by event");
+            for (event, flight) in live.events.iter().zip(live.flights) {
+                match runner.transform(std::slice::from_ref(event)) {
                     Ok((loaded, mut outcomes)) => {
                         let outcome = outcomes.pop().expect("one outcome per input");
                         apply(flight, outcome, &loaded, &counters, &mut extended, batch, &mut kept);
@@ -142,7 +147,7 @@ fn step(runner: &mut TransformRunner, live: Vec<InFlight>, batch: &mut WriteBatc
             }
         }
     }
-    counters.kept.add(kept.len() as u64);
+    counters.kept.add(kept.events.len() as u64);
     kept
 }
 
@@ -175,19 +180,25 @@ fn apply(
     counters: &PluginCounters,
     extended: &mut Extended,
     batch: &mut WriteBatch,
-    kept: &mut Vec<InFlight>,
+    kept: &mut Live,
 ) {
     let name = &loaded.info.slot;
     match outcome {
         Outcome::Keep(mut event) => {
-            let (event_id, user_id, timestamp_ms) = flight.identity.clone();
-            event.raw.event_id = event_id;
-            event.raw.user_id = user_id;
-            event.raw.timestamp_ms = timestamp_ms;
+            let (event_id, user_id, timestamp_ms) = &flight.identity;
+            // Usually unchanged: compared, not copied.
+            if event.raw.event_id != *event_id {
+                event.raw.event_id.clone_from(event_id);
+            }
+            if event.raw.user_id != *user_id {
+                event.raw.user_id.clone_from(user_id);
+            }
+            event.raw.timestamp_ms = *timestamp_ms;
             match event.check_fields() {
                 Ok(()) => {
                     let chain = extended.with(&flight.chain, loaded);
-                    kept.push(InFlight { event, chain, ..flight });
+                    kept.events.push(event);
+                    kept.flights.push(InFlight { chain, ..flight });
                 }
                 Err(broken) => batch.dead_letters.push(dead_letter(flight.origin, loaded, "contract", contract(loaded, &broken))),
             }

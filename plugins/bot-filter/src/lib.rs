@@ -5,7 +5,7 @@
 //! user agent contains one of the configured markers (reason
 //! `marker:<marker>`). Put it after `enrich` to use both.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 wit_bindgen::generate!({
     world: "transformer",

@@ -2,12 +2,13 @@
 //! OS and device class; IP → country and city through the host's
 //! `geoip.lookup-batch` import, called once per batch.
 //!
-//! The logic is plain Rust ([`transform_batch`]) so it is unit-tested
-//! natively and benchmarked natively by the host; the component export at
+//! The logic is plain Rust ([`Enricher::transform_batch`]) so it is
+//! unit-tested natively and benchmarked natively by the host; the component export at
 //! the bottom is a thin shell around it.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
+
+use foldhash::{HashMap, HashMapExt};
 
 wit_bindgen::generate!({
     world: "transformer",
@@ -64,53 +65,83 @@ impl Settings {
     }
 }
 
-/// Transforms a batch: one outcome per input, in input order. Events that
-/// cannot be aggregated are rejected; the rest are kept with their location
-/// and client filled in. Unparseable user agents and IPs are not errors:
-/// what cannot be determined stays unset (stored as `unknown`).
-///
-/// A clickstream repeats a few user agents and addresses many times:
-/// each distinct user agent is parsed once per batch, and the distinct
-/// addresses are looked up in one `lookup` call (one boundary crossing).
-pub fn transform_batch(batch: Vec<Event>, settings: &Settings, lookup: impl FnOnce(&[String]) -> Vec<Option<Location>>) -> Vec<Outcome> {
-    let checked: Vec<Result<Event, Rejection>> = batch.into_iter().map(check).collect();
+/// User agents whose parse is kept across batches, at most: a clickstream
+/// repeats a few agents endlessly, and parsing one is the costliest step
+/// (substring searches and regexes; in WASM, without the SIMD substring
+/// search native code gets, more so). Past the bound the cache starts over,
+/// so agents a client makes up cannot grow the plugin's memory.
+pub const AGENT_CACHE_ENTRIES: usize = 4096;
 
-    // Distinct valid addresses, in their canonical text form.
-    let mut addresses: Vec<String> = Vec::new();
-    let mut index: HashMap<IpAddr, usize> = HashMap::new();
-    let slots: Vec<Option<usize>> = checked
-        .iter()
-        .map(|event| {
-            let ip = event.as_ref().ok()?.ip.trim().parse::<IpAddr>().ok()?;
-            Some(*index.entry(ip).or_insert_with(|| {
-                addresses.push(ip.to_string());
-                addresses.len() - 1
-            }))
-        })
-        .collect();
-    let locations = if addresses.is_empty() { Vec::new() } else { lookup(&addresses) };
+/// Bytes of user agents kept in the cache, at most.
+pub const AGENT_CACHE_BYTES: usize = 4 << 20;
 
-    let mut agents: HashMap<String, Agent> = HashMap::new();
-    checked
-        .into_iter()
-        .zip(slots)
-        .map(|(event, slot)| match event {
-            Err(rejection) => Outcome::Reject(rejection),
-            Ok(mut event) => {
-                let agent = match agents.get(&event.user_agent) {
-                    Some(agent) => agent.clone(),
-                    None => {
-                        let agent = parse_user_agent(&event.user_agent, settings);
-                        agents.insert(event.user_agent.clone(), agent.clone());
-                        agent
-                    }
-                };
-                let location = slot.and_then(|i| locations.get(i).cloned().flatten());
-                apply(&mut event, agent, location);
-                Outcome::Keep(event)
-            }
-        })
-        .collect()
+/// The enrich transform: its settings and what it has learnt of user agents.
+#[derive(Debug, Default)]
+pub struct Enricher {
+    settings: Settings,
+    agents: HashMap<String, Agent>,
+    agent_bytes: usize,
+}
+
+impl Enricher {
+    /// An enricher with `settings` and nothing cached.
+    pub fn new(settings: Settings) -> Enricher {
+        Enricher { settings, agents: HashMap::new(), agent_bytes: 0 }
+    }
+
+    /// Transforms a batch: one outcome per input, in input order. Events
+    /// that cannot be aggregated are rejected; the rest are kept with their
+    /// location and client filled in. Unparseable user agents and IPs are
+    /// not errors: what cannot be determined stays unset (stored as
+    /// `unknown`). The distinct addresses of the batch are looked up in one
+    /// `lookup` call (one boundary crossing).
+    pub fn transform_batch(&mut self, batch: Vec<Event>, lookup: impl FnOnce(&[String]) -> Vec<Option<Location>>) -> Vec<Outcome> {
+        let checked: Vec<Result<Event, Rejection>> = batch.into_iter().map(check).collect();
+
+        // Distinct valid addresses, in their canonical text form.
+        let mut addresses: Vec<String> = Vec::new();
+        let mut index: HashMap<IpAddr, usize> = HashMap::new();
+        let slots: Vec<Option<usize>> = checked
+            .iter()
+            .map(|event| {
+                let ip = event.as_ref().ok()?.ip.trim().parse::<IpAddr>().ok()?;
+                Some(*index.entry(ip).or_insert_with(|| {
+                    addresses.push(ip.to_string());
+                    addresses.len() - 1
+                }))
+            })
+            .collect();
+        let locations = if addresses.is_empty() { Vec::new() } else { lookup(&addresses) };
+
+        checked
+            .into_iter()
+            .zip(slots)
+            .map(|(event, slot)| match event {
+                Err(rejection) => Outcome::Reject(rejection),
+                Ok(mut event) => {
+                    let agent = self.agent(&event.user_agent);
+                    let location = slot.and_then(|i| locations.get(i).cloned().flatten());
+                    apply(&mut event, agent, location);
+                    Outcome::Keep(event)
+                }
+            })
+            .collect()
+    }
+
+    /// The parse of `user_agent`, from the cache when it is there.
+    fn agent(&mut self, user_agent: &str) -> Agent {
+        if let Some(agent) = self.agents.get(user_agent) {
+            return agent.clone();
+        }
+        let agent = parse_user_agent(user_agent, &self.settings);
+        if self.agents.len() >= AGENT_CACHE_ENTRIES || self.agent_bytes + user_agent.len() > AGENT_CACHE_BYTES {
+            self.agents.clear();
+            self.agent_bytes = 0;
+        }
+        self.agent_bytes += user_agent.len();
+        self.agents.insert(user_agent.to_string(), agent.clone());
+        agent
+    }
 }
 
 /// Transforms one event, looking its address up alone.
@@ -206,7 +237,7 @@ mod component {
     use super::*;
     use std::sync::Mutex;
 
-    static SETTINGS: Mutex<Option<Settings>> = Mutex::new(None);
+    static ENRICHER: Mutex<Option<Enricher>> = Mutex::new(None);
 
     struct Plugin;
 
@@ -221,14 +252,13 @@ mod component {
 
         fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
             let parsed = Settings::parse(&settings)?;
-            *SETTINGS.lock().unwrap_or_else(|e| e.into_inner()) = Some(parsed);
+            *ENRICHER.lock().unwrap_or_else(|e| e.into_inner()) = Some(Enricher::new(parsed));
             Ok(())
         }
 
         fn transform(batch: Vec<Event>) -> Vec<Outcome> {
-            let settings = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
-            let default = Settings::default();
-            transform_batch(batch, settings.as_ref().unwrap_or(&default), clickstream::pipeline::geoip::lookup_batch)
+            let mut enricher = ENRICHER.lock().unwrap_or_else(|e| e.into_inner());
+            enricher.get_or_insert_with(Enricher::default).transform_batch(batch, clickstream::pipeline::geoip::lookup_batch)
         }
     }
 
@@ -372,7 +402,7 @@ mod tests {
             click("e", 5, "2001:db8:0::1", SAFARI_IPHONE),
         ];
         let asked = std::cell::RefCell::new(Vec::new());
-        let out = transform_batch(batch, &Settings::default(), |ips| {
+        let out = Enricher::default().transform_batch(batch, |ips| {
             asked.borrow_mut().extend_from_slice(ips);
             ips.iter().map(|ip| geo(ip)).collect()
         });
@@ -389,6 +419,25 @@ mod tests {
         assert_eq!((d.country.as_deref(), d.os.as_deref()), (Some("GB"), Some("iPhone")));
         assert_eq!(kept(out.next().unwrap()).user_id, "e");
         assert!(out.next().is_none());
+    }
+
+    #[test]
+    fn user_agents_are_parsed_once_across_batches_and_the_cache_stays_bounded() {
+        let mut enricher = Enricher::default();
+        for batch in 0..3 {
+            let out = enricher
+                .transform_batch(vec![click("a", 1, "81.2.69.142", CHROME_WINDOWS), click("b", 2, "81.2.69.142", GOOGLEBOT)], |ips| {
+                    ips.iter().map(|ip| geo(ip)).collect()
+                });
+            assert_eq!(kept(out.into_iter().nth(1).unwrap()).device, Some(DeviceClass::Bot), "batch {batch}");
+        }
+        assert_eq!(enricher.agents.len(), 2);
+        for i in 0..AGENT_CACHE_ENTRIES + 10 {
+            enricher.agent(&format!("agent {i}"));
+        }
+        assert!(enricher.agents.len() <= AGENT_CACHE_ENTRIES);
+        enricher.agent(&"x".repeat(AGENT_CACHE_BYTES));
+        assert!(enricher.agent_bytes <= AGENT_CACHE_BYTES);
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! rate-limited `log`), and the conversions between its types and the
 //! host's records.
 
+use wasmtime::component::{ComponentType, Func, Lower};
+use wasmtime::Store;
+
 use super::Version;
 use crate::plugin::HostState;
 use crate::stages::record::{Attribute, Device, Enrichment, Outcome, RawEvent, Refusal, TransformEvent, Value};
@@ -48,14 +51,119 @@ impl LogHost for HostState {
 
 impl wit::Host for HostState {}
 
-fn device_in(d: Device) -> wit::DeviceClass {
-    match d {
-        Device::Desktop => wit::DeviceClass::Desktop,
-        Device::Mobile => wit::DeviceClass::Mobile,
-        Device::Tablet => wit::DeviceClass::Tablet,
-        Device::Bot => wit::DeviceClass::Bot,
-        Device::Unknown => wit::DeviceClass::Unknown,
+/// An event as lowered into the guest, borrowed from the host's record:
+/// a batch crosses the boundary without a copy on the host's side (each
+/// string is copied once, straight into the guest's memory). Field order
+/// and names are the WIT record's.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct EventIn<'a> {
+    #[component(name = "event-id")]
+    event_id: &'a str,
+    #[component(name = "user-id")]
+    user_id: &'a str,
+    #[component(name = "timestamp-ms")]
+    timestamp_ms: i64,
+    url: &'a str,
+    ip: &'a str,
+    #[component(name = "user-agent")]
+    user_agent: &'a str,
+    referrer: Option<&'a str>,
+    #[component(name = "session-id")]
+    session_id: Option<&'a str>,
+    country: Option<&'a str>,
+    city: Option<&'a str>,
+    browser: Option<&'a str>,
+    os: Option<&'a str>,
+    device: Option<DeviceIn>,
+    attributes: Vec<AttributeIn<'a>>,
+}
+
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct AttributeIn<'a> {
+    key: &'a str,
+    value: ValueIn,
+}
+
+/// Owned: the derive takes no lifetime on a variant (attributes are few).
+#[derive(ComponentType, Lower)]
+#[component(variant)]
+enum ValueIn {
+    #[component(name = "str")]
+    Str(String),
+    #[component(name = "int")]
+    Int(i64),
+    #[component(name = "float")]
+    Float(f64),
+    #[component(name = "boolean")]
+    Boolean(bool),
+}
+
+#[derive(ComponentType, Lower, Clone, Copy)]
+#[component(enum)]
+#[repr(u8)]
+enum DeviceIn {
+    #[component(name = "desktop")]
+    Desktop,
+    #[component(name = "mobile")]
+    Mobile,
+    #[component(name = "tablet")]
+    Tablet,
+    #[component(name = "bot")]
+    Bot,
+    #[component(name = "unknown")]
+    Unknown,
+}
+
+impl<'a> From<&'a TransformEvent> for EventIn<'a> {
+    fn from(e: &'a TransformEvent) -> Self {
+        let (raw, x) = (&e.raw, &e.enrichment);
+        EventIn {
+            event_id: &raw.event_id,
+            user_id: &raw.user_id,
+            timestamp_ms: raw.timestamp_ms,
+            url: &raw.url,
+            ip: &raw.ip,
+            user_agent: &raw.user_agent,
+            referrer: raw.referrer.as_deref(),
+            session_id: raw.session_id.as_deref(),
+            country: x.country.as_deref(),
+            city: x.city.as_deref(),
+            browser: x.browser.as_deref(),
+            os: x.os.as_deref(),
+            device: x.device.map(|d| match d {
+                Device::Desktop => DeviceIn::Desktop,
+                Device::Mobile => DeviceIn::Mobile,
+                Device::Tablet => DeviceIn::Tablet,
+                Device::Bot => DeviceIn::Bot,
+                Device::Unknown => DeviceIn::Unknown,
+            }),
+            attributes: e.attributes.iter().map(|a| AttributeIn { key: &a.key, value: value_in(&a.value) }).collect(),
+        }
     }
+}
+
+fn value_in(v: &Value) -> ValueIn {
+    match v {
+        Value::Str(s) => ValueIn::Str(s.clone()),
+        Value::Int(i) => ValueIn::Int(*i),
+        Value::Float(f) => ValueIn::Float(*f),
+        Value::Bool(b) => ValueIn::Boolean(*b),
+    }
+}
+
+/// Calls the `transform` export on `batch`, lowering it from the host's
+/// records directly; the outcomes come back in the host's records.
+pub(in crate::plugin) fn call_transform(
+    store: &mut Store<HostState>,
+    func: Func,
+    batch: &[TransformEvent],
+) -> wasmtime::Result<Vec<Outcome>> {
+    let events: Vec<EventIn<'_>> = batch.iter().map(EventIn::from).collect();
+    let typed = func.typed::<(&[EventIn<'_>],), (Vec<wit::Outcome>,)>(&*store)?;
+    let (outcomes,) = typed.call(&mut *store, (&events,))?;
+    Ok(outcomes.into_iter().map(Outcome::from).collect())
 }
 
 fn device_out(d: wit::DeviceClass) -> Device {
@@ -65,37 +173,6 @@ fn device_out(d: wit::DeviceClass) -> Device {
         wit::DeviceClass::Tablet => Device::Tablet,
         wit::DeviceClass::Bot => Device::Bot,
         wit::DeviceClass::Unknown => Device::Unknown,
-    }
-}
-
-impl From<&TransformEvent> for wit::Event {
-    fn from(e: &TransformEvent) -> Self {
-        let (raw, x) = (&e.raw, &e.enrichment);
-        wit::Event {
-            event_id: raw.event_id.clone(),
-            user_id: raw.user_id.clone(),
-            timestamp_ms: raw.timestamp_ms,
-            url: raw.url.clone(),
-            ip: raw.ip.clone(),
-            user_agent: raw.user_agent.clone(),
-            referrer: raw.referrer.clone(),
-            session_id: raw.session_id.clone(),
-            country: x.country.clone(),
-            city: x.city.clone(),
-            browser: x.browser.clone(),
-            os: x.os.clone(),
-            device: x.device.map(device_in),
-            attributes: e.attributes.iter().map(|a| wit::Attribute { key: a.key.clone(), value: value_in(&a.value) }).collect(),
-        }
-    }
-}
-
-fn value_in(v: &Value) -> wit::Value {
-    match v {
-        Value::Str(s) => wit::Value::Str(s.clone()),
-        Value::Int(i) => wit::Value::Int(*i),
-        Value::Float(f) => wit::Value::Float(*f),
-        Value::Bool(b) => wit::Value::Boolean(*b),
     }
 }
 
