@@ -15,7 +15,10 @@ pub fn targets(r: &Results) -> Vec<Target> {
         _ => None,
     };
     let arm4 = r.num(4, "/events_per_s");
-    let rss = [r.num(1, "/host_peak_rss_mib"), r.num(6, "/host_peak_rss_mib")].into_iter().flatten().reduce(f64::max);
+    let rss = [r.num(1, "/host_peak_rss_mib"), r.num(6, "/host_peak_rss_mib"), r.num(8, "/host_peak_rss_mib")]
+        .into_iter()
+        .flatten()
+        .reduce(f64::max);
     let lost_dup = match (r.num(6, "/lost"), r.num(6, "/duplicated")) {
         (Some(l), Some(d)) => Some(l + d),
         _ => None,
@@ -122,7 +125,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
             Goal::AtMost,
             300.0,
             "MiB",
-            "VmHWM of the host process, arms 1 and 6".into(),
+            "VmHWM of the host process, arms 1, 6 and 8".into(),
         ),
     ]
 }
@@ -183,6 +186,14 @@ pub fn markdown(r: &Results) -> String {
                 f(r.num(1, "/latency/per_event_ms/p50")),
                 f(r.num(1, "/latency/per_event_ms/p99")),
                 f(r.num(1, "/host_peak_rss_mib")),
+            ),
+            ("ok", 8) => format!(
+                "{} events/s steady, {} of arm 1; {} stored, {} dropped by bot-filter; peak RSS {} MiB",
+                f(r.num(8, "/steady/events_per_s")),
+                format_ratio(r.num(8, "/over_arm_1")),
+                f(r.num(8, "/stored")),
+                f(r.num(8, "/dropped")),
+                f(r.num(8, "/host_peak_rss_mib")),
             ),
             ("ok", 2) => format!("{} events/s ({:.1} MiB/s of Kafka payload)", f(r.num(2, "/events_per_s")), r.num(2, "/mib_per_s").unwrap_or(0.0)),
             ("ok", 3) => format!("WASM/native at batch {}: {}", r.sizes.batch_size, format_ratio(r.num(3, "/wasm_over_native_at_default"))),
