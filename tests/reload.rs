@@ -230,3 +230,49 @@ async fn pipeline_toml_edits_apply_live_are_refused_when_invalid_and_reconnect_o
     running.task.await.unwrap().unwrap();
     assert_eq!(stored(&pool).await as usize, first.len() + second.len(), "nothing lost or doubled across the restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_never_seen_build_serves_from_the_baseline_tier_until_the_optimised_build_replaces_it_without_loss() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("reload_tier");
+    let db = support::fresh_database("reload_tier").await;
+    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
+    let running = start(dir.path(), &topic, &db).await;
+
+    let producing = tokio::spawn({
+        let topic = topic.clone();
+        async move { produce_to(&topic, 8_000, 41, Some(2_000)).await }
+    });
+    support::wait_until(WAIT, "events flowing", || async { stored(&pool).await > 500 }).await;
+    let build = dir.path().join("unseen.bin");
+    std::fs::write(&build, support::unseen_build("enrich-canary", &support::unique("tier"))).unwrap();
+    install(&build, &dir.path().join("enrich.wasm"));
+    let written = Instant::now();
+    while !running.enrich.current().info.version.ends_with("-canary") {
+        assert!(written.elapsed() < WAIT, "the new version never went live");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first = running.enrich.current().info.clone();
+    assert_eq!(first.origin, clickstream::plugin::Origin::Baseline, "a build never seen serves from the baseline compiler first");
+    let stats = running.stats.clone();
+    support::wait_until(WAIT, "the optimised build", || {
+        let stats = stats.clone();
+        async move { stats.reloads_of("enrich", "optimized") == 1 }
+    })
+    .await;
+    let now = running.enrich.current().info.clone();
+    assert_eq!((now.origin, &now.content_hash, &now.version), (clickstream::plugin::Origin::Compiled, &first.content_hash, &first.version));
+    assert_eq!(running.stats.reloads_of("enrich", "accepted"), 1, "one swap from the file; the optimised build replaced it in place");
+
+    let mut expected = producing.await.unwrap();
+    expected.extend(produce_to(&topic, 1_000, 42, None).await);
+    support::wait_until(WAIT, "everything stored", || async { stored(&pool).await as usize >= expected.len() }).await;
+    running.stop.send(true).unwrap();
+    running.task.await.unwrap().unwrap();
+    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&pool).await.unwrap();
+    assert_eq!(ids.len(), expected.len(), "each event stored once");
+    assert_eq!(ids.into_iter().collect::<BTreeSet<_>>(), expected);
+    let canary: i64 = support::count(&pool, "SELECT count(*) FROM events WHERE browser LIKE '%+canary'").await;
+    assert!(canary >= 1_000, "the events produced after the swap went through the new build: {canary}");
+}

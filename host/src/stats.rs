@@ -199,7 +199,8 @@ pub struct ReloadRecord {
     pub at_ms: i64,
     /// A plugin slot (`enrich`, `aggregate`) or `pipeline.toml`.
     pub what: String,
-    /// `accepted` or `rejected`.
+    /// `accepted` or `rejected`; for a plugin also `optimized` (its
+    /// optimised build replaced the baseline one) or `not_optimized`.
     pub outcome: &'static str,
     /// The version now serving, or why it was rejected.
     pub detail: String,
@@ -358,7 +359,12 @@ impl Stats {
     }
 
     fn reload(&self, what: &str, accepted: bool, detail: String) {
-        let outcome = if accepted { "accepted" } else { "rejected" };
+        self.reload_event(what, if accepted { "accepted" } else { "rejected" }, detail);
+    }
+
+    /// Records what happened to a plugin slot after a reload: `optimized`
+    /// (the optimised build replaced the baseline one), or why it did not.
+    pub fn reload_event(&self, what: &str, outcome: &'static str, detail: String) {
         *lock(&self.reloads).entry((what.to_string(), outcome)).or_default() += 1;
         let mut history = lock(&self.reload_history);
         if history.len() == RELOAD_HISTORY {

@@ -10,7 +10,7 @@ use wasmtime::Store;
 use super::error::call_error;
 use super::instance::{identify, prelink, start_instance};
 use super::wit::{since_v0_1_0, World};
-use super::{HostState, PluginCounters, PluginError, PluginInfo, PluginSpec, Slot};
+use super::{HostState, PluginCounters, PluginError, PluginInfo, PluginSpec, Slot, Tiering};
 use crate::stages::record::{AggregateParams, AggregateRow, StoredEvent};
 
 /// A pre-linked aggregator, by contract version.
@@ -41,9 +41,15 @@ impl LoadedAggregate {
     /// Compiles `spec.path`, checks it is an aggregator of a contract
     /// version this host loads, and instantiates and configures it once.
     pub fn load(spec: PluginSpec) -> Result<Arc<LoadedAggregate>, PluginError> {
+        Self::load_tiered(spec, Tiering::Optimized)
+    }
+
+    /// [`LoadedAggregate::load`], compiling as `tiering` allows.
+    pub fn load_tiered(spec: PluginSpec, tiering: Tiering) -> Result<Arc<LoadedAggregate>, PluginError> {
         // The aggregator imports nothing of the host's but WASI.
         let (pre, info) = prelink(
             &spec,
+            tiering,
             &[World::Aggregator],
             |_, _| Ok(()),
             |_, pre| Ok(Pre::V0_1_0(since_v0_1_0::aggregator::AggregatorPre::new(pre)?)),

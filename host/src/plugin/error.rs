@@ -32,6 +32,10 @@ pub enum PluginError {
         /// The compiler's message.
         reason: String,
     },
+    /// A precompiled artifact named in pipeline.toml was refused, and no
+    /// `.wasm` beside it could be compiled instead.
+    #[error("plugin `{plugin}`: precompiled artifact {path} refused: {reason}")]
+    Artifact { plugin: String, path: PathBuf, reason: String },
     /// The component implements no world of a contract version this host
     /// loads.
     #[error("plugin `{plugin}`: {path}: {reason}")]
@@ -107,6 +111,7 @@ impl PluginError {
         match self {
             PluginError::Read { .. } => "read",
             PluginError::NotAComponent { .. } => "not_a_component",
+            PluginError::Artifact { .. } => "artifact",
             PluginError::NotAPlugin { .. } => "not_a_plugin",
             PluginError::WrongWorld { .. } => "wrong_world",
             PluginError::Configure { .. } => "configure",

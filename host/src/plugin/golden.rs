@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::aggregate::{AggregateRun, LoadedAggregate};
 use super::geoip::GeoIp;
 use super::transform::{LoadedTransform, TransformRunner};
-use super::{PluginError, PluginSpec, Slot};
+use super::{PluginError, PluginSpec, Slot, Tiering};
 use crate::stages::record::{AggregateParams, RawEvent, StoredEvent};
 
 /// Why a plugin failed its proof.
@@ -76,8 +76,8 @@ pub const PARAMS: AggregateParams = AggregateParams { window_ms: 60_000, session
 /// Loads a transform and proves it on the golden batch: one outcome per
 /// click, in a call that neither traps nor runs out of time or memory. (What
 /// it keeps, drops or rejects is its own business.)
-pub fn prove_transform(spec: PluginSpec, geoip: Option<Arc<GeoIp>>) -> Result<Arc<LoadedTransform>, ProofError> {
-    let loaded = LoadedTransform::load(spec, geoip)?;
+pub fn prove_transform(spec: PluginSpec, geoip: Option<Arc<GeoIp>>, tiering: Tiering) -> Result<Arc<LoadedTransform>, ProofError> {
+    let loaded = LoadedTransform::load_tiered(spec, geoip, tiering)?;
     let mut runner = TransformRunner::new(Arc::new(Slot::new(loaded.clone())));
     let events: Vec<_> = batch().into_iter().map(Into::into).collect();
     runner.transform(&events)?;
@@ -86,8 +86,8 @@ pub fn prove_transform(spec: PluginSpec, geoip: Option<Arc<GeoIp>>) -> Result<Ar
 
 /// Loads an aggregate plugin and proves it on the golden batch: every click
 /// counted.
-pub fn prove_aggregate(spec: PluginSpec) -> Result<Arc<LoadedAggregate>, ProofError> {
-    let loaded = LoadedAggregate::load(spec)?;
+pub fn prove_aggregate(spec: PluginSpec, tiering: Tiering) -> Result<Arc<LoadedAggregate>, ProofError> {
+    let loaded = LoadedAggregate::load_tiered(spec, tiering)?;
     let stored = as_stored(batch());
     let slot = Slot::new(loaded.clone());
     let mut run = AggregateRun::start(&slot, PARAMS, i64::MIN / 2, i64::MAX / 2)?;

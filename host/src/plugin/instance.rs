@@ -10,7 +10,8 @@ use wasmtime::component::{InstancePre, Linker, ResourceTable};
 use wasmtime::Store;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
-use super::engine::{compile, engine};
+use super::compiled::{self, Origin, Tiering};
+use super::engine::{baseline_engine, engine};
 use super::error::call_error;
 use super::geoip::GeoIp;
 use super::limits::{MemoryLimiter, PluginLimits};
@@ -32,8 +33,12 @@ pub struct PluginInfo {
     pub contract: String,
     /// The file it was loaded from.
     pub path: PathBuf,
-    /// SHA-256 of the file, hex.
+    /// SHA-256 of the component file, hex (for a `.cwasm`, of the component
+    /// it was compiled from).
     pub content_hash: String,
+    /// Where its compiled code came from; [`Origin::Baseline`] code is
+    /// replaced by the optimised build once that is ready.
+    pub origin: Origin,
     /// When it was loaded.
     pub loaded_at: SystemTime,
 }
@@ -69,7 +74,7 @@ impl WasiView for HostState {
     }
 }
 
-fn new_store(slot: &str, limits: &PluginLimits, geoip: Option<Arc<GeoIp>>) -> Store<HostState> {
+fn new_store(info: &PluginInfo, limits: &PluginLimits, geoip: Option<Arc<GeoIp>>) -> Store<HostState> {
     let stderr = StderrTail::default();
     let mut wasi = WasiCtx::builder();
     wasi.stderr(stderr.clone());
@@ -86,9 +91,10 @@ fn new_store(slot: &str, limits: &PluginLimits, geoip: Option<Arc<GeoIp>>) -> St
         limiter: MemoryLimiter { cap: limits.memory_bytes, high_water: 0, refused: None },
         stderr,
         geoip,
-        log: LogTap::new(slot),
+        log: LogTap::new(&info.slot),
     };
-    let mut store = Store::new(engine(), state);
+    let engine = if info.origin == Origin::Baseline { baseline_engine() } else { engine() };
+    let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     store.epoch_deadline_trap();
     store
@@ -102,11 +108,13 @@ fn new_store(slot: &str, limits: &PluginLimits, geoip: Option<Arc<GeoIp>>) -> St
 /// The shared part of loading either world.
 pub(super) fn prelink<P>(
     spec: &PluginSpec,
+    tiering: Tiering,
     accepts: &[World],
     add_imports: impl FnOnce(Version, &mut Linker<HostState>) -> wasmtime::Result<()>,
     typed: impl FnOnce(Version, InstancePre<HostState>) -> wasmtime::Result<P>,
 ) -> Result<(P, PluginInfo), PluginError> {
-    let (component, content_hash) = compile(spec)?;
+    let compiled = compiled::load(spec, tiering)?;
+    let component = compiled.component;
     let refused =
         |reason: String| PluginError::WrongWorld { plugin: spec.slot.clone(), path: spec.path.clone(), world: accepts[0].name(), reason };
     let target = wit::target(&component).map_err(|e| refused(e.to_string()))?;
@@ -114,7 +122,7 @@ pub(super) fn prelink<P>(
         return Err(refused(format!("it implements the {} world", target.world.name())));
     }
     let link_error = |e: wasmtime::Error| refused(format!("{e:#}"));
-    let mut linker: Linker<HostState> = Linker::new(engine());
+    let mut linker: Linker<HostState> = Linker::new(component.engine());
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link_error)?;
     add_imports(target.version, &mut linker).map_err(link_error)?;
     let pre = linker.instantiate_pre(&component).map_err(link_error)?;
@@ -125,7 +133,8 @@ pub(super) fn prelink<P>(
         version: String::new(),
         contract: target.version.to_string(),
         path: spec.path.clone(),
-        content_hash,
+        content_hash: compiled.hash,
+        origin: compiled.origin,
         loaded_at: SystemTime::now(),
     };
     Ok((pre, info))
@@ -140,7 +149,7 @@ pub(super) fn start_instance<B>(
     geoip: Option<Arc<GeoIp>>,
     start: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<(B, Result<(), String>)>,
 ) -> Result<(Store<HostState>, B), PluginError> {
-    let mut store = new_store(&spec.slot, &spec.limits, geoip);
+    let mut store = new_store(info, &spec.limits, geoip);
     store.set_epoch_deadline(spec.limits.deadline_ticks());
     match start(&mut store) {
         Ok((bindings, Ok(()))) => Ok((store, bindings)),
@@ -152,7 +161,7 @@ pub(super) fn start_instance<B>(
 /// Which contract version and world the component of `spec` targets
 /// (compiling it through the cache, so loading it next costs nothing more).
 pub fn target_of(spec: &PluginSpec) -> Result<wit::Target, PluginError> {
-    let (component, _) = compile(spec)?;
+    let component = compiled::load(spec, Tiering::Optimized)?.component;
     wit::target(&component).map_err(|e| PluginError::NotAPlugin {
         plugin: spec.slot.clone(),
         path: spec.path.clone(),

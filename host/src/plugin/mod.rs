@@ -12,6 +12,8 @@
 //! what a slot holds, after the new version passed the [`golden`] batch.
 
 pub mod aggregate;
+pub mod artifact;
+pub mod compiled;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -25,7 +27,8 @@ mod stderr;
 pub mod transform;
 pub mod wit;
 
-pub use engine::{engine, EPOCH_TICK};
+pub use compiled::{Origin, Tiering};
+pub use engine::{baseline_engine, engine, EPOCH_TICK};
 pub use error::PluginError;
 pub use instance::{content_hash, HostState, PluginInfo, PluginSpec};
 pub use limits::PluginLimits;

@@ -90,6 +90,13 @@ impl<T> Slot<T> {
         self.live.swap(next)
     }
 
+    /// Puts `next` in service only if `expected` is still serving (a
+    /// background replacement must not undo a newer swap). Whether it did.
+    pub fn replace(&self, expected: &Arc<T>, next: Arc<T>) -> bool {
+        let previous = self.live.compare_and_swap(expected, next);
+        Arc::ptr_eq(&previous, expected)
+    }
+
     /// Calls, errors and memory of this slot's plugin.
     pub fn counters(&self) -> &Arc<PluginCounters> {
         &self.counters

@@ -11,7 +11,7 @@ use super::error::call_error;
 use super::geoip::GeoIp;
 use super::instance::{identify, prelink, start_instance};
 use super::wit::{since_v0_1_0, since_v0_2_0, World};
-use super::{HostState, PluginError, PluginInfo, PluginSpec, Slot};
+use super::{HostState, PluginError, PluginInfo, PluginSpec, Slot, Tiering};
 use crate::stages::record::{Outcome, TransformEvent};
 
 /// A pre-linked transform, by contract version.
@@ -47,8 +47,19 @@ impl LoadedTransform {
     /// enricher (0.1.0), and instantiates and configures it once, so a
     /// broken plugin fails here rather than on the first batch.
     pub fn load(spec: PluginSpec, geoip: Option<Arc<GeoIp>>) -> Result<Arc<LoadedTransform>, PluginError> {
+        Self::load_tiered(spec, geoip, Tiering::Optimized)
+    }
+
+    /// How it was loaded.
+    pub fn spec(&self) -> &PluginSpec {
+        &self.spec
+    }
+
+    /// [`LoadedTransform::load`], compiling as `tiering` allows.
+    pub fn load_tiered(spec: PluginSpec, geoip: Option<Arc<GeoIp>>, tiering: Tiering) -> Result<Arc<LoadedTransform>, PluginError> {
         let (pre, info) = prelink(
             &spec,
+            tiering,
             &[World::Transformer, World::Enricher],
             |version, linker| {
                 if version >= since_v0_2_0::MIN_VERSION {

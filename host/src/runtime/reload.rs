@@ -24,7 +24,7 @@ use crate::plugin::aggregate::LoadedAggregate;
 use crate::plugin::geoip::GeoIp;
 use crate::plugin::golden::{prove_aggregate, prove_transform, ProofError};
 use crate::plugin::transform::LoadedTransform;
-use crate::plugin::{PluginInfo, PluginSpec, Slot};
+use crate::plugin::{Origin, PluginInfo, PluginSpec, Slot, Tiering};
 use crate::stages::aggregate::config::AggregateConfig;
 use crate::stages::decode::DecodeLimits;
 use crate::stages::source::Batching;
@@ -116,9 +116,64 @@ impl Reloader {
     }
 
     /// Loads a transform off the hot path and proves it on the golden batch.
+    /// A component never compiled before comes from the baseline compiler;
+    /// [`Reloader::optimize_later`] replaces it.
     async fn prove(&self, spec: PluginSpec) -> Result<Arc<LoadedTransform>, ProofError> {
         let geoip = self.geoip.clone();
-        tokio::task::spawn_blocking(move || prove_transform(spec, Some(geoip))).await.expect("plugin preparation does not panic")
+        tokio::task::spawn_blocking(move || prove_transform(spec, Some(geoip), Tiering::BaselineFirst))
+            .await
+            .expect("plugin preparation does not panic")
+    }
+
+    /// When `serving` (in `slot`) came from the baseline compiler: compiles
+    /// the optimised build in the background, proves it on the golden batch
+    /// and swaps it in, unless the slot has moved on to another version
+    /// meanwhile. Recorded in the reload history as `optimized`, or
+    /// `not_optimized` with the reason (the baseline build keeps serving).
+    fn optimize_later<T: Send + Sync + 'static>(
+        &self,
+        slot: Arc<Slot<T>>,
+        serving: Arc<T>,
+        info: fn(&T) -> &PluginInfo,
+        prove: impl FnOnce() -> Result<Arc<T>, ProofError> + Send + 'static,
+    ) {
+        if info(&serving).origin != Origin::Baseline {
+            return;
+        }
+        let stats = self.stats.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let was = info(&serving).clone();
+            let outcome = match tokio::task::spawn_blocking(prove).await.expect("plugin preparation does not panic") {
+                Ok(optimized) if info(&optimized).content_hash != was.content_hash => {
+                    Err("the file changed since; the change is swapped on its own".to_string())
+                }
+                Ok(optimized) => {
+                    slot.replace(&serving, optimized).then_some(()).ok_or_else(|| "another version was swapped in meanwhile".to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let took_ms = started.elapsed().as_millis() as u64;
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(plugin = %was.slot, version = %was.version, sha256 = %was.content_hash, took_ms, "plugin optimized: the optimised build serves");
+                    stats.reload_event(
+                        &was.slot,
+                        "optimized",
+                        format!("{} {} (sha256 {}) in {took_ms} ms", was.name, was.version, &was.content_hash[..12]),
+                    );
+                }
+                Err(reason) => {
+                    tracing::warn!(plugin = %was.slot, version = %was.version, reason = %reason, "optimised build not swapped in");
+                    stats.reload_event(&was.slot, "not_optimized", reason);
+                }
+            }
+        });
+    }
+
+    fn optimize_transform_later(&self, slot: &Arc<Slot<LoadedTransform>>, serving: &Arc<LoadedTransform>) {
+        let (spec, geoip) = (serving.spec().clone(), self.geoip.clone());
+        self.optimize_later(slot.clone(), serving.clone(), |t| &t.info, move || prove_transform(spec, Some(geoip), Tiering::Optimized));
     }
 
     /// Replaces the transform of `spec.slot` with the file and settings of
@@ -133,6 +188,7 @@ impl Reloader {
         self.count(&name, result.as_ref().map(|l| &l.info));
         let loaded = result?;
         let old = slot.swap(loaded.clone());
+        self.optimize_transform_later(&slot, &loaded);
         Ok(self.swapped(old.info.clone(), loaded.info.clone(), started))
     }
 
@@ -164,14 +220,19 @@ impl Reloader {
                             swaps.push((slot.clone(), loaded));
                             chain.push(slot);
                         }
-                        None => chain.push(Arc::new(Slot::new(loaded))),
+                        None => {
+                            let slot = Arc::new(Slot::new(loaded.clone()));
+                            self.optimize_transform_later(&slot, &loaded);
+                            chain.push(slot);
+                        }
                     }
                 }
             }
         }
         for (slot, loaded) in swaps {
             let old = slot.swap(loaded.clone());
-            tracing::info!(transform = %loaded.info.slot, old = %old.info.version, new = %loaded.info.version, "transform swapped");
+            self.optimize_transform_later(&slot, &loaded);
+            tracing::info!(transform = %loaded.info.slot, old = %old.info.version, new = %loaded.info.version, origin = %loaded.info.origin, "transform swapped");
         }
         if changed {
             self.chain.store(Arc::new(chain));
@@ -183,10 +244,14 @@ impl Reloader {
     /// Replaces the aggregate plugin likewise.
     pub async fn swap_aggregate(&self, spec: PluginSpec) -> Result<Swap, ReloadError> {
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || prove_aggregate(spec)).await.expect("plugin preparation does not panic");
+        let later = spec.clone();
+        let result = tokio::task::spawn_blocking(move || prove_aggregate(spec, Tiering::BaselineFirst))
+            .await
+            .expect("plugin preparation does not panic");
         self.count("aggregate", result.as_ref().map(|l| &l.info));
         let loaded = result?;
         let old = self.aggregate.swap(loaded.clone());
+        self.optimize_later(self.aggregate.clone(), loaded.clone(), |a| &a.info, move || prove_aggregate(later, Tiering::Optimized));
         Ok(self.swapped(old.info.clone(), loaded.info.clone(), started))
     }
 
@@ -194,7 +259,11 @@ impl Reloader {
     fn count(&self, slot: &str, outcome: Result<&PluginInfo, &ProofError>) {
         match outcome {
             Ok(info) => {
-                self.stats.plugin_reloads(slot, true, format!("{} {} (sha256 {})", info.name, info.version, &info.content_hash[..12]));
+                self.stats.plugin_reloads(
+                    slot,
+                    true,
+                    format!("{} {} (sha256 {}, {})", info.name, info.version, &info.content_hash[..12], info.origin),
+                );
             }
             Err(e) => {
                 self.stats.plugin_reloads(slot, false, e.to_string());
@@ -210,6 +279,7 @@ impl Reloader {
             old = %format!("{} {}", old.name, old.version),
             new = %format!("{} {}", new.name, new.version),
             sha256 = %new.content_hash,
+            origin = %new.origin,
             took_ms = took.as_millis() as u64,
             "plugin swapped"
         );

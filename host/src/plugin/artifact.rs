@@ -1,0 +1,209 @@
+//! Precompiled plugins (`.cwasm`): native code the host loads without
+//! compiling, sealed so that only code this host's operators compiled is
+//! ever loaded.
+//!
+//! Trust model: `Component::deserialize` maps the bytes as executable code
+//! and trusts them completely, so a `.cwasm` is as powerful as the host
+//! binary. An artifact is therefore accepted only when it carries an
+//! HMAC-SHA256 tag made with the host's artifact key (a 32-byte file, 0600,
+//! [`ArtifactKey`]): whoever can read that key can make the host run native
+//! code of their choosing, and must be trusted like whoever can replace the
+//! binary. Everything else about an artifact is checked before its payload
+//! is touched: the format, its length, the tag, the engine it was compiled
+//! for (a fingerprint of wasmtime's compatibility hash) and, when the source
+//! `.wasm` is at hand, that the artifact names that file's SHA-256.
+//!
+//! Layout: `MAGIC`, the source component's SHA-256 (32 bytes), the engine
+//! fingerprint (32), the payload length (u64, little endian), the tag (32),
+//! then the payload (wasmtime's serialized component). The tag covers
+//! everything but itself.
+
+use std::hash::Hasher;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Engine, Precompiled};
+
+/// The first bytes of every artifact (version 1 of the layout).
+pub const MAGIC: &[u8; 16] = b"clickstream-aot1";
+
+const HEADER: usize = MAGIC.len() + 32 + 32 + 8 + 32;
+
+/// Why an artifact was refused. Each says what to do instead.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[allow(missing_docs)] // each #[error] says how it reads
+pub enum ArtifactError {
+    #[error("not a clickstream precompiled artifact (it does not start with {:?})", String::from_utf8_lossy(MAGIC))]
+    NotAnArtifact,
+    #[error("truncated: {len} bytes, the header says {expected}")]
+    Truncated { len: u64, expected: u64 },
+    #[error("not sealed with this host's artifact key (tampered with, or compiled with another key)")]
+    Unauthenticated,
+    #[error("compiled for another engine (fingerprint {found}, this host's {expected}): another wasmtime version or configuration; run `clickstream plugin compile` with this host's binary")]
+    OtherEngine { found: String, expected: String },
+    #[error("compiled from another component (sha256 {found}, the .wasm beside it is {expected}); compile the new .wasm again")]
+    OtherSource { found: String, expected: String },
+    #[error("wasmtime refused it: {0}")]
+    Refused(String),
+    #[error("no artifact key at {0}; `clickstream plugin compile` creates one")]
+    NoKey(PathBuf),
+}
+
+/// The secret that seals artifacts; see the module's trust model.
+#[derive(Clone)]
+pub struct ArtifactKey([u8; 32]);
+
+impl std::fmt::Debug for ArtifactKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ArtifactKey(..)")
+    }
+}
+
+impl ArtifactKey {
+    /// A key from its bytes (tests; a host reads its key from a file).
+    pub fn from_bytes(bytes: [u8; 32]) -> ArtifactKey {
+        ArtifactKey(bytes)
+    }
+
+    /// The key in `path`, if the file exists. A file of another length is an error.
+    pub fn load(path: &Path) -> std::io::Result<Option<ArtifactKey>> {
+        match std::fs::read(path) {
+            Ok(bytes) => <[u8; 32]>::try_from(bytes.as_slice()).map(|b| Some(ArtifactKey(b))).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} is not a 32-byte artifact key", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The key in `path`, created (random, mode 0600) when the file does not exist.
+    pub fn load_or_create(path: &Path) -> std::io::Result<ArtifactKey> {
+        if let Some(key) = Self::load(path)? {
+            return Ok(key);
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let key: [u8; 32] = rand::random();
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(path) {
+            Ok(mut file) => {
+                file.write_all(&key)?;
+                file.sync_all()?;
+                Ok(ArtifactKey(key))
+            }
+            // Another process created it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Self::load(path)?.ok_or_else(|| std::io::Error::other("artifact key vanished"))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length")
+    }
+}
+
+/// What identifies an engine's compiled code: wasmtime's precompile
+/// compatibility hash (its version, target, compiler and settings), fed
+/// into SHA-256 so that it is stable across processes.
+pub fn fingerprint(engine: &Engine) -> [u8; 32] {
+    struct Sha(Sha256);
+    impl Hasher for Sha {
+        fn finish(&self) -> u64 {
+            unreachable!("only the digest is read")
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+    let mut sha = Sha(Sha256::new());
+    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut sha);
+    sha.0.finalize().into()
+}
+
+/// Hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compiles `source` (a component's bytes) with `engine` and seals it.
+pub fn compile(engine: &Engine, key: &ArtifactKey, source: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let payload = engine.precompile_component(source).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    Ok(seal(engine, key, &Sha256::digest(source).into(), &payload))
+}
+
+/// Seals `payload` (wasmtime's serialized component, compiled by `engine`
+/// from a component whose SHA-256 is `source`).
+pub fn seal(engine: &Engine, key: &ArtifactKey, source: &[u8; 32], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(source);
+    out.extend_from_slice(&fingerprint(engine));
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    let mut mac = key.mac();
+    mac.update(&out);
+    mac.update(payload);
+    out.extend_from_slice(&mac.finalize().into_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Checks an artifact and loads it into `engine`, returning the component
+/// and the SHA-256 of the component it was compiled from. `source`, when
+/// given, is the SHA-256 the artifact must name.
+pub fn open(engine: &Engine, key: &ArtifactKey, bytes: &[u8], source: Option<&str>) -> Result<(Component, String), ArtifactError> {
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(ArtifactError::NotAnArtifact);
+    }
+    if bytes.len() < HEADER {
+        return Err(ArtifactError::Truncated { len: bytes.len() as u64, expected: HEADER as u64 });
+    }
+    let field = |at: usize, len: usize| &bytes[at..at + len];
+    let named_source = hex(field(16, 32));
+    let engine_print = field(48, 32);
+    let len = u64::from_le_bytes(field(80, 8).try_into().expect("8 bytes"));
+    let tag = field(88, 32);
+    let expected = HEADER as u64 + len;
+    if bytes.len() as u64 != expected {
+        return Err(ArtifactError::Truncated { len: bytes.len() as u64, expected });
+    }
+    let payload = &bytes[HEADER..];
+    let mut mac = key.mac();
+    mac.update(&bytes[..88]);
+    mac.update(payload);
+    mac.verify_slice(tag).map_err(|_| ArtifactError::Unauthenticated)?;
+    let ours = fingerprint(engine);
+    if engine_print != ours {
+        return Err(ArtifactError::OtherEngine { found: hex(&engine_print[..8]), expected: hex(&ours[..8]) });
+    }
+    if let Some(expected) = source.filter(|s| **s != named_source) {
+        return Err(ArtifactError::OtherSource { found: named_source, expected: expected.to_string() });
+    }
+    if Engine::detect_precompiled(payload) != Some(Precompiled::Component) {
+        return Err(ArtifactError::Refused("the payload is not a precompiled component".into()));
+    }
+    // SAFETY: the payload is authenticated with the host's key (see the
+    // trust model above) and was compiled for this engine's configuration;
+    // wasmtime checks its own header again.
+    let component = unsafe { Component::deserialize(engine, payload) }.map_err(|e| ArtifactError::Refused(format!("{e:#}")))?;
+    Ok((component, named_source))
+}
+
+/// Where the precompiled artifact of the component file `wasm` sits: beside
+/// it, with the extension `.cwasm`.
+pub fn beside(wasm: &Path) -> PathBuf {
+    wasm.with_extension("cwasm")
+}
+
+/// Whether `bytes` look like an artifact (rather than a component).
+pub fn is_artifact(bytes: &[u8]) -> bool {
+    bytes.starts_with(MAGIC)
+}
