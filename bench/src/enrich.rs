@@ -38,7 +38,7 @@ fn run_blocking(bench: &Bench) -> anyhow::Result<Value> {
     let pipeline = bench.write_pipeline("enrich", "unused", "postgres://unused/unused", &bench.plugin("enrich")?)?;
     let config = bench.load_pipeline(&pipeline)?;
     let t = Instant::now();
-    let spec = config.transform_specs().into_iter().next().context("the bench pipeline has an enrich transform")?;
+    let spec = spec_of(&config)?;
     let loaded = LoadedTransform::load(spec, Some(geoip.clone()))?;
     let load_s = t.elapsed().as_secs_f64();
     let mut runner = TransformRunner::new(Arc::new(Slot::new(loaded)));
@@ -98,6 +98,7 @@ fn run_blocking(bench: &Bench) -> anyhow::Result<Value> {
             "wasm_us_per_event": wasm_s * 1e6 / clicks.len() as f64,
         }));
     }
+    let tiers = tiers(bench, &spec_of(&config)?, &geoip, &clicks, sweep.iter().find(|s| s["batch_size"] == bench.sizes.batch_size))?;
     let at_default = sweep.iter().find(|s| s["batch_size"] == bench.sizes.batch_size).and_then(|s| s["wasm_over_native"].as_f64());
     Ok(json!({
         "events": clicks.len(),
@@ -106,7 +107,55 @@ fn run_blocking(bench: &Bench) -> anyhow::Result<Value> {
         "component_load_seconds": load_s,
         "wasm_memory_high_water_mib": runner.memory_high_water as f64 / 1048576.0,
         "sweep": sweep,
+        "tiers": tiers,
         "checked": format!("native and WASM results equal on the first {sample} events"),
         "measures": "enrich of already-decoded clicks, one thread; native = clickstream_enrich::Enricher::transform_batch (one enricher across batches, as the component keeps one per instance) on a clone of the batch; WASM = TransformRunner::transform (convert, lower, call, lift, convert) on a warm instance; both with the host's GeoIp",
+    }))
+}
+
+fn spec_of(config: &clickstream::config::PipelineConfig) -> anyhow::Result<clickstream::plugin::PluginSpec> {
+    config.transform_specs().into_iter().next().context("the bench pipeline has an enrich transform")
+}
+
+/// The two compilers side by side: compile time of the component by each,
+/// and the baseline (Winch) build's throughput at the default batch size
+/// against the optimised (Cranelift) one measured in the sweep.
+fn tiers(
+    bench: &Bench,
+    spec: &clickstream::plugin::PluginSpec,
+    geoip: &Arc<clickstream::plugin::geoip::GeoIp>,
+    clicks: &[TransformEvent],
+    optimized: Option<&Value>,
+) -> anyhow::Result<Value> {
+    let source = std::fs::read(&spec.path)?;
+    let key = clickstream::plugin::artifact::ArtifactKey::from_bytes([0; 32]);
+    let t = Instant::now();
+    clickstream::plugin::artifact::compile(clickstream::plugin::engine(), &key, &source)?;
+    let cranelift_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    let baseline = LoadedTransform::load_tiered(spec.clone(), Some(geoip.clone()), clickstream::plugin::Tiering::BaselineOnly)?;
+    let winch_ms = t.elapsed().as_secs_f64() * 1000.0;
+    anyhow::ensure!(baseline.info.origin == clickstream::plugin::Origin::Baseline, "the baseline build came from {}", baseline.info.origin);
+    let mut runner = TransformRunner::new(Arc::new(Slot::new(baseline)));
+    let size = bench.sizes.batch_size;
+    for chunk in clicks.chunks(size).take(3) {
+        runner.transform(chunk)?;
+    }
+    let t = Instant::now();
+    for chunk in clicks.chunks(size) {
+        std::hint::black_box(runner.transform(chunk)?);
+    }
+    let winch = rate(clicks.len() as f64, t.elapsed().as_secs_f64());
+    let cranelift = optimized.and_then(|s| s["wasm_events_per_s"].as_f64());
+    progress(format_args!(
+        "  compile: Cranelift {cranelift_ms:.0} ms, Winch {winch_ms:.0} ms (with instantiation); Winch build {winch:.0} events/s at batch {size}"
+    ));
+    Ok(json!({
+        "cranelift_compile_ms": cranelift_ms,
+        "winch_load_ms": winch_ms,
+        "winch_events_per_s": winch,
+        "cranelift_events_per_s": cranelift,
+        "winch_over_cranelift": ratio(Some(winch), cranelift),
+        "measures": "Cranelift: Engine::precompile_component of the enrich component (compile only); Winch: LoadedTransform::load_tiered(BaselineOnly) (compile, link, instantiate, configure); throughput at the default batch size as in the sweep",
     }))
 }

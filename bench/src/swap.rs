@@ -11,10 +11,12 @@
 //!   `stored_at` (transaction start) of the first event stamped with the new
 //!   `plugin_version` — what a user of the data sees, which adds batching
 //!   and queueing;
-//! - the host's own `took_ms` (from noticing the change, after the 50 ms
+//! - the host's own `took_ms` (from noticing the change, after the
 //!   debounce, to the swap).
 //!
-//! Then every produced event id must be stored exactly once.
+//! Then every produced event id must be stored exactly once. Run once per
+//! [`Case`]: precompiled artifacts, the baseline tier, compiling before
+//! serving, and the caches (the default).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -25,6 +27,8 @@ use chrono::{DateTime, Utc};
 use clickstream_testkit::{tail, Host};
 use serde_json::{json, Value};
 use sqlx::Row as _;
+
+use clickstream::plugin::artifact;
 
 use super::ingest::{final_counters, pool, stored_records};
 use super::stats::{percentile, Spread};
@@ -55,7 +59,7 @@ pub fn swap_lines(log: &str) -> Vec<SwapLine> {
 }
 
 fn install(from: &Path, to: &Path) -> anyhow::Result<()> {
-    let tmp = to.with_file_name(".enrich.wasm.tmp");
+    let tmp = to.with_file_name(format!(".{}.tmp", to.file_name().and_then(|n| n.to_str()).unwrap_or("plugin")));
     std::fs::copy(from, &tmp)?;
     std::fs::rename(&tmp, to)?;
     Ok(())
@@ -65,18 +69,56 @@ fn ms(d: chrono::TimeDelta) -> f64 {
     d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0
 }
 
-/// Runs arm 6 twice: with the host's compiled-component cache off
-/// (`CLICKSTREAM_COMPILE_CACHE=off`: every swap compiles) and on (the
-/// default: swapping back to a build compiled before skips compiling). The
-/// default's figures are at the top level, the other's under
-/// `compile_cache_off`. `arm1_rate` (events/s) sizes the produce rate when
-/// not given.
+/// How the host gets the new build's code in a run of arm 6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Case {
+    /// A sealed `.cwasm` written beside each `.wasm` (`clickstream plugin
+    /// compile` beforehand); no caches.
+    Precompiled,
+    /// No caches: every swap compiles with the baseline compiler (Winch),
+    /// then Cranelift in the background.
+    BaselineTier,
+    /// No caches, no baseline tier: every swap compiles with Cranelift
+    /// before serving (what every cold swap did before).
+    CompileBeforeServing,
+    /// The default: caches on, so only swap 1 (to the canary, never
+    /// compiled) compiles, with the baseline tier.
+    Cache,
+}
+
+impl Case {
+    /// Its key in the results.
+    pub fn name(self) -> &'static str {
+        match self {
+            Case::Precompiled => "precompiled",
+            Case::BaselineTier => "baseline_tier",
+            Case::CompileBeforeServing => "compile_before_serving",
+            Case::Cache => "cache",
+        }
+    }
+
+    fn env(self) -> [(&'static str, &'static str); 2] {
+        let (cache, tier) = match self {
+            Case::Precompiled | Case::CompileBeforeServing => ("off", "off"),
+            Case::BaselineTier => ("off", "on"),
+            Case::Cache => ("on", "on"),
+        };
+        [("CLICKSTREAM_COMPILE_CACHE", cache), ("CLICKSTREAM_BASELINE_TIER", tier)]
+    }
+}
+
+/// Runs arm 6 once per [`Case`]. The default's (`cache`) figures are at
+/// the top level, every case's under `cases`. `arm1_rate` (events/s) sizes
+/// the produce rate when not given.
 pub async fn run(bench: &Bench, arm1_rate: Option<f64>) -> anyhow::Result<Value> {
     let rate = bench.sizes.swap_rate.unwrap_or_else(|| arm1_rate.map_or(5_000, |r| ((r * 0.5) as u64).clamp(500, 10_000)));
-    progress("  compiled-component cache off");
-    let off = run_once(bench, rate, false).await?;
-    progress("  compiled-component cache on (the default)");
-    let mut on = run_once(bench, rate, true).await?;
+    let mut cases = serde_json::Map::new();
+    for case in [Case::Precompiled, Case::BaselineTier, Case::CompileBeforeServing] {
+        progress(format_args!("  case {}", case.name()));
+        cases.insert(case.name().into(), run_once(bench, rate, case).await?);
+    }
+    progress("  case cache (the default)");
+    let mut on = run_once(bench, rate, Case::Cache).await?;
     // With the cache, swap 1 (to the canary) compiles; the normal build was
     // compiled at start-up, so every later swap finds its build compiled.
     let per = |from: usize, to: usize| -> Vec<f64> {
@@ -87,14 +129,33 @@ pub async fn run(bench: &Bench, arm1_rate: Option<f64>) -> anyhow::Result<Value>
     on["cold_vs_cached"] = json!({
         "cold_write_to_log_ms": Spread::of(&per(0, 1)),
         "cached_write_to_log_ms": Spread::of(&per(1, usize::MAX)),
-        "note": "cache on: swap 1 loads the canary build for the first time (compiles); the normal build was compiled at start-up, so swaps 2.. load builds compiled before",
+        "note": "cache on: swap 1 loads the canary build for the first time (baseline tier); the normal build was compiled at start-up, so swaps 2.. load builds compiled before",
     });
-    on["compile_cache_off"] = off;
+    let sum = |key: &str| cases.values().chain([&on]).filter_map(|c| c[key].as_u64()).sum::<u64>();
+    let (lost, duplicated) = (sum("lost"), sum("duplicated"));
+    on["lost_all_cases"] = json!(lost);
+    on["duplicated_all_cases"] = json!(duplicated);
+    on["cases"] = Value::Object(cases);
     Ok(on)
 }
 
-async fn run_once(bench: &Bench, rate: u64, cache: bool) -> anyhow::Result<Value> {
-    let variant = if cache { "swap" } else { "swapnocache" };
+/// Precompiles `wasm` with the host binary, sealed with the key in
+/// `cache_dir` (the one the host of the run uses).
+fn precompile(wasm: &Path, out: &Path, cache_dir: &Path) -> anyhow::Result<()> {
+    let status = std::process::Command::new(clickstream_testkit::host_binary()?)
+        .args(["plugin", "compile"])
+        .arg(wasm)
+        .arg("--out")
+        .arg(out)
+        .env("CLICKSTREAM_CACHE_DIR", cache_dir)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "clickstream plugin compile {} failed: {status}", wasm.display());
+    Ok(())
+}
+
+async fn run_once(bench: &Bench, rate: u64, case: Case) -> anyhow::Result<Value> {
+    let variant = format!("swap-{}", case.name().replace('_', "-"));
     let swaps = bench.sizes.swaps as usize;
     let interval = Duration::from_millis(bench.sizes.swap_interval_ms);
     let warmup = Duration::from_secs(5);
@@ -107,14 +168,30 @@ async fn run_once(bench: &Bench, rate: u64, cache: bool) -> anyhow::Result<Value
 
     let dir = bench.work.join(format!("{variant}-plugins"));
     std::fs::create_dir_all(&dir)?;
+    // A fresh cache dir per run: an empty disk cache, and the key the
+    // precompiled artifacts are sealed with.
+    let cache_dir = bench.work.join(format!("{variant}-cache"));
+    let _ = std::fs::remove_dir_all(&cache_dir);
     let target = dir.join("enrich.wasm");
+    let artifacts = if case == Case::Precompiled {
+        let (normal_cwasm, canary_cwasm) = (dir.join("normal.cwasm"), dir.join("canary.cwasm"));
+        precompile(&normal, &normal_cwasm, &cache_dir)?;
+        precompile(&canary, &canary_cwasm, &cache_dir)?;
+        install(&normal_cwasm, &artifact::beside(&target))?;
+        Some((normal_cwasm, canary_cwasm))
+    } else {
+        None
+    };
     install(&normal, &target)?;
     let topic = format!("bench-{}-{variant}", bench.unique);
     clickstream::kafka::ensure_topic(&bench.services.brokers, &topic, super::data::PARTITIONS).await?;
-    let db = bench.fresh_database(variant).await?;
-    let pipeline = bench.write_pipeline(variant, &topic, &db, &target)?;
+    let db = bench.fresh_database(&variant).await?;
+    let pipeline = bench.write_pipeline(&variant, &topic, &db, &target)?;
     let log = bench.work.join(format!("{variant}-host.log"));
-    let mut host = Host::try_start(&pipeline, &log, &[("CLICKSTREAM_COMPILE_CACHE", if cache { "on" } else { "off" })])?;
+    let cache_env = cache_dir.display().to_string();
+    let mut env = case.env().to_vec();
+    env.push(("CLICKSTREAM_CACHE_DIR", &cache_env));
+    let mut host = Host::try_start(&pipeline, &log, &env)?;
     let started = Instant::now();
     while !host.log().contains("consuming") {
         host.check_alive()?;
@@ -144,6 +221,10 @@ async fn run_once(bench: &Bench, rate: u64, cache: bool) -> anyhow::Result<Value
         host.check_alive()?;
         let (file, version) = if i % 2 == 0 { (&canary, &canary_version) } else { (&normal, &normal_version) };
         let t0: DateTime<Utc> = SystemTime::now().into();
+        if let Some((normal_cwasm, canary_cwasm)) = &artifacts {
+            // The artifact first, then the component: the swap the .wasm triggers finds its .cwasm.
+            install(if i % 2 == 0 { canary_cwasm } else { normal_cwasm }, &artifact::beside(&target))?;
+        }
         install(file, &target)?;
         writes.push((t0, version.clone()));
         tokio::time::sleep(interval).await;
@@ -162,6 +243,12 @@ async fn run_once(bench: &Bench, rate: u64, cache: bool) -> anyhow::Result<Value
     let counters = final_counters(&host_log);
     let lines = swap_lines(&host_log);
     let rejected = host_log.lines().filter(|l| l.contains("plugin reload rejected")).count();
+    let optimized = host_log.lines().filter(|l| l.contains("plugin optimized")).count();
+    let origins: Vec<String> = host_log
+        .lines()
+        .filter(|l| l.contains("plugin swapped"))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("origin=")).map(str::to_string))
+        .collect();
 
     // Per swap: the log line and the first stored event of the new version.
     let mut per_swap = Vec::new();
@@ -233,7 +320,10 @@ async fn run_once(bench: &Bench, rate: u64, cache: bool) -> anyhow::Result<Value
     ));
     super::data::delete_topic(bench, &topic).await;
     Ok(json!({
-        "compile_cache": if cache { "on" } else { "off" },
+        "case": case.name(),
+        "host_env": case.env().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+        "origins": origins,
+        "optimized_swaps": optimized,
         "swaps": swaps,
         "swaps_logged": to_log.len(),
         "swaps_rejected": rejected,

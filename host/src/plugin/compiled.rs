@@ -32,6 +32,8 @@ pub enum Tiering {
     /// With the baseline compiler, when enabled (hot swaps): the caller
     /// swaps the optimised build in later ([`Origin::Baseline`]).
     BaselineFirst,
+    /// Always with the baseline compiler, caches bypassed (to measure it).
+    BaselineOnly,
 }
 
 /// Where a loaded component's code came from.
@@ -258,6 +260,12 @@ pub fn load(spec: &PluginSpec, tiering: Tiering) -> Result<Compiled, PluginError
         return Ok(Compiled { component, hash, origin: Origin::Precompiled, refused_artifact: None });
     }
     let hash = content_hash(&bytes);
+    let not_a_component =
+        |e: wasmtime::Error| PluginError::NotAComponent { plugin: spec.slot.clone(), path: spec.path.clone(), reason: format!("{e:#}") };
+    if tiering == Tiering::BaselineOnly {
+        let component = Component::from_binary(baseline_engine(), &bytes).map_err(not_a_component)?;
+        return Ok(Compiled { component, hash, origin: Origin::Baseline, refused_artifact: None });
+    }
     let found = |component, origin| Compiled { component, hash: hash.clone(), origin, refused_artifact: None };
     if let Some(component) = recall(&hash) {
         return Ok(found(component, Origin::MemoryCache));
@@ -282,8 +290,6 @@ pub fn load(spec: &PluginSpec, tiering: Tiering) -> Result<Compiled, PluginError
             }
         }
     }
-    let not_a_component =
-        |e: wasmtime::Error| PluginError::NotAComponent { plugin: spec.slot.clone(), path: spec.path.clone(), reason: format!("{e:#}") };
     if tiering == Tiering::BaselineFirst && settings().baseline {
         let component = Component::from_binary(baseline_engine(), &bytes).map_err(not_a_component)?;
         return Ok(Compiled { component, hash, origin: Origin::Baseline, refused_artifact });

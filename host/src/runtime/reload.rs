@@ -32,8 +32,11 @@ use crate::stages::transform::Chain;
 use crate::stats::Stats;
 
 /// Quiet time after the last file event before acting: editors and build
-/// tools write a file in several steps (truncate, write, rename).
-const DEBOUNCE: Duration = Duration::from_millis(50);
+/// tools write a file in several steps (truncate, write, rename). Short,
+/// because it is most of a swap to precompiled or cached code; a file read
+/// half-written fails its load (logged, the old version serving) and the
+/// write's next event loads it whole.
+const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// Why a reload was refused. The running pipeline is untouched.
 #[derive(Debug, thiserror::Error)]

@@ -265,6 +265,7 @@ fn plugin_json(plugin: &PluginView, stats: &Stats) -> Value {
         "contract": info.contract,
         "path": info.path,
         "content_hash": info.content_hash,
+        "origin": info.origin,
         "loaded_at": chrono::DateTime::<chrono::Utc>::from(info.loaded_at).to_rfc3339(),
         "calls": counters.calls.get(),
         "errors": errors.values().sum::<u64>(),
@@ -315,7 +316,7 @@ async fn reload(State(api): State<Api>, Path(name): Path<String>, headers: Heade
         .map_err(|_| ApiError::unavailable("the pipeline is restarting; try again"))?;
     match tokio::time::timeout(RELOAD_TIMEOUT, answer).await {
         Ok(Ok(Ok(info))) => Ok(Json(json!({ "reloaded": true, "plugin": {
-            "slot": info.slot, "name": info.name, "version": info.version, "content_hash": info.content_hash,
+            "slot": info.slot, "name": info.name, "version": info.version, "content_hash": info.content_hash, "origin": info.origin,
         }}))),
         Ok(Ok(Err(reason))) => {
             Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("reload refused; the old version keeps serving: {reason}")))
