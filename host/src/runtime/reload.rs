@@ -31,11 +31,11 @@ use crate::stages::source::Batching;
 use crate::stages::transform::Chain;
 use crate::stats::Stats;
 
-/// Quiet time after the last file event before acting: editors and build
-/// tools write a file in several steps (truncate, write, rename). Short,
-/// because it is most of a swap to precompiled or cached code; a file read
-/// half-written fails its load (logged, the old version serving) and the
-/// write's next event loads it whole.
+/// Quiet time after the last file event before acting on a file written in
+/// place (editors truncate and write in several steps). A file renamed into
+/// place is complete and acted on at once. A file read half-written fails
+/// its load (logged, the old version serving) and the write's next event
+/// loads it whole.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// Why a reload was refused. The running pipeline is untouched.
@@ -347,13 +347,17 @@ impl Reloader {
     /// Watches files and `sighup` until `shutdown`. Files are watched through
     /// their folders, so a file replaced by rename is seen too.
     pub async fn run(mut self, sighup: Arc<Notify>, mut requests: mpsc::Receiver<ReloadRequest>, mut shutdown: watch::Receiver<bool>) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
+        // (path, whether the event renamed a file into place: a complete file).
+        let (tx, mut rx) = mpsc::unbounded_channel::<(PathBuf, bool)>();
         let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             // Only writes, creations, renames and removals: reads (ours
             // included, when hashing a file) must not look like changes.
             if let Some(event) = event.ok().filter(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
-                for path in event.paths {
-                    let _ = tx.send(path);
+                use notify::event::{ModifyKind, RenameMode};
+                let renamed_in = matches!(event.kind, notify::EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)));
+                let last = event.paths.len().saturating_sub(1);
+                for (i, path) in event.paths.into_iter().enumerate() {
+                    let _ = tx.send((path, renamed_in && i == last));
                 }
             }
         }) {
@@ -378,9 +382,20 @@ impl Reloader {
                     self.forced(request).await;
                     continue;
                 }
-                Some(first) = rx.recv() => {
+                Some((first, mut complete)) = rx.recv() => {
+                    // A file renamed into place is whole: act at once (what
+                    // deploys and build tools do). Otherwise wait for quiet.
                     let mut paths = vec![first];
-                    while let Ok(Some(p)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                    while !complete {
+                        match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                            Ok(Some((p, renamed_in))) => {
+                                paths.push(p);
+                                complete = renamed_in;
+                            }
+                            _ => break,
+                        }
+                    }
+                    while let Ok((p, _)) = rx.try_recv() {
                         paths.push(p);
                     }
                     paths
