@@ -137,8 +137,10 @@ const COMPILED_KEPT: usize = 4;
 /// Compiled components by content hash, most recent last: loading a file
 /// whose bytes this process compiled before (a rollback, a restart of the
 /// pipeline after a config change) skips compiling.
-fn memory() -> Option<&'static Mutex<VecDeque<(String, Component)>>> {
-    static CACHE: OnceLock<Option<Mutex<VecDeque<(String, Component)>>>> = OnceLock::new();
+type Recent = Mutex<VecDeque<(String, Component)>>;
+
+fn memory() -> Option<&'static Recent> {
+    static CACHE: OnceLock<Option<Recent>> = OnceLock::new();
     CACHE.get_or_init(|| settings().caches.then(|| Mutex::new(VecDeque::new()))).as_ref()
 }
 
