@@ -253,6 +253,15 @@ path = "plugins/aggregate.wasm"
     }
 
     #[test]
+    fn a_transform_is_a_wasm_component_or_a_precompiled_cwasm() {
+        let with = |path: &str| parse(&MINIMAL.replace("plugins/enrich.wasm", path)).map(|_| ()).map_err(|e| e.to_string());
+        assert!(with("plugins/enrich.cwasm").is_ok());
+        let err = with("plugins/enrich.so").unwrap_err();
+        assert!(err.contains("plugins.enrich") || err.contains("transforms[0].path"), "{err}");
+        assert!(err.contains(".cwasm from `clickstream plugin compile`"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_refused_with_the_key_and_file() {
         let err = parse(&format!("{MINIMAL}\n[index]\nindx = \"x\"\n")).unwrap_err().to_string();
         assert!(err.contains("/etc/cs/pipeline.toml") && err.contains("indx"), "{err}");

@@ -203,6 +203,12 @@ pub fn beside(wasm: &Path) -> PathBuf {
     wasm.with_extension("cwasm")
 }
 
+/// The SHA-256 (hex) of the component an artifact says it was compiled
+/// from, unchecked: to tell whether a changed file is a new version.
+pub fn named_source(bytes: &[u8]) -> Option<String> {
+    (is_artifact(bytes) && bytes.len() >= HEADER).then(|| hex(&bytes[16..48]))
+}
+
 /// Whether `bytes` look like an artifact (rather than a component).
 pub fn is_artifact(bytes: &[u8]) -> bool {
     bytes.starts_with(MAGIC)

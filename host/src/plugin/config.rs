@@ -60,12 +60,12 @@ const RESERVED_NAMES: [&str; 1] = ["aggregate"];
 
 /// Checks a plugin table's file name and limits.
 fn validate_plugin(file: &Path, key: &str, plugin: &PluginConfig) -> Result<(), ConfigError> {
-    if plugin.path.extension().and_then(|e| e.to_str()) != Some("wasm") {
+    if !matches!(plugin.path.extension().and_then(|e| e.to_str()), Some("wasm" | "cwasm")) {
         return Err(invalid(
             file,
             &format!("{key}.path"),
             format!("is {}", plugin.path.display()),
-            "point it at a .wasm component (build them with scripts/build-plugins)",
+            "point it at a .wasm component (build them with scripts/build-plugins), or a .cwasm from `clickstream plugin compile`",
         ));
     }
     if !(16..=4096).contains(&plugin.memory_mib) {

@@ -488,7 +488,9 @@ impl Reloader {
     /// touching a file, or a build rewriting the same bytes, is not a change.
     fn differs(&self, path: &Path, serving: &PluginInfo) -> bool {
         match std::fs::read(path) {
-            Ok(bytes) => crate::plugin::content_hash(&bytes) != serving.content_hash,
+            Ok(bytes) => {
+                crate::plugin::artifact::named_source(&bytes).unwrap_or_else(|| crate::plugin::content_hash(&bytes)) != serving.content_hash
+            }
             // Mid-rename: the next event brings the new file.
             Err(_) => false,
         }
