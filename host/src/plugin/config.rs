@@ -46,6 +46,31 @@ pub struct PluginConfig {
     /// Passed to the plugin's `configure` as key/value strings.
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+    /// What a new build written to `path` does: `swap` serves it at once
+    /// (after the golden batch); `shadow` runs it beside the serving version
+    /// on `shadow_fraction` of the batches, compares, and stores nothing
+    /// from it until promoted through the API. Transforms only; applies
+    /// live, to the next build written.
+    #[serde(default)]
+    pub rollout: Rollout,
+    /// The share of batches a shadow candidate runs on, in (0, 1].
+    #[serde(default = "default_shadow_fraction")]
+    pub shadow_fraction: f64,
+}
+
+/// How a new build of a transform goes into service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rollout {
+    /// At once, after the golden batch.
+    #[default]
+    Swap,
+    /// Beside the serving version, compared, until promoted or aborted.
+    Shadow,
+}
+
+const fn default_shadow_fraction() -> f64 {
+    1.0
 }
 
 const fn default_memory_mib() -> usize {
@@ -74,12 +99,23 @@ fn validate_plugin(file: &Path, key: &str, plugin: &PluginConfig) -> Result<(), 
     if !(10..=600_000).contains(&plugin.deadline_ms) {
         return Err(invalid(file, &format!("{key}.deadline_ms"), format!("is {}", plugin.deadline_ms), "use 10 to 600000 (default 1000)"));
     }
+    if !(plugin.shadow_fraction > 0.0 && plugin.shadow_fraction <= 1.0) {
+        return Err(invalid(
+            file,
+            &format!("{key}.shadow_fraction"),
+            format!("is {}", plugin.shadow_fraction),
+            "use a share of batches above 0 and at most 1 (default 1)",
+        ));
+    }
     Ok(())
 }
 
 impl PluginsConfig {
     /// Checks the aggregate plugin's table; touches nothing.
     pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        if self.aggregate.rollout != Rollout::Swap {
+            return Err(invalid(file, "plugins.aggregate.rollout", "is not swap".into(), "shadowing is for transforms; remove the key"));
+        }
         validate_plugin(file, "plugins.aggregate", &self.aggregate)
     }
 
@@ -167,9 +203,11 @@ impl PluginConfig {
         }
     }
 
-    /// How a change to this table applies: a swap of the slot's plugin.
+    /// How a change to this table applies: a swap of the slot's plugin. The
+    /// rollout keys alone change nothing serving: they apply to the next build.
     pub fn change(&self, next: &PluginConfig) -> Apply {
-        if self == next {
+        let loaded = |c: &PluginConfig| PluginConfig { rollout: Rollout::Swap, shadow_fraction: 1.0, ..c.clone() };
+        if loaded(self) == loaded(next) {
             Apply::Unchanged
         } else {
             Apply::Live

@@ -22,6 +22,7 @@ pub mod golden;
 pub mod instance;
 pub mod limits;
 pub mod log;
+pub mod shadow;
 pub mod slot;
 mod stderr;
 pub mod transform;

@@ -71,12 +71,14 @@ impl PluginCounters {
 pub struct Slot<T> {
     live: ArcSwap<T>,
     counters: Arc<PluginCounters>,
+    /// A transform's candidate in shadow, if one is.
+    shadow: arc_swap::ArcSwapOption<super::shadow::Shadow>,
 }
 
 impl<T> Slot<T> {
     /// A slot holding `initial`.
     pub fn new(initial: Arc<T>) -> Slot<T> {
-        Slot { live: ArcSwap::new(initial), counters: Arc::default() }
+        Slot { live: ArcSwap::new(initial), counters: Arc::default(), shadow: arc_swap::ArcSwapOption::empty() }
     }
 
     /// The version serving now.
@@ -95,6 +97,16 @@ impl<T> Slot<T> {
     pub fn replace(&self, expected: &Arc<T>, next: Arc<T>) -> bool {
         let previous = self.live.compare_and_swap(expected, next);
         Arc::ptr_eq(&previous, expected)
+    }
+
+    /// The candidate in shadow, if one is.
+    pub fn shadow(&self) -> Option<Arc<super::shadow::Shadow>> {
+        self.shadow.load_full()
+    }
+
+    /// Puts a candidate in shadow (or none), returning the one it replaced.
+    pub fn set_shadow(&self, shadow: Option<Arc<super::shadow::Shadow>>) -> Option<Arc<super::shadow::Shadow>> {
+        self.shadow.swap(shadow)
     }
 
     /// Calls, errors and memory of this slot's plugin.

@@ -244,15 +244,25 @@ pub struct PluginView {
     pub info: PluginInfo,
     /// What its slot did.
     pub counters: Arc<PluginCounters>,
+    /// A transform's candidate in shadow, if one is.
+    pub shadow: Option<Arc<crate::plugin::shadow::Shadow>>,
 }
 
 impl Pipeline {
     /// The transforms in chain order, then the aggregate plugin.
     pub fn plugins(&self) -> Vec<PluginView> {
-        let view =
-            |kind, info: &PluginInfo, counters: &Arc<PluginCounters>| PluginView { kind, info: info.clone(), counters: counters.clone() };
-        let mut all: Vec<PluginView> =
-            self.chain.load().iter().map(|slot| view("transform", &slot.current().info, slot.counters())).collect();
+        let view = |kind, info: &PluginInfo, counters: &Arc<PluginCounters>| PluginView {
+            kind,
+            info: info.clone(),
+            counters: counters.clone(),
+            shadow: None,
+        };
+        let mut all: Vec<PluginView> = self
+            .chain
+            .load()
+            .iter()
+            .map(|slot| PluginView { shadow: slot.shadow(), ..view("transform", &slot.current().info, slot.counters()) })
+            .collect();
         all.push(view("aggregate", &self.aggregate.current().info, self.aggregate.counters()));
         all
     }

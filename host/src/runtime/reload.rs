@@ -21,8 +21,10 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::{Apply, PipelineConfig};
 use crate::plugin::aggregate::LoadedAggregate;
+use crate::plugin::config::Rollout;
 use crate::plugin::geoip::GeoIp;
 use crate::plugin::golden::{prove_aggregate, prove_transform, ProofError};
+use crate::plugin::shadow::Shadow;
 use crate::plugin::transform::LoadedTransform;
 use crate::plugin::{Origin, PluginInfo, PluginSpec, Slot, Tiering};
 use crate::stages::aggregate::config::AggregateConfig;
@@ -78,11 +80,23 @@ pub struct Swap {
     pub took: Duration,
 }
 
-/// A request to reload a plugin from its file now (the API's forced reload):
-/// the file is loaded and proven even when its content is unchanged.
+/// What the API asks of a plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadAction {
+    /// Load and prove the file now, even when its content is unchanged, and swap.
+    Reload,
+    /// Serve the candidate in shadow (the serving version is dropped).
+    Promote,
+    /// Drop the candidate in shadow.
+    Abort,
+}
+
+/// A request from the API about one plugin.
 pub struct ReloadRequest {
     /// The plugin: a transform's name, or `aggregate`.
     pub slot: String,
+    /// What to do.
+    pub action: ReloadAction,
     /// Gets the version now serving, or why the reload was refused.
     pub reply: tokio::sync::oneshot::Sender<Result<PluginInfo, String>>,
 }
@@ -242,6 +256,69 @@ impl Reloader {
             tracing::info!(chain = %crate::runtime::pipeline::describe_chain(&self.chain.load()), "transform chain applied");
         }
         Ok(())
+    }
+
+    /// Puts a build of a transform in shadow beside the serving version
+    /// (after the golden batch), replacing any candidate there was.
+    pub async fn shadow_transform(&self, spec: PluginSpec, fraction: f64) -> Result<PluginInfo, ReloadError> {
+        let name = spec.slot.clone();
+        let Some(slot) = self.transform_slot(&name) else {
+            return Err(ReloadError::NoSuchPlugin { name, known: self.known_plugins() });
+        };
+        let geoip = self.geoip.clone();
+        let result = tokio::task::spawn_blocking(move || prove_transform(spec, Some(geoip), Tiering::Optimized))
+            .await
+            .expect("plugin preparation does not panic");
+        let candidate = match result {
+            Ok(candidate) => candidate,
+            Err(e) => {
+                self.count(&name, Err(&e));
+                return Err(e.into());
+            }
+        };
+        let info = candidate.info.clone();
+        slot.set_shadow(Some(Arc::new(Shadow::new(candidate, fraction))));
+        let detail = format!(
+            "{} {} (sha256 {}) in shadow on {:.0}% of batches",
+            info.name,
+            info.version,
+            &info.content_hash[..12],
+            fraction * 100.0
+        );
+        tracing::info!(plugin = %name, candidate = %info.version, fraction, "candidate in shadow; nothing it outputs is stored");
+        self.stats.reload_event(&name, "shadowing", detail);
+        Ok(info)
+    }
+
+    /// Promotes or aborts the candidate in shadow of transform `name`,
+    /// recording the decision with what the shadow run saw.
+    fn decide(&self, name: &str, action: ReloadAction) -> Result<PluginInfo, String> {
+        let slot = self
+            .transform_slot(name)
+            .ok_or_else(|| ReloadError::NoSuchPlugin { name: name.into(), known: self.known_plugins() }.to_string())?;
+        let shadow = slot.set_shadow(None).ok_or_else(|| format!("transform `{name}` has no candidate in shadow"))?;
+        let report = shadow.report();
+        let candidate = shadow.candidate.current();
+        let figures = format!(
+            "{} {} after {} batches, {} events compared, {} differing {:?}, {} failed batches",
+            candidate.info.name,
+            candidate.info.version,
+            report.batches,
+            report.events,
+            report.differing_events,
+            report.by_field,
+            report.errors
+        );
+        if action == ReloadAction::Promote {
+            let old = slot.swap(candidate.clone());
+            tracing::info!(plugin = %name, old = %old.info.version, new = %candidate.info.version, "shadow candidate promoted");
+            self.stats.reload_event(name, "promoted", figures);
+            Ok(candidate.info.clone())
+        } else {
+            tracing::info!(plugin = %name, candidate = %candidate.info.version, "shadow candidate aborted");
+            self.stats.reload_event(name, "aborted", figures);
+            Ok(slot.current().info.clone())
+        }
     }
 
     /// Replaces the aggregate plugin likewise.
@@ -411,7 +488,11 @@ impl Reloader {
             for (config, spec) in self.config.transforms.iter().zip(self.config.transform_specs()) {
                 let serving = self.transform_slot(config.transform_name()).map(|slot| slot.current().info.clone());
                 if touched(&config.path) && serving.is_some_and(|info| self.differs(&config.path, &info)) {
-                    let _ = self.swap_transform(spec).await;
+                    if config.rollout == Rollout::Shadow {
+                        let _ = self.shadow_transform(spec, config.shadow_fraction).await;
+                    } else {
+                        let _ = self.swap_transform(spec).await;
+                    }
                 }
             }
             if touched(&self.config.plugins.aggregate.path)
@@ -454,9 +535,13 @@ impl Reloader {
         }
     }
 
-    /// Serves a forced reload of one plugin.
+    /// Serves a request of the API.
     async fn forced(&self, request: ReloadRequest) {
-        tracing::info!(plugin = %request.slot, "reload requested through the API");
+        tracing::info!(plugin = %request.slot, action = ?request.action, "requested through the API");
+        if request.action != ReloadAction::Reload {
+            let _ = request.reply.send(self.decide(&request.slot, request.action));
+            return;
+        }
         let result = if request.slot == "aggregate" {
             self.swap_aggregate(self.config.aggregate_spec()).await
         } else {

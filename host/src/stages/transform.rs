@@ -127,6 +127,9 @@ fn step(runner: &mut TransformRunner, live: Live, batch: &mut WriteBatch, stats:
     let mut extended = Extended::default();
     match runner.transform(&live.events) {
         Ok((loaded, outcomes)) => {
+            if let Some(shadow) = runner.slot().shadow() {
+                shadow.observe(&live.events, &outcomes);
+            }
             for (flight, outcome) in live.flights.into_iter().zip(outcomes) {
                 apply(flight, outcome, &loaded, &counters, &mut extended, batch, &mut kept);
             }

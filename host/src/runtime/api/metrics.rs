@@ -232,6 +232,28 @@ fn render_plugins(out: &mut Exposition, plugins: &[PluginView]) {
             out.sample("clickstream_transform_events_dropped_total", &[("transform", &p.info.slot), ("reason", &reason)], n);
         }
     }
+    out.header(
+        "clickstream_shadow_events_compared_total",
+        "counter",
+        "Events a candidate in shadow ran on beside the serving version, per transform (this shadow run).",
+    );
+    for p in &transforms {
+        if let Some(shadow) = &p.shadow {
+            out.sample("clickstream_shadow_events_compared_total", &[("transform", &p.info.slot)], shadow.report().events);
+        }
+    }
+    out.header(
+        "clickstream_shadow_differences_total",
+        "counter",
+        "Events on which the candidate in shadow differed from the serving version, by field (`outcome` when kept/dropped/rejected differ).",
+    );
+    for p in &transforms {
+        if let Some(shadow) = &p.shadow {
+            for (field, n) in shadow.report().by_field {
+                out.sample("clickstream_shadow_differences_total", &[("transform", &p.info.slot), ("field", &field)], n);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::plugin::PluginInfo;
 use crate::runtime::pipeline::{Pipeline, PluginView};
-use crate::runtime::reload::ReloadRequest;
+use crate::runtime::reload::{ReloadAction, ReloadRequest};
 use crate::stats::Stats;
 
 pub use aggregates::{AggregateGroup, AggregatesQuery, AggregatesResponse, SeriesPoint};
@@ -98,6 +98,8 @@ impl Api {
             .route("/api/aggregates", get(aggregates))
             .route("/api/plugins", get(plugins))
             .route("/api/plugins/{name}/reload", post(reload))
+            .route("/api/plugins/{name}/promote", post(promote))
+            .route("/api/plugins/{name}/abort", post(abort))
             .route("/api/dead-letters", get(dead_letters))
             .route("/api/windows/failing", get(failing_windows))
             .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see README.md, \"HTTP API\"") })
@@ -281,6 +283,17 @@ fn plugin_json(plugin: &PluginView, stats: &Stats) -> Value {
         body["rejected"] = json!(counters.rejected.get());
         body["dropped"] = json!(dropped.values().sum::<u64>());
         body["dropped_by_reason"] = json!(dropped);
+        body["shadow"] = match &plugin.shadow {
+            Some(shadow) => {
+                let candidate = shadow.info();
+                json!({
+                    "candidate": { "name": candidate.name, "version": candidate.version, "content_hash": candidate.content_hash },
+                    "fraction": shadow.fraction,
+                    "report": shadow.report(),
+                })
+            }
+            None => Value::Null,
+        };
     }
     body
 }
@@ -292,6 +305,20 @@ async fn plugins(State(api): State<Api>) -> ApiResult<Json<Value>> {
 }
 
 async fn reload(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    act(api, name, headers, ReloadAction::Reload).await
+}
+
+async fn promote(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    act(api, name, headers, ReloadAction::Promote).await
+}
+
+async fn abort(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    act(api, name, headers, ReloadAction::Abort).await
+}
+
+/// A plugin action that needs the bearer token: reload, or promote or abort
+/// a candidate in shadow.
+async fn act(api: Api, name: String, headers: HeaderMap, action: ReloadAction) -> ApiResult<Json<Value>> {
     let pipeline = api.live()?;
     let Some(expected) = pipeline.config.api.reload_token.as_deref() else {
         return Err(ApiError::new(
@@ -311,15 +338,17 @@ async fn reload(State(api): State<Api>, Path(name): Path<String>, headers: Heade
     let (reply, answer) = tokio::sync::oneshot::channel();
     pipeline
         .reload
-        .send(ReloadRequest { slot: name, reply })
+        .send(ReloadRequest { slot: name, action, reply })
         .await
         .map_err(|_| ApiError::unavailable("the pipeline is restarting; try again"))?;
     match tokio::time::timeout(RELOAD_TIMEOUT, answer).await {
-        Ok(Ok(Ok(info))) => Ok(Json(json!({ "reloaded": true, "plugin": {
-            "slot": info.slot, "name": info.name, "version": info.version, "content_hash": info.content_hash, "origin": info.origin,
-        }}))),
+        Ok(Ok(Ok(info))) => {
+            Ok(Json(json!({ "reloaded": action == ReloadAction::Reload, "action": format!("{action:?}").to_lowercase(), "plugin": {
+                "slot": info.slot, "name": info.name, "version": info.version, "content_hash": info.content_hash, "origin": info.origin,
+            }})))
+        }
         Ok(Ok(Err(reason))) => {
-            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("reload refused; the old version keeps serving: {reason}")))
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{action:?} refused; the serving version is unchanged: {reason}")))
         }
         Ok(Err(_)) => Err(ApiError::unavailable("the pipeline stopped before the reload finished")),
         Err(_) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "the reload is still running; check GET /api/plugins")),

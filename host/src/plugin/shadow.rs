@@ -1,0 +1,176 @@
+//! Shadowing: a candidate version of a transform runs beside the serving
+//! one on a share of the batches, on the same input; its outcomes are
+//! compared event by event and never stored. What it would change is counted
+//! per field, with a bounded sample, until someone promotes or aborts it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use super::transform::{LoadedTransform, TransformRunner};
+use super::{PluginInfo, Slot};
+use crate::stages::record::{attributes_json, Outcome, TransformEvent};
+
+/// Differences kept as examples, per shadow run.
+pub const SAMPLE: usize = 20;
+
+/// Longest value kept in a sampled difference, in bytes.
+const VALUE_MAX: usize = 256;
+
+/// One event on which the candidate answered otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[allow(missing_docs)] // named for what they hold
+pub struct Difference {
+    pub event_id: String,
+    /// `outcome` (kept/dropped/rejected differ), or the field that differs.
+    pub field: String,
+    pub serving: String,
+    pub candidate: String,
+}
+
+/// What a shadow run has seen so far.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[allow(missing_docs)] // named for what they hold
+pub struct ShadowReport {
+    /// Batches the candidate ran on.
+    pub batches: u64,
+    /// Events compared.
+    pub events: u64,
+    /// Events on which it differed in anything.
+    pub differing_events: u64,
+    /// Differences by field (`outcome`, `url`, `browser`, `attributes`, ...).
+    pub by_field: BTreeMap<String, u64>,
+    /// The first [`SAMPLE`] differences.
+    pub sample: Vec<Difference>,
+    /// Batches on which the candidate failed (trap, deadline, memory, contract).
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+/// A candidate in shadow beside a transform's serving version.
+pub struct Shadow {
+    /// The candidate, in a slot of its own (its own counters).
+    pub candidate: Arc<Slot<LoadedTransform>>,
+    /// The share of batches it runs on, in (0, 1].
+    pub fraction: f64,
+    batches: AtomicU64,
+    /// The candidate's instance: one, tried without waiting, so shadowing
+    /// never holds up a batch.
+    runner: Mutex<Option<TransformRunner>>,
+    report: Mutex<ShadowReport>,
+}
+
+impl Shadow {
+    /// A shadow of `candidate` on `fraction` of the batches.
+    pub fn new(candidate: Arc<LoadedTransform>, fraction: f64) -> Shadow {
+        Shadow {
+            candidate: Arc::new(Slot::new(candidate)),
+            fraction: fraction.clamp(f64::MIN_POSITIVE, 1.0),
+            batches: AtomicU64::new(0),
+            runner: Mutex::new(None),
+            report: Mutex::new(ShadowReport::default()),
+        }
+    }
+
+    /// The candidate's identity.
+    pub fn info(&self) -> PluginInfo {
+        self.candidate.current().info.clone()
+    }
+
+    /// What it has seen so far.
+    pub fn report(&self) -> ShadowReport {
+        self.report.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether the next batch is one it runs on: evenly spread, `fraction`
+    /// of them.
+    fn selects(&self) -> bool {
+        let n = self.batches.fetch_add(1, Ordering::Relaxed) as f64;
+        ((n + 1.0) * self.fraction).floor() > (n * self.fraction).floor()
+    }
+
+    /// Runs the candidate on `events` when this batch is selected and
+    /// compares its outcomes with the serving version's.
+    pub fn observe(&self, events: &[TransformEvent], serving: &[Outcome]) {
+        if !self.selects() {
+            return;
+        }
+        let Ok(mut runner) = self.runner.try_lock() else { return };
+        let runner = runner.get_or_insert_with(|| TransformRunner::new(self.candidate.clone()));
+        let result = runner.transform(events);
+        let mut report = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        report.batches += 1;
+        match result {
+            Ok((_, candidate)) => {
+                report.events += events.len() as u64;
+                for ((event, s), c) in events.iter().zip(serving).zip(&candidate) {
+                    let differences = compare(s, c);
+                    if differences.is_empty() {
+                        continue;
+                    }
+                    report.differing_events += 1;
+                    for (field, serving, candidate) in differences {
+                        *report.by_field.entry(field.to_string()).or_default() += 1;
+                        if report.sample.len() < SAMPLE {
+                            report.sample.push(Difference {
+                                event_id: event.raw.event_id.clone(),
+                                field: field.to_string(),
+                                serving: clip(serving),
+                                candidate: clip(candidate),
+                            });
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                report.errors += 1;
+                report.last_error = Some(e.to_string());
+            }
+        }
+    }
+}
+
+fn clip(mut value: String) -> String {
+    if value.len() > VALUE_MAX {
+        let mut end = VALUE_MAX;
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        value.truncate(end);
+        value.push('…');
+    }
+    value
+}
+
+fn kind(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Keep(_) => "kept".into(),
+        Outcome::Drop(reason) => format!("dropped: {reason}"),
+        Outcome::Reject(r) => format!("rejected: {}{}", r.field.as_deref().map(|f| format!("{f}: ")).unwrap_or_default(), r.reason),
+    }
+}
+
+/// Where two outcomes for one event differ: (field, serving, candidate).
+pub fn compare(serving: &Outcome, candidate: &Outcome) -> Vec<(&'static str, String, String)> {
+    let (Outcome::Keep(s), Outcome::Keep(c)) = (serving, candidate) else {
+        let (s, c) = (kind(serving), kind(candidate));
+        return if s == c { Vec::new() } else { vec![("outcome", s, c)] };
+    };
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    let device = |e: &TransformEvent| e.enrichment.device.map(|d| d.as_str().to_string()).unwrap_or_default();
+    let fields: [(&'static str, String, String); 10] = [
+        ("url", s.raw.url.clone(), c.raw.url.clone()),
+        ("ip", s.raw.ip.clone(), c.raw.ip.clone()),
+        ("user_agent", s.raw.user_agent.clone(), c.raw.user_agent.clone()),
+        ("referrer", text(&s.raw.referrer), text(&c.raw.referrer)),
+        ("country", text(&s.enrichment.country), text(&c.enrichment.country)),
+        ("city", text(&s.enrichment.city), text(&c.enrichment.city)),
+        ("browser", text(&s.enrichment.browser), text(&c.enrichment.browser)),
+        ("os", text(&s.enrichment.os), text(&c.enrichment.os)),
+        ("device", device(s), device(c)),
+        ("attributes", attributes_json(&s.attributes).into_owned(), attributes_json(&c.attributes).into_owned()),
+    ];
+    fields.into_iter().filter(|(_, a, b)| a != b).collect()
+}
