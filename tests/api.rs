@@ -398,6 +398,7 @@ async fn api_reports_what_the_pipeline_did() {
     assert!(dom.contains("live · updated"), "status line reports no error");
     assert!(dom.contains(enrich["version"].as_str().unwrap()), "plugin table shows the version");
     assert!(dom.contains("accepted"), "reload history shows the reload");
+    assert!(dom.contains("puts its next build here"), "the shadow table renders (empty: no candidate)");
     let artifacts = support::root().join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("dashboard.png");
