@@ -3,83 +3,13 @@
 
 use clickstream_testkit as support;
 
+mod reloading;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clickstream::plugin::transform::LoadedTransform;
-use clickstream::plugin::Slot;
-use clickstream::produce::{self, Generator, GeneratorConfig};
-use clickstream::runtime::pipeline::Pipeline;
-use clickstream::stats::Stats;
+use reloading::{install, produce_to, start, stored, ONE_AT_A_TIME, WAIT};
 use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
-
-const WAIT: Duration = Duration::from_secs(120);
-
-/// Replaces `to` the way build tools do: write a temporary file beside it,
-/// then rename it over.
-fn install(from: &Path, to: &Path) {
-    let tmp = to.with_extension("tmp");
-    std::fs::copy(from, &tmp).unwrap();
-    std::fs::rename(&tmp, to).unwrap();
-}
-
-struct Running {
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<Pipeline, clickstream::runtime::pipeline::PipelineError>>,
-    enrich: Arc<Slot<LoadedTransform>>,
-    stats: Arc<Stats>,
-    pipeline: std::path::PathBuf,
-    /// What the API sends the reloader.
-    requests: tokio::sync::mpsc::Sender<clickstream::runtime::reload::ReloadRequest>,
-}
-
-/// Reload tests compile plugins while they measure; one at a time keeps
-/// them from slowing each other down.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Runs a pipeline whose enrich plugin is a copy in `dir`, so the test can replace it.
-async fn start(dir: &Path, topic: &str, db: &str) -> Running {
-    support::init_logs();
-    clickstream::kafka::ensure_topic(&support::brokers(), topic, 4).await.unwrap();
-    install(&support::plugin("enrich"), &dir.join("enrich.wasm"));
-    let pipeline = support::write_pipeline(dir, topic, &support::unique("reload"), db, "");
-    let text = std::fs::read_to_string(&pipeline).unwrap();
-    std::fs::write(&pipeline, text.replace(&support::plugin("enrich").display().to_string(), "enrich.wasm")).unwrap();
-    let config = support::load_config(&pipeline);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let stats = Arc::new(Stats::default());
-    type Started = (Arc<Slot<LoadedTransform>>, tokio::sync::mpsc::Sender<clickstream::runtime::reload::ReloadRequest>);
-    let slot: Arc<Mutex<Option<Started>>> = Default::default();
-    let task = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(config, stopped, Default::default(), stats.clone(), {
-        let slot = slot.clone();
-        move |p: &Pipeline| *slot.lock().unwrap() = Some((p.chain.load()[0].clone(), p.reload.clone()))
-    }));
-    let deadline = Instant::now() + WAIT;
-    let (enrich, requests) = loop {
-        if let Some(s) = slot.lock().unwrap().clone() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "pipeline did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    Running { stop, task, enrich, stats, pipeline, requests }
-}
-
-async fn produce_to(topic: &str, events: u64, seed: u64, rate: Option<u64>) -> BTreeSet<String> {
-    let brokers = support::brokers();
-    clickstream::kafka::ensure_topic(&brokers, topic, 4).await.unwrap();
-    let config = GeneratorConfig { events, users: 200, urls: 20, seed, ..GeneratorConfig::default() };
-    let ids = Generator::new(config.clone()).map(|r| r.event_id).collect();
-    produce::to_kafka(Generator::new(config), &brokers, topic, rate, &Default::default(), &indicatif::ProgressBar::hidden()).await.unwrap();
-    ids
-}
-
-async fn stored(pool: &PgPool) -> i64 {
-    support::count(pool, "SELECT count(*) FROM events").await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_swaps_enrich_without_loss() {
@@ -278,73 +208,4 @@ async fn a_never_seen_build_serves_from_the_baseline_tier_until_the_optimised_bu
     assert_eq!(ids.into_iter().collect::<BTreeSet<_>>(), expected);
     let canary: i64 = support::count(&pool, "SELECT count(*) FROM events WHERE browser LIKE '%+canary'").await;
     assert!(canary >= 1_000, "the events produced after the swap went through the new build: {canary}");
-}
-
-/// Asks the reloader what the API would.
-async fn request(running: &Running, action: clickstream::runtime::reload::ReloadAction) -> Result<clickstream::plugin::PluginInfo, String> {
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let request = clickstream::runtime::reload::ReloadRequest { slot: "enrich".into(), action, reply };
-    running.requests.send(request).await.unwrap();
-    answer.await.unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_candidate_in_shadow_reports_exactly_its_field_differences_stores_nothing_and_serves_once_promoted() {
-    use clickstream::runtime::reload::ReloadAction;
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("reload_shadow");
-    let db = support::fresh_database("reload_shadow").await;
-    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
-    let running = start(dir.path(), &topic, &db).await;
-    let serving = running.enrich.current().info.clone();
-
-    // The next build of enrich goes into shadow.
-    let text = std::fs::read_to_string(&running.pipeline).unwrap();
-    std::fs::write(&running.pipeline, text.replace("path = \"enrich.wasm\"\n", "path = \"enrich.wasm\"\nrollout = \"shadow\"\n")).unwrap();
-    let stats = running.stats.clone();
-    support::wait_until(WAIT, "pipeline.toml applied", || {
-        let stats = stats.clone();
-        async move { stats.reloads_of("pipeline.toml", "accepted") >= 1 }
-    })
-    .await;
-    assert_eq!(request(&running, ReloadAction::Promote).await.unwrap_err(), "transform `enrich` has no candidate in shadow");
-    install(&support::plugin("enrich-canary"), &dir.path().join("enrich.wasm"));
-    let enrich = running.enrich.clone();
-    support::wait_until(WAIT, "the candidate in shadow", || {
-        let enrich = enrich.clone();
-        async move { enrich.shadow().is_some() }
-    })
-    .await;
-    assert_eq!(running.enrich.current().info, serving, "a candidate in shadow does not serve");
-
-    let expected = produce_to(&topic, 2_000, 51, None).await;
-    support::wait_until(WAIT, "events stored", || async { stored(&pool).await as usize >= expected.len() }).await;
-    let report = running.enrich.shadow().unwrap().report();
-    assert!(report.events >= 1_000 && report.errors == 0, "{report:?}");
-    // The canary build appends +canary to every browser name, and changes nothing else.
-    assert_eq!(report.by_field, BTreeMap::from([("browser".to_string(), report.events)]), "{report:?}");
-    assert_eq!(report.differing_events, report.events);
-    assert_eq!(report.sample.len(), clickstream::plugin::shadow::SAMPLE);
-    for d in &report.sample {
-        assert_eq!((d.field.as_str(), d.candidate.clone()), ("browser", format!("{}+canary", d.serving)), "{d:?}");
-    }
-    let versions: Vec<String> = sqlx::query_scalar("SELECT DISTINCT plugin_version FROM events").fetch_all(&pool).await.unwrap();
-    assert_eq!(versions, vec![serving.version.clone()], "nothing the candidate output was stored");
-
-    let promoted = request(&running, ReloadAction::Promote).await.unwrap();
-    assert!(promoted.version.ends_with("-canary"));
-    assert!(running.enrich.shadow().is_none() && running.enrich.current().info.version == promoted.version);
-    let after = produce_to(&topic, 500, 52, None).await;
-    support::wait_until(WAIT, "events after the promotion", || async { stored(&pool).await as usize >= expected.len() + after.len() })
-        .await;
-    running.stop.send(true).unwrap();
-    running.task.await.unwrap().unwrap();
-    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&pool).await.unwrap();
-    assert_eq!(ids.len(), expected.len() + after.len(), "each event stored once");
-    let canary: i64 = support::count(&pool, "SELECT count(*) FROM events WHERE browser LIKE '%+canary'").await;
-    assert_eq!(canary as usize, after.len(), "the promoted build serves every event after the promotion, none before");
-    let history = running.stats.reload_history();
-    let promoted = history.iter().find(|r| r.outcome == "promoted").expect("the promotion is in the reload history");
-    assert!(promoted.detail.contains("browser"), "{promoted:?}");
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::canary::CanaryPolicy;
 use super::{PluginLimits, PluginSpec};
 use crate::config::{invalid, Apply, ConfigError};
 
@@ -49,13 +50,30 @@ pub struct PluginConfig {
     /// What a new build written to `path` does: `swap` serves it at once
     /// (after the golden batch); `shadow` runs it beside the serving version
     /// on `shadow_fraction` of the batches, compares, and stores nothing
-    /// from it until promoted through the API. Transforms only; applies
-    /// live, to the next build written.
+    /// from it until promoted through the API; `canary` lets it serve
+    /// `canary_fraction` of the batches and promotes or rolls it back by its
+    /// figures. Transforms only; applies live, to the next build written.
     #[serde(default)]
     pub rollout: Rollout,
     /// The share of batches a shadow candidate runs on, in (0, 1].
     #[serde(default = "default_shadow_fraction")]
     pub shadow_fraction: f64,
+    /// The share of batches a canary serves, in (0, 1): the serving version
+    /// keeps the rest, and its figures are the canary's baseline.
+    #[serde(default = "default_canary_fraction")]
+    pub canary_fraction: f64,
+    /// Batches a canary serves before it is judged.
+    #[serde(default = "default_canary_batches")]
+    pub canary_batches: u64,
+    /// How far a canary's error, reject and drop rates may exceed the serving
+    /// version's, as a share (0.01: one percentage point).
+    #[serde(default = "default_canary_tolerance")]
+    pub canary_tolerance: f64,
+    /// Batches after a promotion during which a rise in errors or rejects
+    /// (judged per `canary_batches`) rolls back to the previous version; 0
+    /// for none.
+    #[serde(default = "default_watch_batches")]
+    pub watch_batches: u64,
 }
 
 /// How a new build of a transform goes into service.
@@ -67,10 +85,24 @@ pub enum Rollout {
     Swap,
     /// Beside the serving version, compared, until promoted or aborted.
     Shadow,
+    /// Serving a share of the batches, promoted or rolled back by its figures.
+    Canary,
 }
 
 const fn default_shadow_fraction() -> f64 {
     1.0
+}
+const fn default_canary_fraction() -> f64 {
+    0.25
+}
+const fn default_canary_batches() -> u64 {
+    20
+}
+const fn default_canary_tolerance() -> f64 {
+    0.01
+}
+const fn default_watch_batches() -> u64 {
+    100
 }
 
 const fn default_memory_mib() -> usize {
@@ -107,6 +139,38 @@ fn validate_plugin(file: &Path, key: &str, plugin: &PluginConfig) -> Result<(), 
             "use a share of batches above 0 and at most 1 (default 1)",
         ));
     }
+    if !(plugin.canary_fraction > 0.0 && plugin.canary_fraction < 1.0) {
+        return Err(invalid(
+            file,
+            &format!("{key}.canary_fraction"),
+            format!("is {}", plugin.canary_fraction),
+            "use a share of batches above 0 and below 1 (default 0.25): the serving version's batches are the canary's baseline",
+        ));
+    }
+    if !(1..=1_000_000).contains(&plugin.canary_batches) {
+        return Err(invalid(
+            file,
+            &format!("{key}.canary_batches"),
+            format!("is {}", plugin.canary_batches),
+            "use 1 to 1000000 (default 20)",
+        ));
+    }
+    if !(0.0..=1.0).contains(&plugin.canary_tolerance) {
+        return Err(invalid(
+            file,
+            &format!("{key}.canary_tolerance"),
+            format!("is {}", plugin.canary_tolerance),
+            "use a share from 0 to 1 (default 0.01, one percentage point)",
+        ));
+    }
+    if plugin.watch_batches > 10_000_000 {
+        return Err(invalid(
+            file,
+            &format!("{key}.watch_batches"),
+            format!("is {}", plugin.watch_batches),
+            "use 0 to 10000000 (default 100)",
+        ));
+    }
     Ok(())
 }
 
@@ -114,7 +178,12 @@ impl PluginsConfig {
     /// Checks the aggregate plugin's table; touches nothing.
     pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
         if self.aggregate.rollout != Rollout::Swap {
-            return Err(invalid(file, "plugins.aggregate.rollout", "is not swap".into(), "shadowing is for transforms; remove the key"));
+            return Err(invalid(
+                file,
+                "plugins.aggregate.rollout",
+                "is not swap".into(),
+                "shadow and canary rollouts are for transforms; remove the key",
+            ));
         }
         validate_plugin(file, "plugins.aggregate", &self.aggregate)
     }
@@ -203,10 +272,28 @@ impl PluginConfig {
         }
     }
 
+    /// What a canary of a new build must show, by this table.
+    pub fn canary_policy(&self) -> CanaryPolicy {
+        CanaryPolicy {
+            fraction: self.canary_fraction,
+            batches: self.canary_batches,
+            tolerance: self.canary_tolerance,
+            watch_batches: self.watch_batches,
+        }
+    }
+
     /// How a change to this table applies: a swap of the slot's plugin. The
     /// rollout keys alone change nothing serving: they apply to the next build.
     pub fn change(&self, next: &PluginConfig) -> Apply {
-        let loaded = |c: &PluginConfig| PluginConfig { rollout: Rollout::Swap, shadow_fraction: 1.0, ..c.clone() };
+        let loaded = |c: &PluginConfig| PluginConfig {
+            rollout: Rollout::Swap,
+            shadow_fraction: default_shadow_fraction(),
+            canary_fraction: default_canary_fraction(),
+            canary_batches: default_canary_batches(),
+            canary_tolerance: default_canary_tolerance(),
+            watch_batches: default_watch_batches(),
+            ..c.clone()
+        };
         if loaded(self) == loaded(next) {
             Apply::Unchanged
         } else {

@@ -13,6 +13,7 @@
 
 pub mod aggregate;
 pub mod artifact;
+pub mod canary;
 pub mod compiled;
 pub mod config;
 pub mod engine;

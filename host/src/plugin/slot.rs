@@ -73,12 +73,19 @@ pub struct Slot<T> {
     counters: Arc<PluginCounters>,
     /// A transform's candidate in shadow, if one is.
     shadow: arc_swap::ArcSwapOption<super::shadow::Shadow>,
+    /// A transform's candidate in canary (or in its watch), if one is.
+    canary: arc_swap::ArcSwapOption<super::canary::Canary>,
 }
 
 impl<T> Slot<T> {
     /// A slot holding `initial`.
     pub fn new(initial: Arc<T>) -> Slot<T> {
-        Slot { live: ArcSwap::new(initial), counters: Arc::default(), shadow: arc_swap::ArcSwapOption::empty() }
+        Slot {
+            live: ArcSwap::new(initial),
+            counters: Arc::default(),
+            shadow: arc_swap::ArcSwapOption::empty(),
+            canary: arc_swap::ArcSwapOption::empty(),
+        }
     }
 
     /// The version serving now.
@@ -107,6 +114,21 @@ impl<T> Slot<T> {
     /// Puts a candidate in shadow (or none), returning the one it replaced.
     pub fn set_shadow(&self, shadow: Option<Arc<super::shadow::Shadow>>) -> Option<Arc<super::shadow::Shadow>> {
         self.shadow.swap(shadow)
+    }
+
+    /// The candidate in canary, if one is.
+    pub fn canary(&self) -> Option<Arc<super::canary::Canary>> {
+        self.canary.load_full()
+    }
+
+    /// Puts a candidate in canary (or none), returning the one it replaced.
+    pub fn set_canary(&self, canary: Option<Arc<super::canary::Canary>>) -> Option<Arc<super::canary::Canary>> {
+        self.canary.swap(canary)
+    }
+
+    /// Removes `canary`, unless another has replaced it meanwhile.
+    pub fn clear_canary(&self, canary: &Arc<super::canary::Canary>) {
+        self.canary.compare_and_swap(&Some(canary.clone()), None);
     }
 
     /// Calls, errors and memory of this slot's plugin.

@@ -246,6 +246,8 @@ pub struct PluginView {
     pub counters: Arc<PluginCounters>,
     /// A transform's candidate in shadow, if one is.
     pub shadow: Option<Arc<crate::plugin::shadow::Shadow>>,
+    /// A transform's candidate in canary (or in its watch), if one is.
+    pub canary: Option<Arc<crate::plugin::canary::Canary>>,
 }
 
 impl Pipeline {
@@ -256,12 +258,17 @@ impl Pipeline {
             info: info.clone(),
             counters: counters.clone(),
             shadow: None,
+            canary: None,
         };
         let mut all: Vec<PluginView> = self
             .chain
             .load()
             .iter()
-            .map(|slot| PluginView { shadow: slot.shadow(), ..view("transform", &slot.current().info, slot.counters()) })
+            .map(|slot| PluginView {
+                shadow: slot.shadow(),
+                canary: slot.canary(),
+                ..view("transform", &slot.current().info, slot.counters())
+            })
             .collect();
         all.push(view("aggregate", &self.aggregate.current().info, self.aggregate.counters()));
         all

@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::{Apply, PipelineConfig};
 use crate::plugin::aggregate::LoadedAggregate;
-use crate::plugin::config::Rollout;
+use crate::plugin::canary::Canary;
+use crate::plugin::config::{PluginConfig, Rollout};
 use crate::plugin::geoip::GeoIp;
 use crate::plugin::golden::{prove_aggregate, prove_transform, ProofError};
 use crate::plugin::shadow::Shadow;
@@ -53,6 +54,9 @@ pub enum ReloadError {
     /// The new pipeline.toml changes what existing aggregates mean.
     #[error("{file}: refused: {keys} changed; existing aggregates were computed with the old values and would be corrupted. Keep the old values, or point store.database_url at a new database (and index.index at a new index) to start fresh")]
     MetricsChanged { file: PathBuf, keys: String },
+    /// A shadow or canary was asked for with no new build at the path.
+    #[error("transform `{name}`: {} holds the build serving now; write the new build there first", path.display())]
+    NotNew { name: String, path: PathBuf },
     /// A reload named a plugin the pipeline does not run.
     #[error("no plugin named `{name}`; the plugins are {known}")]
     NoSuchPlugin { name: String, known: String },
@@ -85,9 +89,14 @@ pub struct Swap {
 pub enum ReloadAction {
     /// Load and prove the file now, even when its content is unchanged, and swap.
     Reload,
-    /// Serve the candidate in shadow (the serving version is dropped).
+    /// Put the file in shadow beside the serving version.
+    Shadow,
+    /// Put the file in canary beside the serving version.
+    Canary,
+    /// Serve the candidate in shadow or canary now (a canary is still watched).
     Promote,
-    /// Drop the candidate in shadow.
+    /// Drop the candidate in shadow or canary (a promoted canary in its
+    /// watch: go back to the previous version).
     Abort,
 }
 
@@ -258,25 +267,67 @@ impl Reloader {
         Ok(())
     }
 
-    /// Puts a build of a transform in shadow beside the serving version
-    /// (after the golden batch), replacing any candidate there was.
-    pub async fn shadow_transform(&self, spec: PluginSpec, fraction: f64) -> Result<PluginInfo, ReloadError> {
+    /// Puts a build of a transform beside the serving version as a
+    /// candidate (after the golden batch), as `config.rollout` says: in
+    /// shadow or in canary, replacing any candidate there was; a `swap`
+    /// rollout swaps it.
+    pub async fn start_rollout(&self, config: &PluginConfig, rollout: Rollout) -> Result<PluginInfo, ReloadError> {
+        let spec = config.spec(config.transform_name());
         let name = spec.slot.clone();
         let Some(slot) = self.transform_slot(&name) else {
             return Err(ReloadError::NoSuchPlugin { name, known: self.known_plugins() });
         };
+        if rollout != Rollout::Swap && !self.differs(&config.path, &slot.current().info) {
+            return Err(ReloadError::NotNew { name, path: config.path.clone() });
+        }
+        match rollout {
+            Rollout::Swap => return self.swap_transform(spec).await.map(|swap| swap.new),
+            Rollout::Shadow => return self.shadow_transform(spec, config.shadow_fraction).await,
+            Rollout::Canary => {}
+        }
+        let candidate = self.prove_candidate(&name, spec).await?;
+        let policy = config.canary_policy();
+        let info = candidate.info.clone();
+        slot.set_shadow(None);
+        slot.set_canary(Some(Arc::new(Canary::new(candidate, policy))));
+        let detail = format!(
+            "{} {} (sha256 {}) serves {:.0}% of batches; judged after {} batches, tolerance {:.1} points, then watched {} batches",
+            info.name,
+            info.version,
+            &info.content_hash[..12],
+            policy.fraction * 100.0,
+            policy.batches,
+            policy.tolerance * 100.0,
+            policy.watch_batches
+        );
+        tracing::info!(plugin = %name, candidate = %info.version, fraction = policy.fraction, "candidate in canary");
+        self.stats.reload_event(&name, "canary", detail);
+        Ok(info)
+    }
+
+    /// Loads a candidate (optimised: it may serve for long) and proves it on
+    /// the golden batch; a refusal is counted and logged.
+    async fn prove_candidate(&self, name: &str, spec: PluginSpec) -> Result<Arc<LoadedTransform>, ReloadError> {
         let geoip = self.geoip.clone();
         let result = tokio::task::spawn_blocking(move || prove_transform(spec, Some(geoip), Tiering::Optimized))
             .await
             .expect("plugin preparation does not panic");
-        let candidate = match result {
-            Ok(candidate) => candidate,
-            Err(e) => {
-                self.count(&name, Err(&e));
-                return Err(e.into());
-            }
+        result.map_err(|e| {
+            self.count(name, Err(&e));
+            e.into()
+        })
+    }
+
+    /// Puts a build of a transform in shadow beside the serving version
+    /// (after the golden batch), replacing any candidate there was.
+    async fn shadow_transform(&self, spec: PluginSpec, fraction: f64) -> Result<PluginInfo, ReloadError> {
+        let name = spec.slot.clone();
+        let Some(slot) = self.transform_slot(&name) else {
+            return Err(ReloadError::NoSuchPlugin { name, known: self.known_plugins() });
         };
+        let candidate = self.prove_candidate(&name, spec).await?;
         let info = candidate.info.clone();
+        slot.set_canary(None);
         slot.set_shadow(Some(Arc::new(Shadow::new(candidate, fraction))));
         let detail = format!(
             "{} {} (sha256 {}) in shadow on {:.0}% of batches",
@@ -290,13 +341,16 @@ impl Reloader {
         Ok(info)
     }
 
-    /// Promotes or aborts the candidate in shadow of transform `name`,
-    /// recording the decision with what the shadow run saw.
+    /// Promotes or aborts the candidate of transform `name` (in canary or
+    /// in shadow), recording the decision with the figures it was made on.
     fn decide(&self, name: &str, action: ReloadAction) -> Result<PluginInfo, String> {
         let slot = self
             .transform_slot(name)
             .ok_or_else(|| ReloadError::NoSuchPlugin { name: name.into(), known: self.known_plugins() }.to_string())?;
-        let shadow = slot.set_shadow(None).ok_or_else(|| format!("transform `{name}` has no candidate in shadow"))?;
+        if let Some(canary) = slot.canary() {
+            return canary.decide(&slot, action == ReloadAction::Promote, &self.stats);
+        }
+        let shadow = slot.set_shadow(None).ok_or_else(|| format!("transform `{name}` has no candidate in shadow or in canary"))?;
         let report = shadow.report();
         let candidate = shadow.candidate.current();
         let figures = format!(
@@ -485,14 +539,10 @@ impl Reloader {
                 self.watch_folders(&mut watcher, &mut watched);
                 continue;
             }
-            for (config, spec) in self.config.transforms.iter().zip(self.config.transform_specs()) {
+            for config in &self.config.transforms {
                 let serving = self.transform_slot(config.transform_name()).map(|slot| slot.current().info.clone());
                 if touched(&config.path) && serving.is_some_and(|info| self.differs(&config.path, &info)) {
-                    if config.rollout == Rollout::Shadow {
-                        let _ = self.shadow_transform(spec, config.shadow_fraction).await;
-                    } else {
-                        let _ = self.swap_transform(spec).await;
-                    }
+                    let _ = self.start_rollout(config, config.rollout).await;
                 }
             }
             if touched(&self.config.plugins.aggregate.path)
@@ -538,8 +588,21 @@ impl Reloader {
     /// Serves a request of the API.
     async fn forced(&self, request: ReloadRequest) {
         tracing::info!(plugin = %request.slot, action = ?request.action, "requested through the API");
-        if request.action != ReloadAction::Reload {
-            let _ = request.reply.send(self.decide(&request.slot, request.action));
+        let rollout = match request.action {
+            ReloadAction::Reload => None,
+            ReloadAction::Shadow => Some(Rollout::Shadow),
+            ReloadAction::Canary => Some(Rollout::Canary),
+            ReloadAction::Promote | ReloadAction::Abort => {
+                let _ = request.reply.send(self.decide(&request.slot, request.action));
+                return;
+            }
+        };
+        if let Some(rollout) = rollout {
+            let result = match self.config.transforms.iter().find(|t| t.transform_name() == request.slot) {
+                Some(config) => self.start_rollout(config, rollout).await,
+                None => Err(ReloadError::NoSuchPlugin { name: request.slot.clone(), known: self.known_plugins() }),
+            };
+            let _ = request.reply.send(result.map_err(|e| e.to_string()));
             return;
         }
         let result = if request.slot == "aggregate" {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::plugin::canary::{Canary, Rates};
 use crate::plugin::geoip::GeoIp;
 use crate::plugin::transform::{LoadedTransform, TransformRunner};
 use crate::plugin::{PluginCounters, PluginError, PluginSpec, Slot};
@@ -119,22 +120,69 @@ impl ChainRunner {
     }
 }
 
-/// One transform over the events in flight; returns those it kept.
+/// One transform over the events in flight; returns those it kept. A
+/// batch the transform's canary takes goes to the candidate first, and on
+/// to the serving version only for what the candidate rejected or failed on.
 fn step(runner: &mut TransformRunner, live: Live, batch: &mut WriteBatch, stats: &Stats) -> Live {
-    let counters = runner.slot().counters().clone();
-    counters.records_in.add(live.events.len() as u64);
-    let mut kept = Live { events: Vec::with_capacity(live.events.len()), flights: Vec::with_capacity(live.events.len()) };
-    let mut extended = Extended::default();
+    let slot = runner.slot().clone();
+    let n = live.events.len();
+    let mut out = Out {
+        kept: Live { events: Vec::with_capacity(n), flights: Vec::with_capacity(n) },
+        extended: Extended::default(),
+        counters: slot.counters().clone(),
+    };
+    out.counters.records_in.add(n as u64);
+    let canary = slot.canary();
+    let (rest, share) = match canary.as_ref().filter(|c| c.takes_batch()) {
+        Some(canary) => (trial(canary, live, &mut out, batch), Share::CanaryRest),
+        None => (live, Share::Whole(canary.as_deref())),
+    };
+    if !rest.events.is_empty() {
+        serve(runner, rest, share, &mut out, batch, stats);
+    }
+    if let Some(canary) = canary {
+        canary.settle(&slot, stats);
+    }
+    out.counters.kept.add(out.kept.events.len() as u64);
+    out.kept
+}
+
+/// Where a transform's outcomes go: the events kept, the chains they carry,
+/// and the slot's counters.
+struct Out {
+    kept: Live,
+    extended: Extended,
+    counters: Arc<PluginCounters>,
+}
+
+/// Which events the serving version gets.
+enum Share<'a> {
+    /// A whole batch: the baseline of the canary on trial, if one is.
+    Whole(Option<&'a Canary>),
+    /// What the canary rejected or failed on.
+    CanaryRest,
+}
+
+/// The serving version over `live`.
+fn serve(runner: &mut TransformRunner, live: Live, share: Share, out: &mut Out, batch: &mut WriteBatch, stats: &Stats) {
     match runner.transform(&live.events) {
         Ok((loaded, outcomes)) => {
-            if let Some(shadow) = runner.slot().shadow() {
-                shadow.observe(&live.events, &outcomes);
+            if let Share::Whole(baseline) = share {
+                if let Some(canary) = baseline {
+                    canary.tally_serving(outcomes.len(), Some(&outcomes));
+                }
+                if let Some(shadow) = runner.slot().shadow() {
+                    shadow.observe(&live.events, &outcomes);
+                }
             }
             for (flight, outcome) in live.flights.into_iter().zip(outcomes) {
-                apply(flight, outcome, &loaded, &counters, &mut extended, batch, &mut kept);
+                apply(flight, outcome, &loaded, out, batch);
             }
         }
         Err(e) => {
+            if let Share::Whole(Some(canary)) = share {
+                canary.tally_serving(live.events.len(), None);
+            }
             // One bad event must not sink its batch: retry one by one so
             // only the event that makes the transform fail is dead-lettered.
             stats.transform_batch_failures.inc();
@@ -143,15 +191,48 @@ fn step(runner: &mut TransformRunner, live: Live, batch: &mut WriteBatch, stats:
                 match runner.transform(std::slice::from_ref(event)) {
                     Ok((loaded, mut outcomes)) => {
                         let outcome = outcomes.pop().expect("one outcome per input");
-                        apply(flight, outcome, &loaded, &counters, &mut extended, batch, &mut kept);
+                        apply(flight, outcome, &loaded, out, batch);
                     }
                     Err(e) => batch.dead_letters.push(failure(flight.origin, &e, &runner.live())),
                 }
             }
         }
     }
-    counters.kept.add(kept.events.len() as u64);
-    kept
+}
+
+/// A batch the canary takes. What it keeps (in a form the host can store)
+/// or drops is final; the events it rejects, or all of them when it fails,
+/// are returned for the serving version, so a bad canary costs no event.
+fn trial(canary: &Canary, live: Live, out: &mut Out, batch: &mut WriteBatch) -> Live {
+    let mut rates = Rates { batches: 1, records: live.events.len() as u64, ..Rates::default() };
+    let (loaded, outcomes) = match canary.run(&live.events) {
+        Ok(answered) => answered,
+        Err(e) => {
+            tracing::warn!(error = %e, records = live.events.len(), "canary failed on a batch; the serving version takes it");
+            canary.tally_candidate(Rates { failed_batches: 1, ..rates });
+            return live;
+        }
+    };
+    let mut rest = Live::default();
+    for ((event, flight), outcome) in live.events.into_iter().zip(live.flights).zip(outcomes) {
+        match outcome {
+            Outcome::Keep(kept) if kept.check_fields().is_ok() => {
+                rates.kept += 1;
+                apply(flight, Outcome::Keep(kept), &loaded, out, batch);
+            }
+            Outcome::Drop(reason) => {
+                rates.dropped += 1;
+                apply(flight, Outcome::Drop(reason), &loaded, out, batch);
+            }
+            _ => {
+                rates.rejected += 1;
+                rest.events.push(event);
+                rest.flights.push(flight);
+            }
+        }
+    }
+    canary.tally_candidate(rates);
+    rest
 }
 
 /// The chains events went through once extended by a link: events sharing
@@ -176,15 +257,7 @@ impl Extended {
 }
 
 /// Where one outcome sends its event.
-fn apply(
-    flight: InFlight,
-    outcome: Outcome,
-    loaded: &LoadedTransform,
-    counters: &PluginCounters,
-    extended: &mut Extended,
-    batch: &mut WriteBatch,
-    kept: &mut Live,
-) {
+fn apply(flight: InFlight, outcome: Outcome, loaded: &LoadedTransform, out: &mut Out, batch: &mut WriteBatch) {
     let name = &loaded.info.slot;
     match outcome {
         Outcome::Keep(mut event) => {
@@ -199,20 +272,20 @@ fn apply(
             event.raw.timestamp_ms = *timestamp_ms;
             match event.check_fields() {
                 Ok(()) => {
-                    let chain = extended.with(&flight.chain, loaded);
-                    kept.events.push(event);
-                    kept.flights.push(InFlight { chain, ..flight });
+                    let chain = out.extended.with(&flight.chain, loaded);
+                    out.kept.events.push(event);
+                    out.kept.flights.push(InFlight { chain, ..flight });
                 }
                 Err(broken) => batch.dead_letters.push(dead_letter(flight.origin, loaded, "contract", contract(loaded, &broken))),
             }
         }
         Outcome::Drop(reason) => {
             let reason = crate::postgres::pg_text(&reason, limits::LABEL_MAX_BYTES).into_owned();
-            counters.dropped(&reason);
+            out.counters.dropped(&reason);
             batch.dropped.push(Dropped { provenance: flight.origin.provenance, transform: name.clone(), reason });
         }
         Outcome::Reject(refusal) => {
-            counters.rejected.inc();
+            out.counters.rejected.inc();
             let reason = match refusal.field {
                 Some(field) => format!("{field}: {}", refusal.reason),
                 None => refusal.reason,

@@ -27,6 +27,7 @@ pub const NAME: &str = "enrich";
 /// tests use to tell two builds apart.
 pub const VERSION: &str = match option_env!("CLICKSTREAM_PLUGIN_VERSION") {
     Some(v) => v,
+    None if cfg!(feature = "canary-reject") => concat!(env!("CARGO_PKG_VERSION"), "-canary-reject"),
     None if cfg!(feature = "canary") => concat!(env!("CARGO_PKG_VERSION"), "-canary"),
     None => env!("CARGO_PKG_VERSION"),
 };
@@ -168,6 +169,9 @@ fn check(event: Event) -> Result<Event, Rejection> {
     if event.url.trim().is_empty() {
         return Err(refuse("url", "url is empty".into()));
     }
+    if cfg!(feature = "canary-reject") && fnv1a(&event.event_id) % 5 == 0 {
+        return Err(refuse("event_id", "refused by the canary-reject test build (one event in five)".into()));
+    }
     Ok(event)
 }
 
@@ -181,6 +185,12 @@ fn apply(event: &mut Event, agent: Agent, location: Option<Location>) {
     event.browser = Some(browser).filter(|b| b != UNKNOWN);
     event.os = Some(agent.os).filter(|o| o != UNKNOWN);
     event.device = Some(agent.device);
+}
+
+/// A hash stable across runs and builds, so the test build refuses the same
+/// events every time.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn refuse(field: &str, reason: String) -> Rejection {

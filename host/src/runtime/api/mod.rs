@@ -98,6 +98,8 @@ impl Api {
             .route("/api/aggregates", get(aggregates))
             .route("/api/plugins", get(plugins))
             .route("/api/plugins/{name}/reload", post(reload))
+            .route("/api/plugins/{name}/shadow", post(shadow))
+            .route("/api/plugins/{name}/canary", post(canary))
             .route("/api/plugins/{name}/promote", post(promote))
             .route("/api/plugins/{name}/abort", post(abort))
             .route("/api/dead-letters", get(dead_letters))
@@ -294,6 +296,16 @@ fn plugin_json(plugin: &PluginView, stats: &Stats) -> Value {
             }
             None => Value::Null,
         };
+        body["canary"] = match &plugin.canary {
+            Some(canary) => {
+                let candidate = canary.info();
+                json!({
+                    "candidate": { "name": candidate.name, "version": candidate.version, "content_hash": candidate.content_hash },
+                    "report": canary.report(),
+                })
+            }
+            None => Value::Null,
+        };
     }
     body
 }
@@ -308,6 +320,14 @@ async fn reload(State(api): State<Api>, Path(name): Path<String>, headers: Heade
     act(api, name, headers, ReloadAction::Reload).await
 }
 
+async fn shadow(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    act(api, name, headers, ReloadAction::Shadow).await
+}
+
+async fn canary(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    act(api, name, headers, ReloadAction::Canary).await
+}
+
 async fn promote(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
     act(api, name, headers, ReloadAction::Promote).await
 }
@@ -316,8 +336,8 @@ async fn abort(State(api): State<Api>, Path(name): Path<String>, headers: Header
     act(api, name, headers, ReloadAction::Abort).await
 }
 
-/// A plugin action that needs the bearer token: reload, or promote or abort
-/// a candidate in shadow.
+/// A plugin action that needs the bearer token: reload; start a shadow or a
+/// canary of the file; promote or abort the candidate.
 async fn act(api: Api, name: String, headers: HeaderMap, action: ReloadAction) -> ApiResult<Json<Value>> {
     let pipeline = api.live()?;
     let Some(expected) = pipeline.config.api.reload_token.as_deref() else {

@@ -1,0 +1,187 @@
+//! Rollouts against the real services: a new build of a transform in
+//! shadow beside the serving one, or serving a share of the batches as a
+//! canary that is promoted or rolled back by its figures. No event is lost
+//! or doubled, whatever the candidate does.
+
+use clickstream_testkit as support;
+
+mod reloading;
+
+use std::collections::BTreeMap;
+
+use clickstream::runtime::reload::ReloadAction;
+use reloading::{install, produce_to, request, start, stored, Running, ONE_AT_A_TIME, WAIT};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+/// Sets enrich's rollout keys in the running pipeline's pipeline.toml and
+/// waits until they apply.
+async fn set_rollout(running: &Running, keys: &str) {
+    let text = std::fs::read_to_string(&running.pipeline).unwrap();
+    let before = running.stats.reloads_of("pipeline.toml", "accepted");
+    std::fs::write(&running.pipeline, text.replace("path = \"enrich.wasm\"\n", &format!("path = \"enrich.wasm\"\n{keys}\n"))).unwrap();
+    let stats = running.stats.clone();
+    support::wait_until(WAIT, "pipeline.toml applied", || {
+        let stats = stats.clone();
+        async move { stats.reloads_of("pipeline.toml", "accepted") > before }
+    })
+    .await;
+}
+
+/// The reload history's record of `outcome` for enrich, once there is one.
+async fn history_of(running: &Running, outcome: &'static str) -> String {
+    let stats = running.stats.clone();
+    support::wait_until(WAIT, outcome, || {
+        let stats = stats.clone();
+        async move { stats.reload_history().iter().any(|r| r.what == "enrich" && r.outcome == outcome) }
+    })
+    .await;
+    running.stats.reload_history().into_iter().find(|r| r.what == "enrich" && r.outcome == outcome).unwrap().detail
+}
+
+/// Event ids stored, each once, and how many each version of enrich stored.
+async fn stored_once(pool: &PgPool, expected: &std::collections::BTreeSet<String>) -> BTreeMap<String, i64> {
+    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(pool).await.unwrap();
+    assert_eq!(ids.len(), expected.len(), "each event stored once");
+    assert_eq!(ids.into_iter().collect::<std::collections::BTreeSet<_>>(), *expected, "every event stored");
+    let dead: i64 = support::count(pool, "SELECT count(*) FROM dead_letters").await;
+    assert_eq!(dead, 0, "nothing dead-lettered");
+    sqlx::query_as("SELECT plugin_version, count(*) FROM events GROUP BY 1").fetch_all(pool).await.unwrap().into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_rejecting_a_fifth_of_the_events_is_rolled_back_and_every_event_is_stored_once() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("canary_bad");
+    let db = support::fresh_database("canary_bad").await;
+    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
+    let running = start(dir.path(), &topic, &db).await;
+    let serving = running.enrich.current().info.clone();
+    set_rollout(&running, "rollout = \"canary\"\ncanary_fraction = 0.5\ncanary_batches = 10").await;
+
+    install(&support::plugin("enrich-canary-reject"), &dir.path().join("enrich.wasm"));
+    let enrich = running.enrich.clone();
+    support::wait_until(WAIT, "the candidate in canary", || {
+        let enrich = enrich.clone();
+        async move { enrich.canary().is_some() }
+    })
+    .await;
+    let expected = produce_to(&topic, 8_000, 61, Some(2_000)).await;
+    let rolled_back = history_of(&running, "rolled_back").await;
+    assert!(rolled_back.starts_with("reject rate 2"), "rolled back for its rejections, with the figures: {rolled_back}");
+    assert!(rolled_back.contains("serving version"), "{rolled_back}");
+    assert!(running.enrich.canary().is_none());
+    assert_eq!(running.enrich.current().info, serving, "the serving version serves on");
+    support::wait_until(WAIT, "events stored", || async { stored(&pool).await as usize >= expected.len() }).await;
+    running.stop.send(true).unwrap();
+    running.task.await.unwrap().unwrap();
+
+    let by_version = stored_once(&pool, &expected).await;
+    let canary = by_version.iter().find(|(v, _)| v.ends_with("-canary-reject")).map(|(_, n)| *n).unwrap_or(0);
+    assert!(canary >= 500, "the canary served its share of batches before the verdict: {by_version:?}");
+    assert!(by_version[&serving.version] as usize + canary as usize == expected.len(), "{by_version:?}");
+    let history = running.stats.reload_history();
+    assert!(!history.iter().any(|r| r.what == "enrich" && r.outcome == "promoted"), "{history:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_canary_started_from_shadow_through_the_api_is_promoted_and_watched() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("canary_good");
+    let db = support::fresh_database("canary_good").await;
+    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
+    let running = start(dir.path(), &topic, &db).await;
+    let serving = running.enrich.current().info.clone();
+    set_rollout(&running, "rollout = \"shadow\"\ncanary_fraction = 0.5\ncanary_batches = 8\nwatch_batches = 8").await;
+    let refused = request(&running, ReloadAction::Canary).await.unwrap_err();
+    assert!(refused.contains("holds the build serving now"), "no new build yet: {refused}");
+
+    install(&support::plugin("enrich-canary"), &dir.path().join("enrich.wasm"));
+    let enrich = running.enrich.clone();
+    support::wait_until(WAIT, "the candidate in shadow", || {
+        let enrich = enrich.clone();
+        async move { enrich.shadow().is_some() }
+    })
+    .await;
+    let candidate = request(&running, ReloadAction::Canary).await.unwrap();
+    assert!(candidate.version.ends_with("-canary"), "{candidate:?}");
+    assert!(running.enrich.shadow().is_none() && running.enrich.canary().is_some(), "the canary replaces the shadow");
+
+    let expected = produce_to(&topic, 8_000, 62, Some(2_000)).await;
+    let promoted = history_of(&running, "promoted").await;
+    assert!(promoted.starts_with("its figures stayed within bounds"), "{promoted}");
+    assert_eq!(running.enrich.current().info.version, candidate.version);
+    let watched = history_of(&running, "watch_ended").await;
+    assert!(watched.starts_with("watch passed"), "{watched}");
+    assert!(running.enrich.canary().is_none());
+    support::wait_until(WAIT, "events stored", || async { stored(&pool).await as usize >= expected.len() }).await;
+    running.stop.send(true).unwrap();
+    running.task.await.unwrap().unwrap();
+
+    let by_version = stored_once(&pool, &expected).await;
+    assert!(by_version.get(&serving.version).is_some_and(|n| *n >= 500), "the serving version kept its share: {by_version:?}");
+    assert!(by_version.get(&candidate.version).is_some_and(|n| *n >= 2_000), "the canary's share, then all: {by_version:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_in_shadow_reports_exactly_its_field_differences_stores_nothing_and_serves_once_promoted() {
+    use clickstream::runtime::reload::ReloadAction;
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("reload_shadow");
+    let db = support::fresh_database("reload_shadow").await;
+    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
+    let running = start(dir.path(), &topic, &db).await;
+    let serving = running.enrich.current().info.clone();
+
+    // The next build of enrich goes into shadow.
+    let text = std::fs::read_to_string(&running.pipeline).unwrap();
+    std::fs::write(&running.pipeline, text.replace("path = \"enrich.wasm\"\n", "path = \"enrich.wasm\"\nrollout = \"shadow\"\n")).unwrap();
+    let stats = running.stats.clone();
+    support::wait_until(WAIT, "pipeline.toml applied", || {
+        let stats = stats.clone();
+        async move { stats.reloads_of("pipeline.toml", "accepted") >= 1 }
+    })
+    .await;
+    assert_eq!(request(&running, ReloadAction::Promote).await.unwrap_err(), "transform `enrich` has no candidate in shadow or in canary");
+    install(&support::plugin("enrich-canary"), &dir.path().join("enrich.wasm"));
+    let enrich = running.enrich.clone();
+    support::wait_until(WAIT, "the candidate in shadow", || {
+        let enrich = enrich.clone();
+        async move { enrich.shadow().is_some() }
+    })
+    .await;
+    assert_eq!(running.enrich.current().info, serving, "a candidate in shadow does not serve");
+
+    let expected = produce_to(&topic, 2_000, 51, None).await;
+    support::wait_until(WAIT, "events stored", || async { stored(&pool).await as usize >= expected.len() }).await;
+    let report = running.enrich.shadow().unwrap().report();
+    assert!(report.events >= 1_000 && report.errors == 0, "{report:?}");
+    // The canary build appends +canary to every browser name, and changes nothing else.
+    assert_eq!(report.by_field, BTreeMap::from([("browser".to_string(), report.events)]), "{report:?}");
+    assert_eq!(report.differing_events, report.events);
+    assert_eq!(report.sample.len(), clickstream::plugin::shadow::SAMPLE);
+    for d in &report.sample {
+        assert_eq!((d.field.as_str(), d.candidate.clone()), ("browser", format!("{}+canary", d.serving)), "{d:?}");
+    }
+    let versions: Vec<String> = sqlx::query_scalar("SELECT DISTINCT plugin_version FROM events").fetch_all(&pool).await.unwrap();
+    assert_eq!(versions, vec![serving.version.clone()], "nothing the candidate output was stored");
+
+    let promoted = request(&running, ReloadAction::Promote).await.unwrap();
+    assert!(promoted.version.ends_with("-canary"));
+    assert!(running.enrich.shadow().is_none() && running.enrich.current().info.version == promoted.version);
+    let after = produce_to(&topic, 500, 52, None).await;
+    support::wait_until(WAIT, "events after the promotion", || async { stored(&pool).await as usize >= expected.len() + after.len() })
+        .await;
+    running.stop.send(true).unwrap();
+    running.task.await.unwrap().unwrap();
+    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&pool).await.unwrap();
+    assert_eq!(ids.len(), expected.len() + after.len(), "each event stored once");
+    let canary: i64 = support::count(&pool, "SELECT count(*) FROM events WHERE browser LIKE '%+canary'").await;
+    assert_eq!(canary as usize, after.len(), "the promoted build serves every event after the promotion, none before");
+    let history = running.stats.reload_history();
+    let promoted = history.iter().find(|r| r.outcome == "promoted").expect("the promotion is in the reload history");
+    assert!(promoted.detail.contains("browser"), "{promoted:?}");
+}
