@@ -58,7 +58,7 @@ async fn a_canary_rejecting_a_fifth_of_the_events_is_rolled_back_and_every_event
     let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
     let running = start(dir.path(), &topic, &db).await;
     let serving = running.enrich.current().info.clone();
-    set_rollout(&running, "rollout = \"canary\"\ncanary_fraction = 0.5\ncanary_batches = 10").await;
+    set_rollout(&running, "rollout = \"canary\"\ncanary_fraction = 0.5\ncanary_batches = 5").await;
 
     install(&support::plugin("enrich-canary-reject"), &dir.path().join("enrich.wasm"));
     let enrich = running.enrich.clone();
@@ -67,9 +67,13 @@ async fn a_canary_rejecting_a_fifth_of_the_events_is_rolled_back_and_every_event
         async move { enrich.canary().is_some() }
     })
     .await;
+    // At least 16 batches of at most 500: the canary gets at least 8.
     let expected = produce_to(&topic, 8_000, 61, Some(2_000)).await;
     let rolled_back = history_of(&running, "rolled_back").await;
-    assert!(rolled_back.starts_with("reject rate 2"), "rolled back for its rejections, with the figures: {rolled_back}");
+    assert!(
+        rolled_back.starts_with("reject rate ") && rolled_back.contains("% against 0.0% for the serving version"),
+        "rolled back for its rejections, with the figures: {rolled_back}"
+    );
     assert!(rolled_back.contains("serving version"), "{rolled_back}");
     assert!(running.enrich.canary().is_none());
     assert_eq!(running.enrich.current().info, serving, "the serving version serves on");
@@ -79,10 +83,57 @@ async fn a_canary_rejecting_a_fifth_of_the_events_is_rolled_back_and_every_event
 
     let by_version = stored_once(&pool, &expected).await;
     let canary = by_version.iter().find(|(v, _)| v.ends_with("-canary-reject")).map(|(_, n)| *n).unwrap_or(0);
-    assert!(canary >= 500, "the canary served its share of batches before the verdict: {by_version:?}");
+    assert!(canary >= 100, "the canary served its share of batches before the verdict: {by_version:?}");
     assert!(by_version[&serving.version] as usize + canary as usize == expected.len(), "{by_version:?}");
     let history = running.stats.reload_history();
     assert!(!history.iter().any(|r| r.what == "enrich" && r.outcome == "promoted"), "{history:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_promoted_by_hand_that_rejects_is_rolled_back_by_the_watch_to_the_previous_version() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("canary_watch");
+    let db = support::fresh_database("canary_watch").await;
+    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
+    let running = start(dir.path(), &topic, &db).await;
+    let serving = running.enrich.current().info.clone();
+    set_rollout(&running, "rollout = \"canary\"\ncanary_fraction = 0.5\ncanary_batches = 5\nwatch_batches = 50").await;
+    install(&support::plugin("enrich-canary-reject"), &dir.path().join("enrich.wasm"));
+    let enrich = running.enrich.clone();
+    support::wait_until(WAIT, "the candidate in canary", || {
+        let enrich = enrich.clone();
+        async move { enrich.canary().is_some() }
+    })
+    .await;
+    // Some baseline first, then promoted before its verdict.
+    let mut expected = produce_to(&topic, 2_000, 64, None).await;
+    support::wait_until(WAIT, "events stored", || async { stored(&pool).await >= 1_000 }).await;
+    let promoted = request(&running, ReloadAction::Promote).await.unwrap();
+    assert!(promoted.version.ends_with("-canary-reject"), "{promoted:?}");
+    expected.extend(produce_to(&topic, 6_000, 65, Some(2_000)).await);
+    let rolled_back = history_of(&running, "rolled_back").await;
+    assert!(
+        rolled_back.starts_with("in the watch after its promotion: reject rate ") && rolled_back.contains("% against 0.0%"),
+        "{rolled_back}"
+    );
+    assert_eq!(running.enrich.current().info, serving, "the previous version serves again");
+    support::wait_until(WAIT, "every event stored or dead-lettered", || async {
+        stored(&pool).await + support::count(&pool, "SELECT count(*) FROM dead_letters").await >= expected.len() as i64
+    })
+    .await;
+    running.stop.send(true).unwrap();
+    running.task.await.unwrap().unwrap();
+
+    // Once promoted, a build's rejections are its verdict: dead-lettered (to
+    // be replayed), not handed to the old version.
+    let mut ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&pool).await.unwrap();
+    let dead: Vec<String> = sqlx::query_scalar("SELECT reason FROM dead_letters").fetch_all(&pool).await.unwrap();
+    assert!(!dead.is_empty() && dead.iter().all(|r| r.contains("canary-reject")), "{dead:?}");
+    let payloads: Vec<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM dead_letters").fetch_all(&pool).await.unwrap();
+    ids.extend(payloads.iter().map(|p| serde_json::from_slice::<serde_json::Value>(p).unwrap()["event_id"].as_str().unwrap().to_string()));
+    assert_eq!(ids.len(), expected.len(), "each event stored or dead-lettered once");
+    assert_eq!(ids.into_iter().collect::<std::collections::BTreeSet<_>>(), expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,7 +145,7 @@ async fn a_good_canary_started_from_shadow_through_the_api_is_promoted_and_watch
     let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
     let running = start(dir.path(), &topic, &db).await;
     let serving = running.enrich.current().info.clone();
-    set_rollout(&running, "rollout = \"shadow\"\ncanary_fraction = 0.5\ncanary_batches = 8\nwatch_batches = 8").await;
+    set_rollout(&running, "rollout = \"shadow\"\ncanary_fraction = 0.5\ncanary_batches = 5\nwatch_batches = 5").await;
     let refused = request(&running, ReloadAction::Canary).await.unwrap_err();
     assert!(refused.contains("holds the build serving now"), "no new build yet: {refused}");
 
@@ -109,10 +160,12 @@ async fn a_good_canary_started_from_shadow_through_the_api_is_promoted_and_watch
     assert!(candidate.version.ends_with("-canary"), "{candidate:?}");
     assert!(running.enrich.shadow().is_none() && running.enrich.canary().is_some(), "the canary replaces the shadow");
 
-    let expected = produce_to(&topic, 8_000, 62, Some(2_000)).await;
+    let mut expected = produce_to(&topic, 8_000, 62, Some(2_000)).await;
     let promoted = history_of(&running, "promoted").await;
     assert!(promoted.starts_with("its figures stayed within bounds"), "{promoted}");
     assert_eq!(running.enrich.current().info.version, candidate.version);
+    // The watch needs batches after the promotion.
+    expected.extend(produce_to(&topic, 6_000, 63, Some(2_000)).await);
     let watched = history_of(&running, "watch_ended").await;
     assert!(watched.starts_with("watch passed"), "{watched}");
     assert!(running.enrich.canary().is_none());

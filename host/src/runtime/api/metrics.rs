@@ -232,26 +232,42 @@ fn render_plugins(out: &mut Exposition, plugins: &[PluginView]) {
             out.sample("clickstream_transform_events_dropped_total", &[("transform", &p.info.slot), ("reason", &reason)], n);
         }
     }
+    let shadows: Vec<_> = transforms.iter().filter_map(|p| p.shadow.as_ref().map(|s| (&p.info.slot, s.report()))).collect();
     out.header(
         "clickstream_shadow_events_compared_total",
         "counter",
         "Events a candidate in shadow ran on beside the serving version, per transform (this shadow run).",
     );
-    for p in &transforms {
-        if let Some(shadow) = &p.shadow {
-            out.sample("clickstream_shadow_events_compared_total", &[("transform", &p.info.slot)], shadow.report().events);
-        }
+    for (slot, report) in &shadows {
+        out.sample("clickstream_shadow_events_compared_total", &[("transform", slot)], report.events);
     }
     out.header(
         "clickstream_shadow_differences_total",
         "counter",
         "Events on which the candidate in shadow differed from the serving version, by field (`outcome` when kept/dropped/rejected differ).",
     );
-    for p in &transforms {
-        if let Some(shadow) = &p.shadow {
-            for (field, n) in shadow.report().by_field {
-                out.sample("clickstream_shadow_differences_total", &[("transform", &p.info.slot), ("field", &field)], n);
+    for (slot, report) in &shadows {
+        for (field, n) in &report.by_field {
+            out.sample("clickstream_shadow_differences_total", &[("transform", slot), ("field", field)], *n);
+        }
+    }
+    out.header(
+        "clickstream_canary_events_total",
+        "counter",
+        "Events of this canary's period by version (`candidate`, or the `serving` version beside it) and outcome (`kept`, `dropped`, `rejected`); in the watch, the promoted version's since its promotion.",
+    );
+    let canaries: Vec<_> = transforms.iter().filter_map(|p| p.canary.as_ref().map(|c| (&p.info.slot, c.report()))).collect();
+    for (slot, report) in &canaries {
+        for (version, rates) in [("candidate", &report.candidate), ("serving", &report.serving)] {
+            for (outcome, n) in [("kept", rates.kept), ("dropped", rates.dropped), ("rejected", rates.rejected)] {
+                out.sample("clickstream_canary_events_total", &[("transform", slot), ("version", version), ("outcome", outcome)], n);
             }
+        }
+    }
+    out.header("clickstream_canary_failed_batches_total", "counter", "Batches of this canary's period a version failed on, by version.");
+    for (slot, report) in &canaries {
+        for (version, rates) in [("candidate", &report.candidate), ("serving", &report.serving)] {
+            out.sample("clickstream_canary_failed_batches_total", &[("transform", slot), ("version", version)], rates.failed_batches);
         }
     }
 }
