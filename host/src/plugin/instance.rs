@@ -190,5 +190,5 @@ pub(super) fn identify(
 /// SHA-256 of a plugin file, hex: what identifies a version in
 /// [`PluginInfo::content_hash`] and in the compiled-component cache.
 pub fn content_hash(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    super::artifact::hex(&Sha256::digest(bytes))
 }

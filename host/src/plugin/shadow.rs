@@ -153,24 +153,34 @@ fn kind(outcome: &Outcome) -> String {
 }
 
 /// Where two outcomes for one event differ: (field, serving, candidate).
+/// Compared by reference: only a difference is copied.
 pub fn compare(serving: &Outcome, candidate: &Outcome) -> Vec<(&'static str, String, String)> {
     let (Outcome::Keep(s), Outcome::Keep(c)) = (serving, candidate) else {
         let (s, c) = (kind(serving), kind(candidate));
         return if s == c { Vec::new() } else { vec![("outcome", s, c)] };
     };
-    let text = |v: &Option<String>| v.clone().unwrap_or_default();
-    let device = |e: &TransformEvent| e.enrichment.device.map(|d| d.as_str().to_string()).unwrap_or_default();
-    let fields: [(&'static str, String, String); 10] = [
-        ("url", s.raw.url.clone(), c.raw.url.clone()),
-        ("ip", s.raw.ip.clone(), c.raw.ip.clone()),
-        ("user_agent", s.raw.user_agent.clone(), c.raw.user_agent.clone()),
+    fn text(v: &Option<String>) -> &str {
+        v.as_deref().unwrap_or_default()
+    }
+    let device = |e: &TransformEvent| e.enrichment.device.map(|d| d.as_str()).unwrap_or_default();
+    let fields: [(&'static str, &str, &str); 9] = [
+        ("url", &s.raw.url, &c.raw.url),
+        ("ip", &s.raw.ip, &c.raw.ip),
+        ("user_agent", &s.raw.user_agent, &c.raw.user_agent),
         ("referrer", text(&s.raw.referrer), text(&c.raw.referrer)),
         ("country", text(&s.enrichment.country), text(&c.enrichment.country)),
         ("city", text(&s.enrichment.city), text(&c.enrichment.city)),
         ("browser", text(&s.enrichment.browser), text(&c.enrichment.browser)),
         ("os", text(&s.enrichment.os), text(&c.enrichment.os)),
         ("device", device(s), device(c)),
-        ("attributes", attributes_json(&s.attributes).into_owned(), attributes_json(&c.attributes).into_owned()),
     ];
-    fields.into_iter().filter(|(_, a, b)| a != b).collect()
+    let mut differences: Vec<_> =
+        fields.into_iter().filter(|(_, a, b)| a != b).map(|(field, a, b)| (field, a.to_string(), b.to_string())).collect();
+    if s.attributes != c.attributes {
+        let (a, b) = (attributes_json(&s.attributes), attributes_json(&c.attributes));
+        if a != b {
+            differences.push(("attributes", a.into_owned(), b.into_owned()));
+        }
+    }
+    differences
 }
