@@ -545,7 +545,14 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
 
     let out = bench.path(&bench.args.out);
     std::fs::create_dir_all(&out)?;
-    let stem = if bench.args.quick { format!("{run_id}-quick") } else { run_id.clone() };
+    let base = if bench.args.quick { format!("{run_id}-quick") } else { run_id.clone() };
+    // A second measured run of the same commit (a rerun of some arms) must
+    // not overwrite the first one's results; a quick run is a smoke test.
+    let taken = |stem: &str| out.join(format!("{stem}.json")).exists() || out.join(format!("{stem}.md")).exists();
+    let stem = (1..)
+        .map(|n| if n == 1 { base.clone() } else { format!("{base}-{n}") })
+        .find(|stem| bench.args.quick || !taken(stem))
+        .expect("some free name");
     let json_path = out.join(format!("{stem}.json"));
     let md_path = out.join(format!("{stem}.md"));
     let tmp = out.join(format!("{stem}.json.tmp"));
