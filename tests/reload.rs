@@ -19,7 +19,7 @@ async fn reload_swaps_enrich_without_loss() {
     let db = support::fresh_database("reload_swap").await;
     let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
     let running = start(dir.path(), &topic, &db).await;
-    let old_version = running.enrich.current().info.version.clone();
+    let old_version = running.slot.current().info.version.clone();
 
     let producing = tokio::spawn({
         let topic = topic.clone();
@@ -28,7 +28,7 @@ async fn reload_swaps_enrich_without_loss() {
     support::wait_until(WAIT, "events flowing", || async { stored(&pool).await > 1_000 }).await;
     let written = Instant::now();
     install(&support::plugin("enrich-canary"), &dir.path().join("enrich.wasm"));
-    while !running.enrich.current().info.version.ends_with("-canary") {
+    while !running.slot.current().info.version.ends_with("-canary") {
         assert!(written.elapsed() < WAIT, "the new version never went live");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -83,7 +83,7 @@ async fn rejected_plugin_files_leave_the_old_version_serving() {
     let db = support::fresh_database("reload_reject").await;
     let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
     let running = start(dir.path(), &topic, &db).await;
-    let serving = running.enrich.current().info.clone();
+    let serving = running.slot.current().info.clone();
     let target = dir.path().join("enrich.wasm");
     let corrupt = dir.path().join("corrupt.bin");
     std::fs::write(&corrupt, b"\0asm\x0d\0\x01\0 definitely not a component").unwrap();
@@ -96,7 +96,7 @@ async fn rejected_plugin_files_leave_the_old_version_serving() {
             async move { stats.reloads_of("enrich", "rejected") as usize > n }
         })
         .await;
-        assert_eq!(running.enrich.current().info, serving, "the old version keeps serving after {}", bad.display());
+        assert_eq!(running.slot.current().info, serving, "the old version keeps serving after {}", bad.display());
     }
     let expected = produce_to(&topic, 1_000, 32, None).await;
     support::wait_until(WAIT, "events stored by the old version", || async { stored(&pool).await as usize >= expected.len() }).await;
@@ -182,11 +182,11 @@ async fn a_never_seen_build_serves_from_the_baseline_tier_until_the_optimised_bu
     std::fs::write(&build, support::unseen_build("enrich-canary", &support::unique("tier"))).unwrap();
     install(&build, &dir.path().join("enrich.wasm"));
     let written = Instant::now();
-    while !running.enrich.current().info.version.ends_with("-canary") {
+    while !running.slot.current().info.version.ends_with("-canary") {
         assert!(written.elapsed() < WAIT, "the new version never went live");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let first = running.enrich.current().info.clone();
+    let first = running.slot.current().info.clone();
     assert_eq!(first.origin, clickstream::plugin::Origin::Baseline, "a build never seen serves from the baseline compiler first");
     let stats = running.stats.clone();
     support::wait_until(WAIT, "the optimised build", || {
@@ -194,7 +194,7 @@ async fn a_never_seen_build_serves_from_the_baseline_tier_until_the_optimised_bu
         async move { stats.reloads_of("enrich", "optimized") == 1 }
     })
     .await;
-    let now = running.enrich.current().info.clone();
+    let now = running.slot.current().info.clone();
     assert_eq!((now.origin, &now.content_hash, &now.version), (clickstream::plugin::Origin::Compiled, &first.content_hash, &first.version));
     assert_eq!(running.stats.reloads_of("enrich", "accepted"), 1, "one swap from the file; the optimised build replaced it in place");
 

@@ -19,7 +19,9 @@ use sqlx::PgPool;
 async fn set_rollout(running: &Running, keys: &str) {
     let text = std::fs::read_to_string(&running.pipeline).unwrap();
     let before = running.stats.reloads_of("pipeline.toml", "accepted");
-    std::fs::write(&running.pipeline, text.replace("path = \"enrich.wasm\"\n", &format!("path = \"enrich.wasm\"\n{keys}\n"))).unwrap();
+    let path = "enrich.wasm\"\n";
+    assert!(text.contains(path), "enrich's path line in {text}");
+    std::fs::write(&running.pipeline, text.replace(path, &format!("{path}{keys}\n"))).unwrap();
     let stats = running.stats.clone();
     support::wait_until(WAIT, "pipeline.toml applied", || {
         let stats = stats.clone();
@@ -57,11 +59,11 @@ async fn a_canary_rejecting_a_fifth_of_the_events_is_rolled_back_and_every_event
     let db = support::fresh_database("canary_bad").await;
     let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
     let running = start(dir.path(), &topic, &db).await;
-    let serving = running.enrich.current().info.clone();
+    let serving = running.slot.current().info.clone();
     set_rollout(&running, "rollout = \"canary\"\ncanary_fraction = 0.5\ncanary_batches = 5").await;
 
     install(&support::plugin("enrich-canary-reject"), &dir.path().join("enrich.wasm"));
-    let enrich = running.enrich.clone();
+    let enrich = running.slot.clone();
     support::wait_until(WAIT, "the candidate in canary", || {
         let enrich = enrich.clone();
         async move { enrich.canary().is_some() }
@@ -75,8 +77,8 @@ async fn a_canary_rejecting_a_fifth_of_the_events_is_rolled_back_and_every_event
         "rolled back for its rejections, with the figures: {rolled_back}"
     );
     assert!(rolled_back.contains("serving version"), "{rolled_back}");
-    assert!(running.enrich.canary().is_none());
-    assert_eq!(running.enrich.current().info, serving, "the serving version serves on");
+    assert!(running.slot.canary().is_none());
+    assert_eq!(running.slot.current().info, serving, "the serving version serves on");
     support::wait_until(WAIT, "events stored", || async { stored(&pool).await as usize >= expected.len() }).await;
     running.stop.send(true).unwrap();
     running.task.await.unwrap().unwrap();
@@ -97,10 +99,10 @@ async fn a_canary_promoted_by_hand_that_rejects_is_rolled_back_by_the_watch_to_t
     let db = support::fresh_database("canary_watch").await;
     let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
     let running = start(dir.path(), &topic, &db).await;
-    let serving = running.enrich.current().info.clone();
+    let serving = running.slot.current().info.clone();
     set_rollout(&running, "rollout = \"canary\"\ncanary_fraction = 0.5\ncanary_batches = 5\nwatch_batches = 50").await;
     install(&support::plugin("enrich-canary-reject"), &dir.path().join("enrich.wasm"));
-    let enrich = running.enrich.clone();
+    let enrich = running.slot.clone();
     support::wait_until(WAIT, "the candidate in canary", || {
         let enrich = enrich.clone();
         async move { enrich.canary().is_some() }
@@ -117,7 +119,7 @@ async fn a_canary_promoted_by_hand_that_rejects_is_rolled_back_by_the_watch_to_t
         rolled_back.starts_with("in the watch after its promotion: reject rate ") && rolled_back.contains("% against 0.0%"),
         "{rolled_back}"
     );
-    assert_eq!(running.enrich.current().info, serving, "the previous version serves again");
+    assert_eq!(running.slot.current().info, serving, "the previous version serves again");
     support::wait_until(WAIT, "every event stored or dead-lettered", || async {
         stored(&pool).await + support::count(&pool, "SELECT count(*) FROM dead_letters").await >= expected.len() as i64
     })
@@ -144,13 +146,13 @@ async fn a_good_canary_started_from_shadow_through_the_api_is_promoted_and_watch
     let db = support::fresh_database("canary_good").await;
     let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
     let running = start(dir.path(), &topic, &db).await;
-    let serving = running.enrich.current().info.clone();
+    let serving = running.slot.current().info.clone();
     set_rollout(&running, "rollout = \"shadow\"\ncanary_fraction = 0.5\ncanary_batches = 5\nwatch_batches = 5").await;
     let refused = request(&running, ReloadAction::Canary).await.unwrap_err();
     assert!(refused.contains("holds the build serving now"), "no new build yet: {refused}");
 
     install(&support::plugin("enrich-canary"), &dir.path().join("enrich.wasm"));
-    let enrich = running.enrich.clone();
+    let enrich = running.slot.clone();
     support::wait_until(WAIT, "the candidate in shadow", || {
         let enrich = enrich.clone();
         async move { enrich.shadow().is_some() }
@@ -158,17 +160,17 @@ async fn a_good_canary_started_from_shadow_through_the_api_is_promoted_and_watch
     .await;
     let candidate = request(&running, ReloadAction::Canary).await.unwrap();
     assert!(candidate.version.ends_with("-canary"), "{candidate:?}");
-    assert!(running.enrich.shadow().is_none() && running.enrich.canary().is_some(), "the canary replaces the shadow");
+    assert!(running.slot.shadow().is_none() && running.slot.canary().is_some(), "the canary replaces the shadow");
 
     let mut expected = produce_to(&topic, 8_000, 62, Some(2_000)).await;
     let promoted = history_of(&running, "promoted").await;
     assert!(promoted.starts_with("its figures stayed within bounds"), "{promoted}");
-    assert_eq!(running.enrich.current().info.version, candidate.version);
+    assert_eq!(running.slot.current().info.version, candidate.version);
     // The watch needs batches after the promotion.
     expected.extend(produce_to(&topic, 6_000, 63, Some(2_000)).await);
     let watched = history_of(&running, "watch_ended").await;
     assert!(watched.starts_with("watch passed"), "{watched}");
-    assert!(running.enrich.canary().is_none());
+    assert!(running.slot.canary().is_none());
     support::wait_until(WAIT, "events stored", || async { stored(&pool).await as usize >= expected.len() }).await;
     running.stop.send(true).unwrap();
     running.task.await.unwrap().unwrap();
@@ -187,30 +189,23 @@ async fn a_candidate_in_shadow_reports_exactly_its_field_differences_stores_noth
     let db = support::fresh_database("reload_shadow").await;
     let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
     let running = start(dir.path(), &topic, &db).await;
-    let serving = running.enrich.current().info.clone();
+    let serving = running.slot.current().info.clone();
 
     // The next build of enrich goes into shadow.
-    let text = std::fs::read_to_string(&running.pipeline).unwrap();
-    std::fs::write(&running.pipeline, text.replace("path = \"enrich.wasm\"\n", "path = \"enrich.wasm\"\nrollout = \"shadow\"\n")).unwrap();
-    let stats = running.stats.clone();
-    support::wait_until(WAIT, "pipeline.toml applied", || {
-        let stats = stats.clone();
-        async move { stats.reloads_of("pipeline.toml", "accepted") >= 1 }
-    })
-    .await;
+    set_rollout(&running, "rollout = \"shadow\"").await;
     assert_eq!(request(&running, ReloadAction::Promote).await.unwrap_err(), "transform `enrich` has no candidate in shadow or in canary");
     install(&support::plugin("enrich-canary"), &dir.path().join("enrich.wasm"));
-    let enrich = running.enrich.clone();
+    let enrich = running.slot.clone();
     support::wait_until(WAIT, "the candidate in shadow", || {
         let enrich = enrich.clone();
         async move { enrich.shadow().is_some() }
     })
     .await;
-    assert_eq!(running.enrich.current().info, serving, "a candidate in shadow does not serve");
+    assert_eq!(running.slot.current().info, serving, "a candidate in shadow does not serve");
 
     let expected = produce_to(&topic, 2_000, 51, None).await;
     support::wait_until(WAIT, "events stored", || async { stored(&pool).await as usize >= expected.len() }).await;
-    let report = running.enrich.shadow().unwrap().report();
+    let report = running.slot.shadow().unwrap().report();
     assert!(report.events >= 1_000 && report.errors == 0, "{report:?}");
     // The canary build appends +canary to every browser name, and changes nothing else.
     assert_eq!(report.by_field, BTreeMap::from([("browser".to_string(), report.events)]), "{report:?}");
@@ -224,7 +219,7 @@ async fn a_candidate_in_shadow_reports_exactly_its_field_differences_stores_noth
 
     let promoted = request(&running, ReloadAction::Promote).await.unwrap();
     assert!(promoted.version.ends_with("-canary"));
-    assert!(running.enrich.shadow().is_none() && running.enrich.current().info.version == promoted.version);
+    assert!(running.slot.shadow().is_none() && running.slot.current().info.version == promoted.version);
     let after = produce_to(&topic, 500, 52, None).await;
     support::wait_until(WAIT, "events after the promotion", || async { stored(&pool).await as usize >= expected.len() + after.len() })
         .await;

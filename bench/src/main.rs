@@ -28,6 +28,7 @@ pub mod data;
 pub mod enrich;
 pub mod index;
 pub mod ingest;
+pub mod languages;
 pub mod report;
 pub mod stats;
 pub mod swap;
@@ -518,6 +519,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
     arm!(5, "aggregation: plugin vs SQL", aggregate::run(&bench, &mut state));
     arm!(6, "hot swap under load", swap::run(&bench, arm1_rate));
     arm!(7, "indexing by bulk size", index::run(&bench, &state));
+    arm!(9, "a transform in JavaScript vs Rust", languages::run(&bench));
 
     if let Some(t) = &state.topic {
         data::delete_topic(&bench, &t.name).await;

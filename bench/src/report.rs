@@ -226,6 +226,12 @@ pub fn markdown(r: &Results) -> String {
                 f(r.num(3, "/tiers/winch_load_ms")),
             ),
             ("ok", 4) => format!("{} events/s", f(r.num(4, "/events_per_s"))),
+            ("ok", 9) => format!(
+                "JavaScript (QuickJS) {} events/s = {} of Rust's {}; see the table below",
+                f(r.num(9, "/builds/1/events_per_s")),
+                format_ratio(r.num(9, "/builds/1/over_rust")),
+                f(r.num(9, "/builds/0/events_per_s")),
+            ),
             ("ok", 5) => format!(
                 "{} rows, equal; plugin path {:.2} s vs SQL {:.2} s ({}); compute only: WASM {:.2} s, native {:.2} s",
                 f(r.num(5, "/rows")),
@@ -295,6 +301,31 @@ pub fn markdown(r: &Results) -> String {
             g("/cold_vs_cached/cached_write_to_log_ms/p50"),
             g("/cold_vs_cached/cached_write_to_log_ms/p99"),
         );
+    }
+
+    if let Some(builds) = r.arm(9).and_then(|v| v["builds"].as_array()) {
+        let _ = writeln!(
+            s,
+            "\n### One transform, three builds (utm; one core)\n\n| build | component MiB | compile ms | precompiled MiB | load ms | events/s at batch {} | ×Rust | µs/event at 4096 | longest 4096 batch ms | memory MiB |\n|---|---|---|---|---|---|---|---|---|---|",
+            r.sizes.batch_size
+        );
+        for b in builds {
+            let big = &b["batches"][1];
+            let _ = writeln!(
+                s,
+                "| {} | {:.2} | {} | {:.1} | {:.1} | {} | {} | {:.1} | {} | {:.1} |",
+                b["what"].as_str().unwrap_or("?"),
+                b["component_mib"].as_f64().unwrap_or(0.0),
+                f(b["compile_ms"].as_f64()),
+                b["precompiled_mib"].as_f64().unwrap_or(0.0),
+                b["precompiled_load_ms_median"].as_f64().unwrap_or(0.0),
+                f(b["events_per_s"].as_f64()),
+                format_ratio(b["over_rust"].as_f64()),
+                big["us_per_event"].as_f64().unwrap_or(0.0),
+                f(big["longest_batch_ms"].as_f64()),
+                b["memory_high_water_mib"].as_f64().unwrap_or(0.0),
+            );
+        }
     }
 
     if let Some(sweep) = r.arm(3).and_then(|v| v["sweep"].as_array()) {

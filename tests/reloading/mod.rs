@@ -1,5 +1,5 @@
-//! What the hot-reload tests share: a running pipeline whose enrich plugin
-//! is a copy the test replaces, and the API's reload requests.
+//! What the hot-reload tests share: a running pipeline whose plugin is a
+//! copy the test replaces, and the API's reload requests.
 #![allow(dead_code)] // each test binary uses its own part
 
 use clickstream_testkit as support;
@@ -30,7 +30,8 @@ pub fn install(from: &Path, to: &Path) {
 pub struct Running {
     pub stop: tokio::sync::watch::Sender<bool>,
     pub task: tokio::task::JoinHandle<Result<Pipeline, clickstream::runtime::pipeline::PipelineError>>,
-    pub enrich: Arc<Slot<LoadedTransform>>,
+    /// The transform the test replaces.
+    pub slot: Arc<Slot<LoadedTransform>>,
     pub stats: Arc<Stats>,
     pub pipeline: std::path::PathBuf,
     /// What the API sends the reloader.
@@ -43,12 +44,17 @@ pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new
 
 /// Runs a pipeline whose enrich plugin is a copy in `dir`, so the test can replace it.
 pub async fn start(dir: &Path, topic: &str, db: &str) -> Running {
+    install(&support::plugin("enrich"), &dir.join("enrich.wasm"));
+    start_chain(dir, topic, db, &[("enrich", &dir.join("enrich.wasm"))], 0).await
+}
+
+/// Runs a pipeline with the chain `transforms`; the test replaces the
+/// one at `replaced`.
+pub async fn start_chain(dir: &Path, topic: &str, db: &str, transforms: &[(&str, &Path)], replaced: usize) -> Running {
     support::init_logs();
     clickstream::kafka::ensure_topic(&support::brokers(), topic, 4).await.unwrap();
-    install(&support::plugin("enrich"), &dir.join("enrich.wasm"));
     let pipeline = support::write_pipeline(dir, topic, &support::unique("reload"), db, "");
-    let text = std::fs::read_to_string(&pipeline).unwrap();
-    std::fs::write(&pipeline, text.replace(&support::plugin("enrich").display().to_string(), "enrich.wasm")).unwrap();
+    support::set_chain(&pipeline, transforms);
     let config = support::load_config(&pipeline);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stats = Arc::new(Stats::default());
@@ -56,17 +62,17 @@ pub async fn start(dir: &Path, topic: &str, db: &str) -> Running {
     let slot: Arc<Mutex<Option<Started>>> = Default::default();
     let task = tokio::spawn(clickstream::runtime::pipeline::run_until_stopped(config, stopped, Default::default(), stats.clone(), {
         let slot = slot.clone();
-        move |p: &Pipeline| *slot.lock().unwrap() = Some((p.chain.load()[0].clone(), p.reload.clone()))
+        move |p: &Pipeline| *slot.lock().unwrap() = Some((p.chain.load()[replaced].clone(), p.reload.clone()))
     }));
     let deadline = Instant::now() + WAIT;
-    let (enrich, requests) = loop {
+    let (slot, requests) = loop {
         if let Some(s) = slot.lock().unwrap().clone() {
             break s;
         }
         assert!(Instant::now() < deadline, "pipeline did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    Running { stop, task, enrich, stats, pipeline, requests }
+    Running { stop, task, slot, stats, pipeline, requests }
 }
 
 pub async fn produce_to(topic: &str, events: u64, seed: u64, rate: Option<u64>) -> BTreeSet<String> {

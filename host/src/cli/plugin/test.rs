@@ -1,0 +1,210 @@
+//! `clickstream plugin test`: runs a built transform on its fixture events,
+//! through the host's own chain runner and GeoIP import, and compares what
+//! became of each event with the expected file: a readable difference per
+//! event and a failing exit code, so it runs in a plugin's CI.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clickstream::plugin::instance::target_of;
+use clickstream::plugin::wit::World;
+use clickstream::plugin::{PluginLimits, PluginSpec};
+use clickstream::stages::record::{attributes_json, Event, WriteBatch};
+use clickstream::stages::transform::load_chain;
+use serde_json::{json, Map, Value};
+
+use super::check::{open_geoip, read_events, run_chain};
+use super::project::Project;
+
+const INPUT: &str = "fixtures/in.ndjson";
+const EXPECTED: &str = "fixtures/expected.ndjson";
+const SETTINGS: &str = "fixtures/settings.toml";
+
+/// Tests the build of the project in `dir` against its fixtures, or with
+/// `bless` writes what it does as the expected outcomes.
+pub fn test(dir: &Path, bless: bool, extra: Vec<(String, String)>, geoip: &[PathBuf]) -> anyhow::Result<()> {
+    let project = Project::open(dir)?;
+    let wasm = project.wasm();
+    anyhow::ensure!(wasm.is_file(), "no build at {}: run `clickstream plugin build {}` first", wasm.display(), dir.display());
+    let mut settings = fixture_settings(&project.file(SETTINGS))?;
+    settings.extend(extra);
+    let spec = PluginSpec { slot: project.name.clone(), path: wasm.clone(), settings, limits: PluginLimits::default() };
+    let world = target_of(&spec)?.world;
+    anyhow::ensure!(
+        world != World::Aggregator,
+        "{} is an aggregator: `plugin test` runs transforms (see its rows with `clickstream plugin check {}`)",
+        wasm.display(),
+        wasm.display()
+    );
+    let input = project.file(INPUT);
+    let events = read_events(&input)?;
+    let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    let chain = load_chain(vec![spec], &Arc::new(open_geoip(geoip, None)?))?;
+    let info = chain[0].current().info.clone();
+    println!("testing {} {} ({}) on {} events of {}", info.name, info.version, wasm.display(), ids.len(), input.display());
+    let actual = outcomes(&run_chain(chain, events), &ids);
+    let expected_path = project.file(EXPECTED);
+    if bless {
+        let text: String = actual.iter().map(line).collect();
+        std::fs::write(&expected_path, text).with_context(|| format!("writing {}", expected_path.display()))?;
+        println!("wrote {} outcomes to {}", actual.len(), expected_path.display());
+        return Ok(());
+    }
+    let expected = read_expected(&expected_path)?;
+    let differences = compare(&expected, &actual, &ids);
+    if differences.is_empty() {
+        println!("ok: all {} outcomes are as {} expects", actual.len(), expected_path.display());
+        return Ok(());
+    }
+    for line in &differences {
+        println!("{line}");
+    }
+    anyhow::bail!(
+        "the outcomes differ from {} (see above); if the change is deliberate, run `clickstream plugin test --bless {}`",
+        expected_path.display(),
+        dir.display()
+    )
+}
+
+/// `key = value` pairs of the fixture's settings file, when there is one.
+fn fixture_settings(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(Vec::new()) };
+    let table: toml::Table = text.parse().with_context(|| format!("{} is not valid TOML", path.display()))?;
+    table
+        .into_iter()
+        .map(|(key, value)| {
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => value.to_string(),
+                other => anyhow::bail!("{}: `{key}` is a {}; a setting is a string, number or boolean", path.display(), other.type_str()),
+            };
+            Ok((key, value))
+        })
+        .collect()
+}
+
+/// What became of each input event, in input order: `keep` with the fields
+/// and attributes that would be stored, `drop` with its reason, or
+/// `dead_letter` with its kind and reason.
+fn outcomes(batch: &WriteBatch, ids: &[String]) -> Vec<Value> {
+    let mut out = vec![Value::Null; ids.len()];
+    let mut put = |offset: i64, kind: &str, value: Value| {
+        let at = offset as usize;
+        out[at] = json!({ "event_id": ids[at], kind: value });
+    };
+    for event in &batch.events {
+        put(event.provenance.offset, "keep", kept(event));
+    }
+    for dropped in &batch.dropped {
+        put(dropped.provenance.offset, "drop", dropped.reason.clone().into());
+    }
+    for dead in &batch.dead_letters {
+        put(dead.provenance.offset, "dead_letter", json!({ "kind": dead.kind, "reason": dead.reason }));
+    }
+    out
+}
+
+/// An outcome as a line of the expected file: `event_id` first, then the
+/// outcome, so the file reads event by event.
+fn line(outcome: &Value) -> String {
+    match kind(outcome) {
+        Some((kind, value)) => format!("{{\"event_id\":{},\"{kind}\":{value}}}\n", show(outcome.get("event_id"))),
+        None => format!("{outcome}\n"),
+    }
+}
+
+fn kept(event: &Event) -> Value {
+    let (raw, found) = (&event.raw, &event.enrichment);
+    let mut fields = Map::new();
+    let mut put = |key: &str, value: Option<&str>| {
+        if let Some(value) = value.filter(|v| !v.is_empty()) {
+            fields.insert(key.into(), value.into());
+        }
+    };
+    put("url", Some(&raw.url));
+    put("ip", Some(&raw.ip));
+    put("user_agent", Some(&raw.user_agent));
+    put("referrer", raw.referrer.as_deref());
+    put("session_id", raw.session_id.as_deref());
+    put("country", found.country.as_deref());
+    put("city", found.city.as_deref());
+    put("browser", found.browser.as_deref());
+    put("os", found.os.as_deref());
+    put("device", found.device.map(|d| d.as_str()));
+    if !event.attributes.is_empty() {
+        let attributes = serde_json::from_str(&attributes_json(&event.attributes)).expect("the host writes valid JSON");
+        fields.insert("attributes".into(), attributes);
+    }
+    Value::Object(fields)
+}
+
+fn read_expected(path: &Path) -> anyhow::Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {} (write it from the current build with `clickstream plugin test --bless`)", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(n, line)| serde_json::from_str(line).with_context(|| format!("{}:{}: not valid JSON", path.display(), n + 1)))
+        .collect()
+}
+
+/// A paragraph per event whose outcome differs, naming the event and each
+/// differing field.
+fn compare(expected: &[Value], actual: &[Value], ids: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    if expected.len() != actual.len() {
+        out.push(format!("{EXPECTED} has {} outcomes for the {} events of {INPUT}", expected.len(), actual.len()));
+    }
+    for (n, (want, got)) in expected.iter().zip(actual).enumerate() {
+        let mut lines = Vec::new();
+        match (kind(want), kind(got)) {
+            (Some((a, want)), Some((b, got))) if a == b => diff(a, want, got, &mut lines),
+            _ => lines.push(format!("expected {}\n    got      {}", summary(want), summary(got))),
+        }
+        if want.get("event_id") != got.get("event_id") {
+            lines.push(format!(
+                "event_id: expected {}, got {} (are the two fixture files in step?)",
+                show(want.get("event_id")),
+                show(got.get("event_id"))
+            ));
+        }
+        if !lines.is_empty() {
+            out.push(format!("event {} ({INPUT} line {}):", ids[n], n + 1));
+            out.extend(lines.into_iter().map(|l| format!("    {l}")));
+        }
+    }
+    out
+}
+
+/// The outcome's kind (`keep`, `drop` or `dead_letter`) and its value.
+fn kind(outcome: &Value) -> Option<(&str, &Value)> {
+    outcome.as_object()?.iter().find(|(key, _)| *key != "event_id").map(|(key, value)| (key.as_str(), value))
+}
+
+fn summary(outcome: &Value) -> String {
+    kind(outcome).map_or_else(|| outcome.to_string(), |(kind, value)| format!("{kind} {value}"))
+}
+
+fn show(value: Option<&Value>) -> String {
+    value.map_or_else(|| "nothing".into(), Value::to_string)
+}
+
+fn diff(path: &str, want: &Value, got: &Value, out: &mut Vec<String>) {
+    match (want, got) {
+        (Value::Object(want), Value::Object(got)) => {
+            for (key, w) in want {
+                let at = format!("{path}.{key}");
+                match got.get(key) {
+                    Some(g) => diff(&at, w, g, out),
+                    None => out.push(format!("{at}: expected {w}, got nothing")),
+                }
+            }
+            for (key, g) in got.iter().filter(|(key, _)| !want.contains_key(*key)) {
+                out.push(format!("{path}.{key}: expected nothing, got {g}"));
+            }
+        }
+        _ if want == got => {}
+        _ => out.push(format!("{path}: expected {want}, got {got}")),
+    }
+}

@@ -1,0 +1,83 @@
+//! The plugin author's loop through the real toolchains: `clickstream plugin
+//! new`, `build` (cargo for wasm32-wasip2; npm and componentize-qjs for JavaScript) and
+//! `test`, from an empty directory. Both templates share one expected file,
+//! so the two languages are held to the same outcomes.
+
+use clickstream_testkit as support;
+
+use std::path::Path;
+use std::process::Output;
+
+fn clickstream(dir: &Path, args: &[&str]) -> Output {
+    let binary = support::host_binary().unwrap_or_else(|e| panic!("{e}"));
+    std::process::Command::new(binary).args(args).current_dir(dir).output().expect("run clickstream")
+}
+
+fn succeeds(dir: &Path, args: &[&str]) -> String {
+    let out = clickstream(dir, args);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "clickstream {} failed:\n{text}", args.join(" "));
+    text
+}
+
+/// `new`, `build` and `test` pass; then a change to the plugin's code makes
+/// `test` fail with a diff that names the event and the field, until
+/// `--bless` accepts it.
+fn author_loop(lang: &str, source: &str, from: &str, to: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("artifact.key");
+    let key = key.to_str().unwrap();
+    succeeds(dir.path(), &["plugin", "new", "utm2", "--lang", lang]);
+    assert!(dir.path().join("utm2/wit/pipeline.wit").is_file());
+    let built = succeeds(dir.path(), &["plugin", "build", "utm2", "--key", key]);
+    assert!(dir.path().join("utm2/dist/utm2.wasm").is_file(), "{built}");
+    assert!(dir.path().join("utm2/dist/utm2.cwasm").is_file(), "{built}");
+    let tested = succeeds(dir.path(), &["plugin", "test", "utm2"]);
+    assert!(tested.contains("ok: all 4 outcomes"), "{tested}");
+
+    let file = dir.path().join("utm2").join(source);
+    let code = std::fs::read_to_string(&file).unwrap();
+    assert!(code.contains(from), "{source} has no {from}");
+    std::fs::write(&file, code.replace(from, to)).unwrap();
+    succeeds(dir.path(), &["plugin", "build", "utm2", "--no-precompile"]);
+    let out = clickstream(dir.path(), &["plugin", "test", "utm2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a changed outcome passed:\n{stdout}");
+    assert!(stdout.contains("event e2 (fixtures/in.ndjson line 2):"), "{stdout}");
+    assert!(stdout.contains("keep.attributes.section: expected \"home\", got \"index\""), "{stdout}");
+    assert!(!stdout.contains("event e1"), "only e2 changed:\n{stdout}");
+
+    succeeds(dir.path(), &["plugin", "test", "utm2", "--bless"]);
+    succeeds(dir.path(), &["plugin", "test", "utm2"]);
+}
+
+#[test]
+fn a_javascript_plugin_goes_from_new_to_a_passing_test_and_a_change_fails_it_with_a_diff() {
+    author_loop("js", "src/index.js", "|| 'home'", "|| 'index'");
+}
+
+#[test]
+fn a_rust_plugin_goes_from_new_to_a_passing_test_and_a_change_fails_it_with_a_diff() {
+    author_loop("rust", "src/lib.rs", "unwrap_or(\"home\")", "unwrap_or(\"index\")");
+}
+
+#[test]
+fn a_project_is_not_created_over_files_and_a_bad_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("taken")).unwrap();
+    std::fs::write(dir.path().join("taken/notes.txt"), "mine").unwrap();
+    let out = clickstream(dir.path(), &["plugin", "new", "taken", "--lang", "js"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists and is not empty"));
+    assert_eq!(std::fs::read_to_string(dir.path().join("taken/notes.txt")).unwrap(), "mine");
+    let out = clickstream(dir.path(), &["plugin", "new", "Bad_Name"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a plugin name"));
+    let out = clickstream(dir.path(), &["plugin", "test", "taken"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a plugin project"));
+}
+
+#[test]
+fn a_python_plugin_goes_from_new_to_a_passing_test_and_a_change_fails_it_with_a_diff() {
+    author_loop("python", "app.py", "or \"home\"", "or \"index\"");
+}
