@@ -21,19 +21,31 @@ fn succeeds(dir: &Path, args: &[&str]) -> String {
 }
 
 /// `new`, `build` and `test` pass; then a change to the plugin's code makes
-/// `test` fail with a diff that names the event and the field, until
-/// `--bless` accepts it.
+/// `test` fail with a diff that names the event (or row) and the field,
+/// until `--bless` accepts it.
 fn author_loop(lang: &str, source: &str, from: &str, to: &str) {
+    author_loop_of(
+        "transformer",
+        lang,
+        source,
+        (from, to),
+        ("event e2 (fixtures/in.ndjson line 2):", "event e1", "keep.attributes.section: expected \"home\", got \"index\""),
+    );
+}
+
+/// [`author_loop`] for `world`; the change `from` → `to` must produce the
+/// `differs` header and `field` line, and not the `same` header.
+fn author_loop_of(world: &str, lang: &str, source: &str, (from, to): (&str, &str), (differs, same, field): (&str, &str, &str)) {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("artifact.key");
     let key = key.to_str().unwrap();
-    succeeds(dir.path(), &["plugin", "new", "utm2", "--lang", lang]);
+    succeeds(dir.path(), &["plugin", "new", "utm2", "--lang", lang, "--world", world]);
     assert!(dir.path().join("utm2/wit/pipeline.wit").is_file());
     let built = succeeds(dir.path(), &["plugin", "build", "utm2", "--key", key]);
     assert!(dir.path().join("utm2/dist/utm2.wasm").is_file(), "{built}");
     assert!(dir.path().join("utm2/dist/utm2.cwasm").is_file(), "{built}");
     let tested = succeeds(dir.path(), &["plugin", "test", "utm2"]);
-    assert!(tested.contains("ok: all 4 outcomes"), "{tested}");
+    assert!(tested.contains("ok: all 4 "), "{tested}");
 
     let file = dir.path().join("utm2").join(source);
     let code = std::fs::read_to_string(&file).unwrap();
@@ -43,9 +55,9 @@ fn author_loop(lang: &str, source: &str, from: &str, to: &str) {
     let out = clickstream(dir.path(), &["plugin", "test", "utm2"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "a changed outcome passed:\n{stdout}");
-    assert!(stdout.contains("event e2 (fixtures/in.ndjson line 2):"), "{stdout}");
-    assert!(stdout.contains("keep.attributes.section: expected \"home\", got \"index\""), "{stdout}");
-    assert!(!stdout.contains("event e1"), "only e2 changed:\n{stdout}");
+    assert!(stdout.contains(differs), "{stdout}");
+    assert!(stdout.contains(field), "{stdout}");
+    assert!(!stdout.contains(same), "only one line changed:\n{stdout}");
 
     succeeds(dir.path(), &["plugin", "test", "utm2", "--bless"]);
     succeeds(dir.path(), &["plugin", "test", "utm2"]);
@@ -59,6 +71,24 @@ fn a_javascript_plugin_goes_from_new_to_a_passing_test_and_a_change_fails_it_wit
 #[test]
 fn a_rust_plugin_goes_from_new_to_a_passing_test_and_a_change_fails_it_with_a_diff() {
     author_loop("rust", "src/lib.rs", "unwrap_or(\"home\")", "unwrap_or(\"index\")");
+}
+
+#[test]
+fn a_rust_aggregator_goes_from_new_to_a_passing_test_and_a_change_fails_it_with_a_diff() {
+    author_loop_of(
+        "aggregator",
+        "rust",
+        "src/lib.rs",
+        ("group.time_spent_total_ms += spent as u64;", "group.time_spent_total_ms += 2 * spent as u64;"),
+        (
+            "row window 1795860000000 url https://shop.example/products/shoes country unknown:",
+            "url / country",
+            "row.time_spent_total_ms: expected 2000, got 4000",
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = clickstream(dir.path(), &["plugin", "new", "agg", "--lang", "js", "--world", "aggregator"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the aggregator template is in Rust only"));
 }
 
 #[test]

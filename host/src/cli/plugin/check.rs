@@ -12,10 +12,10 @@ use clickstream::plugin::aggregate::{AggregateRun, LoadedAggregate};
 use clickstream::plugin::geoip::GeoIp;
 use clickstream::plugin::instance::target_of;
 use clickstream::plugin::wit::{World, PACKAGE};
-use clickstream::plugin::{golden, PluginLimits, PluginSpec, Slot};
+use clickstream::plugin::{golden, PluginInfo, PluginLimits, PluginSpec, Slot};
 use clickstream::runtime::pipeline::describe_chain;
 use clickstream::stages::decode::{decode, DecodeLimits};
-use clickstream::stages::record::{attributes_json, Consumed, Decoded, Provenance, RawEvent, WriteBatch};
+use clickstream::stages::record::{attributes_json, AggregateRow, Consumed, Decoded, Provenance, RawEvent, WriteBatch};
 use clickstream::stages::transform::{load_chain, Chain, ChainRunner};
 use clickstream::stats::Stats;
 
@@ -182,19 +182,27 @@ fn paths(batch: &WriteBatch, names: &[String]) -> Vec<(i64, String)> {
 }
 
 fn check_aggregator(spec: PluginSpec, events: Vec<RawEvent>) -> anyhow::Result<()> {
-    let loaded = LoadedAggregate::load(spec)?;
-    println!("plugin {} {}", loaded.info.name, loaded.info.version);
-    let stored = golden::as_stored(events);
-    let window = golden::PARAMS.window_ms;
-    let from = stored.iter().map(|c| c.timestamp_ms).min().unwrap_or(0).div_euclid(window) * window;
-    let to = (stored.iter().map(|c| c.timestamp_ms).max().unwrap_or(0).div_euclid(window) + 1) * window;
-    let mut run = AggregateRun::start(&Slot::new(loaded), golden::PARAMS, from, to)?;
-    run.push(&stored)?;
-    for r in run.finish()? {
+    let (info, rows) = aggregate(spec, events)?;
+    println!("plugin {} {}", info.name, info.version);
+    for r in rows {
         println!(
             "  window={} url={} country={} clicks={} unique_users={} time_spent_total_ms={} time_spent_samples={}",
             r.window_start_ms, r.url, r.country, r.clicks, r.unique_users, r.time_spent_total_ms, r.time_spent_samples
         );
     }
     Ok(())
+}
+
+/// Runs an aggregator over `events` (as stored, country `unknown`) in one
+/// run over the windows they fall in, with the default parameters.
+pub fn aggregate(spec: PluginSpec, events: Vec<RawEvent>) -> anyhow::Result<(PluginInfo, Vec<AggregateRow>)> {
+    let loaded = LoadedAggregate::load(spec)?;
+    let info = loaded.info.clone();
+    let stored = golden::as_stored(events);
+    let window = golden::PARAMS.window_ms;
+    let from = stored.iter().map(|c| c.timestamp_ms).min().unwrap_or(0).div_euclid(window) * window;
+    let to = (stored.iter().map(|c| c.timestamp_ms).max().unwrap_or(0).div_euclid(window) + 1) * window;
+    let mut run = AggregateRun::start(&Slot::new(loaded), golden::PARAMS, from, to)?;
+    run.push(&stored)?;
+    Ok((info, run.finish()?))
 }

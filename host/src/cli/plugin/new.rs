@@ -10,22 +10,39 @@ use super::project::{check_name, Kind, Lang};
 /// The contract a new transformer targets, and its WIT.
 const TRANSFORMER: (&str, &str) = ("0.2.0", include_str!("../../../../wit/v0.2.0/pipeline.wit"));
 
+/// The contract a new aggregator targets, and its WIT.
+const AGGREGATOR: (&str, &str) = ("0.1.0", include_str!("../../../../wit/v0.1.0/pipeline.wit"));
+
+/// What a transformer's fixture events should become (the same for every language).
+const TRANSFORMER_EXPECTED: (&str, &str) =
+    ("fixtures/expected.ndjson", include_str!("../../../templates/plugin/common/fixtures/transformer-expected.ndjson"));
+
 /// Files of the Rust transformer project.
 const RUST_TRANSFORMER: &[(&str, &str)] = &[
     ("Cargo.toml", include_str!("../../../templates/plugin/rust-transformer/Cargo.toml")),
     ("src/lib.rs", include_str!("../../../templates/plugin/rust-transformer/src/lib.rs")),
+    TRANSFORMER_EXPECTED,
+];
+
+/// Files of the Rust aggregator project.
+const RUST_AGGREGATOR: &[(&str, &str)] = &[
+    ("Cargo.toml", include_str!("../../../templates/plugin/rust-transformer/Cargo.toml")),
+    ("src/lib.rs", include_str!("../../../templates/plugin/rust-aggregator/src/lib.rs")),
+    ("fixtures/expected.ndjson", include_str!("../../../templates/plugin/rust-aggregator/fixtures/expected.ndjson")),
 ];
 
 /// Files of the JavaScript transformer project.
 const JS_TRANSFORMER: &[(&str, &str)] = &[
     ("package.json", include_str!("../../../templates/plugin/js-transformer/package.json")),
     ("src/index.js", include_str!("../../../templates/plugin/js-transformer/src/index.js")),
+    TRANSFORMER_EXPECTED,
 ];
 
 /// Files of the Python transformer project.
 const PYTHON_TRANSFORMER: &[(&str, &str)] = &[
     ("pyproject.toml", include_str!("../../../templates/plugin/python-transformer/pyproject.toml")),
     ("app.py", include_str!("../../../templates/plugin/python-transformer/app.py")),
+    TRANSFORMER_EXPECTED,
 ];
 
 /// Files every project has.
@@ -33,7 +50,6 @@ const COMMON: &[(&str, &str)] = &[
     ("README.md", include_str!("../../../templates/plugin/common/README.md")),
     (".gitignore", include_str!("../../../templates/plugin/common/gitignore")),
     ("fixtures/in.ndjson", include_str!("../../../templates/plugin/common/fixtures/in.ndjson")),
-    ("fixtures/expected.ndjson", include_str!("../../../templates/plugin/common/fixtures/expected.ndjson")),
 ];
 
 /// Creates the project `name` in `dir` (default ./NAME), which must not exist
@@ -44,8 +60,10 @@ pub fn new(name: &str, lang: Lang, world: Kind, dir: Option<PathBuf>) -> anyhow:
         (Lang::Rust, Kind::Transformer) => (TRANSFORMER.0, TRANSFORMER.1, RUST_TRANSFORMER),
         (Lang::Js, Kind::Transformer) => (TRANSFORMER.0, TRANSFORMER.1, JS_TRANSFORMER),
         (Lang::Python, Kind::Transformer) => (TRANSFORMER.0, TRANSFORMER.1, PYTHON_TRANSFORMER),
+        (Lang::Rust, Kind::Aggregator) => (AGGREGATOR.0, AGGREGATOR.1, RUST_AGGREGATOR),
         (_, Kind::Aggregator) => anyhow::bail!(
-            "there is no aggregator template yet: start from plugins/aggregate in the clickstream repository (Rust, contract 0.1.0)"
+            "the aggregator template is in Rust only (--lang rust): the aggregator world exports a resource, which the \
+             JavaScript and Python templates do not cover yet"
         ),
     };
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
@@ -58,9 +76,13 @@ pub fn new(name: &str, lang: Lang, world: Kind, dir: Option<PathBuf>) -> anyhow:
         Lang::Js => ("JavaScript", "npm install (first time), then npm run build: componentize-qjs, the QuickJS engine", "src/index.js"),
         Lang::Python => ("Python", "a .venv with componentize-py (first time), then componentize-py componentize app", "app.py"),
     };
+    let world_name = match world {
+        Kind::Transformer => "transformer",
+        Kind::Aggregator => "aggregator",
+    };
     let fill = |text: &str| {
         text.replace("{{name}}", name)
-            .replace("{{world}}", "transformer")
+            .replace("{{world}}", world_name)
             .replace("{{contract}}", contract)
             .replace("{{language}}", language)
             .replace("{{toolchain}}", toolchain)
@@ -70,7 +92,7 @@ pub fn new(name: &str, lang: Lang, world: Kind, dir: Option<PathBuf>) -> anyhow:
         write(&dir, path, &fill(text))?;
     }
     write(&dir, "wit/pipeline.wit", wit)?;
-    println!("created {} ({language} transformer against clickstream:pipeline@{contract})", dir.display());
+    println!("created {} ({language} {world_name} against clickstream:pipeline@{contract})", dir.display());
     println!("next: clickstream plugin build {0} && clickstream plugin test {0}", dir.display());
     Ok(())
 }

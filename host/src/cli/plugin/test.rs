@@ -1,7 +1,8 @@
 //! `clickstream plugin test`: runs a built transform on its fixture events,
 //! through the host's own chain runner and GeoIP import, and compares what
-//! became of each event with the expected file: a readable difference per
-//! event and a failing exit code, so it runs in a plugin's CI.
+//! became of each event with the expected file (for an aggregator: the rows
+//! of one run over the events' windows): a readable difference per event or
+//! row and a failing exit code, so it runs in a plugin's CI.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,11 +11,11 @@ use anyhow::Context;
 use clickstream::plugin::instance::target_of;
 use clickstream::plugin::wit::World;
 use clickstream::plugin::{PluginLimits, PluginSpec};
-use clickstream::stages::record::{attributes_json, Event, WriteBatch};
+use clickstream::stages::record::{attributes_json, AggregateRow, Event, WriteBatch};
 use clickstream::stages::transform::load_chain;
 use serde_json::{json, Map, Value};
 
-use super::check::{open_geoip, read_events, run_chain};
+use super::check::{aggregate, open_geoip, read_events, run_chain};
 use super::project::Project;
 
 const INPUT: &str = "fixtures/in.ndjson";
@@ -30,31 +31,32 @@ pub fn test(dir: &Path, bless: bool, extra: Vec<(String, String)>, geoip: &[Path
     let mut settings = fixture_settings(&project.file(SETTINGS))?;
     settings.extend(extra);
     let spec = PluginSpec { slot: project.name.clone(), path: wasm.clone(), settings, limits: PluginLimits::default() };
-    let world = target_of(&spec)?.world;
-    anyhow::ensure!(
-        world != World::Aggregator,
-        "{} is an aggregator: `plugin test` runs transforms (see its rows with `clickstream plugin check {}`)",
-        wasm.display(),
-        wasm.display()
-    );
     let input = project.file(INPUT);
     let events = read_events(&input)?;
     let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
-    let chain = load_chain(vec![spec], &Arc::new(open_geoip(geoip, None)?))?;
-    let info = chain[0].current().info.clone();
+    let (info, actual, keys, noun) = if target_of(&spec)?.world == World::Aggregator {
+        let (info, rows) = aggregate(spec, events)?;
+        let keys: Vec<String> =
+            rows.iter().map(|r| format!("row window {} url {} country {}", r.window_start_ms, r.url, r.country)).collect();
+        (info, rows.iter().map(row).collect::<Vec<_>>(), keys, "rows")
+    } else {
+        let chain = load_chain(vec![spec], &Arc::new(open_geoip(geoip, None)?))?;
+        let info = chain[0].current().info.clone();
+        let keys = ids.iter().enumerate().map(|(n, id)| format!("event {id} ({INPUT} line {})", n + 1)).collect();
+        (info, outcomes(&run_chain(chain, events), &ids), keys, "outcomes")
+    };
     println!("testing {} {} ({}) on {} events of {}", info.name, info.version, wasm.display(), ids.len(), input.display());
-    let actual = outcomes(&run_chain(chain, events), &ids);
     let expected_path = project.file(EXPECTED);
     if bless {
         let text: String = actual.iter().map(line).collect();
         std::fs::write(&expected_path, text).with_context(|| format!("writing {}", expected_path.display()))?;
-        println!("wrote {} outcomes to {}", actual.len(), expected_path.display());
+        println!("wrote {} {noun} to {}", actual.len(), expected_path.display());
         return Ok(());
     }
     let expected = read_expected(&expected_path)?;
-    let differences = compare(&expected, &actual, &ids);
+    let differences = compare(&expected, &actual, &keys);
     if differences.is_empty() {
-        println!("ok: all {} outcomes are as {} expects", actual.len(), expected_path.display());
+        println!("ok: all {} {noun} are as {} expects", actual.len(), expected_path.display());
         return Ok(());
     }
     for line in &differences {
@@ -105,13 +107,17 @@ fn outcomes(batch: &WriteBatch, ids: &[String]) -> Vec<Value> {
     out
 }
 
-/// An outcome as a line of the expected file: `event_id` first, then the
-/// outcome, so the file reads event by event.
-fn line(outcome: &Value) -> String {
-    match kind(outcome) {
-        Some((kind, value)) => format!("{{\"event_id\":{},\"{kind}\":{value}}}\n", show(outcome.get("event_id"))),
-        None => format!("{outcome}\n"),
-    }
+/// A line of the expected file, its fields in reading order: `event_id`
+/// then the outcome, or a row's group then its metrics.
+fn line(value: &Value) -> String {
+    let Some(object) = value.as_object() else { return format!("{value}\n") };
+    let first = ["event_id", "window_start_ms", "url", "country", "clicks", "unique_users", "time_spent_total_ms", "time_spent_samples"];
+    let ordered = first.iter().filter_map(|key| object.get_key_value(*key));
+    let fields: Vec<String> = ordered
+        .chain(object.iter().filter(|(key, _)| !first.contains(&key.as_str())))
+        .map(|(key, value)| format!("{}:{value}", Value::from(key.as_str())))
+        .collect();
+    format!("{{{}}}\n", fields.join(","))
 }
 
 fn kept(event: &Event) -> Value {
@@ -149,17 +155,37 @@ fn read_expected(path: &Path) -> anyhow::Result<Vec<Value>> {
         .collect()
 }
 
-/// A paragraph per event whose outcome differs, naming the event and each
-/// differing field.
-fn compare(expected: &[Value], actual: &[Value], ids: &[String]) -> Vec<String> {
+/// An aggregate row as a line of the expected file.
+fn row(r: &AggregateRow) -> Value {
+    json!({
+        "window_start_ms": r.window_start_ms,
+        "url": r.url,
+        "country": r.country,
+        "clicks": r.clicks,
+        "unique_users": r.unique_users,
+        "time_spent_total_ms": r.time_spent_total_ms,
+        "time_spent_samples": r.time_spent_samples,
+    })
+}
+
+/// A paragraph per line that differs (an event's outcome, or an aggregate
+/// row), named by `keys`, with each differing field.
+fn compare(expected: &[Value], actual: &[Value], keys: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     if expected.len() != actual.len() {
-        out.push(format!("{EXPECTED} has {} outcomes for the {} events of {INPUT}", expected.len(), actual.len()));
+        out.push(format!("{EXPECTED} has {} lines; the plugin gave {}", expected.len(), actual.len()));
+        for (key, extra) in keys.iter().zip(actual).skip(expected.len()) {
+            out.push(format!("{key}: not expected: {extra}"));
+        }
+        for missing in expected.iter().skip(actual.len()) {
+            out.push(format!("missing: {missing}"));
+        }
     }
     for (n, (want, got)) in expected.iter().zip(actual).enumerate() {
         let mut lines = Vec::new();
         match (kind(want), kind(got)) {
             (Some((a, want)), Some((b, got))) if a == b => diff(a, want, got, &mut lines),
+            _ if want.get("url").is_some() => diff("row", want, got, &mut lines),
             _ => lines.push(format!("expected {}\n    got      {}", summary(want), summary(got))),
         }
         if want.get("event_id") != got.get("event_id") {
@@ -170,16 +196,19 @@ fn compare(expected: &[Value], actual: &[Value], ids: &[String]) -> Vec<String> 
             ));
         }
         if !lines.is_empty() {
-            out.push(format!("event {} ({INPUT} line {}):", ids[n], n + 1));
+            out.push(format!("{}:", keys[n]));
             out.extend(lines.into_iter().map(|l| format!("    {l}")));
         }
     }
     out
 }
 
-/// The outcome's kind (`keep`, `drop` or `dead_letter`) and its value.
+/// The outcome's kind (`keep`, `drop` or `dead_letter`) and its value; none
+/// for an aggregate row.
 fn kind(outcome: &Value) -> Option<(&str, &Value)> {
-    outcome.as_object()?.iter().find(|(key, _)| *key != "event_id").map(|(key, value)| (key.as_str(), value))
+    let object = outcome.as_object()?;
+    object.get("event_id")?;
+    object.iter().find(|(key, _)| *key != "event_id").map(|(key, value)| (key.as_str(), value))
 }
 
 fn summary(outcome: &Value) -> String {
