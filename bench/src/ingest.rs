@@ -6,7 +6,9 @@
 //!
 //! Arm 8 is arm 1 with the demo's three-transform chain (enrich →
 //! bot-filter → anonymize-ip), run right after it on the same topic: its
-//! rate over arm 1's is what a longer chain costs.
+//! rate over arm 1's is what a longer chain costs. Arm 10 is arm 1 with the
+//! JavaScript transform `utm` after enrich: what a JavaScript link costs in
+//! the whole pipeline.
 
 use std::time::{Duration, Instant};
 
@@ -80,25 +82,26 @@ pub fn final_counters(log: &str) -> Value {
 
 /// Runs arm 1.
 pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
-    let (figures, db) = run_pipeline(bench, state, "ingest", false).await?;
+    let (figures, db) = run_pipeline(bench, state, "ingest", &[]).await?;
     state.ingest_db = Some(db);
     Ok(figures)
 }
 
-/// Runs arm 8, and its ratio to arm 1 when arm 1 ran.
-pub async fn run_chain(bench: &Bench, state: &State, arm1: Option<f64>) -> anyhow::Result<Value> {
-    let (mut figures, _) = run_pipeline(bench, state, "chain", true).await?;
+/// Runs arm 8 (or 10: enrich and the transforms `after`), and its ratio to
+/// arm 1 when arm 1 ran.
+pub async fn run_chain(bench: &Bench, state: &State, arm1: Option<f64>, after: &[&str]) -> anyhow::Result<Value> {
+    let (mut figures, _) = run_pipeline(bench, state, &format!("chain_{}", after.join("_").replace('-', "_")), after).await?;
     let rate = figures.pointer("/steady/events_per_s").and_then(Value::as_f64);
     figures["over_arm_1"] = json!(super::stats::ratio(rate, arm1));
     Ok(figures)
 }
 
-/// Runs the release binary over the bench topic: enrich alone, or the
-/// three-transform chain. Returns the figures and the database.
-async fn run_pipeline(bench: &Bench, state: &State, name: &str, full_chain: bool) -> anyhow::Result<(Value, String)> {
+/// Runs the release binary over the bench topic: enrich alone, or followed
+/// by the transforms `after`. Returns the figures and the database.
+async fn run_pipeline(bench: &Bench, state: &State, name: &str, after: &[&str]) -> anyhow::Result<(Value, String)> {
     let topic = state.topic.clone().context("the ingest topic was not produced")?;
     let db = bench.fresh_database(name).await?;
-    let pipeline = bench.write_chain_pipeline(name, &topic.name, &db, &bench.plugin("enrich")?, full_chain)?;
+    let pipeline = bench.write_chain_pipeline(name, &topic.name, &db, &bench.plugin("enrich")?, after)?;
     let log = bench.work.join(format!("{name}-host.log"));
     let (pg_cpu0, broker_cpu0, wall0) = (cpu_seconds_of(&["postgres"]), cpu_seconds_of(&["nisshi", "tansu"]), Instant::now());
     let mut host = Host::try_start(&pipeline, &log, &[])?;
@@ -150,7 +153,7 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, full_chain: bool
     let stored_events: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await?;
     let dropped: i64 = sqlx::query_scalar("SELECT coalesce(sum(dropped), 0)::bigint FROM dropped_events").fetch_one(&pool).await?;
     anyhow::ensure!(stored_events + dropped == total, "stored {stored_events} events and dropped {dropped} of {total}");
-    anyhow::ensure!(full_chain || dropped == 0, "enrich alone dropped {dropped} events");
+    anyhow::ensure!(!after.is_empty() || dropped == 0, "enrich alone dropped {dropped} events");
     let latency = latencies(&pool, "true").await?;
     pool.close().await;
     progress(format_args!(
@@ -158,7 +161,7 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, full_chain: bool
         steady.0,
         steady.0 * bytes_per_event / 1048576.0
     ));
-    let transforms = if full_chain { "enrich → bot-filter → anonymize-ip" } else { "enrich" };
+    let transforms = std::iter::once("enrich").chain(after.iter().copied()).collect::<Vec<_>>().join(" → ");
     let figures = json!({
         "events": total,
         "transforms": transforms,

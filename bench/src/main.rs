@@ -224,29 +224,24 @@ impl Bench {
     /// the given enrich plugin file, aggregation effectively off during the
     /// measurement (first pass after an hour), and its own index.
     pub fn write_pipeline(&self, name: &str, topic: &str, database_url: &str, enrich: &Path) -> anyhow::Result<PathBuf> {
-        self.write_chain_pipeline(name, topic, database_url, enrich, false)
+        self.write_chain_pipeline(name, topic, database_url, enrich, &[])
     }
 
-    /// [`Bench::write_pipeline`], with `bot-filter` and `anonymize-ip`
-    /// after `enrich` when `full_chain` (the demo's chain).
+    /// [`Bench::write_pipeline`], with the built plugins `after` (e.g.
+    /// `bot-filter`, `anonymize-ip`: the demo's chain) after `enrich`.
     pub fn write_chain_pipeline(
         &self,
         name: &str,
         topic: &str,
         database_url: &str,
         enrich: &Path,
-        full_chain: bool,
+        after: &[&str],
     ) -> anyhow::Result<PathBuf> {
         let geoip = self.geoip_files()?;
-        let more_transforms = if full_chain {
-            format!(
-                "\n[[transforms]]\nname = \"bot-filter\"\npath = \"{}\"\n\n[[transforms]]\nname = \"anonymize-ip\"\npath = \"{}\"\n",
-                self.plugin("bot-filter")?.display(),
-                self.plugin("anonymize-ip")?.display()
-            )
-        } else {
-            String::new()
-        };
+        let mut more_transforms = String::new();
+        for plugin in after {
+            more_transforms.push_str(&format!("\n[[transforms]]\nname = \"{plugin}\"\npath = \"{}\"\n", self.plugin(plugin)?.display()));
+        }
         let text = format!(
             r#"# Written by `clickstream bench` for arm `{name}`.
 [source]
@@ -501,8 +496,8 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
         }};
     }
 
-    // The topic arms 0, 1 and 8 read, produced once.
-    if bench.runs(0) || bench.runs(1) || bench.runs(8) {
+    // The topic arms 0, 1, 8 and 10 read, produced once.
+    if bench.runs(0) || bench.runs(1) || bench.runs(8) || bench.runs(10) {
         match data::produce_topic(&bench).await {
             Ok(t) => state.topic = Some(t),
             Err(e) => progress(format_args!("producing the bench topic FAILED: {e:#}")),
@@ -512,7 +507,8 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
     arm!(1, "full pipeline", ingest::run(&bench, &mut state));
     // Right after arm 1, on the same topic, so the two compare side by side.
     let arm1_rate = arms.iter().find(|a| a.arm == 1 && a.status == "ok").and_then(|a| a.figures.pointer("/steady/events_per_s")?.as_f64());
-    arm!(8, "full pipeline, three-transform chain", ingest::run_chain(&bench, &state, arm1_rate));
+    arm!(8, "full pipeline, three-transform chain", ingest::run_chain(&bench, &state, arm1_rate, &["bot-filter", "anonymize-ip"]));
+    arm!(10, "full pipeline, enrich → utm (JavaScript)", ingest::run_chain(&bench, &state, arm1_rate, &["utm"]));
     arm!(2, "ingest limit (binary COPY)", copy::run_copy(&bench));
     arm!(3, "native vs WASM enrich", enrich::run(&bench));
     arm!(4, "classic INSERT + COMMIT per event", copy::run_classic(&bench));
