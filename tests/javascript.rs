@@ -185,3 +185,14 @@ fn the_javascript_utm_and_its_rust_twin_give_the_same_outcome_for_every_event() 
         assert!(campaigns > 1_000, "only {campaigns} events carried a campaign");
     }
 }
+
+#[test]
+fn the_utm_plugin_passes_its_own_fixtures_through_plugin_test() {
+    support::plugin("utm"); // builds plugins/utm/dist/utm.wasm
+    let binary = support::host_binary().unwrap_or_else(|e| panic!("{e}"));
+    let dir = support::root().join("plugins/utm");
+    let out = std::process::Command::new(binary).args(["plugin", "test"]).arg(&dir).output().expect("run clickstream");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("ok: all 11 outcomes"), "{stdout}");
+}

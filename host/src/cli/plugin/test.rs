@@ -63,7 +63,7 @@ pub fn test(dir: &Path, bless: bool, extra: Vec<(String, String)>, geoip: &[Path
         println!("{line}");
     }
     anyhow::bail!(
-        "the outcomes differ from {} (see above); if the change is deliberate, run `clickstream plugin test --bless {}`",
+        "the {noun} differ from {} (see above); if the change is deliberate, run `clickstream plugin test --bless {}`",
         expected_path.display(),
         dir.display()
     )
@@ -71,7 +71,11 @@ pub fn test(dir: &Path, bless: bool, extra: Vec<(String, String)>, geoip: &[Path
 
 /// `key = value` pairs of the fixture's settings file, when there is one.
 fn fixture_settings(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(Vec::new()) };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
     let table: toml::Table = text.parse().with_context(|| format!("{} is not valid TOML", path.display()))?;
     table
         .into_iter()
