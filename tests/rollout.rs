@@ -41,6 +41,36 @@ async fn history_of(running: &Running, outcome: &'static str) -> String {
     running.stats.reload_history().into_iter().find(|r| r.what == "enrich" && r.outcome == outcome).unwrap().detail
 }
 
+/// A running pipeline whose enrich has the rollout `keys`, with the build
+/// that rejects a fifth of the events in canary.
+struct InCanary {
+    /// Holds the plugin file; dropped with the test.
+    dir: tempfile::TempDir,
+    topic: String,
+    pool: PgPool,
+    running: Running,
+    /// The version serving before the canary.
+    serving: clickstream::plugin::PluginInfo,
+}
+
+async fn in_canary(name: &str, keys: &str) -> InCanary {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique(name);
+    let db = support::fresh_database(name).await;
+    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
+    let running = start(dir.path(), &topic, &db).await;
+    let serving = running.slot.current().info.clone();
+    set_rollout(&running, keys).await;
+    install(&support::plugin("enrich-canary-reject"), &dir.path().join("enrich.wasm"));
+    let enrich = running.slot.clone();
+    support::wait_until(WAIT, "the candidate in canary", || {
+        let enrich = enrich.clone();
+        async move { enrich.canary().is_some() }
+    })
+    .await;
+    InCanary { dir, topic, pool, running, serving }
+}
+
 /// Event ids stored, each once, and how many each version of enrich stored.
 async fn stored_once(pool: &PgPool, expected: &std::collections::BTreeSet<String>) -> BTreeMap<String, i64> {
     let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(pool).await.unwrap();
@@ -54,21 +84,8 @@ async fn stored_once(pool: &PgPool, expected: &std::collections::BTreeSet<String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_rejecting_a_fifth_of_the_events_is_rolled_back_and_every_event_is_stored_once() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("canary_bad");
-    let db = support::fresh_database("canary_bad").await;
-    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
-    let running = start(dir.path(), &topic, &db).await;
-    let serving = running.slot.current().info.clone();
-    set_rollout(&running, "rollout = \"canary\"\ncanary_fraction = 0.5\ncanary_batches = 5").await;
-
-    install(&support::plugin("enrich-canary-reject"), &dir.path().join("enrich.wasm"));
-    let enrich = running.slot.clone();
-    support::wait_until(WAIT, "the candidate in canary", || {
-        let enrich = enrich.clone();
-        async move { enrich.canary().is_some() }
-    })
-    .await;
+    let InCanary { dir: _dir, topic, pool, running, serving } =
+        in_canary("canary_bad", "rollout = \"canary\"\ncanary_fraction = 0.5\ncanary_batches = 5").await;
     // At least 16 batches of at most 500: the canary gets at least 8.
     let expected = produce_to(&topic, 8_000, 61, Some(2_000)).await;
     let rolled_back = history_of(&running, "rolled_back").await;
@@ -94,20 +111,8 @@ async fn a_canary_rejecting_a_fifth_of_the_events_is_rolled_back_and_every_event
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_promoted_by_hand_that_rejects_is_rolled_back_by_the_watch_to_the_previous_version() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("canary_watch");
-    let db = support::fresh_database("canary_watch").await;
-    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
-    let running = start(dir.path(), &topic, &db).await;
-    let serving = running.slot.current().info.clone();
-    set_rollout(&running, "rollout = \"canary\"\ncanary_fraction = 0.5\ncanary_batches = 5\nwatch_batches = 50").await;
-    install(&support::plugin("enrich-canary-reject"), &dir.path().join("enrich.wasm"));
-    let enrich = running.slot.clone();
-    support::wait_until(WAIT, "the candidate in canary", || {
-        let enrich = enrich.clone();
-        async move { enrich.canary().is_some() }
-    })
-    .await;
+    let InCanary { dir: _dir, topic, pool, running, serving } =
+        in_canary("canary_watch", "rollout = \"canary\"\ncanary_fraction = 0.5\ncanary_batches = 5\nwatch_batches = 50").await;
     // Some baseline first, then promoted before its verdict.
     let mut expected = produce_to(&topic, 2_000, 64, None).await;
     support::wait_until(WAIT, "events stored", || async { stored(&pool).await >= 1_000 }).await;
