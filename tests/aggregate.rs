@@ -43,7 +43,7 @@ fn assert_docs_match(docs: &[AggregateDoc], expected: &BTreeMap<(i64, String, St
 
 async fn settled(pool: &PgPool, events: usize) -> bool {
     support::count(pool, "SELECT count(*) FROM events").await as usize >= events
-        && support::count(pool, "SELECT count(*) FROM aggregate_windows WHERE version > aggregated_version").await == 0
+        && support::aggregation_caught_up(pool).await
         && support::count(pool, "SELECT count(*) FROM aggregates WHERE indexed_at IS NULL").await == 0
 }
 
@@ -136,8 +136,7 @@ async fn a_search_outage_delays_indexing_and_every_aggregate_arrives_after() {
     search.freeze(true);
     let more = produce_to(&topic, clickstream_config(1_500, 22, start_ms + 600_000)).await;
     support::wait_until(WAIT, "ingest and aggregation to go on during the outage", || async {
-        support::count(&pool, "SELECT count(*) FROM events").await as usize >= first + more
-            && support::count(&pool, "SELECT count(*) FROM aggregate_windows WHERE version > aggregated_version").await == 0
+        support::count(&pool, "SELECT count(*) FROM events").await as usize >= first + more && support::aggregation_caught_up(&pool).await
     })
     .await;
     let waiting = support::count(&pool, "SELECT count(*) FROM aggregates WHERE indexed_at IS NULL").await;
@@ -234,6 +233,7 @@ async fn a_failing_window_is_set_aside_while_the_others_are_aggregated_and_index
             && support::count(&pool, "SELECT count(*) FROM aggregate_windows WHERE version > aggregated_version AND last_error IS NULL")
                 .await
                 == 0
+            && support::count(&pool, "SELECT count(*) FROM window_changes").await == 0
             && support::count(&pool, "SELECT count(*) FROM aggregate_windows WHERE last_error IS NOT NULL").await == 2
             && support::count(&pool, "SELECT count(*) FROM aggregates WHERE indexed_at IS NULL").await == 0
     })

@@ -100,7 +100,7 @@ async fn produce_to(topic: &str, config: GeneratorConfig) -> produce::Summary {
 
 async fn settled(pool: &PgPool, records: i64) -> bool {
     support::count(pool, "SELECT count(*) FROM events").await + support::count(pool, "SELECT count(*) FROM dead_letters").await >= records
-        && support::count(pool, "SELECT count(*) FROM aggregate_windows WHERE version > aggregated_version").await == 0
+        && support::aggregation_caught_up(pool).await
         && support::count(pool, "SELECT count(*) FROM aggregates WHERE indexed_at IS NULL").await == 0
 }
 

@@ -190,8 +190,7 @@ async fn two_hosts_in_one_group_split_the_partitions_and_store_each_event_once()
     // Both hosts aggregate too; each window is done by one at a time, and the
     // rows must equal the reference whichever host wrote them.
     support::wait_until(WAIT, "the pair to aggregate every window", || async {
-        support::count(&pool, "SELECT count(*) FROM aggregate_windows WHERE version > aggregated_version").await == 0
-            && support::count(&pool, "SELECT count(*) FROM aggregate_windows").await > 0
+        support::aggregation_caught_up(&pool).await && support::count(&pool, "SELECT count(*) FROM aggregate_windows").await > 0
     })
     .await;
     let rows: Vec<(i64, String, String, i64, i64, i64, i64)> = sqlx::query_as(
@@ -220,6 +219,56 @@ async fn two_hosts_in_one_group_split_the_partitions_and_store_each_event_once()
     };
     let (ca, cb) = (consumed(a.log()), consumed(b.log()));
     assert!(ca > 0 && cb > 0, "both hosts did work: {ca} and {cb}");
+}
+
+/// Writers store partitions side by side on their own connections; a host
+/// joining and another leaving mid-stream moves partitions between writers
+/// of different hosts with batches still in flight, and the offsets rows
+/// keep every record stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_partition_writers_store_each_record_once_while_hosts_join_and_leave_mid_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("ingest_writers");
+    let db = support::fresh_database("ingest_writers").await;
+    clickstream::kafka::ensure_topic(&support::brokers(), &topic, 8).await.unwrap();
+    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
+    // Three writers over eight partitions: uneven, so writers hold several.
+    let text = std::fs::read_to_string(&pipeline).unwrap().replacen("[store]\n", "[store]\nwriters = 3\n", 1);
+    std::fs::write(&pipeline, text).unwrap();
+    let pool = pool(&db).await;
+
+    let mut a = support::Host::start(&pipeline, &dir.path().join("a.log"));
+    let producing = tokio::spawn({
+        let topic = topic.clone();
+        async move { produce_to(&topic, generator(40_000, 0.02, 11), Some(5_000)).await }
+    });
+    let stored = |n: i64| {
+        let pool = pool.clone();
+        move || {
+            let pool = pool.clone();
+            async move { support::count(&pool, "SELECT count(*) FROM events").await >= n }
+        }
+    };
+    support::wait_until(WAIT, "a to store a quarter", stored(10_000)).await;
+    let mut b = support::Host::start(&pipeline, &dir.path().join("b.log"));
+    support::wait_until(WAIT, "b to store after joining", || async { b.log().contains("partitions assigned") }).await;
+    support::wait_until(WAIT, "the pair to store three quarters", stored(30_000)).await;
+    a.signal("TERM");
+    assert_eq!(a.wait(), Some(0), "a leaves cleanly:\n{}", support::tail(&dir.path().join("a.log"), 30));
+    let records = producing.await.unwrap();
+    support::wait_until(WAIT, "b to store the rest", || support::reconciled(&pool, records.len())).await;
+    b.signal("TERM");
+    assert_eq!(b.wait(), Some(0));
+
+    let stored = stored_ids(&pool).await;
+    assert_eq!(stored.len(), stored.iter().collect::<BTreeSet<_>>().len(), "no event stored twice");
+    assert_eq!(stored.into_iter().collect::<BTreeSet<_>>(), expected_event_ids(&records));
+    let dead = support::count(&pool, "SELECT count(*) FROM dead_letters").await as usize;
+    assert_eq!(dead, records.iter().filter(|r| r.bad.is_some_and(BadKind::is_dead_letter)).count(), "each bad record dead-lettered once");
+    let next: i64 = support::count(&pool, "SELECT sum(next_offset)::bigint FROM ingest_offsets").await;
+    assert_eq!(next as usize, records.len(), "stored offsets cover every record");
+    let partitions = support::count(&pool, "SELECT count(*) FROM ingest_offsets").await;
+    assert_eq!(partitions, 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

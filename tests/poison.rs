@@ -7,63 +7,17 @@
 use clickstream_testkit as support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use clickstream::stages::record::{DeadLetter, Device, Enrichment, Event, Link, Provenance, RawEvent, Stage, WindowSpec, WriteBatch};
+use clickstream::stages::record::{DeadLetter, Event, Stage, WindowSpec};
 use clickstream::stages::store::Store;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use support::records::{batch_of, event, provenance};
 
 const WAIT: Duration = Duration::from_secs(120);
 const WINDOWS: WindowSpec = WindowSpec { window_ms: 60_000, session_timeout_ms: 1_800_000 };
-
-fn provenance(offset: i64) -> Provenance {
-    Provenance { topic: "t".into(), partition: 0, offset, received_at: Utc::now() }
-}
-
-/// An event as the transform stage hands it to the store, without the checks
-/// the decoder and the transform stage make: what reaches PostgreSQL is exactly
-/// what the test writes.
-fn event(offset: i64, event_id: &str, url: &str, ts_ms: i64) -> Event {
-    let raw = RawEvent {
-        event_id: event_id.into(),
-        user_id: format!("u{}", offset % 7),
-        timestamp_ms: ts_ms,
-        url: url.into(),
-        ip: "81.2.69.142".into(),
-        user_agent: String::new(),
-        referrer: None,
-        session_id: None,
-    };
-    Event {
-        raw,
-        enrichment: Enrichment {
-            country: Some("GB".into()),
-            city: Some("London".into()),
-            browser: None,
-            os: None,
-            device: Some(Device::Unknown),
-        },
-        attributes: Vec::new(),
-        chain: Arc::from(vec![Link { name: "test".into(), version: "1.0.0".into() }]),
-        provenance: provenance(offset),
-        key: Some(b"k".to_vec()),
-        payload: format!("raw record {offset}").into_bytes(),
-    }
-}
-
-fn batch_of(events: Vec<Event>, dead: Vec<DeadLetter>) -> WriteBatch {
-    let mut batch = WriteBatch::default();
-    for p in events.iter().map(|e| &e.provenance).chain(dead.iter().map(|d| &d.provenance)) {
-        batch.saw(p);
-    }
-    batch.events = events;
-    batch.dead_letters = dead;
-    batch
-}
 
 async fn pool(url: &str) -> PgPool {
     PgPoolOptions::new().max_connections(2).connect(url).await.unwrap()
@@ -84,9 +38,10 @@ async fn records_postgresql_refuses_are_dead_lettered_alone_and_the_rest_of_the_
     let pool = pool(&db).await;
     let ts = 1_795_000_000_000;
     let mut events: Vec<Event> = (0..40).map(|i| event(i, &format!("good-{i}"), "https://shop.example/", ts + i * 1000)).collect();
-    // Three records each refused by PostgreSQL for what it holds, bypassing
-    // the decoder's checks: a NUL in text, a time past timestamptz's range,
-    // an id too long for the primary key's btree.
+    // Three records each refused for what they hold, bypassing the
+    // decoder's checks: a NUL in text (PostgreSQL), a time no day partition
+    // holds (the store), an id too long for the primary key's btree
+    // (PostgreSQL).
     events.insert(5, event(40, "nul", "https://shop.example/\0", ts));
     events.insert(20, event(41, "far", "https://shop.example/", 9_300_000_000_000_000));
     events.insert(33, event(42, &incompressible(8000), "https://shop.example/", ts));
@@ -110,9 +65,13 @@ async fn records_postgresql_refuses_are_dead_lettered_alone_and_the_rest_of_the_
             .await
             .unwrap();
     let kinds: Vec<(i64, &str)> = refused.iter().map(|r| (r.0, r.2.as_str())).collect();
-    assert_eq!(kinds, vec![(40, "invalid_value"), (41, "invalid_value"), (42, "limit_exceeded")]);
-    for (offset, _, _, reason, payload) in &refused {
-        assert!(reason.starts_with("PostgreSQL refused the event:") && reason.contains("SQLSTATE"), "{reason}");
+    assert_eq!(kinds, vec![(40, "invalid_value"), (41, "no_partition"), (42, "limit_exceeded")]);
+    for (offset, _, kind, reason, payload) in &refused {
+        if kind == "no_partition" {
+            assert!(reason.contains("outside the days a partition can be made for"), "{reason}");
+        } else {
+            assert!(reason.starts_with("PostgreSQL refused the event:") && reason.contains("SQLSTATE"), "{reason}");
+        }
         assert_eq!(payload, format!("raw record {offset}").as_bytes(), "the raw bytes are kept for replay");
     }
     let enrich_reason: String = sqlx::query_scalar("SELECT reason FROM dead_letters WHERE \"offset\" = 43").fetch_one(&pool).await.unwrap();
@@ -123,7 +82,7 @@ async fn records_postgresql_refuses_are_dead_lettered_alone_and_the_rest_of_the_
     // events' (a refused far-future time does not move the watermark).
     let (next, max_ts): (i64, i64) = sqlx::query_as("SELECT next_offset, max_ts_ms FROM ingest_offsets").fetch_one(&pool).await.unwrap();
     assert_eq!((next, max_ts), (44, ts + 39_000));
-    assert!(support::count(&pool, "SELECT count(*) FROM aggregate_windows").await > 0, "the stored events' windows are marked");
+    assert!(support::count(&pool, "SELECT count(*) FROM window_changes").await > 0, "the stored events' windows are logged");
 
     // Redelivered whole (a restart before Kafka's commit): nothing twice.
     let again = store.write(&batch).await.unwrap();

@@ -199,7 +199,7 @@ async fn a_chaos_soak_loses_and_duplicates_nothing() {
     let reconciled = || async {
         support::count(&pool, "SELECT count(*) FROM events").await as usize >= good.len()
             && support::count(&pool, "SELECT count(*) FROM dead_letters").await as usize >= bad.len()
-            && support::count(&pool, "SELECT count(*) FROM aggregate_windows WHERE version > aggregated_version").await == 0
+            && support::aggregation_caught_up(&pool).await
             && support::count(&pool, "SELECT count(*) FROM aggregates WHERE indexed_at IS NULL").await == 0
     };
     support::wait_until(Duration::from_secs(300), "everything stored, aggregated and indexed after the faults", reconciled).await;

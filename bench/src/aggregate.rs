@@ -455,22 +455,10 @@ async fn copy_events(bench: &Bench) -> anyhow::Result<String> {
     use sqlx::Connection;
     let geoip = bench.geoip()?;
     let rows = tokio::task::block_in_place(|| super::data::enriched_rows(bench, &geoip, bench.sizes.events));
-    let url = bench.fresh_database("aggregate").await?;
-    let store = clickstream::stages::store::Store::connect(
-        &url,
-        clickstream::stages::record::WindowSpec { window_ms: 60_000, session_timeout_ms: 1_800_000 },
-    )
-    .await?;
+    let (url, store) = super::copy::fresh_store(bench, "aggregate").await?;
     store.pool().close().await;
     let mut conn = sqlx::PgConnection::connect(&url).await?;
-    let mut buf = Vec::new();
-    for batch in rows.chunks(bench.sizes.batch_size) {
-        clickstream::stages::store::encode_copy(batch.iter().map(super::data::Row::as_copy), &mut buf);
-        let mut copy =
-            conn.copy_in_raw(&format!("COPY events ({}) FROM STDIN (FORMAT binary)", clickstream::stages::store::EVENT_COLUMNS)).await?;
-        copy.send(buf.as_slice()).await?;
-        copy.finish().await?;
-    }
+    super::copy::copy_rows(bench, &mut conn, "events", &rows).await?;
     conn.close().await?;
     Ok(url)
 }

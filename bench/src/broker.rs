@@ -14,22 +14,33 @@ use serde_json::{json, Value};
 use super::stats::{mib_per_s, rate};
 use super::{progress, Bench, State};
 
-/// Runs arm 0.
-pub async fn run(bench: &Bench, state: &State) -> anyhow::Result<Value> {
-    let topic = state.topic.as_ref().context("the ingest topic was not produced")?;
+/// A consumer with the source's fetch settings, and the assignment of every
+/// partition of `topic` from the beginning (assigned, not subscribed: no
+/// group join in a measurement).
+pub fn consumer_from_beginning(
+    bench: &Bench,
+    topic: &super::data::Topic,
+    name: &str,
+) -> anyhow::Result<(StreamConsumer, rdkafka::TopicPartitionList)> {
     let mut config = clickstream::kafka::client_config(&bench.services.brokers, &Default::default());
     config
-        .set("group.id", format!("bench-ceiling-{}", bench.unique))
+        .set("group.id", format!("bench-{name}-{}", bench.unique))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("fetch.max.bytes", "52428800");
     let consumer: StreamConsumer = config.create()?;
-    // Assigned, not subscribed: no group join in the measurement.
     let mut assignment = rdkafka::TopicPartitionList::new();
     for p in 0..topic.partitions {
         assignment.add_partition_offset(&topic.name, p, rdkafka::Offset::Beginning)?;
     }
+    Ok((consumer, assignment))
+}
+
+/// Runs arm 0.
+pub async fn run(bench: &Bench, state: &State) -> anyhow::Result<Value> {
+    let topic = state.topic.as_ref().context("the ingest topic was not produced")?;
+    let (consumer, assignment) = consumer_from_beginning(bench, topic, "ceiling")?;
     let subscribed = Instant::now();
     consumer.assign(&assignment)?;
     let mut first: Option<Instant> = None;

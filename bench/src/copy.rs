@@ -1,7 +1,10 @@
 //! Arm 2, the ingest limit: the same enriched rows written straight into a
 //! fresh `events` table (the store's migrations, indexes included) with
 //! binary `COPY`, one `COPY` (one transaction) per batch of the pipeline's
-//! batch size — no Kafka, no plugin, no offsets.
+//! batch size — no Kafka, no plugin, no offsets. Then the same rows into
+//! each earlier shape of the table, side by side: the table before day
+//! partitioning (migrations 0001–0005), and that table with one change at a
+//! time, so each change to the schema is measured alone.
 //!
 //! Arm 4, the classic design: one `INSERT` and one commit per event, on a
 //! subset, scaled to the full size.
@@ -17,22 +20,65 @@ use super::{progress, Bench};
 use clickstream::stages::record::WindowSpec;
 use clickstream::stages::store::{encode_copy, Store, EVENT_COLUMNS};
 
-/// A fresh database with the store's tables.
-async fn fresh_store(bench: &Bench, name: &str) -> anyhow::Result<(String, Store)> {
+/// A fresh database with the store's tables, and the day partitions of the
+/// bench's hour (what the store makes on demand).
+pub async fn fresh_store(bench: &Bench, name: &str) -> anyhow::Result<(String, Store)> {
     let url = bench.fresh_database(name).await?;
     let store = Store::connect(&url, WindowSpec { window_ms: 60_000, session_timeout_ms: 1_800_000 }).await?;
+    let start = super::data::START_MS;
+    let days = [start, start + bench.sizes.span_secs as i64 * 1000].into_iter().filter_map(clickstream::stages::store::partitions::day_of);
+    store.partitions().ensure(store.pool(), days).await?;
     Ok((url, store))
 }
 
-/// Runs arm 2.
-pub async fn run_copy(bench: &Bench) -> anyhow::Result<Value> {
-    let geoip = bench.geoip()?;
-    let events = bench.sizes.events;
-    let rows = tokio::task::block_in_place(|| enriched_rows(bench, &geoip, events));
-    let (url, store) = fresh_store(bench, "copy").await?;
-    store.pool().close().await;
-    let mut conn = sqlx::PgConnection::connect(&url).await?;
-    let statement = format!("COPY events ({EVENT_COLUMNS}) FROM STDIN (FORMAT binary)");
+/// The `events` table of migrations 0001–0005, before day partitions, as
+/// `{t}`: a generated `event_time`, a primary key on `event_id`, btree
+/// indexes on `ts_ms` and `(user_id, ts_ms, event_id)`.
+const TABLE_BEFORE: &str = "CREATE TABLE {t} (
+    event_id text PRIMARY KEY, user_id text NOT NULL, ts_ms bigint NOT NULL,
+    event_time timestamptz GENERATED ALWAYS AS (to_timestamp(ts_ms / 1000.0)) STORED,
+    url text NOT NULL, ip text NOT NULL, user_agent text NOT NULL, referrer text, session_id text,
+    country text NOT NULL, city text NOT NULL, browser text NOT NULL, os text NOT NULL, device text NOT NULL,
+    plugin_name text NOT NULL, plugin_version text NOT NULL, topic text NOT NULL, \"partition\" integer NOT NULL,
+    \"offset\" bigint NOT NULL, received_at timestamptz NOT NULL, stored_at timestamptz NOT NULL DEFAULT now(),
+    attributes jsonb NOT NULL DEFAULT '{}', chain text NOT NULL DEFAULT '');
+CREATE INDEX ON {t} (ts_ms);
+CREATE INDEX ON {t} (user_id, ts_ms, event_id)";
+
+/// The shapes of `events` arm 2 copies into, each a change from
+/// [`TABLE_BEFORE`]: (name, what changed, DDL, partitioned by day).
+fn shapes() -> Vec<(&'static str, &'static str, String, bool)> {
+    let before = TABLE_BEFORE.to_string();
+    vec![
+        ("before", "migrations 0001–0005: no partitions, event_time, btree ts_ms", before.clone(), false),
+        (
+            "without_event_time",
+            "before, without the generated event_time column",
+            before.replace("    event_time timestamptz GENERATED ALWAYS AS (to_timestamp(ts_ms / 1000.0)) STORED,\n", ""),
+            false,
+        ),
+        (
+            "brin_ts",
+            "before, with a BRIN index on ts_ms instead of a btree",
+            before.replace("CREATE INDEX ON {t} (ts_ms)", "CREATE INDEX ON {t} USING brin (ts_ms)"),
+            false,
+        ),
+        (
+            "partitioned",
+            "before, partitioned by day (primary key (event_id, ts_ms))",
+            before.replace("event_id text PRIMARY KEY,", "event_id text NOT NULL,").replace(
+                "chain text NOT NULL DEFAULT '');",
+                "chain text NOT NULL DEFAULT '', PRIMARY KEY (event_id, ts_ms)) PARTITION BY RANGE (ts_ms);",
+            ),
+            true,
+        ),
+    ]
+}
+
+/// Copies `rows` into `table` in batches of the pipeline's batch size, each
+/// its own transaction: (seconds, encoded bytes, encoding time).
+pub async fn copy_rows(bench: &Bench, conn: &mut sqlx::PgConnection, table: &str, rows: &[Row]) -> anyhow::Result<(f64, u64, Duration)> {
+    let statement = format!("COPY {table} ({EVENT_COLUMNS}) FROM STDIN (FORMAT binary)");
     let mut buf = Vec::new();
     let (mut encode, mut bytes) = (Duration::ZERO, 0u64);
     let started = Instant::now();
@@ -49,18 +95,61 @@ pub async fn run_copy(bench: &Bench) -> anyhow::Result<Value> {
         anyhow::ensure!(n == batch.len() as u64, "COPY stored {n} rows of {}", batch.len());
         done += batch.len();
         if last_report.elapsed() > Duration::from_secs(5) {
-            progress(format_args!("  copied {done}/{}", rows.len()));
+            progress(format_args!("  {table}: copied {done}/{}", rows.len()));
             last_report = Instant::now();
         }
     }
-    let secs = started.elapsed().as_secs_f64();
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut conn).await?;
-    anyhow::ensure!(count == rows.len() as i64, "events holds {count} rows after copying {}", rows.len());
-    conn.close().await?;
+    Ok((started.elapsed().as_secs_f64(), bytes, encode))
+}
+
+/// Fails unless `table` holds `expected` rows.
+async fn ensure_rows(conn: &mut sqlx::PgConnection, table: &str, expected: usize) -> anyhow::Result<()> {
+    let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&mut *conn).await?;
+    anyhow::ensure!(count == expected as i64, "{table} holds {count} rows, {expected} expected");
+    Ok(())
+}
+
+/// Day partitions of `table` for every day of `rows`.
+async fn day_partitions_for(conn: &mut sqlx::PgConnection, table: &str, rows: &[Row]) -> anyhow::Result<()> {
+    const DAY: i64 = 86_400_000;
+    let days: std::collections::BTreeSet<i64> = rows.iter().map(|r| r.ts_ms.div_euclid(DAY)).collect();
+    for d in days {
+        sqlx::query(&format!("CREATE TABLE {table}_{d} PARTITION OF {table} FOR VALUES FROM ({}) TO ({})", d * DAY, (d + 1) * DAY))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Runs arm 2.
+pub async fn run_copy(bench: &Bench) -> anyhow::Result<Value> {
+    let geoip = bench.geoip()?;
+    let events = bench.sizes.events;
+    let rows = tokio::task::block_in_place(|| enriched_rows(bench, &geoip, events));
+    let (url, store) = fresh_store(bench, "copy").await?;
+    store.pool().close().await;
+    let mut conn = sqlx::PgConnection::connect(&url).await?;
+    let (secs, bytes, encode) = copy_rows(bench, &mut conn, "events", &rows).await?;
+    ensure_rows(&mut conn, "events", rows.len()).await?;
     // The payload size the pipeline reads for these events, for MiB/s comparable with arms 0 and 1.
     let payload: u64 = super::data::generator(bench, events).map(|r| r.payload.len() as u64).sum();
     let r = rate(rows.len() as f64, secs);
     progress(format_args!("  binary COPY: {r:.0} events/s"));
+    let mut by_shape = serde_json::Map::new();
+    for (name, what, ddl, partitioned) in shapes() {
+        let table = format!("events_{name}");
+        sqlx::raw_sql(&ddl.replace("{t}", &table)).execute(&mut conn).await?;
+        if partitioned {
+            day_partitions_for(&mut conn, &table, &rows).await?;
+        }
+        let (s, _, _) = copy_rows(bench, &mut conn, &table, &rows).await?;
+        ensure_rows(&mut conn, &table, rows.len()).await?;
+        sqlx::query(&format!("DROP TABLE {table}")).execute(&mut conn).await?;
+        let shape_rate = rate(rows.len() as f64, s);
+        progress(format_args!("  binary COPY into {name}: {shape_rate:.0} events/s ({:.2}× of the final table)", r / shape_rate));
+        by_shape.insert(name.into(), json!({ "events_per_s": shape_rate, "seconds": s, "what": what, "final_over_this": r / shape_rate }));
+    }
+    conn.close().await?;
     Ok(json!({
         "events": rows.len(),
         "batch_size": bench.sizes.batch_size,
@@ -71,8 +160,43 @@ pub async fn run_copy(bench: &Bench) -> anyhow::Result<Value> {
         "mib_per_s_means": "Kafka payload bytes of these events per second, comparable with arms 0 and 1",
         "copy_mib_per_s": mib_per_s(bytes as f64, secs),
         "encode_seconds": encode.as_secs_f64(),
-        "measures": "encode + COPY ... FROM STDIN (FORMAT binary) per batch, each its own transaction, one connection, into the store's events table with its primary key and two indexes",
+        "measures": "encode + COPY ... FROM STDIN (FORMAT binary) per batch, each its own transaction, one connection, into the store's events table (day partitions, primary key (event_id, ts_ms), BRIN on ts_ms, btree on (user_id, ts_ms, event_id)); then the same into each earlier shape of the table, one after the other, on the same connection",
+        "by_shape": by_shape,
+        "final_over_before": by_shape.get("before").and_then(|b| b["events_per_s"].as_f64()).map(|b| r / b),
     }))
+}
+
+/// Fills a fresh bench database with `events` rows (other ids, the same
+/// users, URLs and hour as the bench topic, so the same day partition and
+/// indexes), from topic `prefill`, then `VACUUM ANALYZE`s it as autovacuum
+/// would. Returns the rows in `events`.
+pub async fn prefill(bench: &Bench, url: &str, events: u64) -> anyhow::Result<u64> {
+    if events == 0 {
+        return Ok(0);
+    }
+    const CHUNK: u64 = 500_000;
+    let store = Store::connect(url, WindowSpec { window_ms: 60_000, session_timeout_ms: 1_800_000 }).await?;
+    let geoip = bench.geoip()?;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let started = Instant::now();
+    let (mut done, mut chunk) = (0, 0);
+    while done < events {
+        let n = CHUNK.min(events - done);
+        let generator = super::data::generator_seeded(bench, n, bench.sizes.seed.wrapping_add(1_000 + chunk));
+        let rows = tokio::task::block_in_place(|| super::data::enriched_rows_of(generator, &geoip, "prefill"));
+        let days = rows.iter().filter_map(|r| clickstream::stages::store::partitions::day_of(r.ts_ms));
+        store.partitions().ensure(store.pool(), days.collect::<std::collections::BTreeSet<_>>()).await?;
+        copy_rows(bench, &mut conn, "events", &rows).await?;
+        done += n;
+        chunk += 1;
+        progress(format_args!("  prefilled {done}/{events} events"));
+    }
+    store.pool().close().await;
+    sqlx::query("VACUUM ANALYZE events").execute(&mut conn).await?;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut conn).await?;
+    conn.close().await?;
+    progress(format_args!("  prefill: {count} events in {:.0} s", started.elapsed().as_secs_f64()));
+    Ok(count as u64)
 }
 
 /// Runs arm 4.

@@ -36,11 +36,17 @@ pub const START_MS: i64 = 1_764_000_000_000;
 
 /// The generator of the bench's events.
 pub fn generator(bench: &Bench, events: u64) -> Generator {
+    generator_seeded(bench, events, bench.sizes.seed)
+}
+
+/// The bench's generator with another seed: other event ids, the same
+/// users, URLs and hour.
+pub fn generator_seeded(bench: &Bench, events: u64, seed: u64) -> Generator {
     Generator::new(GeneratorConfig {
         events,
         users: bench.sizes.users,
         urls: bench.sizes.urls,
-        seed: bench.sizes.seed,
+        seed,
         start_ms: START_MS,
         span_secs: bench.sizes.span_secs,
         bad_fraction: 0.0,
@@ -93,7 +99,12 @@ pub async fn delete_topic(bench: &Bench, topic: &str) {
 /// Decoded clicks of the first `events` generated events (the same events
 /// the topic holds), in host types.
 pub fn raw_clicks(bench: &Bench, events: u64) -> Vec<clickstream::stages::record::RawEvent> {
-    generator(bench, events)
+    raw_clicks_of(generator(bench, events))
+}
+
+/// The clicks of a generator's records.
+fn raw_clicks_of(generator: Generator) -> Vec<clickstream::stages::record::RawEvent> {
+    generator
         .map(|r| {
             clickstream::stages::decode::decode(&r.payload, &clickstream::stages::decode::DecodeLimits::UNBOUNDED, 0, || {
                 unreachable!("generated events carry ids")
@@ -223,18 +234,48 @@ pub fn device(d: Option<clickstream_enrich::DeviceClass>) -> &'static str {
     }
 }
 
+/// The row the store writes for an event the native enrich kept.
+pub fn row_of(e: clickstream_enrich::Event, topic: &str, partition: i32, offset: i64, received_at: chrono::DateTime<chrono::Utc>) -> Row {
+    let unknown = |v: Option<String>| v.unwrap_or_else(|| "unknown".into());
+    Row {
+        device: device(e.device),
+        event_id: e.event_id,
+        user_id: e.user_id,
+        ts_ms: e.timestamp_ms,
+        url: e.url,
+        ip: e.ip,
+        user_agent: e.user_agent,
+        referrer: e.referrer,
+        session_id: e.session_id,
+        country: unknown(e.country),
+        city: unknown(e.city),
+        browser: unknown(e.browser),
+        os: unknown(e.os),
+        plugin_name: clickstream_enrich::NAME.into(),
+        plugin_version: clickstream_enrich::VERSION.into(),
+        topic: topic.into(),
+        partition,
+        offset,
+        received_at,
+        chain: format!("{}@{}", clickstream_enrich::NAME, clickstream_enrich::VERSION),
+    }
+}
+
 /// The enriched rows of the first `events` generated events, enriched
 /// natively (what the WASM plugin computes, without the WASM), with
 /// provenance as if read from `PARTITIONS` partitions.
 pub fn enriched_rows(bench: &Bench, geoip: &Arc<GeoIp>, events: u64) -> Vec<Row> {
+    enriched_rows_of(generator(bench, events), geoip, "bench")
+}
+
+/// The enriched rows of a generator's events, as read from `topic`.
+pub fn enriched_rows_of(generator: Generator, geoip: &Arc<GeoIp>, topic: &str) -> Vec<Row> {
     let t = Instant::now();
     let settings = native_settings();
     let lookup = native_geoip(geoip);
-    let clicks: Vec<clickstream_enrich::Event> = raw_clicks(bench, events).iter().map(to_native).collect();
+    let clicks: Vec<clickstream_enrich::Event> = raw_clicks_of(generator).iter().map(to_native).collect();
     let now = chrono::Utc::now();
     let mut offsets = [0i64; PARTITIONS as usize];
-    let unknown = |v: Option<String>| v.unwrap_or_else(|| "unknown".into());
-    let chain = format!("{}@{}", clickstream_enrich::NAME, clickstream_enrich::VERSION);
     let rows: Vec<Row> = clickstream_enrich::Enricher::new(settings)
         .transform_batch(clicks, lookup)
         .into_iter()
@@ -246,28 +287,7 @@ pub fn enriched_rows(bench: &Bench, geoip: &Arc<GeoIp>, events: u64) -> Vec<Row>
             let partition = (e.user_id.bytes().map(u32::from).sum::<u32>() % PARTITIONS as u32) as i32;
             let offset = offsets[partition as usize];
             offsets[partition as usize] += 1;
-            Row {
-                device: device(e.device),
-                event_id: e.event_id,
-                user_id: e.user_id,
-                ts_ms: e.timestamp_ms,
-                url: e.url,
-                ip: e.ip,
-                user_agent: e.user_agent,
-                referrer: e.referrer,
-                session_id: e.session_id,
-                country: unknown(e.country),
-                city: unknown(e.city),
-                browser: unknown(e.browser),
-                os: unknown(e.os),
-                plugin_name: clickstream_enrich::NAME.into(),
-                plugin_version: clickstream_enrich::VERSION.into(),
-                topic: "bench".into(),
-                partition,
-                offset,
-                received_at: now,
-                chain: chain.clone(),
-            }
+            row_of(e, topic, partition, offset, now)
         })
         .collect();
     progress(format_args!("enriched {} rows natively in {:.1} s", rows.len(), t.elapsed().as_secs_f64()));

@@ -9,6 +9,12 @@
 //! rate over arm 1's is what a longer chain costs. Arm 10 is arm 1 with the
 //! JavaScript transform `utm` after enrich: what a JavaScript link costs in
 //! the whole pipeline.
+//!
+//! Arm 1 also measures latency below capacity: a second host on a fresh
+//! topic while events are produced at half of arm 1's rate. Arm 11 is arm 1
+//! with two hosts in one consumer group; arm 12 is arm 1 on a table that
+//! already holds four times the topic's events in the same day partition
+//! (the rate at 4–5M stored events against arm 1's 0–1M).
 
 use std::time::{Duration, Instant};
 
@@ -80,31 +86,76 @@ pub fn final_counters(log: &str) -> Value {
     })
 }
 
-/// Runs arm 1.
+/// Runs arm 1: saturated on the pre-filled topic, then below capacity.
 pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
-    let (figures, db) = run_pipeline(bench, state, "ingest", &[]).await?;
+    let (mut figures, db) = run_pipeline(bench, state, "ingest", &Shape::default()).await?;
     state.ingest_db = Some(db);
+    let rate = figures.pointer("/steady/events_per_s").and_then(Value::as_f64).unwrap_or(10_000.0);
+    figures["below_capacity"] = below_capacity(bench, rate * 0.5).await?;
     Ok(figures)
 }
 
 /// Runs arm 8 (or 10: enrich and the transforms `after`), and its ratio to
 /// arm 1 when arm 1 ran.
 pub async fn run_chain(bench: &Bench, state: &State, arm1: Option<f64>, after: &[&str]) -> anyhow::Result<Value> {
-    let (mut figures, _) = run_pipeline(bench, state, &format!("chain_{}", after.join("_").replace('-', "_")), after).await?;
-    let rate = figures.pointer("/steady/events_per_s").and_then(Value::as_f64);
-    figures["over_arm_1"] = json!(super::stats::ratio(rate, arm1));
-    Ok(figures)
+    let name = format!("chain_{}", after.join("_").replace('-', "_"));
+    let (figures, _) = run_pipeline(bench, state, &name, &Shape { after, ..Shape::default() }).await?;
+    Ok(over_arm_1(figures, arm1))
 }
 
-/// Runs the release binary over the bench topic: enrich alone, or followed
-/// by the transforms `after`. Returns the figures and the database.
-async fn run_pipeline(bench: &Bench, state: &State, name: &str, after: &[&str]) -> anyhow::Result<(Value, String)> {
+/// Runs arm 11: two hosts in one group.
+pub async fn run_two_hosts(bench: &Bench, state: &State, arm1: Option<f64>) -> anyhow::Result<Value> {
+    let (figures, _) = run_pipeline(bench, state, "two_hosts", &Shape { hosts: 2, ..Shape::default() }).await?;
+    Ok(over_arm_1(figures, arm1))
+}
+
+/// Runs arm 12: arm 1 on a table already holding four times the topic's
+/// events, in the same day partition.
+pub async fn run_prefilled(bench: &Bench, state: &State, arm1: Option<f64>) -> anyhow::Result<Value> {
+    let prefill = 4 * state.topic.as_ref().context("the ingest topic was not produced")?.records;
+    let (figures, _) = run_pipeline(bench, state, "prefilled", &Shape { prefill, ..Shape::default() }).await?;
+    Ok(over_arm_1(figures, arm1))
+}
+
+fn over_arm_1(mut figures: Value, arm1: Option<f64>) -> Value {
+    let rate = figures.pointer("/steady/events_per_s").and_then(Value::as_f64);
+    figures["over_arm_1"] = json!(super::stats::ratio(rate, arm1));
+    figures
+}
+
+/// How a pipeline arm runs: transforms after enrich, hosts in the group,
+/// events in the table before the host starts.
+struct Shape<'a> {
+    after: &'a [&'a str],
+    hosts: usize,
+    prefill: u64,
+}
+
+impl Default for Shape<'_> {
+    fn default() -> Self {
+        Shape { after: &[], hosts: 1, prefill: 0 }
+    }
+}
+
+/// Runs the release binary over the bench topic as `shape` says. Returns
+/// the figures and the database.
+async fn run_pipeline(bench: &Bench, state: &State, name: &str, shape: &Shape<'_>) -> anyhow::Result<(Value, String)> {
+    let after = shape.after;
     let topic = state.topic.clone().context("the ingest topic was not produced")?;
     let db = bench.fresh_database(name).await?;
+    let before = super::copy::prefill(bench, &db, shape.prefill).await?;
     let pipeline = bench.write_chain_pipeline(name, &topic.name, &db, &bench.plugin("enrich")?, after)?;
     let log = bench.work.join(format!("{name}-host.log"));
     let (pg_cpu0, broker_cpu0, wall0) = (cpu_seconds_of(&["postgres"]), cpu_seconds_of(&["nisshi", "tansu"]), Instant::now());
-    let mut host = Host::try_start(&pipeline, &log, &[])?;
+    let mut hosts: Vec<Host> = (0..shape.hosts)
+        .map(|i| {
+            Host::try_start(
+                &pipeline,
+                &bench.work.join(format!("{name}-host{}.log", if i == 0 { String::new() } else { format!("-{i}") })),
+                &[],
+            )
+        })
+        .collect::<Result<_, _>>()?;
     let pool = pool(&db).await?;
     let total = topic.records as i64;
     let mut samples: Vec<(f64, i64)> = Vec::new();
@@ -113,13 +164,17 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, after: &[&str]) 
     let mut last_progress = Instant::now();
     let mut last_stored = 0;
     loop {
-        host.check_alive()?;
+        for host in &mut hosts {
+            host.check_alive()?;
+        }
         let stored = stored_records(&pool).await;
-        let t = host.started.elapsed().as_secs_f64();
+        let t = hosts[0].started.elapsed().as_secs_f64();
         samples.push((t, stored));
-        if let Some((hwm, rss)) = host.memory_mib() {
-            peak_rss = peak_rss.max(hwm);
-            max_rss = max_rss.max(rss);
+        for host in &hosts {
+            if let Some((hwm, rss)) = host.memory_mib() {
+                peak_rss = peak_rss.max(hwm);
+                max_rss = max_rss.max(rss);
+            }
         }
         if stored != last_stored {
             last_stored = stored;
@@ -140,21 +195,24 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, after: &[&str]) 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let cpu = host.cpu_seconds();
+    let cpu = hosts.iter().map(Host::cpu_seconds).sum::<Option<f64>>();
     let (pg_cpu, broker_cpu, wall) =
         (cpu_seconds_of(&["postgres"]) - pg_cpu0, cpu_seconds_of(&["nisshi", "tansu"]) - broker_cpu0, wall0.elapsed().as_secs_f64());
-    let host_log = tokio::task::spawn_blocking(move || host.stop()).await??;
-    let counters = final_counters(&host_log);
+    let mut counters = Vec::new();
+    for host in hosts {
+        let host_log = tokio::task::spawn_blocking(move || host.stop()).await??;
+        counters.push(final_counters(&host_log));
+    }
 
     let steady = steady_rate(&samples, total, 0.1, 0.9).context("too few progress samples for a steady-state rate")?;
     let first = samples.iter().find(|s| s.1 > 0).map(|s| s.0).unwrap_or(0.0);
     let last = samples.last().map(|s| s.0).unwrap_or(0.0);
     let bytes_per_event = topic.bytes as f64 / topic.records.max(1) as f64;
-    let stored_events: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await?;
+    let stored_events: i64 = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events").fetch_one(&pool).await? - before as i64;
     let dropped: i64 = sqlx::query_scalar("SELECT coalesce(sum(dropped), 0)::bigint FROM dropped_events").fetch_one(&pool).await?;
     anyhow::ensure!(stored_events + dropped == total, "stored {stored_events} events and dropped {dropped} of {total}");
     anyhow::ensure!(!after.is_empty() || dropped == 0, "enrich alone dropped {dropped} events");
-    let latency = latencies(&pool, "true").await?;
+    let latency = latencies(&pool, "topic <> 'prefill'").await?;
     pool.close().await;
     progress(format_args!(
         "  full pipeline: {:.0} events/s steady ({:.1} MiB/s), peak RSS {peak_rss:.0} MiB",
@@ -165,6 +223,9 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, after: &[&str]) 
     let figures = json!({
         "events": total,
         "transforms": transforms,
+        "hosts": shape.hosts,
+        "table_rows_at_start": before,
+        "table_rows_at_end": before as i64 + stored_events,
         "stored": stored_events,
         "dropped": dropped,
         "steady": {
@@ -180,11 +241,13 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, after: &[&str]) 
             "seconds": last - first,
         },
         "host_peak_rss_mib": peak_rss,
+        "writers": bench.args.writers,
         "host_max_rss_sampled_mib": max_rss,
         "host_cpu_seconds": cpu,
         "host_cpu_ms_per_1000_events": cpu.map(|c| c * 1000.0 * 1000.0 / total as f64),
         "cpu_seconds": {
             "host": cpu,
+            "host_measures": "the sum over the hosts",
             "postgres": pg_cpu,
             "broker": broker_cpu,
             "wall": wall,
@@ -200,6 +263,70 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, after: &[&str]) 
         "host_log": log,
     });
     Ok((figures, db))
+}
+
+/// `batch_max_wait_ms` in the bench's pipeline files.
+const BATCH_MAX_WAIT_MS: f64 = 200.0;
+
+/// Arm 1 below capacity: a host on a fresh topic and database while events
+/// are produced at `rate` per second (half of arm 1's steady rate), for
+/// between 5 and 30 s by the run's size; latency from the stored rows.
+async fn below_capacity(bench: &Bench, rate: f64) -> anyhow::Result<Value> {
+    let name = "steady";
+    let rate = (rate as u64).max(100);
+    let secs = (bench.sizes.events / 40_000).clamp(5, 30);
+    let total = rate * secs;
+    let topic = format!("bench-{}-{name}", bench.unique);
+    clickstream::kafka::ensure_topic(&bench.services.brokers, &topic, super::data::PARTITIONS).await?;
+    let db = bench.fresh_database(name).await?;
+    let pipeline = bench.write_chain_pipeline(name, &topic, &db, &bench.plugin("enrich")?, &[])?;
+    let log = bench.work.join(format!("{name}-host.log"));
+    let mut host = Host::try_start(&pipeline, &log, &[])?;
+    let started = Instant::now();
+    while !host.log().contains("partitions assigned") {
+        host.check_alive()?;
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "host not assigned partitions after 60 s: {}", tail(&log, 20));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    progress(format_args!("  below capacity: producing {total} events at {rate}/s"));
+    let generator = super::data::generator_seeded(bench, total, bench.sizes.seed.wrapping_add(7));
+    clickstream::produce::to_kafka(
+        generator,
+        &bench.services.brokers,
+        &topic,
+        Some(rate),
+        &Default::default(),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .await?;
+    let pool = pool(&db).await?;
+    let waited = Instant::now();
+    while stored_records(&pool).await < total as i64 {
+        host.check_alive()?;
+        anyhow::ensure!(waited.elapsed() < Duration::from_secs(60), "not everything stored 60 s after producing: {}", tail(&log, 20));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::task::spawn_blocking(move || host.stop()).await??;
+    let latency = latencies(&pool, "true").await?;
+    pool.close().await;
+    super::data::delete_topic(bench, &topic).await;
+    let p99 = latency.pointer("/per_event_ms/p99").and_then(Value::as_f64);
+    progress(format_args!(
+        "  below capacity: p50 {:.0} ms, p99 {:.0} ms per event (target p99 <= {:.0} ms)",
+        latency.pointer("/per_event_ms/p50").and_then(Value::as_f64).unwrap_or(f64::NAN),
+        p99.unwrap_or(f64::NAN),
+        2.0 * BATCH_MAX_WAIT_MS
+    ));
+    Ok(json!({
+        "events": total,
+        "rate": rate,
+        "seconds_produced": secs,
+        "batch_max_wait_ms": BATCH_MAX_WAIT_MS,
+        "latency": latency,
+        "target_p99_ms": 2.0 * BATCH_MAX_WAIT_MS,
+        "met": p99.map(|p| p <= 2.0 * BATCH_MAX_WAIT_MS),
+        "measures": "a second host on a fresh topic and database, events produced at half of arm 1's steady rate; latency per event from the stored rows, as for arm 1",
+    }))
 }
 
 /// The rate between the first samples at or past `from` and `to` of `total`:

@@ -22,6 +22,7 @@
 //! driver that runs the arms in order; each arm is a file of its own.
 
 pub mod aggregate;
+pub mod batched;
 pub mod broker;
 pub mod copy;
 pub mod data;
@@ -78,6 +79,9 @@ pub struct BenchArgs {
     /// Same seed, same events, for every arm.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// `store.writers` in the pipeline files of the host arms (1, 6, 8, 10, 11, 12).
+    #[arg(long, default_value_t = 4)]
+    pub writers: usize,
     /// Arms to run, e.g. `0,1,3` (default: all).
     #[arg(long, value_delimiter = ',')]
     pub arms: Option<Vec<u8>>,
@@ -254,6 +258,7 @@ batch_max_wait_ms = 200
 [store]
 database_url = "{database_url}"
 max_in_flight_batches = 4
+writers = {writers}
 
 [geoip]
 databases = [{geoip}]
@@ -279,6 +284,7 @@ listen = "127.0.0.1:0"
             brokers = self.services.brokers,
             unique = self.unique,
             batch = self.sizes.batch_size,
+            writers = self.args.writers,
             geoip = geoip.iter().map(|p| format!("{:?}", p.display().to_string())).collect::<Vec<_>>().join(", "),
             enrich = enrich.display(),
             more_transforms = more_transforms,
@@ -496,8 +502,8 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
         }};
     }
 
-    // The topic arms 0, 1, 8 and 10 read, produced once.
-    if bench.runs(0) || bench.runs(1) || bench.runs(8) || bench.runs(10) {
+    // The topic arms 0, 1, 8, 10, 11, 12 and 13 read, produced once.
+    if [0, 1, 8, 10, 11, 12, 13].into_iter().any(|n| bench.runs(n)) {
         match data::produce_topic(&bench).await {
             Ok(t) => state.topic = Some(t),
             Err(e) => progress(format_args!("producing the bench topic FAILED: {e:#}")),
@@ -509,6 +515,9 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
     let arm1_rate = arms.iter().find(|a| a.arm == 1 && a.status == "ok").and_then(|a| a.figures.pointer("/steady/events_per_s")?.as_f64());
     arm!(8, "full pipeline, three-transform chain", ingest::run_chain(&bench, &state, arm1_rate, &["bot-filter", "anonymize-ip"]));
     arm!(10, "full pipeline, enrich → utm (JavaScript)", ingest::run_chain(&bench, &state, arm1_rate, &["utm"]));
+    arm!(11, "full pipeline, two hosts in one group", ingest::run_two_hosts(&bench, &state, arm1_rate));
+    arm!(12, "full pipeline on a table holding 4× the topic", ingest::run_prefilled(&bench, &state, arm1_rate));
+    arm!(13, "careful batched design (multi-row INSERT per 5,000)", batched::run(&bench, &state));
     arm!(2, "ingest limit (binary COPY)", copy::run_copy(&bench));
     arm!(3, "native vs WASM enrich", enrich::run(&bench));
     arm!(4, "classic INSERT + COMMIT per event", copy::run_classic(&bench));

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use super::stats::{format_number, format_ratio, ratio, Goal, Target};
 use super::Results;
 
-/// The targets of issues #8 and #14, each with its measured value and verdict.
+/// The targets of issues #8, #14 and #17, each with its measured value and verdict.
 pub fn targets(r: &Results) -> Vec<Target> {
     let arm1 = r.num(1, "/steady/events_per_s");
     let arm0 = r.num(0, "/events_per_s");
@@ -140,6 +140,50 @@ pub fn targets(r: &Results) -> Vec<Target> {
             "every produced event id stored exactly once, in all four swap cases".into(),
         ),
         Target::new(
+            "Arm 1 / arm 2 (binary COPY into the final schema)",
+            ratio(arm1, arm2),
+            Goal::AtLeast,
+            0.8,
+            "×",
+            format!("arm 1 {} events/s, arm 2 {} events/s", f(arm1), f(arm2)),
+        ),
+        Target::new(
+            "Arm 2: COPY into the final schema / into the schema before partitions",
+            r.num(2, "/final_over_before"),
+            Goal::AtLeast,
+            1.5,
+            "×",
+            format!("before: {} events/s", f(r.num(2, "/by_shape/before/events_per_s"))),
+        ),
+        Target::new(
+            "Arm 1 / arm 13 (careful batched design)",
+            ratio(arm1, r.num(13, "/events_per_s")),
+            Goal::AtLeast,
+            3.0,
+            "×",
+            format!("multi-row INSERT of 5,000 per transaction: {} events/s", f(r.num(13, "/events_per_s"))),
+        ),
+        Target::new(
+            "Arm 12 (table holding 4–5× the topic) / arm 1 (0–1×)",
+            r.num(12, "/over_arm_1"),
+            Goal::AtLeast,
+            0.9,
+            "×",
+            format!("{} events/s from {} rows at start", f(r.num(12, "/steady/events_per_s")), f(r.num(12, "/table_rows_at_start"))),
+        ),
+        Target::new(
+            "Latency at half of arm 1's rate, p99 receipt → stored",
+            r.num(1, "/below_capacity/latency/per_event_ms/p99"),
+            Goal::AtMost,
+            400.0,
+            "ms",
+            format!(
+                "2 × batch_max_wait_ms (200); p50 {} ms at {} events/s",
+                f(r.num(1, "/below_capacity/latency/per_event_ms/p50")),
+                f(r.num(1, "/below_capacity/rate"))
+            ),
+        ),
+        Target::new(
             "Host peak RSS under sustained load",
             rss,
             Goal::AtMost,
@@ -206,7 +250,25 @@ pub fn markdown(r: &Results) -> String {
                 f(r.num(1, "/latency/per_event_ms/p50")),
                 f(r.num(1, "/latency/per_event_ms/p99")),
                 f(r.num(1, "/host_peak_rss_mib")),
+            ) + &format!(
+                "; below capacity ({} events/s): per event p50 {} / p99 {} ms",
+                f(r.num(1, "/below_capacity/rate")),
+                f(r.num(1, "/below_capacity/latency/per_event_ms/p50")),
+                f(r.num(1, "/below_capacity/latency/per_event_ms/p99")),
             ),
+            ("ok", 11) => format!(
+                "{} events/s steady, {} of arm 1 (two hosts on two cores)",
+                f(r.num(11, "/steady/events_per_s")),
+                format_ratio(r.num(11, "/over_arm_1")),
+            ),
+            ("ok", 12) => format!(
+                "{} events/s steady from {} to {} stored rows, {} of arm 1",
+                f(r.num(12, "/steady/events_per_s")),
+                f(r.num(12, "/table_rows_at_start")),
+                f(r.num(12, "/table_rows_at_end")),
+                format_ratio(r.num(12, "/over_arm_1")),
+            ),
+            ("ok", 13) => format!("{} events/s", f(r.num(13, "/events_per_s"))),
             ("ok", 10) => format!(
                 "{} events/s steady, {} of arm 1; peak RSS {} MiB",
                 f(r.num(10, "/steady/events_per_s")),
@@ -221,7 +283,17 @@ pub fn markdown(r: &Results) -> String {
                 f(r.num(8, "/dropped")),
                 f(r.num(8, "/host_peak_rss_mib")),
             ),
-            ("ok", 2) => format!("{} events/s ({:.1} MiB/s of Kafka payload)", f(r.num(2, "/events_per_s")), r.num(2, "/mib_per_s").unwrap_or(0.0)),
+            ("ok", 2) => format!(
+                "{} events/s ({:.1} MiB/s of Kafka payload); the schema before partitions: {} events/s ({} of it); {}",
+                f(r.num(2, "/events_per_s")),
+                r.num(2, "/mib_per_s").unwrap_or(0.0),
+                f(r.num(2, "/by_shape/before/events_per_s")),
+                format_ratio(r.num(2, "/final_over_before")),
+                r.arm(2)
+                    .and_then(|v| v["by_shape"].as_object())
+                    .map(|m| m.iter().map(|(k, v)| format!("{k} {}", f(v["events_per_s"].as_f64()))).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default(),
+            ),
             ("ok", 3) => format!(
                 "WASM/native at batch {}: {}; baseline tier (Winch) {} events/s = {} of Cranelift's; compile: Cranelift {} ms, Winch {} ms",
                 r.sizes.batch_size,

@@ -75,6 +75,17 @@ pub async fn fresh_database(name: &str) -> String {
     create_database(&mut conn, &base, &unique(name).to_lowercase()).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Whether aggregation has caught up: no window change waits in the store's
+/// log and no window is dirty (false while the tables do not exist yet).
+pub async fn aggregation_caught_up(pool: &PgPool) -> bool {
+    count(
+        pool,
+        "SELECT (SELECT count(*) FROM window_changes) + (SELECT count(*) FROM aggregate_windows WHERE version > aggregated_version)",
+    )
+    .await
+        == 0
+}
+
 /// Whether every one of `total` records is stored as an event, a dead
 /// letter or a drop (false while the tables do not exist yet).
 pub async fn reconciled(pool: &PgPool, total: usize) -> bool {

@@ -17,13 +17,14 @@ mod pipeline;
 mod plugins;
 mod postgres;
 pub mod procfs;
+pub mod records;
 pub mod reference;
 mod running;
 mod search;
 mod services;
 
 pub use broker::PrivateBroker;
-pub use db::{connect_server, count, create_database, drop_database, fresh_database, reconciled, unique, DbError};
+pub use db::{aggregation_caught_up, connect_server, count, create_database, drop_database, fresh_database, reconciled, unique, DbError};
 pub use host::{host_binary, Host, HostError};
 pub use logs::{init_logs, tail};
 pub use pipeline::{city_db, load_config, set_chain, try_load_config, use_plugin, write_pipeline, GEOIP_DATABASES};

@@ -42,7 +42,7 @@ pub fn progress_bar(len: u64) -> indicatif::ProgressBar {
 
 /// The store of a pipeline file, for the commands that work on its tables.
 pub async fn connect_store(config: &PipelineConfig) -> anyhow::Result<Store> {
-    Store::connect(&config.store.database_url, config.windows())
+    Store::open(&config.store, config.windows())
         .await
         .with_context(|| format!("while connecting to [store] database_url in {}", config.file.display()))
 }

@@ -7,6 +7,7 @@ use sqlx::{PgPool, Row};
 use crate::postgres::pg_text;
 use crate::stages::decode::{decode_batch, DecodeLimits};
 use crate::stages::record::{Consumed, DeadLetter, Provenance, WindowSpec};
+use crate::stages::store::partitions::{day_of, Partitions};
 use crate::stages::store::{insert_isolating, Item, Refused, MAX_REASON_BYTES};
 use crate::stages::transform::ChainRunner;
 use crate::stats::Stats;
@@ -126,6 +127,9 @@ pub async fn replay(
             .collect();
         // Plugin calls block; this is a batch job, so blocking this task is fine.
         let batch = tokio::task::block_in_place(|| runner.process(decode_batch(records, limits), &stats));
+        // A replayed event may belong to a day with no partition yet.
+        let days = batch.events.iter().filter_map(|e| day_of(e.raw.timestamp_ms));
+        Partitions::new(0).ensure(pool, days).await?;
         let mut tx = pool.begin().await?;
         let items: Vec<Item<'_>> = batch.events.iter().map(Item::Event).collect();
         let inserted = insert_isolating(&mut tx, &items, windows).await?;

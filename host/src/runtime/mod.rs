@@ -7,3 +7,4 @@ pub mod api;
 pub mod dead_letters;
 pub mod pipeline;
 pub mod reload;
+pub mod writers;

@@ -15,15 +15,19 @@ use crate::plugin::aggregate::LoadedAggregate;
 use crate::plugin::geoip::{GeoIp, GeoIpError};
 use crate::plugin::{PluginCounters, PluginError, PluginInfo, Slot};
 use crate::runtime::reload::{LiveSettings, ReloadRequest, Reloader};
+use crate::runtime::writers::Writers;
 use crate::stages::aggregate::Aggregator;
 use crate::stages::decode::{decode_batch, DecodeLimits};
 use crate::stages::index::{Indexer, Publisher};
 use crate::stages::record::{Consumed, WriteBatch};
 use crate::stages::source::{self, SourceConsumer};
-use crate::stages::store::retry::{connect_store, store_batch};
+use crate::stages::store::retry::connect_store;
 use crate::stages::store::{Store, StoreError};
 use crate::stages::transform::{load_chain, Chain, ChainRunner};
 use crate::stats::{BatchStage, Stats};
+
+/// How often day partitions are created ahead and expired ones dropped.
+const PARTITION_UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Why the pipeline could not start.
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +124,7 @@ pub async fn run(
         aggregate = %format!("{} {}", aggregate.current().info.name, aggregate.current().info.version),
         "plugins loaded"
     );
-    let store = connect_store(&config.store.database_url, config.windows(), &shutdown).await?;
+    let store = connect_store(&config.store, config.windows(), &shutdown).await?;
     let offsets = source::OffsetLookup::start(&config.store.database_url).map_err(|e| PipelineError::Store(StoreError::Url(e)))?;
     let consumer = source::connect(&config.source, offsets, stats.clone())
         .map_err(|source| PipelineError::Kafka { brokers: config.source.brokers.clone(), source })?;
@@ -155,6 +159,7 @@ pub async fn run(
     let aggregating = tokio::spawn(aggregator.run(rows_written.clone(), drain.clone()));
     let publisher = Publisher::new(store.pool().clone(), indexer.clone(), stats.clone());
     let publishing = tokio::spawn(publisher.run(rows_written, drain.clone()));
+    let upkeep = tokio::spawn(store.partitions().clone().run(store.pool().clone(), PARTITION_UPKEEP_EVERY, drain.clone()));
 
     let depth = config.store.max_in_flight_batches;
     let (records_tx, records_rx) = mpsc::channel(depth);
@@ -162,6 +167,7 @@ pub async fn run(
     let reading = tokio::spawn(source::run(consumer.clone(), batching_rx, records_tx, drain.clone(), stats.clone()));
     let transforming = spawn_decode_and_transform(ChainRunner::new(chain.clone()), decode_rx, records_rx, batches_tx, stats.clone());
 
+    let config_writers = config.store.writers;
     let pipeline = Pipeline {
         config: Arc::new(config),
         stats: stats.clone(),
@@ -175,16 +181,19 @@ pub async fn run(
     };
     started(&pipeline);
 
+    let writers = Writers::start(config_writers, depth, &store, &consumer, &stats, &drain);
     while let Some(batch) = batches_rx.recv().await {
-        if let Err(abandoned) = store_batch(&store, &batch, &stats, drain.clone()).await {
-            tracing::warn!(records = batch.len(), error = %abandoned, "stopping with a batch PostgreSQL did not take; its records are read again on restart");
-            // The stages upstream see their channels close and stop.
-            drop(batches_rx);
+        if !writers.write(batch).await {
             break;
         }
-        source::commit(&consumer, &batch.next_offsets, CommitMode::Async);
+    }
+    // The stages upstream see their channels close and stop.
+    drop(batches_rx);
+    if let Some(abandoned) = writers.finish().await {
+        tracing::warn!(error = %abandoned, "stopping with a batch PostgreSQL did not take; its records are read again on restart");
     }
     let _ = reading.await;
+    let _ = upkeep.await;
     let _ = aggregating.await;
     let _ = publishing.await;
     let _ = reloading.await;

@@ -319,6 +319,40 @@ impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Splits the batch into `n` by partition: every record and offset of a
+    /// (topic, partition) goes to part [`part_of`]`(topic, partition, n)`, in
+    /// the batch's order. Parts with no partition are empty.
+    pub fn split(self, n: usize) -> Vec<WriteBatch> {
+        let mut parts: Vec<WriteBatch> = (0..n).map(|_| WriteBatch::default()).collect();
+        let of = |p: &Provenance| part_of(&p.topic, p.partition, n);
+        for e in self.events {
+            parts[of(&e.provenance)].events.push(e);
+        }
+        for d in self.dead_letters {
+            parts[of(&d.provenance)].dead_letters.push(d);
+        }
+        for d in self.dropped {
+            parts[of(&d.provenance)].dropped.push(d);
+        }
+        for ((topic, partition), next) in self.next_offsets {
+            let i = part_of(&topic, partition, n);
+            parts[i].next_offsets.insert((topic, partition), next);
+        }
+        for ((topic, partition), first) in self.first_offsets {
+            let i = part_of(&topic, partition, n);
+            parts[i].first_offsets.insert((topic, partition), first);
+        }
+        parts
+    }
+}
+
+/// Which of `n` parts a (topic, partition) belongs to: always the same one,
+/// so one writer stores a partition's batches in order. Partitions of a
+/// topic go round-robin; the topic's name shifts where it starts.
+pub fn part_of(topic: &str, partition: i32, n: usize) -> usize {
+    let shift = topic.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    (shift as usize).wrapping_add(partition.max(0) as usize) % n.max(1)
 }
 
 /// A batch after decoding: the clicks with the records they came from, and
@@ -527,5 +561,43 @@ impl TransformEvent {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dropped(topic: &str, partition: i32, offset: i64) -> Dropped {
+        Dropped {
+            provenance: Provenance { topic: topic.into(), partition, offset, received_at: Utc::now() },
+            transform: "t".into(),
+            reason: "r".into(),
+        }
+    }
+
+    #[test]
+    fn a_batch_splits_by_partition_keeping_each_partitions_records_and_offsets_together_in_order() {
+        let mut batch = WriteBatch::default();
+        for (partition, offset) in [(0, 10), (1, 20), (2, 30), (0, 11), (3, 40), (1, 21)] {
+            let d = dropped("clicks", partition, offset);
+            batch.saw(&d.provenance);
+            batch.dropped.push(d);
+        }
+        let parts = batch.split(2);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts.iter().map(WriteBatch::len).sum::<usize>(), 6);
+        for part in &parts {
+            for d in &part.dropped {
+                let key = (d.provenance.topic.clone(), d.provenance.partition);
+                assert!(part.next_offsets.contains_key(&key) && part.first_offsets.contains_key(&key));
+                assert_eq!(part_of("clicks", d.provenance.partition, 2), parts.iter().position(|p| std::ptr::eq(p, part)).unwrap());
+            }
+            let offsets: Vec<i64> = part.dropped.iter().filter(|d| d.provenance.partition == 0).map(|d| d.provenance.offset).collect();
+            assert!(offsets.is_empty() || offsets == [10, 11], "{offsets:?}");
+            assert!(part.next_offsets.keys().all(|(t, p)| part_of(t, *p, 2) == part_of("clicks", *p, 2)));
+        }
+        assert_ne!(part_of("clicks", 0, 2), part_of("clicks", 1, 2), "neighbouring partitions go to different parts");
+        assert_eq!(WriteBatch::default().split(1).len(), 1);
     }
 }

@@ -1,7 +1,8 @@
 //! Stored events → aggregate rows → PostgreSQL and the search index.
 //!
-//! Every `aggregate.interval_ms`, the windows whose events changed (the store
-//! marks them in `aggregate_windows`) are re-aggregated: their events, plus
+//! Every `aggregate.interval_ms`, the store's log of window changes is taken
+//! into `aggregate_windows` ([`changes`]), and the windows whose events
+//! changed are re-aggregated: their events, plus
 //! each user's next event after the range (the lookahead time spent needs),
 //! stream from PostgreSQL to the aggregate plugin sorted by (user, time, event
 //! id), and the rows replace the windows' rows in `aggregates` ([`run`]). A
@@ -16,6 +17,7 @@
 //! and a window that still fails is set aside with its error and retried
 //! with backoff ([`failures`]).
 
+mod changes;
 pub mod config;
 mod failures;
 mod run;
@@ -32,6 +34,7 @@ use crate::postgres::{blame, Blame};
 use crate::stats::Stats;
 use config::AggregateConfig;
 
+pub use changes::apply_window_changes;
 pub use failures::{failing_windows, FailingWindow};
 
 /// Most windows aggregated in one plugin run; bounds a run's memory and
@@ -175,6 +178,7 @@ impl Aggregator {
                 tracing::info!(windows = n, "aggregate plugin swapped; retrying the set-aside windows now");
             }
         }
+        apply_window_changes(&self.pool, self.settings().windows()).await?;
         let watermark = self.watermark().await?;
         if let Some(watermark) = watermark {
             // Windows that turned final with no new events still need their

@@ -16,6 +16,15 @@ pub struct StoreConfig {
     /// Batches queued between stages before reading pauses (backpressure).
     #[serde(default = "default_max_in_flight_batches")]
     pub max_in_flight_batches: usize,
+    /// Writers storing batches side by side, each on its own connection with
+    /// its own transaction; a partition always goes to the same writer.
+    #[serde(default = "default_writers")]
+    pub writers: usize,
+    /// Days of events and dead letters kept: a day partition is dropped once
+    /// it is older; an event older than that is dead-lettered (`expired`).
+    /// 0 keeps everything.
+    #[serde(default)]
+    pub retention_days: u32,
 }
 
 fn default_database_url() -> String {
@@ -24,10 +33,18 @@ fn default_database_url() -> String {
 const fn default_max_in_flight_batches() -> usize {
     4
 }
+const fn default_writers() -> usize {
+    4
+}
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { database_url: default_database_url(), max_in_flight_batches: default_max_in_flight_batches() }
+        StoreConfig {
+            database_url: default_database_url(),
+            max_in_flight_batches: default_max_in_flight_batches(),
+            writers: default_writers(),
+            retention_days: 0,
+        }
     }
 }
 
@@ -49,6 +66,12 @@ impl StoreConfig {
                 format!("is {}", self.max_in_flight_batches),
                 "use 1 to 64 (default 4)",
             ));
+        }
+        if !(1..=64).contains(&self.writers) {
+            return Err(invalid(file, "store.writers", format!("is {}", self.writers), "use 1 to 64 (default 4)"));
+        }
+        if self.retention_days > 36_500 {
+            return Err(invalid(file, "store.retention_days", format!("is {}", self.retention_days), "use 0 (keep everything) to 36500"));
         }
         Ok(())
     }

@@ -4,6 +4,7 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 
+use super::partitions::DAY_MS;
 use crate::stages::record::{attributes_json, chain_text, Event, Link};
 
 /// The columns the store writes into `events`, in COPY order.
@@ -123,15 +124,23 @@ pub fn encode_copy<'a>(rows: impl IntoIterator<Item = CopyRow<'a>>, out: &mut Ve
 /// Inserts the events whose ids are not stored yet, with binary `COPY` (half
 /// the cost of an `INSERT` over arrays, measured in docs/BENCHMARKS.md);
 /// returns how many were new. `COPY` has no `ON CONFLICT`, so ids already
-/// stored, and repeats within the batch, are dropped first (the first
-/// occurrence wins, as it would with `ON CONFLICT DO NOTHING`). Should
-/// another host store one of these ids between the check and the `COPY` (the
-/// same event sent twice, to two partitions), the `COPY` fails with a unique
-/// violation and the caller's retry runs the check again.
+/// stored on the days of the batch's events, and repeats within the batch,
+/// are dropped first (the first occurrence wins, as it would with `ON
+/// CONFLICT DO NOTHING`); only those days' partitions are read. Should
+/// another writer store one of these ids with the same time between the
+/// check and the `COPY` (the same event sent twice, to two partitions), the
+/// `COPY` fails on the key, the part is split, and the event's own attempt
+/// runs the check again.
 pub(crate) async fn insert_events(tx: &mut sqlx::PgConnection, events: &[&Event]) -> Result<u64, sqlx::Error> {
     let ids: Vec<&str> = events.iter().map(|e| e.raw.event_id.as_str()).collect();
+    let (from, to) = events.iter().fold((i64::MAX, i64::MIN), |(lo, hi), e| (lo.min(e.raw.timestamp_ms), hi.max(e.raw.timestamp_ms)));
     let stored: Vec<String> =
-        sqlx::query_scalar("SELECT event_id FROM events WHERE event_id = ANY($1::text[])").bind(&ids).fetch_all(&mut *tx).await?;
+        sqlx::query_scalar("SELECT event_id FROM events WHERE event_id = ANY($1::text[]) AND ts_ms >= $2 AND ts_ms < $3")
+            .bind(&ids)
+            .bind(from.div_euclid(DAY_MS) * DAY_MS)
+            .bind((to.div_euclid(DAY_MS) + 1) * DAY_MS)
+            .fetch_all(&mut *tx)
+            .await?;
     let mut seen: std::collections::HashSet<&str> = stored.iter().map(String::as_str).collect();
     let new: Vec<&Event> = events.iter().copied().filter(|e| seen.insert(e.raw.event_id.as_str())).collect();
     if new.is_empty() {

@@ -10,17 +10,16 @@
 //! record in a batch of 4096 costs about 24 extra statements; a clean batch
 //! costs two (the savepoint and its release).
 //!
-//! Window marking runs per part. That stays a superset of the windows the
-//! batch changes: a part's probe for each user's previous event sees the
-//! parts stored before it, and a part stored later marks its own windows and
-//! the stored events' windows it falls between.
+//! Each part that goes in logs the windows its events change
+//! (`window_changes`); a part rolled back to its savepoint takes its log row
+//! with it.
 
 use std::collections::BTreeMap;
 
 use sqlx::PgConnection;
 
 use super::copy::insert_events;
-use super::windows::mark_windows_changed;
+use super::windows::log_window_changes;
 use crate::postgres::{blame, describe, pg_text, Blame};
 use crate::stages::record::{DeadLetter, Event, Stage, WindowSpec};
 
@@ -83,7 +82,7 @@ pub struct Inserted<'a> {
     pub refused: Vec<Refused<'a>>,
 }
 
-/// Inserts `items` (and marks the windows their events change) in the
+/// Inserts `items` (and logs the windows their events change) in the
 /// caller's transaction, isolating the records PostgreSQL refuses; see the
 /// module docs. An error blamed on the server is returned as is: the
 /// transaction is then aborted and the caller retries the whole write.
@@ -137,7 +136,7 @@ async fn insert_part<'a>(
     let mut stored = 0;
     if !events.is_empty() {
         stored = insert_events(conn, &events).await?;
-        mark_windows_changed(conn, &events, windows).await?;
+        log_window_changes(conn, &events, windows).await?;
     }
     let mut dead_lettered = 0;
     let mut chunk_start = 0;
@@ -169,8 +168,9 @@ pub const MAX_REASON_BYTES: usize = 4096;
 /// Longest kind or plugin version stored with a dead letter.
 const MAX_LABEL_BYTES: usize = 256;
 
-/// Inserts dead letters; one already stored for the same offset (a
-/// redelivery that raced another host) is skipped. Returns how many went in.
+/// Inserts dead letters; one already stored for the same offset is skipped
+/// (the offsets lock keeps redeliveries out; this keeps the rule when a
+/// caller writes without it, as replay does). Returns how many went in.
 pub(crate) async fn insert_dead_letters(conn: &mut PgConnection, dead: &[&DeadLetter]) -> Result<u64, sqlx::Error> {
     macro_rules! column {
         ($f:expr) => {
@@ -182,7 +182,8 @@ pub(crate) async fn insert_dead_letters(conn: &mut PgConnection, dead: &[&DeadLe
                                    plugin_version, received_at)
          SELECT * FROM UNNEST($1::text[], $2::int[], $3::bigint[], $4::bytea[], $5::bytea[], $6::text[],
                               $7::text[], $8::text[], $9::text[], $10::timestamptz[])
-         ON CONFLICT (topic, \"partition\", \"offset\") DO NOTHING",
+                  AS v(topic, p, o, k, b, s, kind, r, pv, at)
+         WHERE NOT EXISTS (SELECT 1 FROM dead_letters x WHERE x.topic = v.topic AND x.\"partition\" = v.p AND x.\"offset\" = v.o)",
     )
     .bind(column!(|d| d.provenance.topic.as_str()))
     .bind(column!(|d| d.provenance.partition))

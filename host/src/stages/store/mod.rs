@@ -1,7 +1,10 @@
 //! Enriched clicks and dead letters → PostgreSQL, effectively once.
 //!
 //! Each batch is one transaction that also advances `ingest_offsets`, the next
-//! offset to store per partition. Records below the stored offset were stored
+//! offset to store per partition. Writers store batches of different
+//! partitions side by side (`store.writers`), each on its own connection:
+//! a transaction locks only its own partitions' offset rows, and logs the
+//! windows it changes in a row of its own (`window_changes`). Records below the stored offset were stored
 //! before (a redelivery after a crash or a rebalance) and are skipped, under a
 //! row lock, so two hosts that both briefly believe they own a partition still
 //! store each record once. Kafka's own commit follows the database's and is
@@ -13,10 +16,16 @@
 //! is stored as usual. Errors that say nothing about the records (the server
 //! is down, failing over, out of disk, or refuses every write) fail the
 //! whole write, and the caller retries it.
+//!
+//! Events and dead letters live in day partitions ([`partitions`]): an
+//! event whose day is older than `store.retention_days` is dead-lettered
+//! (`expired`), as is one at a time no day holds (`no_partition`), and a
+//! missing day is created before the transaction.
 
 pub mod config;
 mod copy;
 mod isolate;
+pub mod partitions;
 pub mod retry;
 mod windows;
 
@@ -26,7 +35,9 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Row};
 
-use crate::stages::record::{DeadLetter, Dropped, Provenance, WindowSpec, WriteBatch};
+use crate::stages::record::{chain_text, DeadLetter, Dropped, Event, Provenance, Stage, WindowSpec, WriteBatch};
+use config::StoreConfig;
+use partitions::Partitions;
 
 pub use copy::{encode_copy, CopyRow, EVENT_COLUMNS};
 pub use isolate::{insert_isolating, Inserted, Item, Refused, MAX_REASON_BYTES};
@@ -68,17 +79,39 @@ pub enum StoreError {
 pub struct Store {
     pool: PgPool,
     windows: WindowSpec,
+    partitions: std::sync::Arc<Partitions>,
 }
 
+/// Connections besides the writers': aggregation, publishing, partition
+/// upkeep, the API.
+const SHARED_CONNECTIONS: u32 = 6;
+
 impl Store {
-    /// Connects and runs the migrations.
+    /// Connects with the default `[store]` settings but the URL, and runs
+    /// the migrations.
     pub async fn connect(url: &str, windows: WindowSpec) -> Result<Store, StoreError> {
-        let options: PgConnectOptions = url.parse().map_err(StoreError::Url)?;
+        Store::open(&StoreConfig { database_url: url.into(), ..StoreConfig::default() }, windows).await
+    }
+
+    /// Connects, runs the migrations and makes sure the days around today
+    /// have partitions (and expired days are dropped).
+    pub async fn open(config: &StoreConfig, windows: WindowSpec) -> Result<Store, StoreError> {
+        let options: PgConnectOptions = config.database_url.parse().map_err(StoreError::Url)?;
         let options = options.log_statements(tracing::log::LevelFilter::Trace);
-        let pool = PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(5)).connect_with(options).await?;
-        let store = Store { pool, windows };
+        let pool = PgPoolOptions::new()
+            .max_connections(config.writers as u32 + SHARED_CONNECTIONS)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        let store = Store { pool, windows, partitions: std::sync::Arc::new(Partitions::new(config.retention_days)) };
         store.migrate().await?;
+        store.partitions.maintain(&store.pool).await?;
         Ok(store)
+    }
+
+    /// The day partitions, for their upkeep task.
+    pub fn partitions(&self) -> &std::sync::Arc<Partitions> {
+        &self.partitions
     }
 
     /// Applies pending migrations. An advisory lock inside sqlx keeps two
@@ -97,6 +130,9 @@ impl Store {
     /// one [`blame`] puts on the server: nothing was written, and the same
     /// batch may be written again.
     pub async fn write(&self, batch: &WriteBatch) -> Result<WriteOutcome, sqlx::Error> {
+        // Outside the transaction: a new day takes a brief lock of the table.
+        let days = batch.events.iter().filter_map(|e| self.partitions.place(e.raw.timestamp_ms).ok());
+        self.partitions.ensure(&self.pool, days).await?;
         let mut tx = self.pool.begin().await?;
         let (topics, partitions): (Vec<String>, Vec<i32>) = batch.next_offsets.keys().cloned().unzip();
         sqlx::query(
@@ -134,15 +170,16 @@ impl Store {
         let stored: std::collections::HashMap<(&str, i32), i64> = stored_offsets.iter().map(|((t, p), n)| ((t.as_str(), *p), *n)).collect();
         let is_new = |p: &Provenance| p.offset >= stored.get(&(p.topic.as_str(), p.partition)).copied().unwrap_or(0);
 
-        let items: Vec<Item<'_>> = batch
-            .events
-            .iter()
-            .filter(|e| is_new(&e.provenance))
+        let (unplaced, events): (Vec<DeadLetter>, Vec<&Event>) = self.place(batch.events.iter().filter(|e| is_new(&e.provenance)));
+        let items: Vec<Item<'_>> = events
+            .into_iter()
             .map(Item::Event)
             .chain(batch.dead_letters.iter().filter(|d| is_new(&d.provenance)).map(Item::Dead))
             .collect();
         let mut inserted = insert_isolating(&mut tx, &items, self.windows).await?;
-        let refused: Vec<DeadLetter> = inserted.refused.iter().map(Refused::dead_letter).collect();
+        let mut refused: Vec<DeadLetter> = inserted.refused.iter().map(Refused::dead_letter).collect();
+        let unplaced_count = unplaced.len();
+        refused.extend(unplaced);
         for r in &inserted.refused {
             let p = match r.item {
                 Item::Event(e) => &e.provenance,
@@ -157,7 +194,7 @@ impl Store {
             stored: inserted.stored,
             dead_lettered: inserted.dead_lettered,
             dropped: dropped.len() as u64,
-            redelivered: (batch.len() - items.len() - dropped.len()) as u64,
+            redelivered: (batch.len() - items.len() - unplaced_count - dropped.len()) as u64,
             duplicates: inserted.duplicates,
             dead_letters_by: inserted.dead_letters_by,
         };
@@ -190,6 +227,32 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    /// Splits events into those with a day partition to go to and dead
+    /// letters for the rest (`partitions::Unplaced`: older than the retention, or at
+    /// a time no day holds).
+    fn place<'a>(&self, events: impl Iterator<Item = &'a Event>) -> (Vec<DeadLetter>, Vec<&'a Event>) {
+        let mut dead = Vec::new();
+        let mut kept = Vec::new();
+        for e in events {
+            match self.partitions.place(e.raw.timestamp_ms) {
+                Ok(_) => kept.push(e),
+                Err(why) => dead.push(DeadLetter {
+                    provenance: e.provenance.clone(),
+                    key: e.key.clone(),
+                    payload: e.payload.clone(),
+                    stage: Stage::Store,
+                    kind: why.kind().into(),
+                    reason: why.to_string(),
+                    plugin_version: Some(chain_text(&e.chain)),
+                }),
+            }
+        }
+        if let Some(first) = dead.first() {
+            tracing::warn!(records = dead.len(), topic = %first.provenance.topic, partition = first.provenance.partition, reason = %first.reason, "events with no day partition to go to; dead-lettered");
+        }
+        (dead, kept)
     }
 
     /// The stored next offset of every partition of every topic.

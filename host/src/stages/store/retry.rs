@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::config::StoreConfig;
 use super::{Store, StoreError};
 use crate::postgres::describe;
 use crate::stages::record::{WindowSpec, WriteBatch};
@@ -16,11 +17,11 @@ const MAX_STORE_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Connects to PostgreSQL, retrying with backoff until it answers or the
 /// pipeline is asked to stop.
-pub async fn connect_store(url: &str, windows: WindowSpec, shutdown: &watch::Receiver<bool>) -> Result<Store, StoreError> {
+pub async fn connect_store(config: &StoreConfig, windows: WindowSpec, shutdown: &watch::Receiver<bool>) -> Result<Store, StoreError> {
     let mut backoff = Duration::from_millis(200);
     let mut shutdown = shutdown.clone();
     loop {
-        match Store::connect(url, windows).await {
+        match Store::open(config, windows).await {
             Ok(store) => return Ok(store),
             Err(StoreError::Database(e)) if !*shutdown.borrow() => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "PostgreSQL unreachable; retrying");

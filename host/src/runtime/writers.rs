@@ -1,0 +1,80 @@
+//! The store's writers: `store.writers` tasks, each storing the batches of
+//! its own partitions in order, on its own connection and transaction, and
+//! committing their offsets to Kafka after PostgreSQL.
+//!
+//! A batch from the transform stage holds records of several partitions;
+//! it is split by partition ([`WriteBatch::split`]) and each part queued
+//! for its writer. Nothing is shared that every transaction must lock, so
+//! the writers' transactions run side by side.
+
+use std::sync::Arc;
+
+use rdkafka::consumer::CommitMode;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::stages::record::WriteBatch;
+use crate::stages::source::{self, SourceConsumer};
+use crate::stages::store::retry::{store_batch, Abandoned};
+use crate::stages::store::Store;
+use crate::stats::Stats;
+
+/// The running writers.
+pub struct Writers {
+    queues: Vec<mpsc::Sender<WriteBatch>>,
+    tasks: Vec<JoinHandle<Result<(), Abandoned>>>,
+}
+
+impl Writers {
+    /// Starts `n` writers, each queueing up to `depth` parts.
+    pub fn start(
+        n: usize,
+        depth: usize,
+        store: &Store,
+        consumer: &Arc<SourceConsumer>,
+        stats: &Arc<Stats>,
+        drain: &watch::Receiver<bool>,
+    ) -> Writers {
+        let (queues, tasks) = (0..n.max(1))
+            .map(|_| {
+                let (tx, mut rx) = mpsc::channel::<WriteBatch>(depth.max(1));
+                let (store, consumer, stats, drain) = (store.clone(), consumer.clone(), stats.clone(), drain.clone());
+                let task = tokio::spawn(async move {
+                    while let Some(batch) = rx.recv().await {
+                        store_batch(&store, &batch, &stats, drain.clone()).await?;
+                        source::commit(&consumer, &batch.next_offsets, CommitMode::Async);
+                    }
+                    Ok(())
+                });
+                (tx, task)
+            })
+            .unzip();
+        Writers { queues, tasks }
+    }
+
+    /// Queues a batch's parts for their writers, waiting while a queue is
+    /// full (backpressure). False once a writer has stopped: it gave a
+    /// batch up while draining.
+    pub async fn write(&self, batch: WriteBatch) -> bool {
+        for (part, queue) in batch.split(self.queues.len()).into_iter().zip(&self.queues) {
+            if !part.next_offsets.is_empty() && queue.send(part).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Lets the writers finish what is queued; the first batch given up, if any.
+    pub async fn finish(self) -> Option<Abandoned> {
+        drop(self.queues);
+        let mut abandoned = None;
+        for task in self.tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => abandoned = abandoned.or(Some(e)),
+                Err(e) => abandoned = abandoned.or(Some(Abandoned { attempts: 0, last: format!("the writer task failed: {e}") })),
+            }
+        }
+        abandoned
+    }
+}

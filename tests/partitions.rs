@@ -1,0 +1,157 @@
+//! Day partitions of `events` and `dead_letters` on real PostgreSQL: days
+//! made ahead, a missing day made on demand, days past `store.retention_days`
+//! dropped with their rows, and an event whose day is gone dead-lettered
+//! with its reason while the rest of its batch is stored.
+
+use clickstream_testkit as support;
+
+use chrono::{NaiveDate, Utc};
+use clickstream::stages::record::WindowSpec;
+use clickstream::stages::store::config::StoreConfig;
+use clickstream::stages::store::partitions::{day_partitions, DAYS_AHEAD};
+use clickstream::stages::store::Store;
+use sqlx::PgPool;
+use support::records::{batch_of, event};
+
+const WINDOWS: WindowSpec = WindowSpec { window_ms: 60_000, session_timeout_ms: 1_800_000 };
+const DAY_MS: i64 = 86_400_000;
+
+async fn open(db: &str, retention_days: u32) -> Store {
+    Store::open(&StoreConfig { database_url: db.into(), retention_days, ..StoreConfig::default() }, WINDOWS).await.unwrap()
+}
+
+async fn days(pool: &PgPool, table: &str) -> Vec<NaiveDate> {
+    day_partitions(pool, table).await.unwrap().into_iter().map(|(_, day)| day).collect()
+}
+
+/// `days_ago` days before now, at the same time of day.
+fn ago(days_ago: i64) -> i64 {
+    Utc::now().timestamp_millis() - days_ago * DAY_MS
+}
+
+fn day(days_ago: i64) -> NaiveDate {
+    Utc::now().date_naive() - chrono::TimeDelta::days(days_ago)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn days_are_made_ahead_and_days_past_the_retention_are_dropped_with_their_rows() {
+    let db = support::fresh_database("partitions_retention").await;
+    // Kept forever first: events ten and two days old are stored.
+    let keep_all = open(&db, 0).await;
+    let pool = keep_all.pool().clone();
+    let ahead: Vec<NaiveDate> = (-DAYS_AHEAD..=1).rev().map(day).collect();
+    for table in ["events", "dead_letters"] {
+        assert_eq!(days(&pool, table).await, ahead, "{table}: yesterday to {DAYS_AHEAD} days ahead");
+    }
+    let batch =
+        batch_of(vec![event(0, "old", "https://shop.example/", ago(10)), event(1, "recent", "https://shop.example/", ago(2))], vec![]);
+    let outcome = keep_all.write(&batch).await.unwrap();
+    assert_eq!((outcome.stored, outcome.dead_lettered), (2, 0), "{outcome:?}");
+    assert!(days(&pool, "events").await.contains(&day(10)), "a missing day is made on demand");
+    let dead_letter_at = |days_ago: i64| {
+        sqlx::query(
+            "INSERT INTO dead_letters (topic, \"partition\", \"offset\", payload, stage, kind, reason, received_at, dead_at)
+             VALUES ('t', 0, 99, 'x', 'decode', 'not_json', 'r', now(), now() - make_interval(days => $1))",
+        )
+        .bind(days_ago as i32)
+    };
+    dead_letter_at(20).execute(&pool).await.expect_err("no DEFAULT partition takes a row of a day never made");
+    dead_letter_at(10).execute(&pool).await.expect("the day made for the events holds dead letters too");
+
+    // Five days kept: the day ten days ago goes, with its rows; two days ago stays.
+    let five = open(&db, 5).await;
+    let dropped = five.partitions().maintain(&pool).await.unwrap();
+    assert!(dropped.is_empty(), "opening the store already ran the upkeep: {dropped:?}");
+    let stamp = day(10).format("%Y%m%d").to_string();
+    for table in ["events", "dead_letters"] {
+        let left = days(&pool, table).await;
+        assert!(!left.contains(&day(10)), "{table}_{stamp} dropped: {left:?}");
+        assert!(left.iter().all(|d| *d >= day(4)), "{table}: nothing older than the retention is left: {left:?}");
+    }
+    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&pool).await.unwrap();
+    assert_eq!(ids, ["recent"]);
+    assert_eq!(support::count(&pool, "SELECT count(*) FROM dead_letters").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_past_the_retention_is_dead_lettered_as_expired_and_the_rest_of_its_batch_is_stored() {
+    let db = support::fresh_database("partitions_expired").await;
+    let store = open(&db, 5).await;
+    let pool = store.pool().clone();
+    let batch = batch_of(
+        vec![
+            event(0, "today", "https://shop.example/", ago(0)),
+            event(1, "expired", "https://shop.example/", ago(9)),
+            event(2, "kept", "https://shop.example/", ago(3)),
+        ],
+        vec![],
+    );
+    let outcome = store.write(&batch).await.expect("an expired event does not fail the batch");
+    assert_eq!((outcome.stored, outcome.dead_lettered, outcome.redelivered), (2, 1, 0), "{outcome:?}");
+    let (offset, stage, kind, reason, payload): (i64, String, String, String, Vec<u8>) =
+        sqlx::query_as("SELECT \"offset\", stage, kind, reason, payload FROM dead_letters").fetch_one(&pool).await.unwrap();
+    assert_eq!((offset, stage.as_str(), kind.as_str()), (1, "store", "expired"));
+    assert!(reason.contains(&day(9).to_string()) && reason.contains("store.retention_days"), "{reason}");
+    assert_eq!(payload, b"raw record 1", "the raw bytes are kept for replay");
+    assert!(days(&pool, "events").await.contains(&day(3)), "a kept day with no partition yet is made on demand");
+    assert!(!days(&pool, "events").await.contains(&day(9)), "no partition is made for an expired day");
+    let next: i64 = support::count(&pool, "SELECT next_offset FROM ingest_offsets").await;
+    assert_eq!(next, 3, "the offsets cover the dead-lettered event too");
+
+    // Redelivered: nothing twice.
+    let again = store.write(&batch).await.unwrap();
+    assert_eq!((again.stored, again.dead_lettered, again.redelivered), (0, 0, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_from_before_day_partitions_keeps_its_events_and_dead_letters() {
+    let db = support::fresh_database("partitions_upgrade").await;
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
+    // Migrations 0001–0005 only: the tables as the previous release left them.
+    let mut before = sqlx::migrate!("./migrations");
+    let first_five: Vec<_> = before.migrations.iter().filter(|m| m.version < 6).cloned().collect();
+    before.migrations = std::borrow::Cow::Owned(first_five);
+    before.run(&pool).await.unwrap();
+    for (id, ts) in [("a", ago(30)), ("b", ago(1)), ("c", ago(1) + 1)] {
+        sqlx::query(
+            "INSERT INTO events (event_id, user_id, ts_ms, url, ip, user_agent, country, city, browser, os, device,
+                                 plugin_name, plugin_version, topic, \"partition\", \"offset\", received_at)
+             VALUES ($1, 'u', $2, '/', 'ip', 'ua', 'DE', 'Berlin', 'b', 'o', 'desktop', 'enrich', '0.2.0', 't', 0, 0, now())",
+        )
+        .bind(id)
+        .bind(ts)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO dead_letters (topic, \"partition\", \"offset\", payload, stage, kind, reason, received_at)
+         VALUES ('t', 0, 7, 'x', 'decode', 'not_json', 'r', now())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let old_id: i64 = sqlx::query_scalar("SELECT id FROM dead_letters").fetch_one(&pool).await.unwrap();
+
+    let store = open(&db, 0).await;
+    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events ORDER BY 1").fetch_all(&pool).await.unwrap();
+    assert_eq!(ids, ["a", "b", "c"]);
+    let event_days = days(&pool, "events").await;
+    assert!(event_days.contains(&day(30)) && event_days.contains(&day(1)), "{event_days:?}");
+    assert_eq!(support::count(&pool, "SELECT count(*) FROM dead_letters WHERE \"offset\" = 7").await, 1);
+    let batch = batch_of(
+        vec![],
+        vec![clickstream::stages::record::DeadLetter {
+            provenance: support::records::provenance(8),
+            key: None,
+            payload: b"y".to_vec(),
+            stage: clickstream::stages::record::Stage::Decode,
+            kind: "not_json".into(),
+            reason: "r".into(),
+            plugin_version: None,
+        }],
+    );
+    store.write(&batch).await.unwrap();
+    let new_id: i64 = sqlx::query_scalar("SELECT id FROM dead_letters WHERE \"offset\" = 8").fetch_one(&pool).await.unwrap();
+    assert!(new_id > old_id, "dead letter ids go on from where they were: {old_id} then {new_id}");
+}
