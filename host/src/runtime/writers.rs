@@ -4,7 +4,8 @@
 //!
 //! A batch from the transform stage holds records of several partitions;
 //! it is split by partition ([`WriteBatch::split`]) and each part queued
-//! for its writer. Nothing is shared that every transaction must lock, so
+//! for its writer, which merges the parts queued meanwhile into its next
+//! transaction. Nothing is shared that every transaction must lock, so
 //! the writers' transactions run side by side.
 
 use std::sync::Arc;
@@ -18,6 +19,10 @@ use crate::stages::source::{self, SourceConsumer};
 use crate::stages::store::retry::{store_batch, Abandoned};
 use crate::stages::store::Store;
 use crate::stats::Stats;
+
+/// A writer merges queued parts into one transaction up to this many
+/// records.
+const MAX_MERGED_RECORDS: usize = 8_192;
 
 /// The running writers.
 pub struct Writers {
@@ -40,7 +45,17 @@ impl Writers {
                 let (tx, mut rx) = mpsc::channel::<WriteBatch>(depth.max(1));
                 let (store, consumer, stats, drain) = (store.clone(), consumer.clone(), stats.clone(), drain.clone());
                 let task = tokio::spawn(async move {
-                    while let Some(batch) = rx.recv().await {
+                    while let Some(mut batch) = rx.recv().await {
+                        // What queued while the last transaction ran goes
+                        // into this one: under load, transactions grow to
+                        // what the queue holds; when idle, each batch goes
+                        // alone, at once.
+                        while batch.len() < MAX_MERGED_RECORDS {
+                            match rx.try_recv() {
+                                Ok(more) => batch.merge(more),
+                                Err(_) => break,
+                            }
+                        }
                         store_batch(&store, &batch, &stats, drain.clone()).await?;
                         source::commit(&consumer, &batch.next_offsets, CommitMode::Async);
                     }

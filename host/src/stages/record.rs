@@ -320,6 +320,21 @@ impl WriteBatch {
         self.len() == 0
     }
 
+    /// Appends a later batch: its records after this one's, offsets widened.
+    pub fn merge(&mut self, later: WriteBatch) {
+        self.events.extend(later.events);
+        self.dead_letters.extend(later.dead_letters);
+        self.dropped.extend(later.dropped);
+        for (key, next) in later.next_offsets {
+            let n = self.next_offsets.entry(key).or_insert(next);
+            *n = (*n).max(next);
+        }
+        for (key, first) in later.first_offsets {
+            let f = self.first_offsets.entry(key).or_insert(first);
+            *f = (*f).min(first);
+        }
+    }
+
     /// Splits the batch into `n` by partition: every record and offset of a
     /// (topic, partition) goes to part [`part_of`]`(topic, partition, n)`, in
     /// the batch's order. Parts with no partition are empty.
@@ -599,5 +614,26 @@ mod tests {
         }
         assert_ne!(part_of("clicks", 0, 2), part_of("clicks", 1, 2), "neighbouring partitions go to different parts");
         assert_eq!(WriteBatch::default().split(1).len(), 1);
+    }
+
+    #[test]
+    fn merged_batches_keep_their_order_and_span_both_offset_ranges() {
+        let part = |offsets: &[(i32, i64)]| {
+            let mut b = WriteBatch::default();
+            for &(p, o) in offsets {
+                let d = dropped("clicks", p, o);
+                b.saw(&d.provenance);
+                b.dropped.push(d);
+            }
+            b
+        };
+        let mut first = part(&[(0, 10), (0, 11), (1, 5)]);
+        first.merge(part(&[(0, 12), (2, 7)]));
+        let offsets: Vec<(i32, i64)> = first.dropped.iter().map(|d| (d.provenance.partition, d.provenance.offset)).collect();
+        assert_eq!(offsets, [(0, 10), (0, 11), (1, 5), (0, 12), (2, 7)]);
+        let key = |p: i32| ("clicks".to_string(), p);
+        assert_eq!((first.first_offsets[&key(0)], first.next_offsets[&key(0)]), (10, 13));
+        assert_eq!((first.first_offsets[&key(1)], first.next_offsets[&key(1)]), (5, 6));
+        assert_eq!((first.first_offsets[&key(2)], first.next_offsets[&key(2)]), (7, 8));
     }
 }
