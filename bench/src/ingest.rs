@@ -146,6 +146,9 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, shape: &Shape<'_
     let before = super::copy::prefill(bench, &db, shape.prefill).await?;
     let pipeline = bench.write_chain_pipeline(name, &topic.name, &db, &bench.plugin("enrich")?, after)?;
     let log = bench.work.join(format!("{name}-host.log"));
+    let pool = pool(&db).await?;
+    // WAL written by the whole cluster over the arm (nothing else writes during it).
+    let wal0: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(&pool).await?;
     let (pg_cpu0, broker_cpu0, wall0) = (cpu_seconds_of(&["postgres"]), cpu_seconds_of(&["nisshi", "tansu"]), Instant::now());
     let mut hosts: Vec<Host> = (0..shape.hosts)
         .map(|i| {
@@ -156,7 +159,6 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, shape: &Shape<'_
             )
         })
         .collect::<Result<_, _>>()?;
-    let pool = pool(&db).await?;
     let total = topic.records as i64;
     let mut samples: Vec<(f64, i64)> = Vec::new();
     let (mut peak_rss, mut max_rss) = (0.0f64, 0.0f64);
@@ -212,6 +214,8 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, shape: &Shape<'_
     let dropped: i64 = sqlx::query_scalar("SELECT coalesce(sum(dropped), 0)::bigint FROM dropped_events").fetch_one(&pool).await?;
     anyhow::ensure!(stored_events + dropped == total, "stored {stored_events} events and dropped {dropped} of {total}");
     anyhow::ensure!(!after.is_empty() || dropped == 0, "enrich alone dropped {dropped} events");
+    let wal_bytes: f64 =
+        sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8").bind(&wal0).fetch_one(&pool).await?;
     let latency = latencies(&pool, "topic <> 'prefill'").await?;
     // What ingest no longer does in its transactions, the aggregator does:
     // the window log of the whole run, taken at once.
@@ -260,6 +264,7 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, shape: &Shape<'_
             "measures": "user + system CPU from /proc over the arm (host start to host exit): the host process, every postgres process, the broker (nisshi, or tansu where it still runs); anything else on the machine is not counted",
         },
         "latency": latency,
+        "wal_bytes_per_event": wal_bytes / total as f64,
         "window_log": {
             "rows": log_rows,
             "seconds_to_take": log_seconds,

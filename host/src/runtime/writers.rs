@@ -31,7 +31,9 @@ pub struct Writers {
 }
 
 impl Writers {
-    /// Starts `n` writers, each queueing up to `depth` parts.
+    /// Starts `n` writers sharing a queue depth of `depth` batches: each
+    /// holds `depth / n` parts (at least one), so what is in flight stays
+    /// what `store.max_in_flight_batches` says whatever the writers.
     pub fn start(
         n: usize,
         depth: usize,
@@ -42,7 +44,7 @@ impl Writers {
     ) -> Writers {
         let (queues, tasks) = (0..n.max(1))
             .map(|_| {
-                let (tx, mut rx) = mpsc::channel::<WriteBatch>(depth.max(1));
+                let (tx, mut rx) = mpsc::channel::<WriteBatch>(depth.div_ceil(n.max(1)).max(1));
                 let (store, consumer, stats, drain) = (store.clone(), consumer.clone(), stats.clone(), drain.clone());
                 let task = tokio::spawn(async move {
                     while let Some(mut batch) = rx.recv().await {
