@@ -106,6 +106,8 @@ pub async fn replay(
     let stats = Stats::default();
     let mut outcome = ReplayOutcome::default();
     let mut after_id = 0i64;
+    // Days seen exist for the rest of the replay.
+    let partitions = Partitions::new(0);
     loop {
         let rows = sqlx::query(
             "SELECT id, topic, \"partition\", \"offset\", record_key, payload, received_at
@@ -128,8 +130,7 @@ pub async fn replay(
         // Plugin calls block; this is a batch job, so blocking this task is fine.
         let batch = tokio::task::block_in_place(|| runner.process(decode_batch(records, limits), &stats));
         // A replayed event may belong to a day with no partition yet.
-        let days = batch.events.iter().filter_map(|e| day_of(e.raw.timestamp_ms));
-        Partitions::new(0).ensure(pool, days).await?;
+        partitions.ensure(pool, batch.events.iter().filter_map(|e| day_of(e.raw.timestamp_ms))).await?;
         let mut tx = pool.begin().await?;
         let items: Vec<Item<'_>> = batch.events.iter().map(Item::Event).collect();
         let inserted = insert_isolating(&mut tx, &items, windows).await?;

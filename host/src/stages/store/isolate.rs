@@ -48,15 +48,7 @@ impl Refused<'_> {
     /// so it can be replayed.
     pub fn dead_letter(&self) -> DeadLetter {
         match self.item {
-            Item::Event(e) => DeadLetter {
-                provenance: e.provenance.clone(),
-                key: e.key.clone(),
-                payload: e.payload.clone(),
-                stage: Stage::Store,
-                kind: self.kind.into(),
-                reason: format!("PostgreSQL refused the event: {}", self.reason),
-                plugin_version: Some(crate::stages::record::chain_text(&e.chain)),
-            },
+            Item::Event(e) => store_dead_letter(e, self.kind, format!("PostgreSQL refused the event: {}", self.reason)),
             Item::Dead(d) => DeadLetter {
                 stage: Stage::Store,
                 kind: self.kind.into(),
@@ -64,6 +56,20 @@ impl Refused<'_> {
                 ..d.clone()
             },
         }
+    }
+}
+
+/// The dead letter of an event the store does not take, with the record's
+/// raw bytes so it can be replayed.
+pub(crate) fn store_dead_letter(e: &Event, kind: &str, reason: String) -> DeadLetter {
+    DeadLetter {
+        provenance: e.provenance.clone(),
+        key: e.key.clone(),
+        payload: e.payload.clone(),
+        stage: Stage::Store,
+        kind: kind.into(),
+        reason,
+        plugin_version: Some(crate::stages::record::chain_text(&e.chain)),
     }
 }
 

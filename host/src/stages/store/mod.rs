@@ -35,11 +35,12 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Row};
 
-use crate::stages::record::{chain_text, DeadLetter, Dropped, Event, Provenance, Stage, WindowSpec, WriteBatch};
+use crate::stages::record::{DeadLetter, Dropped, Provenance, WindowSpec, WriteBatch};
 use config::StoreConfig;
 use partitions::Partitions;
 
 pub use copy::{encode_copy, CopyRow, EVENT_COLUMNS};
+use isolate::store_dead_letter;
 pub use isolate::{insert_isolating, Inserted, Item, Refused, MAX_REASON_BYTES};
 
 /// What a write did.
@@ -130,9 +131,12 @@ impl Store {
     /// one [`blame`] puts on the server: nothing was written, and the same
     /// batch may be written again.
     pub async fn write(&self, batch: &WriteBatch) -> Result<WriteOutcome, sqlx::Error> {
-        // Outside the transaction: a new day takes a brief lock of the table.
-        let days = batch.events.iter().filter_map(|e| self.partitions.place(e.raw.timestamp_ms).ok());
-        self.partitions.ensure(&self.pool, days).await?;
+        // Placed once, outside the transaction: a new day takes a brief lock
+        // of the table.
+        let place = self.partitions.placer();
+        let (placed, unplaced): (Vec<_>, Vec<_>) =
+            batch.events.iter().map(|e| (e, place(e.raw.timestamp_ms))).partition(|(_, day)| day.is_ok());
+        self.partitions.ensure(&self.pool, placed.iter().filter_map(|(_, day)| day.as_ref().ok().copied())).await?;
         let mut tx = self.pool.begin().await?;
         let (topics, partitions): (Vec<String>, Vec<i32>) = batch.next_offsets.keys().cloned().unzip();
         sqlx::query(
@@ -170,9 +174,18 @@ impl Store {
         let stored: std::collections::HashMap<(&str, i32), i64> = stored_offsets.iter().map(|((t, p), n)| ((t.as_str(), *p), *n)).collect();
         let is_new = |p: &Provenance| p.offset >= stored.get(&(p.topic.as_str(), p.partition)).copied().unwrap_or(0);
 
-        let (unplaced, events): (Vec<DeadLetter>, Vec<&Event>) = self.place(batch.events.iter().filter(|e| is_new(&e.provenance)));
-        let items: Vec<Item<'_>> = events
+        let unplaced: Vec<DeadLetter> = unplaced
             .into_iter()
+            .filter(|(e, _)| is_new(&e.provenance))
+            .filter_map(|(e, why)| why.err().map(|why| store_dead_letter(e, why.kind(), why.to_string())))
+            .collect();
+        if let Some(first) = unplaced.first() {
+            tracing::warn!(records = unplaced.len(), topic = %first.provenance.topic, partition = first.provenance.partition, reason = %first.reason, "events with no day partition to go to; dead-lettered");
+        }
+        let items: Vec<Item<'_>> = placed
+            .into_iter()
+            .map(|(e, _)| e)
+            .filter(|e| is_new(&e.provenance))
             .map(Item::Event)
             .chain(batch.dead_letters.iter().filter(|d| is_new(&d.provenance)).map(Item::Dead))
             .collect();
@@ -227,32 +240,6 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(outcome)
-    }
-
-    /// Splits events into those with a day partition to go to and dead
-    /// letters for the rest (`partitions::Unplaced`: older than the retention, or at
-    /// a time no day holds).
-    fn place<'a>(&self, events: impl Iterator<Item = &'a Event>) -> (Vec<DeadLetter>, Vec<&'a Event>) {
-        let mut dead = Vec::new();
-        let mut kept = Vec::new();
-        for e in events {
-            match self.partitions.place(e.raw.timestamp_ms) {
-                Ok(_) => kept.push(e),
-                Err(why) => dead.push(DeadLetter {
-                    provenance: e.provenance.clone(),
-                    key: e.key.clone(),
-                    payload: e.payload.clone(),
-                    stage: Stage::Store,
-                    kind: why.kind().into(),
-                    reason: why.to_string(),
-                    plugin_version: Some(chain_text(&e.chain)),
-                }),
-            }
-        }
-        if let Some(first) = dead.first() {
-            tracing::warn!(records = dead.len(), topic = %first.provenance.topic, partition = first.provenance.partition, reason = %first.reason, "events with no day partition to go to; dead-lettered");
-        }
-        (dead, kept)
     }
 
     /// The stored next offset of every partition of every topic.

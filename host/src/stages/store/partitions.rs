@@ -96,10 +96,19 @@ impl Partitions {
 
     /// The day partition an event at `ts_ms` goes to, or why it has none.
     pub fn place(&self, ts_ms: i64) -> Result<NaiveDate, Unplaced> {
-        let day = day_of(ts_ms).ok_or(Unplaced::OutOfRange { ts_ms })?;
-        match self.oldest_kept() {
-            Some(oldest_kept) if day < oldest_kept => Err(Unplaced::Expired { day, oldest_kept }),
-            _ => Ok(day),
+        self.placer()(ts_ms)
+    }
+
+    /// [`place`](Self::place) for a batch: the oldest day kept is read off
+    /// the clock once, not per event.
+    pub fn placer(&self) -> impl Fn(i64) -> Result<NaiveDate, Unplaced> {
+        let oldest_kept = self.oldest_kept();
+        move |ts_ms| {
+            let day = day_of(ts_ms).ok_or(Unplaced::OutOfRange { ts_ms })?;
+            match oldest_kept {
+                Some(oldest_kept) if day < oldest_kept => Err(Unplaced::Expired { day, oldest_kept }),
+                _ => Ok(day),
+            }
         }
     }
 
