@@ -345,19 +345,22 @@ async fn api_reports_what_the_pipeline_did() {
     assert_eq!(status, 405, "{body}");
     assert!(body["error"].is_string());
 
-    // /api/dead-letters: totals and paging.
+    // /api/dead-letters: the pending count and paging by cursor; no
+    // payload text unless api.dead_letter_previews (tests/api_limits.rs).
     let first = client.ok("/api/dead-letters?limit=10").await;
-    assert_eq!(first["total"], dead);
     assert_eq!(first["pending"], dead);
+    assert_eq!(first["pending_capped"], false);
     let items = first["items"].as_array().unwrap();
     assert_eq!(items.len(), 10.min(dead as usize));
     assert!(items.iter().all(|i| i["reason"].as_str().is_some_and(|r| !r.is_empty())));
-    let second = client.ok("/api/dead-letters?limit=10&offset=10").await;
+    assert!(items.iter().all(|i| i.get("payload_preview").is_none()), "no previews by default");
     let ids = |v: &Value| v["items"].as_array().unwrap().iter().map(|i| i["id"].as_i64().unwrap()).collect::<Vec<_>>();
-    let (a, b) = (ids(&first), ids(&second));
-    assert!(b.iter().all(|id| !a.contains(id)), "pages do not overlap");
+    let a = ids(&first);
     if dead > 10 {
-        assert_eq!(first["next_offset"], 10);
+        assert_eq!(first["next"].as_i64(), a.last().copied());
+        let second = client.ok(&format!("/api/dead-letters?limit=10&after={}", first["next"])).await;
+        let b = ids(&second);
+        assert!(b.iter().all(|id| !a.contains(id)), "pages do not overlap");
         assert!(b.first() > a.last(), "oldest first");
     }
 
@@ -466,6 +469,70 @@ async fn ready_names_what_is_missing_and_reload_needs_a_configured_token() {
     assert_eq!(body["checks"]["postgres"]["ok"], true, "{body}");
     assert!(body["checks"]["search"]["error"].as_str().unwrap().contains(&search.url), "{body}");
     assert_eq!(client.get("/ready").await.0, 200, "ready again once the search server answers");
+
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    serving.await.unwrap().unwrap();
+}
+
+/// In-process: the database and search URLs carry passwords (in the
+/// userinfo and as `?password=`); `/ready` shows both URLs without them, and
+/// a pipeline.toml edit refused for a URL quotes it without its password in
+/// the reload history `/api/plugins` serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_url_password_never_reaches_ready() {
+    support::init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = reqwest::Url::parse(&support::fresh_database("api_redact").await).unwrap();
+    if db.username().is_empty() {
+        db.set_username("postgres").unwrap();
+    }
+    db.set_password(Some("db-s3cret-in-userinfo")).unwrap();
+    db.query_pairs_mut().append_pair("password", "db-s3cret-in-query");
+    let search = support::search_url().replacen("://", "://elastic:search-s3cret@", 1);
+    let pipeline = support::write_pipeline(dir.path(), &support::unique("redact_clicks"), &support::unique("redact"), db.as_str(), "");
+    let text = std::fs::read_to_string(&pipeline)
+        .unwrap()
+        .replace(&format!("url = \"{}\"", support::search_url()), &format!("url = \"{search}\""));
+    std::fs::write(&pipeline, &text).unwrap();
+    let config = support::load_config(&pipeline);
+    assert_eq!(config.index.url, search, "the search URL with its credentials is what runs");
+    clickstream::kafka::ensure_topic(&support::brokers(), &config.source.topics[0], 1).await.unwrap();
+
+    let stats = Arc::new(clickstream::stats::Stats::default());
+    let api = clickstream::runtime::api::Api::new(stats.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = Client { base: format!("http://{}", listener.local_addr().unwrap()), http: reqwest::Client::new() };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(api.clone().serve(listener, stopped.clone()));
+    let running = tokio::spawn({
+        let api = api.clone();
+        clickstream::runtime::pipeline::run_until_stopped(config, stopped, Default::default(), stats.clone(), move |p| {
+            api.serve_pipeline(p)
+        })
+    });
+    client.wait_for_ok("/ready").await;
+
+    let (status, _, ready) = client.text("/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    assert!(!ready.contains("s3cret"), "a password in /ready: {ready}");
+    let ready: Value = serde_json::from_str(&ready).unwrap();
+    let shown = ready["checks"]["postgres"]["detail"].as_str().unwrap();
+    assert!(shown.starts_with("postgres://postgres:***@") && shown.ends_with("?password=***"), "{shown}");
+    let shown = ready["checks"]["search"]["detail"].as_str().unwrap();
+    assert!(shown.starts_with("http://elastic:***@"), "{shown}");
+
+    // A refused edit quoting the URL: the error names the key, not the password.
+    std::fs::write(&pipeline, text.replace(&search, "ftp://elastic:search-s3cret@search.example")).unwrap();
+    support::wait_until(Duration::from_secs(60), "the edit refused", || {
+        let stats = stats.clone();
+        async move { stats.reloads_of("pipeline.toml", "rejected") > 0 }
+    })
+    .await;
+    let (status, _, plugins) = client.text("/api/plugins").await;
+    assert_eq!(status, 200, "{plugins}");
+    assert!(plugins.contains("index.url") && plugins.contains("ftp://elastic:***@search.example"), "{plugins}");
+    assert!(!plugins.contains("s3cret"), "a password in the reload history: {plugins}");
 
     stop.send(true).unwrap();
     running.await.unwrap().unwrap();

@@ -152,13 +152,6 @@ fn a_plugin_allocating_past_its_cap_yields_memory_exceeded_and_the_host_keeps_se
 }
 
 #[test]
-fn a_plugin_answering_one_outcome_too_few_breaks_the_contract() {
-    let mut runner = runner("misbehave", PluginLimits::default());
-    let err = runner.transform(&[click("ok", 1, ""), click("short", 2, "")]).unwrap_err();
-    assert!(matches!(err, PluginError::Contract { ref reason, .. } if reason.contains("returned 1 outcomes for a batch of 2")), "{err}");
-}
-
-#[test]
 fn a_component_of_the_wrong_world_is_refused_at_load() {
     let err = LoadedTransform::load(spec("enrich", "aggregate", PluginLimits::default()), None).unwrap_err();
     assert!(matches!(err, PluginError::WrongWorld { world: "transformer", .. }), "{err}");

@@ -254,3 +254,91 @@ async fn sigterm_while_postgresql_refuses_every_write_stops_promptly_and_a_resta
     assert_eq!(ids.len(), 400, "each event once");
     assert_eq!(ids.into_iter().collect::<BTreeSet<_>>().len(), 400);
 }
+
+/// A record with a key twice — at the top (`user_id`, which a last-wins
+/// parser would read as `b` and another as `a`) or in an object the tracker
+/// sends along — is dead-lettered at decode with its own kind, naming the
+/// key, its bytes kept; a page URL with a user and password in it is stored
+/// without them; the rest is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_with_a_duplicate_key_is_dead_lettered_with_its_own_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("poison_dup");
+    let db = support::fresh_database("poison_dup").await;
+    let pool = pool(&db).await;
+    let mut records: Vec<(String, Vec<u8>)> =
+        (0..50).map(|i| (format!("u{}", i % 5), click(&format!("good-{i}"), &format!("u{}", i % 5), "https://shop.example/"))).collect();
+    let top = br#"{"event_id":"dup-top","user_id":"a","timestamp":1795000000000,"url":"https://shop.example/","user_id":"b"}"#.to_vec();
+    let nested =
+        br#"{"event_id":"dup-nested","user_id":"a","timestamp":1795000000000,"url":"https://shop.example/","attributes":{"plan":"free","plan":"pro"}}"#
+            .to_vec();
+    records.insert(10, ("a".into(), top.clone()));
+    records.insert(30, ("a".into(), nested.clone()));
+    records.push(("u1".into(), click("userinfo", "u1", "https://user:pa@ss@shop.example/account?tab=1")));
+    produce_raw(&topic, &records).await;
+
+    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
+    let running = support::InProcess::start(support::load_config(&pipeline));
+    let stats = running.stats.clone();
+    support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&pool, records.len())).await;
+    running.stop().await;
+
+    let dead: Vec<(String, String, String, Vec<u8>)> =
+        sqlx::query_as("SELECT stage, kind, reason, payload FROM dead_letters ORDER BY \"offset\", \"partition\"")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut dead: Vec<_> = dead.into_iter().map(|(stage, kind, reason, payload)| (payload, (stage, kind, reason))).collect();
+    dead.sort();
+    let mut expected = vec![(top, "`user_id` appears twice"), (nested, "`attributes.plan` appears twice")];
+    expected.sort();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for ((payload, (stage, kind, reason)), (sent, named)) in dead.iter().zip(&expected) {
+        assert_eq!(payload, sent, "the raw bytes are kept");
+        assert_eq!((stage.as_str(), kind.as_str()), ("decode", "duplicate_key"));
+        assert!(reason.contains(named), "{reason}");
+    }
+    assert_eq!(support::count(&pool, "SELECT count(*) FROM events WHERE event_id LIKE 'dup-%'").await, 0);
+    assert_eq!(stats.dead_letters_by().get(&("decode", "duplicate_key".to_string())), Some(&2));
+
+    let url: String = sqlx::query_scalar("SELECT url FROM events WHERE event_id = 'userinfo'").fetch_one(&pool).await.unwrap();
+    assert_eq!(url, "https://shop.example/account?tab=1");
+    assert_eq!(support::count(&pool, "SELECT count(*) FROM events WHERE url LIKE '%pa@ss%' OR url LIKE '%user:%'").await, 0);
+    assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await as usize, records.len() - 2);
+}
+
+/// A plugin that waits in WASI on one event, or opens a socket on another,
+/// fails its batch with a typed error; the host retries the batch event by
+/// event, dead-letters those two with their kinds (`deadline`, `denied`),
+/// and stores the rest once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_sleeps_or_opens_a_socket_on_one_event_loses_only_that_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("sandbox_e2e");
+    let db = support::fresh_database("sandbox_e2e").await;
+    Store::connect(&db, WINDOWS).await.unwrap();
+    let pool = pool(&db).await;
+    let mut records: Vec<(String, Vec<u8>)> =
+        (0..120).map(|i| (format!("u{}", i % 7), click(&format!("good-{i}"), &format!("u{}", i % 7), "https://shop.example/"))).collect();
+    records.insert(20, ("sleep".into(), click("sleeper", "sleep", "https://shop.example/")));
+    records.insert(90, ("socket".into(), click("dialer", "socket", "https://shop.example/")));
+    produce_raw(&topic, &records).await;
+
+    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
+    support::use_plugin(&pipeline, "enrich", "misbehave");
+    let running = support::InProcess::start(support::load_config(&pipeline));
+    support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&pool, records.len())).await;
+    running.stop().await;
+
+    let dead: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT convert_from(payload, 'UTF8')::json->>'event_id', stage, kind FROM dead_letters ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        dead,
+        vec![("dialer".into(), "transform".into(), "denied".into()), ("sleeper".into(), "transform".into(), "deadline".into())]
+    );
+    assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await, 120);
+    assert_eq!(support::count(&pool, "SELECT count(DISTINCT event_id) FROM events").await, 120);
+}

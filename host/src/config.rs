@@ -55,8 +55,11 @@ pub enum ConfigError {
     },
 }
 
-/// The error for `key` in `file`: what is wrong and how to fix it.
+/// The error for `key` in `file`: what is wrong and how to fix it. A URL
+/// the problem quotes is shown without its secrets (errors reach logs and
+/// the reload history).
 pub fn invalid(file: &Path, key: &str, problem: String, fix: &str) -> ConfigError {
+    let problem = crate::redact::in_text(&problem).into_owned();
     ConfigError::Invalid { file: file.to_path_buf(), key: key.into(), problem, fix: fix.into() }
 }
 
@@ -122,8 +125,11 @@ impl PipelineConfig {
 
     /// Parses `text` as if read from `file`; `env` supplies overrides. No I/O.
     pub fn parse(text: &str, file: &Path, env: impl Fn(&str) -> Option<String>) -> Result<PipelineConfig, ConfigError> {
-        let mut config: PipelineConfig = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { file: file.to_path_buf(), message: e.to_string().trim_end().to_string() })?;
+        // The parser quotes the offending line, which may hold a URL's password.
+        let mut config: PipelineConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_path_buf(),
+            message: crate::redact::in_text(e.to_string().trim_end()).into_owned(),
+        })?;
         config.file = file.to_path_buf();
         for (name, value) in [
             ("KAFKA_BROKERS", &mut config.source.brokers),
@@ -311,6 +317,25 @@ path = "plugins/aggregate.wasm"
         assert_eq!(c.source.brokers, "kafka:9092");
         assert_eq!(c.store.database_url, "postgres://db/x");
         assert_eq!(c.index.url, "http://127.0.0.1:9200");
+    }
+
+    #[test]
+    fn a_url_an_error_quotes_is_shown_without_its_password() {
+        let errors = [
+            // Refused by a section's validation, which quotes the value.
+            format!("{MINIMAL}\n[store]\ndatabase_url = \"mysql://u:s3cret@h/db?password=s3cret2\"\n"),
+            format!("{MINIMAL}\n[index]\nurl = \"ftp://elastic:s3cret@search.example:9200\"\n"),
+            // Refused by the TOML parser, which quotes the line.
+            format!("{MINIMAL}\n[index]\nurl = \"http://elastic:s3cret@search.example:9200\n"),
+            format!("{MINIMAL}\n[index]\nurl = [\"http://elastic:s3cret@search.example:9200\"]\n"),
+        ]
+        .map(|text| parse(&text).unwrap_err().to_string());
+        for err in &errors {
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+        assert!(errors[0].contains("`store.database_url` is \"mysql://u:***@h/db?password=***\""), "{}", errors[0]);
+        assert!(errors[1].contains("ftp://elastic:***@search.example:9200"), "{}", errors[1]);
+        assert!(errors[2].contains("http://elastic:***@search.example:9200"), "{}", errors[2]);
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! - [`plugin`]: the WASM plugin host and the versioned contract;
 //! - [`runtime`]: the control plane (wiring, hot reload, HTTP API);
 //! - [`config`]: pipeline.toml, composed from each component's section;
-//! - shared infrastructure: [`kafka`], [`postgres`], [`stats`], and the load
-//!   generator [`produce`].
+//! - shared infrastructure: [`kafka`], [`postgres`], [`stats`], [`redact`]
+//!   (secrets out of URLs wherever they are shown), and the load generator
+//!   [`produce`].
 #![deny(missing_docs)]
 
 pub mod config;
@@ -14,6 +15,7 @@ pub mod kafka;
 pub mod plugin;
 pub mod postgres;
 pub mod produce;
+pub mod redact;
 pub mod runtime;
 pub mod stages;
 pub mod stats;

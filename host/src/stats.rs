@@ -364,7 +364,13 @@ impl Stats {
 
     /// Records what happened to a plugin slot after a reload: `optimized`
     /// (the optimised build replaced the baseline one), or why it did not.
+    /// A URL in `detail` (an error quoting `store.database_url`, say) is
+    /// recorded without its secrets: the history is served by the API.
     pub fn reload_event(&self, what: &str, outcome: &'static str, detail: String) {
+        let detail = match crate::redact::in_text(&detail) {
+            std::borrow::Cow::Borrowed(_) => detail,
+            std::borrow::Cow::Owned(redacted) => redacted,
+        };
         *lock(&self.reloads).entry((what.to_string(), outcome)).or_default() += 1;
         let mut history = lock(&self.reload_history);
         if history.len() == RELOAD_HISTORY {

@@ -24,6 +24,10 @@ pub struct Args {
     /// Most records to list.
     #[arg(long, default_value_t = 50)]
     limit: i64,
+    /// List those with an id above this one (the next page starts after
+    /// the last id listed).
+    #[arg(long, default_value_t = 0)]
+    after: i64,
     /// Re-run every pending dead letter through the chain in pipeline.toml;
     /// successes are stored, failures keep their new reason.
     #[arg(long)]
@@ -32,7 +36,7 @@ pub struct Args {
 
 /// Lists or replays.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let Args { pipeline, all, limit, replay } = args;
+    let Args { pipeline, all, limit, after, replay } = args;
     let config = PipelineConfig::load(&pipeline)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -54,7 +58,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         let (total, pending) = dead_letters::counts(store.pool()).await?;
         println!("{total} dead letters, {pending} pending replay");
-        for row in dead_letters::list(store.pool(), !all, limit, 0).await? {
+        let rows = dead_letters::list(store.pool(), !all, after, limit, true).await?;
+        for row in &rows {
             println!(
                 "#{} {}/{}@{} {}:{}{} — {}\n    {} bytes: {}",
                 row.id,
@@ -66,8 +71,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 if row.replayed_at.is_some() { " (replayed)" } else { "" },
                 row.reason.lines().next().unwrap_or_default(),
                 row.payload_bytes,
-                row.payload_preview.chars().take(100).collect::<String>()
+                row.payload_preview.as_deref().unwrap_or_default().chars().take(100).collect::<String>()
             );
+        }
+        if let Some(last) = rows.last().filter(|_| rows.len() as i64 == limit) {
+            println!("more may follow: --after {}", last.id);
         }
         Ok(())
     })

@@ -76,16 +76,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => produce::to_file(generator, path, &progress).with_context(|| format!("while writing {}", path.display()))?,
         None => {
             let (brokers, topic) = kafka_target(&args)?;
+            let shown = clickstream::redact::in_text(&brokers).into_owned();
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 clickstream::kafka::ensure_topic(&brokers, &topic, args.partitions)
                     .await
-                    .with_context(|| format!("while creating topic {topic} on {brokers} (is the broker up? scripts/services up)"))?;
-                progress.println(format!("producing {} records to {topic} on {brokers}", args.events));
+                    .with_context(|| format!("while creating topic {topic} on {shown} (is the broker up? scripts/services up)"))?;
+                progress.println(format!("producing {} records to {topic} on {shown}", args.events));
                 let properties = args.kafka_properties.iter().cloned().collect();
                 produce::to_kafka(generator, &brokers, &topic, args.rate, &properties, &progress)
                     .await
-                    .with_context(|| format!("while producing to {topic} on {brokers}"))
+                    .with_context(|| format!("while producing to {topic} on {shown}"))
             })?
         }
     };

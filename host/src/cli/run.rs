@@ -55,13 +55,15 @@ fn run_pipeline(pipeline: &Path) -> anyhow::Result<()> {
         });
         let stats = Arc::new(Stats::default());
         let api = Api::new(stats.clone());
+        // Host check and limits from the first request on, before the pipeline runs.
+        api.configure(&config.api);
         let listen = config.api.listen.clone();
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("while binding [api] listen = {listen:?} in {} (is another process on that port?)", pipeline.display()))?;
         let bound = listener.local_addr().map_or_else(|_| listen.clone(), |a| a.to_string());
         tracing::info!(listen = %bound, "HTTP API and dashboard at http://{bound}/");
-        let serving = tokio::spawn(api.clone().serve(listener, stop_rx.clone()));
+        let serving = api.clone().serve_on_own_thread(listener.into_std()?, stop_rx.clone()).context("while starting the API's thread")?;
         let result = clickstream::runtime::pipeline::run_until_stopped(config, stop_rx, sighup, stats, |running| {
             if running.config.api.listen != listen {
                 tracing::warn!(listen = %listen, wanted = %running.config.api.listen, "api.listen changed; the API keeps its address until the process restarts");
@@ -70,7 +72,7 @@ fn run_pipeline(pipeline: &Path) -> anyhow::Result<()> {
         })
         .await
         .with_context(|| format!("while running {}", pipeline.display()));
-        let _ = serving.await;
+        let _ = tokio::task::spawn_blocking(move || serving.join()).await;
         result
     })?;
     Ok(())

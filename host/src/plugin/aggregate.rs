@@ -99,7 +99,7 @@ impl AggregateRun {
         let counters = slot.counters().clone();
         counters.calls.inc();
         let started = AggregateInstance::new(&loaded).and_then(|mut instance| {
-            instance.store.set_epoch_deadline(loaded.spec.limits.deadline_ticks());
+            super::instance::arm(&mut instance.store, &loaded.spec.limits);
             let run = match &instance.bindings {
                 Bindings::V0_1_0(b) => {
                     b.clickstream_pipeline_aggregation().window_run().call_constructor(&mut instance.store, params.into(), from_ms, to_ms)
@@ -135,7 +135,7 @@ impl AggregateRun {
     /// Pushes the next batch, continuing the (user, time, event id) order.
     pub fn push(&mut self, batch: &[StoredEvent]) -> Result<(), PluginError> {
         let AggregateRun { loaded, instance, run, .. } = self;
-        instance.store.set_epoch_deadline(loaded.spec.limits.deadline_ticks());
+        super::instance::arm(&mut instance.store, &loaded.spec.limits);
         let pushed = match &instance.bindings {
             Bindings::V0_1_0(b) => {
                 let clicks: Vec<_> = batch.iter().map(Into::into).collect();
@@ -157,7 +157,7 @@ impl AggregateRun {
     /// Ends the run and returns its rows.
     pub fn finish(mut self) -> Result<Vec<AggregateRow>, PluginError> {
         let AggregateRun { loaded, instance, run, .. } = &mut self;
-        instance.store.set_epoch_deadline(loaded.spec.limits.deadline_ticks());
+        super::instance::arm(&mut instance.store, &loaded.spec.limits);
         let rows = match &instance.bindings {
             Bindings::V0_1_0(b) => b
                 .clickstream_pipeline_aggregation()

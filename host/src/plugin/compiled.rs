@@ -253,8 +253,7 @@ fn disk() -> Option<&'static DiskCache> {
 /// Reads `spec.path` and returns its compiled component, by the fastest
 /// way there is (the module's order).
 pub fn load(spec: &PluginSpec, tiering: Tiering) -> Result<Compiled, PluginError> {
-    let bytes =
-        std::fs::read(&spec.path).map_err(|source| PluginError::Read { plugin: spec.slot.clone(), path: spec.path.clone(), source })?;
+    let bytes = read_capped(&spec.path).map_err(|e| e.of(spec, &spec.path))?;
     if artifact::is_artifact(&bytes) {
         let opened = artifact_key().and_then(|key| artifact::open(engine(), key, &bytes, None));
         let (component, hash) =
@@ -279,7 +278,7 @@ pub fn load(spec: &PluginSpec, tiering: Tiering) -> Result<Compiled, PluginError
     let beside = artifact::beside(&spec.path);
     let mut refused_artifact = None;
     if beside != spec.path {
-        if let Ok(sealed) = std::fs::read(&beside) {
+        if let Ok(sealed) = read_capped(&beside) {
             match artifact_key().and_then(|key| artifact::open(engine(), key, &sealed, Some(&hash))) {
                 Ok((component, _)) => {
                     remember(&hash, &component);
@@ -302,4 +301,43 @@ pub fn load(spec: &PluginSpec, tiering: Tiering) -> Result<Compiled, PluginError
         disk.put(&hash, &component);
     }
     Ok(Compiled { component, hash, origin: Origin::Compiled, refused_artifact })
+}
+
+/// Largest plugin file the host reads: a component, or a precompiled
+/// artifact (the largest here, the JavaScript `utm` component, is 1.6 MiB).
+/// A bigger file is refused before it is read.
+pub const MAX_PLUGIN_FILE_BYTES: u64 = 128 << 20;
+
+/// Why a plugin file was not read.
+enum ReadError {
+    Io(std::io::Error),
+    TooLarge(u64),
+}
+
+impl ReadError {
+    fn of(self, spec: &PluginSpec, path: &Path) -> PluginError {
+        let (plugin, path) = (spec.slot.clone(), path.to_path_buf());
+        match self {
+            ReadError::Io(source) => PluginError::Read { plugin, path, source },
+            ReadError::TooLarge(bytes) => PluginError::TooLarge { plugin, path, bytes, cap: MAX_PLUGIN_FILE_BYTES },
+        }
+    }
+}
+
+/// Reads a plugin file of at most [`MAX_PLUGIN_FILE_BYTES`]; the length is
+/// checked on the open file, and the read stops past the cap in case the
+/// file grows meanwhile.
+fn read_capped(path: &Path) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(ReadError::Io)?;
+    let len = file.metadata().map_err(ReadError::Io)?.len();
+    if len > MAX_PLUGIN_FILE_BYTES {
+        return Err(ReadError::TooLarge(len));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(MAX_PLUGIN_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(ReadError::Io)?;
+    match bytes.len() as u64 {
+        n if n > MAX_PLUGIN_FILE_BYTES => Err(ReadError::TooLarge(n)),
+        _ => Ok(bytes),
+    }
 }

@@ -14,7 +14,7 @@ use super::compiled::{self, Origin, Tiering};
 use super::engine::{baseline_engine, engine};
 use super::error::call_error;
 use super::geoip::GeoIp;
-use super::limits::{MemoryLimiter, PluginLimits};
+use super::limits::{CallClock, MemoryLimiter, PluginLimits, MAX_LIFT_BYTES};
 use super::log::LogTap;
 use super::stderr::StderrTail;
 use super::wit::{self, Version, World};
@@ -58,11 +58,12 @@ pub struct PluginSpec {
 }
 
 /// Per-store state: WASI (granting nothing unless configured), the memory
-/// limiter, and the host imports' data.
+/// limiter, the current call's clock, and the host imports' data.
 pub struct HostState {
     pub(super) wasi: WasiCtx,
     pub(super) table: ResourceTable,
     pub(super) limiter: MemoryLimiter,
+    pub(super) clock: CallClock,
     pub(super) stderr: StderrTail,
     pub(super) geoip: Option<Arc<GeoIp>>,
     pub(super) log: LogTap,
@@ -78,6 +79,9 @@ fn new_store(info: &PluginInfo, limits: &PluginLimits, geoip: Option<Arc<GeoIp>>
     let stderr = StderrTail::default();
     let mut wasi = WasiCtx::builder();
     wasi.stderr(stderr.clone());
+    // wasmtime's defaults, stated: no network of any kind. The socket
+    // constructors trap before reaching these (see `super::wasi`).
+    wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
     if let Some(dir) = &limits.read_only_dir {
         // Checked by config validation; a directory that vanished since then
         // only leaves the guest without it.
@@ -88,7 +92,8 @@ fn new_store(info: &PluginInfo, limits: &PluginLimits, geoip: Option<Arc<GeoIp>>
     let state = HostState {
         wasi: wasi.build(),
         table: ResourceTable::new(),
-        limiter: MemoryLimiter { cap: limits.memory_bytes, high_water: 0, refused: None },
+        limiter: MemoryLimiter::new(limits.memory_bytes),
+        clock: CallClock::new(limits.deadline),
         stderr,
         geoip,
         log: LogTap::new(&info.slot),
@@ -97,7 +102,18 @@ fn new_store(info: &PluginInfo, limits: &PluginLimits, geoip: Option<Arc<GeoIp>>
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     store.epoch_deadline_trap();
+    // What the host copies out of the guest per call (results, or an
+    // import's arguments) is charged against this; past it the copy fails
+    // (`error::call_error` names it).
+    store.set_hostcall_fuel(MAX_LIFT_BYTES);
     store
+}
+
+/// Starts the clock of one call: the epoch deadline for guest code, and the
+/// clock the host's waiting functions read.
+pub(super) fn arm(store: &mut Store<HostState>, limits: &PluginLimits) {
+    store.set_epoch_deadline(limits.deadline_ticks());
+    store.data_mut().clock.restart();
 }
 
 /// Compiles a plugin file, checks it targets one of the `accepts` worlds in a contract version
@@ -123,7 +139,7 @@ pub(super) fn prelink<P>(
     }
     let link_error = |e: wasmtime::Error| refused(format!("{e:#}"));
     let mut linker: Linker<HostState> = Linker::new(component.engine());
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link_error)?;
+    super::wasi::add_to_linker(&mut linker).map_err(link_error)?;
     add_imports(target.version, &mut linker).map_err(link_error)?;
     let pre = linker.instantiate_pre(&component).map_err(link_error)?;
     let pre = typed(target.version, pre).map_err(link_error)?;
@@ -150,7 +166,7 @@ pub(super) fn start_instance<B>(
     start: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<(B, Result<(), String>)>,
 ) -> Result<(Store<HostState>, B), PluginError> {
     let mut store = new_store(info, &spec.limits, geoip);
-    store.set_epoch_deadline(spec.limits.deadline_ticks());
+    arm(&mut store, &spec.limits);
     match start(&mut store) {
         Ok((bindings, Ok(()))) => Ok((store, bindings)),
         Ok((_, Err(reason))) => Err(PluginError::Configure { plugin: spec.slot.clone(), reason }),

@@ -27,6 +27,7 @@ pub mod shadow;
 pub mod slot;
 mod stderr;
 pub mod transform;
+mod wasi;
 pub mod wit;
 
 pub use compiled::{Origin, Tiering};

@@ -173,7 +173,7 @@ impl TransformRunner {
         }
         let (loaded, instance) = self.instance.as_mut().expect("instance set above");
         let limits = &loaded.spec.limits;
-        instance.store.set_epoch_deadline(limits.deadline_ticks());
+        super::instance::arm(&mut instance.store, limits);
         let counters = self.slot.counters();
         counters.calls.inc();
         let result = instance.transform(batch);

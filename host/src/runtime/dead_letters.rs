@@ -15,7 +15,7 @@ use crate::stats::Stats;
 /// One dead letter, as listed.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeadLetterRow {
-    /// Row id, the replay order.
+    /// Row id, the replay order and the paging cursor.
     pub id: i64,
     /// Kafka topic.
     pub topic: String,
@@ -29,8 +29,10 @@ pub struct DeadLetterRow {
     pub kind: String,
     /// Why, for a human.
     pub reason: String,
-    /// The start of the raw record, as text.
-    pub payload_preview: String,
+    /// The start of the raw record, as text; absent unless asked for (the
+    /// payload is what a client sent and may hold personal data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_preview: Option<String>,
     /// Size of the raw record in bytes.
     pub payload_bytes: i64,
     /// When it was dead-lettered.
@@ -39,22 +41,39 @@ pub struct DeadLetterRow {
     pub replayed_at: Option<DateTime<Utc>>,
 }
 
-/// Lists dead letters, oldest first; `pending_only` hides replayed ones.
-pub async fn list(pool: &PgPool, pending_only: bool, limit: i64, offset: i64) -> Result<Vec<DeadLetterRow>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT id, topic, \"partition\", \"offset\", stage, kind, reason,
-                encode(substring(payload from 1 for 120), 'escape') AS preview,
+/// Bytes of the payload a preview shows.
+const PREVIEW_BYTES: i32 = 120;
+
+/// The page query: the rows after a cursor (`$1`, an id), oldest first, at
+/// most `$2`. Keyset paging: each day partition's primary key `(id,
+/// dead_at)` (or, for pending rows, the partial index on `id`) starts at
+/// the cursor and a merge of the partitions stops after `$2` rows, so a
+/// page costs the same wherever it is, and replaying rows (or adding them)
+/// skips or repeats none (`OFFSET` reads and throws away every row before
+/// the page, and shifts when rows before it change). Ids come from a
+/// sequence: a row whose transaction took its id before a page passed it
+/// and committed after is only seen by the next walk.
+/// Two texts rather than a parameter for `pending_only`, so a generic plan
+/// can still use the partial index.
+pub fn page_sql(pending_only: bool, previews: bool) -> String {
+    let preview =
+        if previews { format!("encode(substring(payload from 1 for {PREVIEW_BYTES}), 'escape')") } else { "NULL::text".to_string() };
+    let pending = if pending_only { "AND replayed_at IS NULL" } else { "" };
+    format!(
+        "SELECT id, topic, \"partition\", \"offset\", stage, kind, reason, {preview} AS preview,
                 length(payload)::bigint, dead_at, replayed_at
          FROM dead_letters
-         WHERE NOT $1 OR replayed_at IS NULL
+         WHERE id > $1 {pending}
          ORDER BY id
-         LIMIT $2 OFFSET $3",
+         LIMIT $2"
     )
-    .bind(pending_only)
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(pool)
-    .await?;
+}
+
+/// Lists up to `limit` dead letters with an id above `after`, oldest
+/// first; `pending_only` hides replayed ones, `previews` includes the start
+/// of each payload. The next page starts after the last id returned.
+pub async fn list(pool: &PgPool, pending_only: bool, after: i64, limit: i64, previews: bool) -> Result<Vec<DeadLetterRow>, sqlx::Error> {
+    let rows = sqlx::query(&page_sql(pending_only, previews)).bind(after).bind(limit).fetch_all(pool).await?;
     Ok(rows
         .into_iter()
         .map(|r| DeadLetterRow {
@@ -65,7 +84,7 @@ pub async fn list(pool: &PgPool, pending_only: bool, limit: i64, offset: i64) ->
             stage: r.get(4),
             kind: r.get(5),
             reason: r.get(6),
-            payload_preview: r.get::<Option<String>, _>(7).unwrap_or_default(),
+            payload_preview: previews.then(|| r.get::<Option<String>, _>(7).unwrap_or_default()),
             payload_bytes: r.get(8),
             dead_at: r.get(9),
             replayed_at: r.get(10),
@@ -73,7 +92,17 @@ pub async fn list(pool: &PgPool, pending_only: bool, limit: i64, offset: i64) ->
         .collect())
 }
 
-/// Counts of dead letters.
+/// Pending dead letters, counted up to `cap` (the count stops there): a
+/// bounded walk of the pending index, whatever the table holds.
+pub async fn pending_up_to(pool: &PgPool, cap: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM dead_letters WHERE replayed_at IS NULL LIMIT $1) pending")
+        .bind(cap)
+        .fetch_one(pool)
+        .await
+}
+
+/// Exact counts of dead letters, all and pending: a scan of the whole
+/// table, for the CLI (the API counts pending ones up to a cap instead).
 pub async fn counts(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
     let row = sqlx::query("SELECT count(*), count(*) FILTER (WHERE replayed_at IS NULL) FROM dead_letters").fetch_one(pool).await?;
     Ok((row.get(0), row.get(1)))

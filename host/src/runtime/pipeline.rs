@@ -127,8 +127,8 @@ pub async fn run(
     let store = connect_store(&config.store, config.windows(), &shutdown).await?;
     let offsets = source::OffsetLookup::start(&config.store.database_url).map_err(|e| PipelineError::Store(StoreError::Url(e)))?;
     let consumer = source::connect(&config.source, offsets, stats.clone())
-        .map_err(|source| PipelineError::Kafka { brokers: config.source.brokers.clone(), source })?;
-    tracing::info!(brokers = %config.source.brokers, topics = ?config.source.topics, group = %config.source.group_id, "consuming");
+        .map_err(|source| PipelineError::Kafka { brokers: crate::redact::in_text(&config.source.brokers).into_owned(), source })?;
+    tracing::info!(brokers = %crate::redact::in_text(&config.source.brokers), topics = ?config.source.topics, group = %config.source.group_id, "consuming");
 
     // Drains on shutdown, and on a reload that needs a restart.
     let (drain_tx, drain) = watch::channel(false);

@@ -60,6 +60,44 @@ pub enum ReloadError {
     /// A reload named a plugin the pipeline does not run.
     #[error("no plugin named `{name}`; the plugins are {known}")]
     NoSuchPlugin { name: String, known: String },
+    /// Preparing the new version (compiling, instantiating, the golden
+    /// batch) panicked, or was cancelled by the runtime shutting down.
+    #[error("plugin `{slot}`: preparing the new version {failure}; refused, the serving version is unchanged")]
+    Prepare {
+        slot: String,
+        /// `panicked: <message>`, or `was cancelled`.
+        failure: String,
+    },
+}
+
+/// Runs a plugin's preparation (compile, instantiate, golden batch) on the
+/// blocking pool. A panic in it — a host or wasmtime bug a hostile
+/// component found — refuses this reload like any other failure instead of
+/// taking the reloader down: the reloader keeps serving later changes.
+async fn prepare<T: Send + 'static>(slot: &str, work: impl FnOnce() -> Result<T, ProofError> + Send + 'static) -> Result<T, ReloadError> {
+    #[cfg(test)]
+    let work = {
+        let (panics, slot) = (tests::take_armed_panic(slot), slot.to_string());
+        move || {
+            assert!(!panics, "test hook: preparing `{slot}` panics");
+            work()
+        }
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(ReloadError::from),
+        Err(e) => {
+            let failure = match e.try_into_panic() {
+                Ok(payload) => format!("panicked: {}", panic_message(payload.as_ref())),
+                Err(_) => "was cancelled (the host is shutting down)".to_string(),
+            };
+            Err(ReloadError::Prepare { slot: slot.to_string(), failure })
+        }
+    }
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str)).unwrap_or("(no message)")
 }
 
 /// Settings the running stages read live.
@@ -144,11 +182,9 @@ impl Reloader {
     /// Loads a transform off the hot path and proves it on the golden batch.
     /// A component never compiled before comes from the baseline compiler;
     /// [`Reloader::optimize_later`] replaces it.
-    async fn prove(&self, spec: PluginSpec) -> Result<Arc<LoadedTransform>, ProofError> {
-        let geoip = self.geoip.clone();
-        tokio::task::spawn_blocking(move || prove_transform(spec, Some(geoip), Tiering::BaselineFirst))
-            .await
-            .expect("plugin preparation does not panic")
+    async fn prove(&self, spec: PluginSpec) -> Result<Arc<LoadedTransform>, ReloadError> {
+        let (geoip, slot) = (self.geoip.clone(), spec.slot.clone());
+        prepare(&slot, move || prove_transform(spec, Some(geoip), Tiering::BaselineFirst)).await
     }
 
     /// When `serving` (in `slot`) came from the baseline compiler: compiles
@@ -170,7 +206,7 @@ impl Reloader {
         tokio::spawn(async move {
             let started = Instant::now();
             let was = info(&serving).clone();
-            let outcome = match tokio::task::spawn_blocking(prove).await.expect("plugin preparation does not panic") {
+            let outcome = match prepare(&was.slot, prove).await {
                 Ok(optimized) if info(&optimized).content_hash != was.content_hash => {
                     Err("the file changed since; the change is swapped on its own".to_string())
                 }
@@ -309,13 +345,8 @@ impl Reloader {
     /// the golden batch; a refusal is counted and logged.
     async fn prove_candidate(&self, name: &str, spec: PluginSpec) -> Result<Arc<LoadedTransform>, ReloadError> {
         let geoip = self.geoip.clone();
-        let result = tokio::task::spawn_blocking(move || prove_transform(spec, Some(geoip), Tiering::Optimized))
-            .await
-            .expect("plugin preparation does not panic");
-        result.map_err(|e| {
-            self.count(name, Err(&e));
-            e.into()
-        })
+        let result = prepare(name, move || prove_transform(spec, Some(geoip), Tiering::Optimized)).await;
+        result.inspect_err(|e| self.count(name, Err(e)))
     }
 
     /// Puts a build of a transform in shadow beside the serving version
@@ -378,10 +409,8 @@ impl Reloader {
     /// Replaces the aggregate plugin likewise.
     pub async fn swap_aggregate(&self, spec: PluginSpec) -> Result<Swap, ReloadError> {
         let started = Instant::now();
-        let later = spec.clone();
-        let result = tokio::task::spawn_blocking(move || prove_aggregate(spec, Tiering::BaselineFirst))
-            .await
-            .expect("plugin preparation does not panic");
+        let (later, slot) = (spec.clone(), spec.slot.clone());
+        let result = prepare(&slot, move || prove_aggregate(spec, Tiering::BaselineFirst)).await;
         self.count("aggregate", result.as_ref().map(|l| &l.info));
         let loaded = result?;
         let old = self.aggregate.swap(loaded.clone());
@@ -390,7 +419,7 @@ impl Reloader {
     }
 
     /// Records a reload attempt's outcome in the metrics and its history.
-    fn count(&self, slot: &str, outcome: Result<&PluginInfo, &ProofError>) {
+    fn count(&self, slot: &str, outcome: Result<&PluginInfo, &ReloadError>) {
         match outcome {
             Ok(info) => {
                 self.stats.plugin_reloads(
@@ -400,8 +429,9 @@ impl Reloader {
                 );
             }
             Err(e) => {
-                self.stats.plugin_reloads(slot, false, e.to_string());
-                tracing::error!(plugin = slot, error = %e, "plugin reload rejected; the old version keeps serving");
+                let reason = crate::redact::in_text(&e.to_string()).into_owned();
+                tracing::error!(plugin = slot, error = %reason, "plugin reload rejected; the old version keeps serving");
+                self.stats.plugin_reloads(slot, false, reason);
             }
         }
     }
@@ -428,7 +458,7 @@ impl Reloader {
             Ok(next) => next,
             Err(e) => {
                 self.stats.config_reloads(false, e.to_string());
-                tracing::error!(error = %e, "pipeline.toml rejected; the running pipeline is untouched");
+                tracing::error!(error = %crate::redact::in_text(&e.to_string()), "pipeline.toml rejected; the running pipeline is untouched");
                 return Err(e.into());
             }
         };
@@ -602,7 +632,7 @@ impl Reloader {
                 Some(config) => self.start_rollout(config, rollout).await,
                 None => Err(ReloadError::NoSuchPlugin { name: request.slot.clone(), known: self.known_plugins() }),
             };
-            let _ = request.reply.send(result.map_err(|e| e.to_string()));
+            let _ = request.reply.send(result.map_err(|e| crate::redact::in_text(&e.to_string()).into_owned()));
             return;
         }
         let result = if request.slot == "aggregate" {
@@ -613,7 +643,7 @@ impl Reloader {
                 None => Err(ReloadError::NoSuchPlugin { name: request.slot.clone(), known: self.known_plugins() }),
             }
         };
-        let _ = request.reply.send(result.map(|s| s.new).map_err(|e| e.to_string()));
+        let _ = request.reply.send(result.map(|s| s.new).map_err(|e| crate::redact::in_text(&e.to_string()).into_owned()));
     }
 
     /// The plugins a reload can name, for error messages.
@@ -652,4 +682,71 @@ fn same_file(event_path: &Path, target: &Path) -> bool {
         (dir, name)
     };
     canon(event_path) == canon(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Slots whose next preparation panics: the test hook of [`prepare`],
+    /// compiled into tests only.
+    static PANIC_NEXT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    /// Whether preparing `slot` panics now (once per arming).
+    pub(super) fn take_armed_panic(slot: &str) -> bool {
+        let mut armed = PANIC_NEXT.lock().unwrap_or_else(|e| e.into_inner());
+        let before = armed.len();
+        armed.retain(|s| s != slot);
+        armed.len() != before
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_while_preparing_a_reload_rejects_it_and_the_next_reload_applies() {
+        // A copy of its own, so that a rebuild of target/plugins is no change here.
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = dir.path().join("aggregate.wasm");
+        std::fs::copy(clickstream_testkit::plugin("aggregate"), &wasm).unwrap();
+        let file = dir.path().join("pipeline.toml");
+        std::fs::write(&file, format!("[source]\ntopics = [\"clicks\"]\n[plugins.aggregate]\npath = '{}'\n", wasm.display())).unwrap();
+        let config = PipelineConfig::parse(&std::fs::read_to_string(&file).unwrap(), &file, |_| None).unwrap();
+        let aggregate = Arc::new(Slot::new(prove_aggregate(config.aggregate_spec(), Tiering::Optimized).unwrap()));
+        let live = LiveSettings {
+            batching: watch::channel(config.batching()).0,
+            decode: watch::channel(config.decode_limits()).0,
+            aggregate: watch::channel(config.aggregate.clone()).0,
+        };
+        let stats = Arc::new(Stats::default());
+        let (restart, _restarts) = watch::channel(None);
+        let chain = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        let reloader = Reloader::new(config, chain, aggregate.clone(), Arc::new(GeoIp::empty()), live, stats.clone(), restart);
+        let (requests, received) = mpsc::channel(1);
+        let (stop, stopped) = watch::channel(false);
+        let running = tokio::spawn(reloader.run(Arc::new(Notify::new()), received, stopped));
+        let reload = || async {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            requests
+                .send(ReloadRequest { slot: "aggregate".into(), action: ReloadAction::Reload, reply })
+                .await
+                .expect("the reloader runs");
+            answer.await.expect("the reloader answers")
+        };
+        let serving = aggregate.current();
+
+        PANIC_NEXT.lock().unwrap().push("aggregate".into());
+        let refused = reload().await.expect_err("a reload whose preparation panicked is refused");
+        assert!(refused.contains("panicked: test hook: preparing `aggregate` panics"), "{refused}");
+        assert!(Arc::ptr_eq(&aggregate.current(), &serving), "the serving version is unchanged");
+        let recorded = stats.reload_history().pop().unwrap();
+        assert_eq!((recorded.what.as_str(), recorded.outcome), ("aggregate", "rejected"));
+        assert!(recorded.detail.contains("panicked"), "{}", recorded.detail);
+
+        let applied = reload().await.expect("the next reload applies");
+        assert_eq!(applied.content_hash, serving.info.content_hash);
+        assert!(!Arc::ptr_eq(&aggregate.current(), &serving), "the reloaded version serves");
+        assert_eq!((stats.reloads_of("aggregate", "rejected"), stats.reloads_of("aggregate", "accepted")), (1, 1));
+        stop.send(true).unwrap();
+        running.await.expect("the reloader stops cleanly");
+    }
 }

@@ -7,6 +7,12 @@
 //! `referrer` and `session_id` (strings) are optional. Other keys are ignored,
 //! so trackers can send more than the pipeline reads.
 //!
+//! A key repeated within one object, at any depth, refuses the record:
+//! parsers disagree on which value counts (this one kept the last), so a
+//! tracker, a transform and a replay could each read another event.
+//! `url` and `referrer` are kept without userinfo
+//! (`https://user:pass@host/x` is stored as `https://host/x`).
+//!
 //! What is refused here would otherwise be refused later, one batch at a
 //! time, by the plugin or by PostgreSQL: a NUL character (`text` cannot hold
 //! one), a field longer than its [`limits`] (an id that long overflows a
@@ -14,7 +20,12 @@
 //! [`DecodeLimits`]'s range (PostgreSQL's `timestamptz` ends in year 294276,
 //! and a far-future event would finalise every aggregate window).
 
-use serde_json::{Map, Value};
+use std::cell::Cell;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
+use serde_json::{Map, Number, Value};
 
 use crate::stages::record::limits::{check_text, FieldError, ID_MAX_BYTES};
 use crate::stages::record::{Consumed, DeadLetter, Decoded, RawEvent, Stage, WriteBatch};
@@ -34,6 +45,10 @@ pub enum DecodeError {
     /// Not valid JSON, or not a JSON object.
     #[error("not a JSON object: {0}")]
     NotJson(String),
+    /// An object holds a key twice; the path names it (`user_id`,
+    /// `attributes.plan`, `items[1].id`).
+    #[error("key `{0}` appears twice in one object; JSON parsers disagree on which value counts, so the record is refused")]
+    DuplicateKey(String),
     /// A required key is absent or null.
     #[error("missing required field `{0}`")]
     MissingField(&'static str),
@@ -63,6 +78,7 @@ impl DecodeError {
         match self {
             DecodeError::TooLarge { .. } => "too_large",
             DecodeError::NotJson(_) => "not_json",
+            DecodeError::DuplicateKey(_) => "duplicate_key",
             DecodeError::MissingField(_) => "missing_field",
             DecodeError::WrongType { .. } => "wrong_type",
             DecodeError::TimestampOutOfRange { .. } => "timestamp_out_of_range",
@@ -131,7 +147,7 @@ pub fn decode(
     if bytes.len() > limits.max_record_bytes {
         return Err(DecodeError::TooLarge { size: bytes.len(), max: limits.max_record_bytes });
     }
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    let value = parse_strict(bytes)?;
     let Value::Object(mut obj) = value else {
         return Err(DecodeError::NotJson(format!("got {}", describe(&value))));
     };
@@ -144,10 +160,10 @@ pub fn decode(
         event_id,
         user_id: required_string(&mut obj, "user_id")?,
         timestamp_ms: timestamp(&mut obj)?,
-        url: required_string(&mut obj, "url")?,
+        url: without_userinfo(required_string(&mut obj, "url")?),
         ip: optional_string(&mut obj, "ip")?.unwrap_or_default(),
         user_agent: optional_string(&mut obj, "user_agent")?.unwrap_or_default(),
-        referrer: optional_string(&mut obj, "referrer")?,
+        referrer: optional_string(&mut obj, "referrer")?.map(without_userinfo),
         session_id: optional_string(&mut obj, "session_id")?,
     };
     click.check_fields()?;
@@ -157,6 +173,140 @@ pub fn decode(
         return Err(DecodeError::TimestampOutOfRange { timestamp_ms: click.timestamp_ms, shown, min_ms, max_ms });
     }
     Ok(click)
+}
+
+/// `url` without the userinfo of its authority: `https://user:pass@host/x`
+/// becomes `https://host/x` (a password in a page's address is not the
+/// pipeline's to store, nor the search index's to show). The userinfo ends
+/// at the authority's last `@`, as browsers read it, so a password holding
+/// `@` goes whole. Everything else is kept byte for byte; a string with no
+/// authority (`/path`, `mailto:a@b`) is kept as it is.
+fn without_userinfo(mut url: String) -> String {
+    let start = if url.starts_with("//") {
+        2
+    } else {
+        match url.split_once("://") {
+            Some((scheme, _))
+                if scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')) =>
+            {
+                scheme.len() + 3
+            }
+            _ => return url,
+        }
+    };
+    let end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
+    if let Some(at) = url[start..end].rfind('@') {
+        url.replace_range(start..=start + at, "");
+    }
+    url
+}
+
+/// Parses a record as JSON, refusing a key repeated within an object.
+fn parse_strict(bytes: &[u8]) -> Result<Value, DecodeError> {
+    let repeated = Cell::new(None);
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    let parsed = Strict { at: KeyPath::Root, repeated: &repeated }.deserialize(&mut json).and_then(|value| json.end().map(|()| value));
+    parsed.map_err(|e| match repeated.take() {
+        Some(key) => DecodeError::DuplicateKey(key),
+        None => DecodeError::NotJson(e.to_string()),
+    })
+}
+
+/// Where a value sits in the record, to name a repeated key; built on the
+/// stack as the parser descends, rendered only when a key repeats.
+#[derive(Clone, Copy)]
+enum KeyPath<'a> {
+    Root,
+    Key(&'a KeyPath<'a>, &'a str),
+    Index(&'a KeyPath<'a>, usize),
+}
+
+impl fmt::Display for KeyPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyPath::Root => Ok(()),
+            KeyPath::Key(KeyPath::Root, key) => write!(f, "{key}"),
+            KeyPath::Key(parent, key) => write!(f, "{parent}.{key}"),
+            KeyPath::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
+/// A [`Value`] as `serde_json` builds it, except that a repeated key is an
+/// error (its path left in `repeated`) instead of replacing the first value.
+struct Strict<'a> {
+    at: KeyPath<'a>,
+    repeated: &'a Cell<Option<String>>,
+}
+
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(Strict { at: KeyPath::Index(&self.at, items.len()), repeated: self.repeated })? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match object.entry(key) {
+                Entry::Vacant(slot) => {
+                    let value = map.next_value_seed(Strict { at: KeyPath::Key(&self.at, slot.key()), repeated: self.repeated })?;
+                    slot.insert(value);
+                }
+                Entry::Occupied(first) => {
+                    self.repeated.set(Some(KeyPath::Key(&self.at, first.key()).to_string()));
+                    return Err(de::Error::custom(format_args!("key `{}` repeated", first.key())));
+                }
+            }
+        }
+        Ok(Value::Object(object))
+    }
 }
 
 fn describe(value: &Value) -> String {
@@ -241,10 +391,65 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_key_is_refused_with_its_own_kind_and_its_path() {
+        let err = dec(r#"{"user_id":"a","user_id":"b","timestamp":1795856400250,"url":"/a"}"#).unwrap_err();
+        assert_eq!(err, DecodeError::DuplicateKey("user_id".into()));
+        assert_eq!(err.kind(), "duplicate_key");
+        assert!(err.to_string().contains("`user_id` appears twice"), "{err}");
+        // Nested objects (attributes a tracker sends along), in arrays too,
+        // even where the pipeline reads nothing.
+        let nested = dec(r#"{"user_id":"u","timestamp":1795856400250,"url":"/a","attributes":{"plan":"free","plan":"pro"}}"#);
+        assert_eq!(nested.unwrap_err(), DecodeError::DuplicateKey("attributes.plan".into()));
+        let listed = dec(r#"{"user_id":"u","timestamp":1795856400250,"url":"/a","items":[{"id":1},{"id":1,"id":2}]}"#);
+        assert_eq!(listed.unwrap_err(), DecodeError::DuplicateKey("items[1].id".into()));
+        // The same key in two objects is no repetition; nor is a key
+        // differing in case.
+        let fine = dec(r#"{"user_id":"u","timestamp":1795856400250,"url":"/a","a":{"id":1},"b":{"id":1},"USER_ID":"x"}"#).unwrap();
+        assert_eq!(fine.user_id, "u");
+        // A repeated key in broken JSON is still a repeated key; broken
+        // JSON alone is still not JSON, with serde_json's own message.
+        assert_eq!(dec(r#"{"a":1,"a":2"#).unwrap_err().kind(), "duplicate_key");
+        assert_eq!(dec(r#"{"a":1,}"#).unwrap_err().to_string(), "not a JSON object: trailing comma at line 1 column 8");
+    }
+
+    #[test]
+    fn a_repeated_key_becomes_a_dead_letter_of_its_own_kind() {
+        let payload = br#"{"user_id":"a","timestamp":1795856400250,"url":"/a","user_id":"b"}"#.to_vec();
+        let provenance = crate::stages::record::Provenance { topic: "t".into(), partition: 0, offset: 7, received_at: chrono::Utc::now() };
+        let decoded = decode_batch(vec![Consumed { provenance, key: None, payload: payload.clone() }], &DecodeLimits::UNBOUNDED);
+        assert!(decoded.events.is_empty());
+        let dead = &decoded.batch.dead_letters[0];
+        assert_eq!((dead.kind.as_str(), dead.stage, &dead.payload), ("duplicate_key", Stage::Decode, &payload));
+        assert!(dead.reason.contains("`user_id`"), "{}", dead.reason);
+    }
+
+    #[test]
+    fn an_event_url_is_stored_without_its_userinfo() {
+        let with = |url: &str, referrer: &str| {
+            let c = dec(&format!(r#"{{"user_id":"u","timestamp":1795856400250,"url":"{url}","referrer":"{referrer}"}}"#)).unwrap();
+            (c.url, c.referrer.unwrap())
+        };
+        let (url, referrer) = with("https://user:pass@example.com/x", "http://me:secret@ref.example/");
+        assert_eq!((url.as_str(), referrer.as_str()), ("https://example.com/x", "http://ref.example/"));
+        for (sent, stored) in [
+            ("https://u:p@ss@example.com:8443/x?q=1#f", "https://example.com:8443/x?q=1#f"),
+            ("https://token@example.com", "https://example.com"),
+            ("//u:p@cdn.example/x", "//cdn.example/x"),
+            ("https://example.com/@handle?by=a@b#c@d", "https://example.com/@handle?by=a@b#c@d"),
+            ("/cart?u=x@y", "/cart?u=x@y"),
+            ("mailto:a@b.example", "mailto:a@b.example"),
+            ("HTTPS://User@Example.com/Path", "HTTPS://Example.com/Path"),
+        ] {
+            assert_eq!(with(sent, "/").0, stored, "{sent}");
+        }
+    }
+
+    #[test]
     fn a_nul_character_in_any_kept_string_is_refused_with_its_field() {
         for field in ["event_id", "user_id", "url", "ip", "user_agent", "referrer", "session_id"] {
-            let json = format!(r#"{{"user_id":"u","timestamp":1795856400250,"url":"/a","{field}":"x\u0000y"}}"#);
-            assert_eq!(dec(&json).unwrap_err(), DecodeError::Field(FieldError::Nul { field, at: 1 }), "{field}");
+            let mut json = serde_json::json!({"user_id": "u", "timestamp": 1795856400250i64, "url": "/a"});
+            json[field] = "x\u{0}y".into();
+            assert_eq!(dec(&json.to_string()).unwrap_err(), DecodeError::Field(FieldError::Nul { field, at: 1 }), "{field}");
         }
         // A key the pipeline does not keep may hold anything.
         assert!(dec(r#"{"user_id":"u","timestamp":1795856400250,"url":"/a","other":"\u0000"}"#).is_ok());

@@ -8,7 +8,9 @@ use serde::Deserialize;
 use crate::config::{invalid, Apply, ConfigError};
 
 /// `[api]`. The server binds once per process: a new `listen` takes effect
-/// when the process restarts; a new token restarts the pipeline.
+/// when the process restarts. Any other change restarts the pipeline, and
+/// the API applies it when the pipeline is back (a new token, pool, limit,
+/// host list or preview setting).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
@@ -19,15 +21,55 @@ pub struct ApiConfig {
     /// endpoint refuses every request when unset.
     #[serde(default)]
     pub reload_token: Option<String>,
+    /// Connections of the API's own PostgreSQL pool (dead letters, failing
+    /// windows). Ingest, aggregation and publishing never wait for these,
+    /// and a request flood never takes theirs.
+    #[serde(default = "default_db_connections")]
+    pub db_connections: u32,
+    /// `statement_timeout` of the API's connections, and how long a request
+    /// waits for one of them: a slow query answers 503, it does not pile up.
+    #[serde(default = "default_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+    /// Requests answered at once; more are refused with 503 at once instead
+    /// of queueing. `/health` is not counted (liveness must not fail under load).
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// Host names the API answers to besides `localhost`, on any port; a
+    /// request whose `Host` header names another is refused with 421 (DNS
+    /// rebinding). An address (`127.0.0.1`, `[::1]`, the listen address) is
+    /// always answered: there is no name to rebind. `"*"` answers any host.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Whether `/api/dead-letters` shows the start of each payload. Off by
+    /// default: payloads are what clients sent and may hold personal data.
+    #[serde(default)]
+    pub dead_letter_previews: bool,
 }
 
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
+const fn default_db_connections() -> u32 {
+    2
+}
+const fn default_statement_timeout_ms() -> u64 {
+    5_000
+}
+const fn default_max_concurrent_requests() -> usize {
+    16
+}
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: default_listen(), reload_token: None }
+        ApiConfig {
+            listen: default_listen(),
+            reload_token: None,
+            db_connections: default_db_connections(),
+            statement_timeout_ms: default_statement_timeout_ms(),
+            max_concurrent_requests: default_max_concurrent_requests(),
+            allowed_hosts: Vec::new(),
+            dead_letter_previews: false,
+        }
     }
 }
 
@@ -45,6 +87,33 @@ impl ApiConfig {
                 "use a long random token, or remove the key to disable the reload endpoint",
             ));
         }
+        if !(1..=32).contains(&self.db_connections) {
+            return Err(invalid(file, "api.db_connections", format!("is {}", self.db_connections), "use 1 to 32 (default 2)"));
+        }
+        if !(100..=600_000).contains(&self.statement_timeout_ms) {
+            return Err(invalid(
+                file,
+                "api.statement_timeout_ms",
+                format!("is {}", self.statement_timeout_ms),
+                "use 100 to 600000 (default 5000)",
+            ));
+        }
+        if !(1..=4096).contains(&self.max_concurrent_requests) {
+            return Err(invalid(
+                file,
+                "api.max_concurrent_requests",
+                format!("is {}", self.max_concurrent_requests),
+                "use 1 to 4096 (default 16)",
+            ));
+        }
+        if let Some(bad) = self.allowed_hosts.iter().find(|h| !is_host_name(h)) {
+            return Err(invalid(
+                file,
+                "api.allowed_hosts",
+                format!("holds {bad:?}, which is no host name"),
+                "list host names without scheme, port or path, e.g. [\"dashboard.example\"] (addresses are always answered), or [\"*\"] for any",
+            ));
+        }
         Ok(())
     }
 
@@ -54,6 +123,42 @@ impl ApiConfig {
             Apply::Unchanged
         } else {
             Apply::Restart
+        }
+    }
+}
+
+/// A host name as `api.allowed_hosts` takes it: `*`, or letters, digits,
+/// `-`, `.` and `_` (an address needs no entry: every one is answered).
+fn is_host_name(host: &str) -> bool {
+    host == "*"
+        || (!host.is_empty() && host.len() <= 253 && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_hosts_are_names_without_port_or_scheme() {
+        for good in ["*", "localhost", "dash.example", "dash-1.internal_zone"] {
+            assert!(is_host_name(good), "{good}");
+        }
+        for bad in ["", "http://dash.example", "dash.example:8080", "dash example", "a/b", "[::1]"] {
+            assert!(!is_host_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let file = Path::new("pipeline.toml");
+        assert!(ApiConfig::default().validate(file).is_ok());
+        for config in [
+            ApiConfig { db_connections: 0, ..ApiConfig::default() },
+            ApiConfig { statement_timeout_ms: 10, ..ApiConfig::default() },
+            ApiConfig { max_concurrent_requests: 0, ..ApiConfig::default() },
+            ApiConfig { allowed_hosts: vec!["https://x".into()], ..ApiConfig::default() },
+        ] {
+            assert!(config.validate(file).is_err(), "{config:?}");
         }
     }
 }

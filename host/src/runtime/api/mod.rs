@@ -8,18 +8,22 @@
 
 mod aggregates;
 pub mod config;
+mod db;
+mod guard;
 mod metrics;
+mod thread;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
-use axum::extract::{Path, Query, State};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::plugin::PluginInfo;
@@ -28,6 +32,7 @@ use crate::runtime::reload::{ReloadAction, ReloadRequest};
 use crate::stats::Stats;
 
 pub use aggregates::{AggregateGroup, AggregatesQuery, AggregatesResponse, SeriesPoint};
+pub use db::APPLICATION_NAME as DB_APPLICATION_NAME;
 pub use metrics::render as render_metrics;
 
 /// How long `/ready` waits for each dependency.
@@ -40,11 +45,27 @@ const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// The page served at `/`: one file, no external assets.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// The API's state: process-wide metrics and the current pipeline, if any.
+/// Pending dead letters are counted up to this many: counting them all
+/// would read the whole table.
+const PENDING_COUNT_CAP: i64 = 10_000;
+
+/// How long a pending count is reused. Bounded as it is, a count per
+/// request at thousands of requests a second would be most of the
+/// database's work (docs/BENCHMARKS.md, arm 14).
+const PENDING_COUNT_TTL: Duration = Duration::from_secs(1);
+
+/// The API's state: process-wide metrics, the current pipeline, if any,
+/// and what guards the API (its own database pool, the request checks).
 #[derive(Clone, Default)]
 pub struct Api {
     stats: Arc<Stats>,
     pipeline: Arc<ArcSwapOption<Pipeline>>,
+    /// The API's own pool on the current pipeline's database.
+    db: Arc<ArcSwapOption<PgPool>>,
+    /// Host check and concurrency limit, from `[api]`.
+    guard: Arc<ArcSwap<guard::Guard>>,
+    /// The last pending dead-letter count, and when it was taken.
+    pending: Arc<std::sync::Mutex<Option<(std::time::Instant, i64)>>>,
 }
 
 /// An error answer: a status and a JSON body `{"error": message}`.
@@ -77,13 +98,37 @@ impl IntoResponse for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 impl Api {
-    /// An API over `stats`, with no pipeline yet.
+    /// An API over `stats`, with no pipeline yet and the default `[api]`
+    /// settings until [`configure`](Self::configure) or a pipeline says others.
     pub fn new(stats: Arc<Stats>) -> Api {
-        Api { stats, pipeline: Arc::default() }
+        Api { stats, ..Api::default() }
     }
 
-    /// Points the API at a (re)started pipeline.
+    /// Applies `[api]`'s host list and concurrency limit to the requests
+    /// from now on.
+    pub fn configure(&self, config: &config::ApiConfig) {
+        let next = guard::Guard::new(config, Some(&self.guard.load()));
+        self.guard.store(Arc::new(next));
+    }
+
+    /// Points the API at a (re)started pipeline: its `[api]` settings, and a
+    /// pool of the API's own on its database (the previous one is closed).
     pub fn serve_pipeline(&self, pipeline: &Pipeline) {
+        let api = &pipeline.config.api;
+        self.configure(api);
+        let pool = match db::pool(&pipeline.config.store.database_url, api) {
+            Ok(pool) => Some(Arc::new(pool)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make the API's PostgreSQL pool; the endpoints that read PostgreSQL answer 503");
+                None
+            }
+        };
+        *self.pending.lock().expect("never poisoned") = None;
+        if let Some(old) = self.db.swap(pool) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { old.close().await });
+            }
+        }
         self.pipeline.store(Some(Arc::new(pipeline.clone())));
     }
 
@@ -108,6 +153,8 @@ impl Api {
             .method_not_allowed_fallback(|| async {
                 ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint; see README.md, \"HTTP API\"")
             })
+            .layer(axum::middleware::from_fn_with_state(self.clone(), guard::check))
+            .layer(DefaultBodyLimit::max(guard::MAX_BODY_BYTES))
             .with_state(self.clone())
     }
 
@@ -130,6 +177,24 @@ impl Api {
             return Err(ApiError::unavailable("the pipeline is draining (stopping, or restarting after a pipeline.toml change)"));
         }
         Ok(pipeline)
+    }
+
+    /// The API's pool on the running pipeline's database.
+    fn db(&self) -> ApiResult<Arc<PgPool>> {
+        self.db.load_full().ok_or_else(|| ApiError::unavailable("the API has no PostgreSQL pool (see the log)"))
+    }
+
+    /// Pending dead letters up to [`PENDING_COUNT_CAP`] + 1, counted at most
+    /// once per [`PENDING_COUNT_TTL`].
+    async fn pending_dead_letters(&self, pool: &PgPool) -> Result<i64, sqlx::Error> {
+        if let Some((at, n)) = *self.pending.lock().expect("never poisoned") {
+            if at.elapsed() < PENDING_COUNT_TTL {
+                return Ok(n);
+            }
+        }
+        let n = crate::runtime::dead_letters::pending_up_to(pool, PENDING_COUNT_CAP + 1).await?;
+        *self.pending.lock().expect("never poisoned") = Some((std::time::Instant::now(), n));
+        Ok(n)
     }
 }
 
@@ -161,15 +226,15 @@ async fn ready(State(api): State<Api>) -> Response {
     let postgres = async {
         let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pipeline.store.pool());
         match tokio::time::timeout(CHECK_TIMEOUT, ping).await {
-            Ok(Ok(_)) => Ok(json!(redact(&pipeline.config.store.database_url))),
-            Ok(Err(e)) => Err(format!("PostgreSQL: {e}")),
+            Ok(Ok(_)) => Ok(json!(crate::redact::url(&pipeline.config.store.database_url))),
+            Ok(Err(e)) => Err(crate::redact::in_text(&format!("PostgreSQL: {e}")).into_owned()),
             Err(_) => Err(format!("PostgreSQL did not answer within {CHECK_TIMEOUT:?}")),
         }
     };
     let kafka = async {
         let consumer = pipeline.consumer.clone();
         let topic = pipeline.config.source.topics[0].clone();
-        let brokers = pipeline.config.source.brokers.clone();
+        let brokers = crate::redact::in_text(&pipeline.config.source.brokers).into_owned();
         tokio::task::spawn_blocking(move || {
             use rdkafka::consumer::Consumer;
             consumer
@@ -177,12 +242,19 @@ async fn ready(State(api): State<Api>) -> Response {
                 .map(
                     |m| json!({ "brokers": brokers, "topic": topic, "partitions": m.topics().first().map_or(0, |t| t.partitions().len()) }),
                 )
-                .map_err(|e| format!("Kafka ({brokers}): {e}"))
+                .map_err(|e| crate::redact::in_text(&format!("Kafka ({brokers}): {e}")).into_owned())
         })
         .await
         .unwrap_or_else(|e| Err(format!("Kafka check failed: {e}")))
     };
-    let search = async { pipeline.indexer.ping().await.map(|()| json!(pipeline.config.index.url)).map_err(|e| e.to_string()) };
+    let search = async {
+        pipeline
+            .indexer
+            .ping()
+            .await
+            .map(|()| json!(crate::redact::url(&pipeline.config.index.url)))
+            .map_err(|e| crate::redact::in_text(&e.to_string()).into_owned())
+    };
     let (postgres, kafka, search) = tokio::join!(postgres, kafka, search);
     let plugins: serde_json::Map<String, Value> =
         pipeline.plugins().iter().map(|p| (p.info.slot.clone(), json!(version_of(&p.info)))).collect();
@@ -203,17 +275,6 @@ async fn ready(State(api): State<Api>) -> Response {
 
 fn version_of(info: &PluginInfo) -> String {
     format!("{} {}", info.name, info.version)
-}
-
-/// A database URL without its password, for answers anyone can read.
-fn redact(url: &str) -> String {
-    match url.split_once("://").and_then(|(scheme, rest)| rest.split_once('@').map(|(auth, host)| (scheme, auth, host))) {
-        Some((scheme, auth, host)) => match auth.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => format!("{scheme}://{auth}@{host}"),
-        },
-        None => url.to_string(),
-    }
 }
 
 async fn prometheus(State(api): State<Api>) -> Response {
@@ -384,7 +445,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[serde(deny_unknown_fields)]
 struct DeadLetterParams {
     limit: Option<String>,
-    offset: Option<String>,
+    after: Option<String>,
     all: Option<String>,
 }
 
@@ -404,29 +465,49 @@ fn parse_bool(name: &str, value: Option<&str>) -> ApiResult<bool> {
     }
 }
 
+/// A page of dead letters, serialized as it is (no JSON tree built first:
+/// rows are most of the API's work under load).
+#[derive(serde::Serialize)]
+struct DeadLetterPage {
+    pending: i64,
+    pending_capped: bool,
+    limit: i64,
+    after: i64,
+    next: Option<i64>,
+    previews: bool,
+    items: Vec<crate::runtime::dead_letters::DeadLetterRow>,
+}
+
+/// A page of dead letters after the cursor `after` (an id; the `next` of
+/// the previous page), oldest first, read by keyset on the API's pool.
 async fn dead_letters(
     State(api): State<Api>,
     params: Result<Query<DeadLetterParams>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
-    let Query(params) =
-        params.map_err(|e| ApiError::bad_request(format!("{}; the parameters are limit, offset and all", e.body_text())))?;
+) -> ApiResult<Json<DeadLetterPage>> {
+    let Query(params) = params.map_err(|e| {
+        ApiError::bad_request(format!("{}; the parameters are limit, after (the `next` of the previous page) and all", e.body_text()))
+    })?;
     let limit = parse_number("limit", params.limit.as_deref(), 50, 1000)?;
-    let offset = parse_number("offset", params.offset.as_deref(), 0, i64::MAX)?;
+    if limit == 0 {
+        return Err(ApiError::bad_request("limit=\"0\": expected a whole number from 1 to 1000"));
+    }
+    let after = parse_number("after", params.after.as_deref(), 0, i64::MAX)?;
     let all = parse_bool("all", params.all.as_deref())?;
     let pipeline = api.live()?;
-    let pool = pipeline.store.pool();
-    let unavailable = |e: sqlx::Error| ApiError::unavailable(format!("PostgreSQL: {e}"));
-    let (total, pending) = crate::runtime::dead_letters::counts(pool).await.map_err(unavailable)?;
-    let items = crate::runtime::dead_letters::list(pool, !all, limit, offset).await.map_err(unavailable)?;
-    let next_offset = (items.len() as i64 == limit).then_some(offset + limit);
-    Ok(Json(json!({
-        "total": total,
-        "pending": pending,
-        "limit": limit,
-        "offset": offset,
-        "next_offset": next_offset,
-        "items": items,
-    })))
+    let (pool, config) = (api.db()?, &pipeline.config.api);
+    let failed = |e| db::error(e, config);
+    let pending = api.pending_dead_letters(&pool).await.map_err(failed)?;
+    let items = crate::runtime::dead_letters::list(&pool, !all, after, limit, config.dead_letter_previews).await.map_err(failed)?;
+    let next = items.last().filter(|_| items.len() as i64 == limit).map(|last| last.id);
+    Ok(Json(DeadLetterPage {
+        pending: pending.min(PENDING_COUNT_CAP),
+        pending_capped: pending > PENDING_COUNT_CAP,
+        limit,
+        after,
+        next,
+        previews: config.dead_letter_previews,
+        items,
+    }))
 }
 
 #[derive(serde::Deserialize)]
@@ -443,22 +524,13 @@ async fn failing_windows(
     let Query(params) = params.map_err(|e| ApiError::bad_request(format!("{}; the only parameter is limit", e.body_text())))?;
     let limit = parse_number("limit", params.limit.as_deref(), 100, 1000)?;
     let pipeline = api.live()?;
-    let items = crate::stages::aggregate::failing_windows(pipeline.store.pool(), limit)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("PostgreSQL: {e}")))?;
+    let items = crate::stages::aggregate::failing_windows(&*api.db()?, limit).await.map_err(|e| db::error(e, &pipeline.config.api))?;
     Ok(Json(json!({ "failing": api.stats.windows_failing.get(), "items": items })))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redact_hides_only_the_password() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact("postgres:///db"), "postgres:///db");
-    }
 
     #[test]
     fn tokens_compare_whole() {

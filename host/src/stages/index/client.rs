@@ -32,7 +32,7 @@ impl Indexer {
     /// (`https://user:password@host:9200`) are sent as basic auth. Connects
     /// to nothing yet.
     pub fn new(config: &IndexConfig) -> Result<Indexer, IndexError> {
-        let bad_url = |reason: String| IndexError::Url { url: config.url.clone(), reason };
+        let bad_url = |reason: String| IndexError::Url { url: crate::redact::url(&config.url).into_owned(), reason };
         let mut url = Url::parse(&config.url).map_err(|e| bad_url(e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(bad_url(format!("scheme {:?} is not http or https", url.scheme())));

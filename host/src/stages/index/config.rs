@@ -57,7 +57,7 @@ impl IndexConfig {
     /// Checks the URL's scheme, the index name and the bulk size; touches nothing.
     pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
         if !self.url.starts_with("http://") && !self.url.starts_with("https://") {
-            return Err(invalid(file, "index.url", format!("is {:?}", self.url), "use an http:// or https:// URL"));
+            return Err(invalid(file, "index.url", format!("is {:?}", crate::redact::url(&self.url)), "use an http:// or https:// URL"));
         }
         let name = &self.index;
         if name.is_empty()

@@ -89,7 +89,7 @@ pub enum IndexError {
     /// `index.url` cannot be used as a server address.
     #[error("index.url {url:?} is not a usable URL: {reason}; use e.g. http://127.0.0.1:9200")]
     Url {
-        /// The configured URL.
+        /// The configured URL, its secrets hidden ([`crate::redact::url`]).
         url: String,
         reason: String,
     },

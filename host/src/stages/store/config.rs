@@ -55,8 +55,8 @@ impl StoreConfig {
             return Err(invalid(
                 file,
                 "store.database_url",
-                format!("is {:?}", self.database_url),
-                "use a postgres://user@host:port/db URL",
+                format!("is {:?}", crate::redact::url(&self.database_url)),
+                "use a postgres://user@host:5432/db URL",
             ));
         }
         if !(1..=64).contains(&self.max_in_flight_batches) {

@@ -84,7 +84,8 @@ pub struct Store {
 }
 
 /// Connections besides the writers': aggregation, publishing, partition
-/// upkeep, the API.
+/// upkeep, the API's readiness check (the API's queries have a pool of
+/// their own, `api.db_connections`).
 const SHARED_CONNECTIONS: u32 = 6;
 
 impl Store {

@@ -11,7 +11,15 @@
 //! - `short` makes the whole batch answer one outcome too few (a contract
 //!   breach the host catches);
 //! - `drop` is dropped (reason `asked`), `reject` rejected (field `user_id`);
-//! - `chatty` logs 1000 messages (the host rate-limits them).
+//! - `chatty` logs 1000 messages (the host rate-limits them);
+//! - `sleep` sleeps 20 s (`std::thread::sleep`), `poll` and `block` wait
+//!   20 s on a clock in `wasi:io/poll` (the host bounds each by the call's
+//!   deadline);
+//! - `socket` opens a TCP socket (the host denies it);
+//! - `alias` answers the batch with every city pointing at one 1 MiB
+//!   buffer, `alias-import` passes geoip 200 addresses pointing at one
+//!   1 MiB buffer: few bytes in the guest, hundreds of MiB if the host
+//!   copied them all (it stops at its bound).
 //!
 //! Every other event is kept with country and city from geoip.
 
@@ -48,8 +56,17 @@ impl Guest for Plugin {
             panic!("built to trap on every batch");
         }
         let short = batch.iter().any(|e| e.user_id == "short");
+        let alias = batch.iter().any(|e| e.user_id == "alias");
+        if batch.iter().any(|e| e.user_id == "alias-import") {
+            let big = "1".repeat(1 << 20);
+            let ips = aliases(&big, 200);
+            // `ManuallyDrop<String>` is a `String` in memory.
+            let ips: &[String] = unsafe { std::slice::from_raw_parts(ips.as_ptr().cast::<String>(), ips.len()) };
+            clickstream::pipeline::geoip::lookup_batch(ips);
+        }
         let ips: Vec<String> = batch.iter().map(|e| e.ip.clone()).collect();
         let locations = clickstream::pipeline::geoip::lookup_batch(&ips);
+        let batch_len = batch.len();
         let mut hoard: Vec<Vec<u8>> = Vec::new();
         let mut out: Vec<Outcome> = batch
             .into_iter()
@@ -71,6 +88,18 @@ impl Guest for Plugin {
                     "drop" => return Outcome::Drop("asked".into()),
                     "reject" => return Outcome::Reject(Rejection { field: Some("user_id".into()), reason: "asked to reject".into() }),
                     "chatty" => (0..1000).for_each(|i| log(Level::Info, &format!("chatty message {i}"))),
+                    "sleep" => std::thread::sleep(std::time::Duration::from_secs(20)),
+                    "poll" => {
+                        let clock = wasip2::clocks::monotonic_clock::subscribe_duration(20_000_000_000);
+                        wasip2::io::poll::poll(&[&clock]);
+                    }
+                    "block" => wasip2::clocks::monotonic_clock::subscribe_duration(20_000_000_000).block(),
+                    "socket" => {
+                        let family = wasip2::sockets::network::IpAddressFamily::Ipv4;
+                        if let Err(e) = wasip2::sockets::tcp_create_socket::create_tcp_socket(family) {
+                            return Outcome::Reject(Rejection { field: None, reason: format!("socket refused: {e:?}") });
+                        }
+                    }
                     _ => {}
                 }
                 if let Some(l) = location {
@@ -96,8 +125,24 @@ impl Guest for Plugin {
         if short {
             out.pop();
         }
+        if alias {
+            let big: &'static str = Box::leak("x".repeat(1 << 20).into_boxed_str());
+            for (outcome, city) in out.iter_mut().zip(aliases(big, batch_len)) {
+                if let Outcome::Keep(event) = outcome {
+                    event.city = Some(std::mem::ManuallyDrop::into_inner(city));
+                }
+            }
+        }
         out
     }
+}
+
+/// `n` strings sharing `text`'s bytes: what a hostile guest can hand the
+/// host without holding more than one copy. Never dropped by this side.
+fn aliases(text: &str, n: usize) -> Vec<std::mem::ManuallyDrop<String>> {
+    (0..n)
+        .map(|_| std::mem::ManuallyDrop::new(unsafe { String::from_raw_parts(text.as_ptr() as *mut u8, text.len(), text.len()) }))
+        .collect()
 }
 
 export!(Plugin);
