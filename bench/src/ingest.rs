@@ -14,7 +14,8 @@
 //! topic while events are produced at half of arm 1's rate. Arm 11 is arm 1
 //! with two hosts in one consumer group; arm 12 is arm 1 on a table that
 //! already holds four times the topic's events in the same day partition
-//! (the rate at 4–5M stored events against arm 1's 0–1M).
+//! (the rate at 4–5M stored events against arm 1's 0–1M). Arm 14 is arm 1
+//! while loopback clients hammer the host's API ([`super::api_load`]).
 
 use std::time::{Duration, Instant};
 
@@ -117,6 +118,13 @@ pub async fn run_prefilled(bench: &Bench, state: &State, arm1: Option<f64>) -> a
     Ok(over_arm_1(figures, arm1))
 }
 
+/// Runs arm 14: arm 1 beside `--api-clients` clients on the host's API.
+pub async fn run_beside_api_load(bench: &Bench, state: &State, arm1: Option<f64>) -> anyhow::Result<Value> {
+    let (figures, _) =
+        run_pipeline(bench, state, "api_load", &Shape { api_clients: bench.args.api_clients.max(1), ..Shape::default() }).await?;
+    Ok(over_arm_1(figures, arm1))
+}
+
 fn over_arm_1(mut figures: Value, arm1: Option<f64>) -> Value {
     let rate = figures.pointer("/steady/events_per_s").and_then(Value::as_f64);
     figures["over_arm_1"] = json!(super::stats::ratio(rate, arm1));
@@ -124,16 +132,18 @@ fn over_arm_1(mut figures: Value, arm1: Option<f64>) -> Value {
 }
 
 /// How a pipeline arm runs: transforms after enrich, hosts in the group,
-/// events in the table before the host starts.
+/// events in the table before the host starts, clients on the first host's
+/// API while it ingests.
 struct Shape<'a> {
     after: &'a [&'a str],
     hosts: usize,
     prefill: u64,
+    api_clients: usize,
 }
 
 impl Default for Shape<'_> {
     fn default() -> Self {
-        Shape { after: &[], hosts: 1, prefill: 0 }
+        Shape { after: &[], hosts: 1, prefill: 0, api_clients: 0 }
     }
 }
 
@@ -144,6 +154,9 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, shape: &Shape<'_
     let topic = state.topic.clone().context("the ingest topic was not produced")?;
     let db = bench.fresh_database(name).await?;
     let before = super::copy::prefill(bench, &db, shape.prefill).await?;
+    if shape.api_clients > 0 {
+        super::api_load::prefill_dead_letters(&db, super::api_load::dead_letters_for(bench.args.quick)).await?;
+    }
     let pipeline = bench.write_chain_pipeline(name, &topic.name, &db, &bench.plugin("enrich")?, after)?;
     let log = bench.work.join(format!("{name}-host.log"));
     let pool = pool(&db).await?;
@@ -159,6 +172,23 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, shape: &Shape<'_
             )
         })
         .collect::<Result<_, _>>()?;
+    let load = match shape.api_clients {
+        0 => None,
+        clients => {
+            // The API is up before the pipeline connects, so the load runs from the first record on.
+            let waited = Instant::now();
+            let address = loop {
+                hosts[0].check_alive()?;
+                if let Some(address) = super::api_load::api_address(&hosts[0].log()) {
+                    break address;
+                }
+                anyhow::ensure!(waited.elapsed() < Duration::from_secs(60), "the host's API did not come up in 60 s: {}", tail(&log, 20));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            progress(format_args!("  {clients} clients on the API at http://{address}/"));
+            Some(super::api_load::start(&address, clients, bench.args.api_rate)?)
+        }
+    };
     let total = topic.records as i64;
     let mut samples: Vec<(f64, i64)> = Vec::new();
     let (mut peak_rss, mut max_rss) = (0.0f64, 0.0f64);
@@ -197,6 +227,10 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, shape: &Shape<'_
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let api_load = match load {
+        Some(load) => load.finish(bench.args.api_rate).await,
+        None => Value::Null,
+    };
     let cpu = hosts.iter().map(Host::cpu_seconds).sum::<Option<f64>>();
     let (pg_cpu, broker_cpu, wall) =
         (cpu_seconds_of(&["postgres"]) - pg_cpu0, cpu_seconds_of(&["nisshi", "tansu"]) - broker_cpu0, wall0.elapsed().as_secs_f64());
@@ -272,6 +306,7 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, shape: &Shape<'_
             "measures": "after the host stopped: apply_window_changes over the run's whole window log (what the aggregator does each pass: versions bumped, neighbour windows probed), one connection",
         },
         "host_counters": counters,
+        "api_load": api_load,
         "batch_size": bench.sizes.batch_size,
         "max_in_flight_batches": 4,
         "aggregation": "on, with aggregate.interval_ms = 3600000: no pass runs during the measurement (arm 5 measures aggregation)",

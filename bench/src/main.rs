@@ -17,11 +17,15 @@
 //! 6. [`swap`]: hot swaps under load.
 //! 7. [`index`]: aggregate documents → search server by bulk size.
 //!
+//! Arms 8 to 14 are in docs/BENCHMARKS.md ("What each arm measures"); 14,
+//! [`api_load`], is arm 1 beside loopback clients hammering the host's API.
+//!
 //! This file holds what every arm shares: the options, the run's state
 //! (services, fresh databases, work folders), the result format and the
 //! driver that runs the arms in order; each arm is a file of its own.
 
 pub mod aggregate;
+pub mod api_load;
 pub mod batched;
 pub mod broker;
 pub mod copy;
@@ -79,7 +83,13 @@ pub struct BenchArgs {
     /// Same seed, same events, for every arm.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// `store.writers` in the pipeline files of the host arms (1, 6, 8, 10, 11, 12).
+    /// Loopback clients hammering the host's API in arm 14.
+    #[arg(long, default_value_t = 4)]
+    pub api_clients: usize,
+    /// Requests per second the clients of arm 14 send together at most (0: each as fast as it is answered).
+    #[arg(long, default_value_t = 0)]
+    pub api_rate: u64,
+    /// `store.writers` in the pipeline files of the host arms (1, 6, 8, 10, 11, 12, 14).
     #[arg(long, default_value_t = 4)]
     pub writers: usize,
     /// Arms to run, e.g. `0,1,3` (default: all).
@@ -502,8 +512,8 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
         }};
     }
 
-    // The topic arms 0, 1, 8, 10, 11, 12 and 13 read, produced once.
-    if [0, 1, 8, 10, 11, 12, 13].into_iter().any(|n| bench.runs(n)) {
+    // The topic arms 0, 1, 8, 10, 11, 12, 13 and 14 read, produced once.
+    if [0, 1, 8, 10, 11, 12, 13, 14].into_iter().any(|n| bench.runs(n)) {
         match data::produce_topic(&bench).await {
             Ok(t) => state.topic = Some(t),
             Err(e) => progress(format_args!("producing the bench topic FAILED: {e:#}")),
@@ -517,6 +527,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
     arm!(10, "full pipeline, enrich → utm (JavaScript)", ingest::run_chain(&bench, &state, arm1_rate, &["utm"]));
     arm!(11, "full pipeline, two hosts in one group", ingest::run_two_hosts(&bench, &state, arm1_rate));
     arm!(12, "full pipeline on a table holding 4× the topic", ingest::run_prefilled(&bench, &state, arm1_rate));
+    arm!(14, "full pipeline beside API load", ingest::run_beside_api_load(&bench, &state, arm1_rate));
     arm!(13, "careful batched design (multi-row INSERT per 5,000)", batched::run(&bench, &state));
     arm!(2, "ingest limit (binary COPY)", copy::run_copy(&bench));
     arm!(3, "native vs WASM enrich", enrich::run(&bench));

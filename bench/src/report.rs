@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use super::stats::{format_number, format_ratio, ratio, Goal, Target};
 use super::Results;
 
-/// The targets of issues #8, #14 and #17, each with its measured value and verdict.
+/// The targets of issues #8, #14, #17 and #18, each with its measured value and verdict.
 pub fn targets(r: &Results) -> Vec<Target> {
     let arm1 = r.num(1, "/steady/events_per_s");
     let arm0 = r.num(0, "/events_per_s");
@@ -172,6 +172,20 @@ pub fn targets(r: &Results) -> Vec<Target> {
             format!("{} events/s from {} rows at start", f(r.num(12, "/steady/events_per_s")), f(r.num(12, "/table_rows_at_start"))),
         ),
         Target::new(
+            "Arm 14 (beside API load) / arm 1",
+            r.num(14, "/over_arm_1"),
+            Goal::AtLeast,
+            0.9,
+            "×",
+            format!(
+                "{} events/s while {} loopback clients made {} API requests/s ({} shed)",
+                f(r.num(14, "/steady/events_per_s")),
+                f(r.num(14, "/api_load/clients")),
+                f(r.num(14, "/api_load/requests_per_s")),
+                f(r.num(14, "/api_load/shed_503")),
+            ),
+        ),
+        Target::new(
             "Latency at half of arm 1's rate, p99 receipt → stored",
             r.num(1, "/below_capacity/latency/per_event_ms/p99"),
             Goal::AtMost,
@@ -269,6 +283,17 @@ pub fn markdown(r: &Results) -> String {
                 format_ratio(r.num(12, "/over_arm_1")),
             ),
             ("ok", 13) => format!("{} events/s", f(r.num(13, "/events_per_s"))),
+            ("ok", 14) => format!(
+                "{} events/s steady, {} of arm 1, beside {} clients: {} API requests/s (dead letters p99 {} ms, aggregates p99 {} ms, metrics p99 {} ms; {} shed)",
+                f(r.num(14, "/steady/events_per_s")),
+                format_ratio(r.num(14, "/over_arm_1")),
+                f(r.num(14, "/api_load/clients")),
+                f(r.num(14, "/api_load/requests_per_s")),
+                f(r.num(14, "/api_load/by_endpoint/dead_letters/latency_ms/p99")),
+                f(r.num(14, "/api_load/by_endpoint/aggregates/latency_ms/p99")),
+                f(r.num(14, "/api_load/by_endpoint/metrics/latency_ms/p99")),
+                f(r.num(14, "/api_load/shed_503")),
+            ),
             ("ok", 10) => format!(
                 "{} events/s steady, {} of arm 1; peak RSS {} MiB",
                 f(r.num(10, "/steady/events_per_s")),
