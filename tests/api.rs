@@ -72,6 +72,27 @@ impl Client {
 
 /// Samples of a Prometheus exposition: `name{labels}` → value. Fails on any
 /// line that is not a comment or a well-formed sample.
+/// An API in this process on a free loopback port, serving until `stop`
+/// turns true; no pipeline yet.
+struct Served {
+    stats: Arc<clickstream::stats::Stats>,
+    api: clickstream::runtime::api::Api,
+    client: Client,
+    stop: tokio::sync::watch::Sender<bool>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn serve_api() -> Served {
+    let stats = Arc::new(clickstream::stats::Stats::default());
+    let api = clickstream::runtime::api::Api::new(stats.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = Client { base: format!("http://{}", listener.local_addr().unwrap()), http: reqwest::Client::new() };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(api.clone().serve(listener, stopped.clone()));
+    Served { stats, api, client, stop, stopped, serving }
+}
+
 fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -437,12 +458,7 @@ async fn ready_names_what_is_missing_and_reload_needs_a_configured_token() {
     let config = support::load_config(&pipeline);
     clickstream::kafka::ensure_topic(&support::brokers(), &config.source.topics[0], 1).await.unwrap();
 
-    let stats = Arc::new(clickstream::stats::Stats::default());
-    let api = clickstream::runtime::api::Api::new(stats.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let client = Client { base: format!("http://{}", listener.local_addr().unwrap()), http: reqwest::Client::new() };
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let serving = tokio::spawn(api.clone().serve(listener, stopped.clone()));
+    let Served { stats, api, client, stop, stopped, serving } = serve_api().await;
 
     let (status, body) = client.get("/ready").await;
     assert_eq!(status, 503);
@@ -499,12 +515,7 @@ async fn a_search_url_password_never_reaches_ready() {
     assert_eq!(config.index.url, search, "the search URL with its credentials is what runs");
     clickstream::kafka::ensure_topic(&support::brokers(), &config.source.topics[0], 1).await.unwrap();
 
-    let stats = Arc::new(clickstream::stats::Stats::default());
-    let api = clickstream::runtime::api::Api::new(stats.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let client = Client { base: format!("http://{}", listener.local_addr().unwrap()), http: reqwest::Client::new() };
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let serving = tokio::spawn(api.clone().serve(listener, stopped.clone()));
+    let Served { stats, api, client, stop, stopped, serving } = serve_api().await;
     let running = tokio::spawn({
         let api = api.clone();
         clickstream::runtime::pipeline::run_until_stopped(config, stopped, Default::default(), stats.clone(), move |p| {
