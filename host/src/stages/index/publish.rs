@@ -104,6 +104,17 @@ impl Publisher {
                 let (window, url) = (rows[r.position].get::<i64, _>(0), rows[r.position].get::<String, _>(2));
                 tracing::warn!(%url, window, reason = %r.reason, "search server refused an aggregate");
             }
+            // Counted once the search server has them, before the rows are
+            // marked: whoever sees a row marked indexed sees it counted (a
+            // retry after a failed mark counts the batch again).
+            let now_ms = Utc::now().timestamp_millis();
+            for (row, error) in rows.iter().zip(&rejected) {
+                if let (None, false, Some(newest)) = (error, row.get::<bool, _>(13), row.get::<Option<i64>, _>(12)) {
+                    self.stats.event_to_index_seconds.observe((now_ms - newest).max(0) as f64 / 1000.0);
+                }
+            }
+            self.stats.documents_indexed.add(outcome.indexed as u64);
+            self.stats.documents_rejected.add(outcome.rejected.len() as u64);
             let windows: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
             let urls: Vec<String> = rows.iter().map(|r| r.get(2)).collect();
             let countries: Vec<String> = rows.iter().map(|r| r.get(3)).collect();
@@ -126,16 +137,8 @@ impl Publisher {
                 .bind(&windows)
                 .execute(&self.pool)
                 .await?;
-            let now_ms = Utc::now().timestamp_millis();
-            for (row, error) in rows.iter().zip(&rejected) {
-                if let (None, false, Some(newest)) = (error, row.get::<bool, _>(13), row.get::<Option<i64>, _>(12)) {
-                    self.stats.event_to_index_seconds.observe((now_ms - newest).max(0) as f64 / 1000.0);
-                }
-            }
             let refused = outcome.rejected.len() as u64;
             let done = (outcome.indexed + outcome.superseded.len()) as u64;
-            self.stats.documents_indexed.add(outcome.indexed as u64);
-            self.stats.documents_rejected.add(refused);
             total.0 += done;
             total.1 += refused;
         }
