@@ -255,6 +255,16 @@ async fn api_reports_what_the_pipeline_did() {
     assert_eq!(metric(&m, "clickstream_windows_failing"), 0.0);
     assert!(metric(&m, "clickstream_event_to_index_seconds_count") >= docs_in_db);
     assert_eq!(metric(&m, "clickstream_up"), 1.0);
+    // A real Prometheus text parser reads the same scrape: the store stage's
+    // histogram has every batch in its +Inf bucket.
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("/metrics parses");
+    let store = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "clickstream_batch_duration_seconds" && s.labels.get("stage") == Some("store"))
+        .expect("the store stage's histogram");
+    let prometheus_parse::Value::Histogram(buckets) = &store.value else { panic!("not a histogram: {:?}", store.value) };
+    assert_eq!(buckets.last().map(|b| (b.less_than, b.count)), Some((f64::INFINITY, batches)));
 
     // Lag: known for every partition, and zero once everything is stored
     // (the client reports high watermarks every 2 s).

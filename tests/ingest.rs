@@ -278,7 +278,8 @@ async fn a_postgres_restart_mid_stream_pauses_ingest_and_loses_and_duplicates_no
     let topic = support::unique("ingest_pg_restart");
     clickstream::kafka::ensure_topic(&support::brokers(), &topic, 4).await.unwrap();
     let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &pg.url, "");
-    let mut host = support::Host::start(&pipeline, &dir.path().join("host.log"));
+    // Logs as a shipper would read them: the pause must be findable by field.
+    let mut host = support::Host::try_start(&pipeline, &dir.path().join("host.log"), &[("CLICKSTREAM_LOG_FORMAT", "json")]).unwrap();
     let producing = tokio::spawn({
         let topic = topic.clone();
         async move { produce_to(&topic, generator(30_000, 0.02, 4), Some(4_000)).await }
@@ -298,6 +299,13 @@ async fn a_postgres_restart_mid_stream_pauses_ingest_and_loses_and_duplicates_no
     let expected = expected_event_ids(&records);
     assert_eq!(stored.len(), expected.len(), "each event stored once");
     assert_eq!(stored.into_iter().collect::<BTreeSet<_>>(), expected);
+    let log = host.log();
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"))).collect();
+    assert!(lines.iter().all(|l| l["timestamp"].is_string() && l["level"].is_string() && l["target"].is_string()));
+    let paused = lines.iter().find(|l| l["message"] == "cannot store batch; ingestion paused").expect("the pause was logged");
+    assert_eq!(paused["level"], "WARN");
+    assert!(paused["retry_in"].is_string() && paused["records"].is_u64(), "{paused}");
     let log = host.log();
     assert!(log.contains("ingestion paused"), "the outage was noticed and logged:\n{log}");
     assert!(log.contains("ingestion resumed"), "{log}");

@@ -6,10 +6,11 @@
 //! - [`runtime`]: the control plane (wiring, hot reload, HTTP API);
 //! - [`config`]: pipeline.toml, composed from each component's section;
 //! - shared infrastructure: [`kafka`], [`postgres`], [`stats`], [`redact`]
-//!   (secrets out of URLs wherever they are shown), and the load generator
-//!   [`produce`].
+//!   (secrets out of URLs wherever they are shown), [`backoff`] (how retry
+//!   loops wait), and the load generator [`produce`].
 #![deny(missing_docs)]
 
+pub mod backoff;
 pub mod config;
 pub mod kafka;
 pub mod plugin;

@@ -1,62 +1,25 @@
-//! Counters, gauges and histograms every stage updates; the API renders them
-//! for Prometheus (`/metrics`) and as JSON for the dashboard.
+//! Counters, gauges and histograms every stage updates, as `prometheus-client`
+//! metrics registered once in [`Stats::registry`]; the API renders them for
+//! Prometheus (`/metrics`, see `runtime::api::metrics`) and reads the same
+//! values for the dashboard's JSON.
 //!
-//! Everything is lock-free on the per-record path (atomics); maps keyed by
-//! label take a mutex once per batch at most.
+//! Counters and gauges are atomics; a labelled family takes a read lock per
+//! update, which the stages do once per batch at most.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-/// A monotonically increasing count.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.add(1);
-    }
-
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// The current count.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+pub use prometheus_client::metrics::counter::Counter;
 
 /// A value that goes up and down.
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicU64);
-
-impl Gauge {
-    /// Sets the value.
-    pub fn set(&self, value: u64) {
-        self.0.store(value, Ordering::Relaxed);
-    }
-
-    /// The current value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A distribution over fixed buckets, as Prometheus histograms are: counts
-/// per upper bound (`le`), plus the sum and count of observations.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// One per bound, plus the `+Inf` bucket; not cumulative.
-    buckets: Vec<AtomicU64>,
-    /// Sum of observations, as f64 bits (updated by compare-and-swap).
-    sum: AtomicU64,
-    count: AtomicU64,
-}
+pub type Gauge = prometheus_client::metrics::gauge::Gauge<i64, AtomicI64>;
 
 /// Bucket bounds for durations in seconds: 1 ms to 5 minutes.
 pub const SECONDS_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -67,66 +30,6 @@ pub const RECORDS_BUCKETS: &[f64] = &[1.0, 8.0, 64.0, 256.0, 512.0, 1024.0, 2048
 /// Bucket bounds for event-to-index latency in seconds: a second to a day
 /// (event times can be far in the past when a backlog is replayed).
 pub const LATENCY_BUCKETS: &[f64] = &[1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 21600.0, 86400.0];
-
-/// A point-in-time copy of a [`Histogram`].
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct HistogramSnapshot {
-    /// `(upper bound, cumulative count)`, the last bound being `+Inf`.
-    pub buckets: Vec<(f64, u64)>,
-    /// Sum of observations.
-    pub sum: f64,
-    /// Number of observations.
-    pub count: u64,
-}
-
-impl HistogramSnapshot {
-    /// The bucket bound below which `q` (0..1) of the observations fall: an
-    /// upper estimate, as precise as the buckets. `None` when empty.
-    pub fn quantile(&self, q: f64) -> Option<f64> {
-        if self.count == 0 {
-            return None;
-        }
-        let rank = (q * self.count as f64).ceil().max(1.0) as u64;
-        self.buckets.iter().find(|(_, n)| *n >= rank).map(|(le, _)| *le)
-    }
-}
-
-impl Histogram {
-    /// An empty histogram over `bounds` (ascending).
-    pub fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum: AtomicU64::new(0f64.to_bits()),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    /// Records one observation.
-    pub fn observe(&self, value: f64) {
-        let i = self.bounds.iter().position(|b| value <= *b).unwrap_or(self.bounds.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let _ = self.sum.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| Some((f64::from_bits(bits) + value).to_bits()));
-    }
-
-    /// Records a duration in seconds.
-    pub fn observe_duration(&self, took: Duration) {
-        self.observe(took.as_secs_f64());
-    }
-
-    /// A consistent-enough copy (counts may move while it is taken; each
-    /// bucket is read once).
-    pub fn snapshot(&self) -> HistogramSnapshot {
-        let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(self.buckets.len());
-        for (i, n) in self.buckets.iter().enumerate() {
-            cumulative += n.load(Ordering::Relaxed);
-            buckets.push((self.bounds.get(i).copied().unwrap_or(f64::INFINITY), cumulative));
-        }
-        HistogramSnapshot { buckets, sum: f64::from_bits(self.sum.load(Ordering::Relaxed)), count: cumulative }
-    }
-}
 
 /// The stages whose batches are timed and sized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -157,21 +60,6 @@ impl BatchStage {
             BatchStage::Aggregate => "aggregate",
             BatchStage::Index => "index",
         }
-    }
-}
-
-/// Size and duration of each stage's batches.
-#[derive(Debug)]
-pub struct StageHistograms {
-    /// Records per batch.
-    pub records: Histogram,
-    /// Seconds per batch.
-    pub seconds: Histogram,
-}
-
-impl Default for StageHistograms {
-    fn default() -> Self {
-        StageHistograms { records: Histogram::new(RECORDS_BUCKETS), seconds: Histogram::new(SECONDS_BUCKETS) }
     }
 }
 
@@ -209,6 +97,38 @@ pub struct ReloadRecord {
 /// How many reload attempts the history keeps.
 const RELOAD_HISTORY: usize = 50;
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StageLabel {
+    stage: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DeadLetterLabels {
+    stage: &'static str,
+    kind: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    what: String,
+    outcome: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn seconds_histogram() -> Histogram {
+    Histogram::new(SECONDS_BUCKETS.iter().copied())
+}
+
+fn records_histogram() -> Histogram {
+    Histogram::new(RECORDS_BUCKETS.iter().copied())
+}
+
 /// The pipeline's metrics since the process started. One instance lives as
 /// long as the process, across pipeline restarts, so counters never reset
 /// while Prometheus scrapes them.
@@ -244,28 +164,35 @@ pub struct Stats {
     pub documents_rejected: Counter,
     /// Windows set aside after a failed aggregation, now.
     pub windows_failing: Gauge,
-    /// Failed window aggregations by kind (`trap`, `contract`, `database`, ...).
-    window_failures_by: Mutex<BTreeMap<&'static str, u64>>,
-    /// Batch sizes and durations per stage.
-    stages: [StageHistograms; 5],
     /// From the newest event of a window to its aggregates being indexed.
     pub event_to_index_seconds: Histogram,
-    /// Dead letters by (stage, kind).
-    dead_letters_by: Mutex<BTreeMap<(&'static str, String), u64>>,
-    /// Offsets per (topic, partition) this host consumes.
+    window_failures: Family<KindLabel, Counter>,
+    batch_records: HistogramFamily<StageLabel>,
+    batch_seconds: HistogramFamily<StageLabel>,
+    dead_letters: Family<DeadLetterLabels, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
+    /// Offsets per (topic, partition) this host consumes; read at each scrape.
     partitions: Mutex<BTreeMap<(String, i32), PartitionOffsets>>,
-    /// Reloads by (what, outcome): what is a plugin slot or `pipeline.toml`,
-    /// outcome `accepted` or `rejected`.
-    reloads: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// The latest reload attempts, oldest first.
     reload_history: Mutex<VecDeque<ReloadRecord>>,
+    /// Every metric above, registered under its documented name.
+    registry: Registry,
     /// When the process started.
     pub started_at: SystemTime,
 }
 
 impl Default for Stats {
     fn default() -> Self {
-        Stats {
+        let window_failures = Family::default();
+        let batch_records: HistogramFamily<StageLabel> = Family::new_with_constructor(records_histogram);
+        let batch_seconds: HistogramFamily<StageLabel> = Family::new_with_constructor(seconds_histogram);
+        for stage in BatchStage::ALL {
+            // Every stage is exposed from the start, with zero observations.
+            let label = StageLabel { stage: stage.as_str() };
+            drop(batch_records.get_or_create(&label));
+            drop(batch_seconds.get_or_create(&label));
+        }
+        let mut stats = Stats {
             consumed: Counter::default(),
             consumed_bytes: Counter::default(),
             stored: Counter::default(),
@@ -281,55 +208,133 @@ impl Default for Stats {
             documents_indexed: Counter::default(),
             documents_rejected: Counter::default(),
             windows_failing: Gauge::default(),
-            window_failures_by: Mutex::default(),
-            stages: Default::default(),
-            event_to_index_seconds: Histogram::new(LATENCY_BUCKETS),
-            dead_letters_by: Mutex::default(),
+            event_to_index_seconds: Histogram::new(LATENCY_BUCKETS.iter().copied()),
+            window_failures,
+            batch_records,
+            batch_seconds,
+            dead_letters: Family::default(),
+            reloads: Family::default(),
             partitions: Mutex::default(),
-            reloads: Mutex::default(),
             reload_history: Mutex::default(),
+            registry: Registry::default(),
             started_at: SystemTime::now(),
-        }
+        };
+        stats.registry = stats.register();
+        stats
     }
 }
 
-/// A poisoned lock only means another thread panicked mid-update of a
-/// metric; the numbers are still worth reporting.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Stats {
-    /// The histograms of `stage`.
-    pub fn stage(&self, stage: BatchStage) -> &StageHistograms {
-        &self.stages[stage as usize]
+    /// Registers every metric under its documented name (README, "Metrics").
+    /// Counters get their `_total` suffix from the encoder.
+    fn register(&self) -> Registry {
+        let mut r = Registry::default();
+        let counters: [(&str, &str, &Counter); 10] = [
+            ("clickstream_records_consumed", "Records read from Kafka, redeliveries included.", &self.consumed),
+            ("clickstream_consumed_bytes", "Payload bytes read from Kafka.", &self.consumed_bytes),
+            ("clickstream_events_stored", "Events inserted into PostgreSQL (what came out of the end of the chain).", &self.stored),
+            ("clickstream_records_dropped", "Records a transform dropped (counted in dropped_events, not stored).", &self.dropped),
+            (
+                "clickstream_records_dead_lettered",
+                "Records inserted into the dead-letter table (all stages and kinds).",
+                &self.dead_lettered,
+            ),
+            (
+                "clickstream_records_redelivered",
+                "Records skipped because PostgreSQL had stored their offset before (redeliveries).",
+                &self.redelivered,
+            ),
+            ("clickstream_events_duplicate", "Events skipped because their event id was already stored.", &self.duplicates),
+            ("clickstream_store_batches", "Batches written to PostgreSQL.", &self.batches_written),
+            ("clickstream_store_retries", "Failed PostgreSQL write attempts (each retried).", &self.store_retries),
+            (
+                "clickstream_transform_batch_failures",
+                "Transform calls that failed as a batch and were retried event by event.",
+                &self.transform_batch_failures,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            r.register(name, help, counter.clone());
+        }
+        r.register(
+            "clickstream_dead_letters",
+            "Dead letters by stage (decode, transform, store) and kind (not_json, missing_field, rejected, trap, contract, invalid_value, ...).",
+            self.dead_letters.clone(),
+        );
+        r.register("clickstream_batch_records", "Records per batch, by stage.", self.batch_records.clone());
+        r.register("clickstream_batch_duration_seconds", "Seconds per batch, by stage.", self.batch_seconds.clone());
+        r.register(
+            "clickstream_reloads",
+            "Reload attempts by what (a transform's name, aggregate, pipeline.toml) and outcome (accepted, rejected).",
+            self.reloads.clone(),
+        );
+        let counters: [(&str, &str, &Counter); 4] = [
+            ("clickstream_aggregation_passes", "Aggregation passes run.", &self.aggregation_passes),
+            ("clickstream_windows_aggregated", "Windows aggregated (re-aggregations included).", &self.windows_aggregated),
+            ("clickstream_documents_indexed", "Aggregate documents the search server accepted.", &self.documents_indexed),
+            ("clickstream_documents_rejected", "Aggregate documents the search server refused.", &self.documents_rejected),
+        ];
+        for (name, help, counter) in counters {
+            r.register(name, help, counter.clone());
+        }
+        r.register(
+            "clickstream_windows_failing",
+            "Windows whose last aggregation failed, set aside and retried with backoff.",
+            self.windows_failing.clone(),
+        );
+        r.register(
+            "clickstream_window_failures",
+            "Failed window aggregations by kind: trap, deadline, memory, contract, database, ...",
+            self.window_failures.clone(),
+        );
+        r.register(
+            "clickstream_event_to_index_seconds",
+            "From the newest event time of a window to its aggregate document being indexed, per document.",
+            self.event_to_index_seconds.clone(),
+        );
+        r
+    }
+
+    /// Every process-wide metric; the API adds the live pipeline's at each
+    /// scrape.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The seconds-per-batch histograms alone, for readers of their buckets
+    /// (the API's quantiles): prometheus-client shows a histogram's buckets
+    /// only by encoding it.
+    pub fn batch_seconds(&self) -> Registry {
+        let mut r = Registry::default();
+        r.register("clickstream_batch_duration_seconds", "Seconds per batch, by stage.", self.batch_seconds.clone());
+        r
     }
 
     /// Records one batch of `records` that took `took` in `stage`.
     pub fn batch(&self, stage: BatchStage, records: usize, took: Duration) {
-        let h = self.stage(stage);
-        h.records.observe(records as f64);
-        h.seconds.observe_duration(took);
+        let label = StageLabel { stage: stage.as_str() };
+        self.batch_records.get_or_create(&label).observe(records as f64);
+        self.batch_seconds.get_or_create(&label).observe(took.as_secs_f64());
     }
 
     /// Counts dead letters of one (stage, kind).
     pub fn dead_letters(&self, stage: &'static str, kind: &str, n: u64) {
-        *lock(&self.dead_letters_by).entry((stage, kind.to_string())).or_default() += n;
+        self.dead_letters.get_or_create(&DeadLetterLabels { stage, kind: kind.to_string() }).inc_by(n);
+    }
+
+    /// Dead letters of one (stage, kind) so far.
+    pub fn dead_letters_of(&self, stage: &'static str, kind: &str) -> u64 {
+        self.dead_letters.get(&DeadLetterLabels { stage, kind: kind.to_string() }).map_or(0, |c| c.get())
     }
 
     /// Counts a failed window aggregation of `kind`.
     pub fn window_failures(&self, kind: &'static str) {
-        *lock(&self.window_failures_by).entry(kind).or_default() += 1;
+        self.window_failures.get_or_create(&KindLabel { kind }).inc();
     }
 
-    /// Failed window aggregations by kind so far.
-    pub fn window_failures_by(&self) -> BTreeMap<&'static str, u64> {
-        lock(&self.window_failures_by).clone()
-    }
-
-    /// Dead letters by (stage, kind) so far.
-    pub fn dead_letters_by(&self) -> BTreeMap<(&'static str, String), u64> {
-        lock(&self.dead_letters_by).clone()
+    /// Failed window aggregations of `kind` so far.
+    pub fn window_failures_of(&self, kind: &'static str) -> u64 {
+        self.window_failures.get(&KindLabel { kind }).map_or(0, |c| c.get())
     }
 
     /// Records the broker's high watermark of a partition.
@@ -371,7 +376,7 @@ impl Stats {
             std::borrow::Cow::Borrowed(_) => detail,
             std::borrow::Cow::Owned(redacted) => redacted,
         };
-        *lock(&self.reloads).entry((what.to_string(), outcome)).or_default() += 1;
+        self.reloads.get_or_create(&ReloadLabels { what: what.to_string(), outcome: outcome.to_string() }).inc();
         let mut history = lock(&self.reload_history);
         if history.len() == RELOAD_HISTORY {
             history.pop_front();
@@ -392,12 +397,15 @@ impl Stats {
 
     /// Reloads of `what` with `outcome` so far.
     pub fn reloads_of(&self, what: &str, outcome: &str) -> u64 {
-        lock(&self.reloads).iter().filter(|((w, o), _)| w == what && *o == outcome).map(|(_, n)| *n).sum()
+        self.reloads.get(&ReloadLabels { what: what.to_string(), outcome: outcome.to_string() }).map_or(0, |c| c.get())
     }
 
-    /// Reloads by (what, outcome).
-    pub fn reloads(&self) -> BTreeMap<(String, &'static str), u64> {
-        lock(&self.reloads).clone()
+    /// Makes `what`'s accepted and rejected reload counts visible before its
+    /// first reload, so a scrape shows them at 0 rather than absent.
+    pub fn expose_reloads_of(&self, what: &str) {
+        for outcome in ["accepted", "rejected"] {
+            drop(self.reloads.get_or_create(&ReloadLabels { what: what.to_string(), outcome: outcome.to_string() }));
+        }
     }
 
     /// The latest reload attempts, oldest first.
@@ -406,25 +414,15 @@ impl Stats {
     }
 }
 
+/// A poisoned lock only means another thread panicked mid-update of a
+/// metric; the numbers are still worth reporting.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn histogram_buckets_are_cumulative_with_sum_and_count() {
-        let h = Histogram::new(&[1.0, 10.0]);
-        for v in [0.5, 1.0, 5.0, 50.0] {
-            h.observe(v);
-        }
-        let s = h.snapshot();
-        assert_eq!(s.buckets, vec![(1.0, 2), (10.0, 3), (f64::INFINITY, 4)]);
-        assert_eq!(s.count, 4);
-        assert!((s.sum - 56.5).abs() < 1e-9);
-        assert_eq!(s.quantile(0.5), Some(1.0));
-        assert_eq!(s.quantile(0.75), Some(10.0));
-        assert_eq!(s.quantile(0.99), Some(f64::INFINITY));
-        assert_eq!(Histogram::new(&[1.0]).snapshot().quantile(0.5), None);
-    }
 
     #[test]
     fn lag_needs_both_offsets_and_never_goes_negative() {
@@ -450,5 +448,16 @@ mod tests {
         assert_eq!(history.len(), RELOAD_HISTORY);
         assert_eq!(history.last().unwrap().detail, format!("v{}", RELOAD_HISTORY + 4));
         assert_eq!(stats.reloads_of("enrich", "accepted") + stats.reloads_of("enrich", "rejected"), (RELOAD_HISTORY + 5) as u64);
+    }
+
+    #[test]
+    fn labelled_counts_read_back_what_was_counted() {
+        let stats = Stats::default();
+        stats.dead_letters("store", "constraint", 2);
+        stats.dead_letters("store", "constraint", 1);
+        stats.window_failures("trap");
+        assert_eq!(stats.dead_letters_of("store", "constraint"), 3);
+        assert_eq!(stats.dead_letters_of("decode", "constraint"), 0);
+        assert_eq!((stats.window_failures_of("trap"), stats.window_failures_of("contract")), (1, 0));
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod aggregate;
 pub mod dead_letters;
+pub mod docs;
 pub mod plugin;
 pub mod produce;
 pub mod run;

@@ -131,7 +131,7 @@ fn step(runner: &mut TransformRunner, live: Live, batch: &mut WriteBatch, stats:
         extended: Extended::default(),
         counters: slot.counters().clone(),
     };
-    out.counters.records_in.add(n as u64);
+    out.counters.records_in.inc_by(n as u64);
     let canary = slot.canary();
     let (rest, share) = match canary.as_ref().filter(|c| c.takes_batch()) {
         Some(canary) => (trial(canary, live, &mut out, batch), Share::CanaryRest),
@@ -143,7 +143,7 @@ fn step(runner: &mut TransformRunner, live: Live, batch: &mut WriteBatch, stats:
     if let Some(canary) = canary {
         canary.settle(&slot, stats);
     }
-    out.counters.kept.add(out.kept.events.len() as u64);
+    out.counters.kept.inc_by(out.kept.events.len() as u64);
     out.kept
 }
 

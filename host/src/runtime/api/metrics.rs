@@ -1,302 +1,371 @@
-//! `/metrics`: the pipeline's metrics in the Prometheus text format (0.0.4).
-//! Every name is documented in README.md ("Metrics").
+//! `/metrics`: the pipeline's metrics in the Prometheus text format (0.0.4),
+//! encoded by `prometheus-client`. The process-wide metrics live in
+//! [`Stats::registry`]; what belongs to the running pipeline (its plugins,
+//! the partitions it consumes) is read at each scrape by [`Live`]. Every
+//! family is documented in README.md ("Metrics") and listed in
+//! `tests/metrics/families.txt`, which a test compares with a scrape.
 
-use std::fmt::Write;
+use std::fmt;
+use std::time::SystemTime;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::prometheus_text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::TypedMetric;
+use prometheus_client::registry::Registry;
 
 use crate::plugin::PluginCounters;
 use crate::runtime::pipeline::{Pipeline, PluginView};
-use crate::stats::{BatchStage, HistogramSnapshot, PartitionOffsets, Stats};
+use crate::stats::{BatchStage, PartitionOffsets, Stats};
 
-/// Builds the text of one scrape.
-struct Exposition(String);
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-impl Exposition {
-    fn header(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// The whole exposition: process-wide metrics from `stats`, and the live
+/// plugins' when a pipeline is running.
+pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> Result<String, fmt::Error> {
+    exposition(stats, pipeline.is_some(), pipeline.map(Pipeline::plugins).unwrap_or_default())
+}
+
+fn exposition(stats: &Stats, up: bool, plugins: Vec<PluginView>) -> Result<String, fmt::Error> {
+    for plugin in &plugins {
+        stats.expose_reloads_of(&plugin.info.slot);
     }
+    stats.expose_reloads_of("pipeline.toml");
+    let mut live = Registry::default();
+    live.register_collector(Box::new(Live {
+        up,
+        started_at: stats.started_at,
+        partitions: stats.partitions().into_iter().collect(),
+        plugins,
+    }));
+    let mut out = String::with_capacity(16 * 1024);
+    encode(&mut out, &live)?;
+    encode(&mut out, stats.registry())?;
+    Ok(out)
+}
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        self.0.push_str(name);
-        if !labels.is_empty() {
-            self.0.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.0.push(',');
-                }
-                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
-            }
-            self.0.push('}');
-        }
-        let _ = writeln!(self.0, " {value}");
+/// The `q` quantiles (0..1) of a stage's seconds per batch, each the bucket
+/// bound below which that share of batches fell, as Prometheus's
+/// `histogram_quantile` bounds it; `None` before the first batch. Read from
+/// the histogram `/metrics` exposes, so the two never disagree.
+pub fn batch_seconds_quantiles(stats: &Stats, stage: BatchStage, qs: &[f64]) -> Vec<Option<f64>> {
+    let mut text = String::new();
+    let buckets = encode(&mut text, &stats.batch_seconds()).ok().and_then(|()| {
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).ok()?;
+        scrape.samples.into_iter().find_map(|s| match s.value {
+            prometheus_parse::Value::Histogram(buckets) if s.labels.get("stage") == Some(stage.as_str()) => Some(buckets),
+            _ => None,
+        })
+    });
+    let buckets = buckets.unwrap_or_default();
+    qs.iter().map(|q| quantile(&buckets, *q)).collect()
+}
+
+/// The first bucket bound whose cumulative count reaches rank `q`.
+fn quantile(buckets: &[prometheus_parse::HistogramCount], q: f64) -> Option<f64> {
+    let total = buckets.iter().map(|b| b.count).fold(0.0, f64::max);
+    if total == 0.0 {
+        return None;
     }
+    let rank = (q * total).ceil().max(1.0);
+    buckets.iter().find(|b| b.count >= rank).map(|b| b.less_than)
+}
 
-    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-        self.header(name, kind, help);
-        self.sample(name, &[], value);
-    }
+/// What is read from the running pipeline at each scrape.
+struct Live {
+    up: bool,
+    started_at: SystemTime,
+    partitions: Vec<((String, i32), PartitionOffsets)>,
+    plugins: Vec<PluginView>,
+}
 
-    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &HistogramSnapshot) {
-        for (le, n) in &h.buckets {
-            let le = if le.is_infinite() { "+Inf".to_string() } else { le.to_string() };
-            let mut with_le = labels.to_vec();
-            with_le.push(("le", &le));
-            self.sample(&format!("{name}_bucket"), &with_le, n);
-        }
-        self.sample(&format!("{name}_sum"), labels, h.sum);
-        self.sample(&format!("{name}_count"), labels, h.count);
+impl fmt::Debug for Live {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Live").field("up", &self.up).field("plugins", &self.plugins.len()).finish_non_exhaustive()
     }
 }
 
-/// Label values may hold any text; these three characters must be escaped.
-fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// One family of values read at scrape time: `name` without the `_total` a
+/// counter gets from the encoder.
+fn family<L: EncodeLabelSet, M: EncodeMetric + TypedMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, M)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, M::TYPE)?;
+    for (labels, value) in samples {
+        value.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
-/// The whole exposition: process-wide counters from `stats`, and the live
-/// plugins' details when a pipeline is running.
-pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> String {
-    let mut out = Exposition(String::with_capacity(16 * 1024));
-    out.single("clickstream_up", "gauge", "1 while the pipeline runs, 0 while it is starting or restarting.", u8::from(pipeline.is_some()));
-    out.single(
-        "clickstream_uptime_seconds",
-        "gauge",
-        "Seconds since the process started.",
-        stats.started_at.elapsed().unwrap_or_default().as_secs_f64(),
-    );
-    let ingest_counters: [(&str, &str, &crate::stats::Counter); 10] = [
-        ("clickstream_records_consumed_total", "Records read from Kafka, redeliveries included.", &stats.consumed),
-        ("clickstream_consumed_bytes_total", "Payload bytes read from Kafka.", &stats.consumed_bytes),
-        ("clickstream_events_stored_total", "Events inserted into PostgreSQL (what came out of the end of the chain).", &stats.stored),
-        ("clickstream_records_dropped_total", "Records a transform dropped (counted in dropped_events, not stored).", &stats.dropped),
-        (
-            "clickstream_records_dead_lettered_total",
-            "Records inserted into the dead-letter table (all stages and kinds).",
-            &stats.dead_lettered,
-        ),
-        (
-            "clickstream_records_redelivered_total",
-            "Records skipped because PostgreSQL had stored their offset before (redeliveries).",
-            &stats.redelivered,
-        ),
-        ("clickstream_events_duplicate_total", "Events skipped because their event id was already stored.", &stats.duplicates),
-        ("clickstream_store_batches_total", "Batches written to PostgreSQL.", &stats.batches_written),
-        ("clickstream_store_retries_total", "Failed PostgreSQL write attempts (each retried).", &stats.store_retries),
-        (
-            "clickstream_transform_batch_failures_total",
-            "Transform calls that failed as a batch and were retried event by event.",
-            &stats.transform_batch_failures,
-        ),
-    ];
-    for (name, help, counter) in ingest_counters {
-        out.single(name, "counter", help, counter.get());
-    }
-    out.header(
-        "clickstream_dead_letters_total",
-        "counter",
-        "Dead letters by stage (decode, transform, store) and kind (not_json, missing_field, rejected, trap, contract, invalid_value, ...).",
-    );
-    for ((stage, kind), n) in stats.dead_letters_by() {
-        out.sample("clickstream_dead_letters_total", &[("stage", stage), ("kind", &kind)], n);
-    }
+/// A sample without labels.
+const NO_LABELS: [(&str, &str); 0] = [];
 
-    out.header("clickstream_batch_records", "histogram", "Records per batch, by stage.");
-    for stage in BatchStage::ALL {
-        out.histogram("clickstream_batch_records", &[("stage", stage.as_str())], &stats.stage(stage).records.snapshot());
-    }
-    out.header("clickstream_batch_duration_seconds", "histogram", "Seconds per batch, by stage.");
-    for stage in BatchStage::ALL {
-        out.histogram("clickstream_batch_duration_seconds", &[("stage", stage.as_str())], &stats.stage(stage).seconds.snapshot());
-    }
-
-    let partitions = stats.partitions();
-    type Value = fn(&PartitionOffsets) -> Option<i64>;
-    let per_partition: [(&str, &str, Value); 3] = [
-        ("clickstream_consumer_lag", "Records on the broker not yet stored, per partition this host consumes.", PartitionOffsets::lag),
-        ("clickstream_partition_high_watermark", "The broker's next offset, per partition this host consumes.", |o| o.high_watermark),
-        ("clickstream_partition_stored_offset", "The next offset this host has stored in PostgreSQL, per partition.", |o| o.stored_next),
-    ];
-    for (name, help, value) in per_partition {
-        out.header(name, "gauge", help);
-        for ((topic, partition), offsets) in &partitions {
-            if let Some(v) = value(offsets) {
-                out.sample(name, &[("topic", topic), ("partition", &partition.to_string())], v);
-            }
-        }
-    }
-
-    let plugins = pipeline.map(Pipeline::plugins).unwrap_or_default();
-    render_plugins(&mut out, &plugins);
-    out.header(
-        "clickstream_reloads_total",
-        "counter",
-        "Reload attempts by what (a transform's name, aggregate, pipeline.toml) and outcome (accepted, rejected).",
-    );
-    let names = plugins.iter().map(|p| p.info.slot.as_str()).chain(["pipeline.toml"]);
-    for what in names {
-        for outcome in ["accepted", "rejected"] {
-            out.sample("clickstream_reloads_total", &[("what", what), ("outcome", outcome)], stats.reloads_of(what, outcome));
-        }
-    }
-
-    let output_counters: [(&str, &str, &crate::stats::Counter); 4] = [
-        ("clickstream_aggregation_passes_total", "Aggregation passes run.", &stats.aggregation_passes),
-        ("clickstream_windows_aggregated_total", "Windows aggregated (re-aggregations included).", &stats.windows_aggregated),
-        ("clickstream_documents_indexed_total", "Aggregate documents the search server accepted.", &stats.documents_indexed),
-        ("clickstream_documents_rejected_total", "Aggregate documents the search server refused.", &stats.documents_rejected),
-    ];
-    for (name, help, counter) in output_counters {
-        out.single(name, "counter", help, counter.get());
-    }
-    out.single(
-        "clickstream_windows_failing",
-        "gauge",
-        "Windows whose last aggregation failed, set aside and retried with backoff.",
-        stats.windows_failing.get(),
-    );
-    out.header(
-        "clickstream_window_failures_total",
-        "counter",
-        "Failed window aggregations by kind: trap, deadline, memory, contract, database, ...",
-    );
-    for (kind, n) in stats.window_failures_by() {
-        out.sample("clickstream_window_failures_total", &[("kind", kind)], n);
-    }
-    out.header(
-        "clickstream_event_to_index_seconds",
-        "histogram",
-        "From the newest event time of a window to its aggregate document being indexed, per document.",
-    );
-    out.histogram("clickstream_event_to_index_seconds", &[], &stats.event_to_index_seconds.snapshot());
-    out.0
+fn counter(n: u64) -> ConstCounter<u64> {
+    ConstCounter::new(n)
 }
 
-/// Each plugin's version, calls, errors and memory; each transform's
-/// events in and what became of them.
-fn render_plugins(out: &mut Exposition, plugins: &[PluginView]) {
-    out.header("clickstream_plugin_info", "gauge", "The plugin version serving under each name (always 1).");
-    for p in plugins {
-        let info = &p.info;
-        let hash = &info.content_hash[..12.min(info.content_hash.len())];
-        let labels = [
-            ("plugin", info.slot.as_str()),
-            ("kind", p.kind),
-            ("name", &info.name),
-            ("version", &info.version),
-            ("contract", &info.contract),
-            ("sha256", hash),
+fn gauge<N>(n: N) -> ConstGauge<N> {
+    ConstGauge::new(n)
+}
+
+impl Collector for Live {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let e = &mut encoder;
+        family(
+            e,
+            "clickstream_up",
+            "1 while the pipeline runs, 0 while it is starting or restarting.",
+            [(NO_LABELS, gauge(i64::from(self.up)))],
+        )?;
+        let uptime = self.started_at.elapsed().unwrap_or_default().as_secs_f64();
+        family(e, "clickstream_uptime_seconds", "Seconds since the process started.", [(NO_LABELS, gauge(uptime))])?;
+        self.encode_partitions(e)?;
+        self.encode_plugins(e)?;
+        self.encode_transforms(e)?;
+        self.encode_rollouts(e)
+    }
+}
+
+impl Live {
+    fn encode_partitions(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        type Value = fn(&PartitionOffsets) -> Option<i64>;
+        let per_partition: [(&str, &str, Value); 3] = [
+            ("clickstream_consumer_lag", "Records on the broker not yet stored, per partition this host consumes.", PartitionOffsets::lag),
+            ("clickstream_partition_high_watermark", "The broker's next offset, per partition this host consumes.", |o| o.high_watermark),
+            ("clickstream_partition_stored_offset", "The next offset this host has stored in PostgreSQL, per partition.", |o| {
+                o.stored_next
+            }),
         ];
-        out.sample("clickstream_plugin_info", &labels, 1);
-    }
-    out.header("clickstream_plugin_calls_total", "counter", "Calls into the plugin (one per batch or aggregation step).");
-    for p in plugins {
-        out.sample("clickstream_plugin_calls_total", &[("plugin", &p.info.slot)], p.counters.calls.get());
-    }
-    out.header(
-        "clickstream_plugin_errors_total",
-        "counter",
-        "Failed plugin calls by kind: trap, deadline (epoch interruption), memory (cap hit), contract, configure.",
-    );
-    for p in plugins {
-        let errors = p.counters.errors();
-        for kind in ["trap", "deadline", "memory", "contract", "configure"] {
-            let n = errors.get(kind).copied().unwrap_or(0);
-            out.sample("clickstream_plugin_errors_total", &[("plugin", &p.info.slot), ("kind", kind)], n);
+        for (name, help, value) in per_partition {
+            let samples = self.partitions.iter().filter_map(|((topic, partition), offsets)| {
+                Some(([("topic", topic.clone()), ("partition", partition.to_string())], gauge(value(offsets)?)))
+            });
+            family(e, name, help, samples)?;
         }
+        Ok(())
     }
-    out.header("clickstream_plugin_memory_high_water_bytes", "gauge", "Largest linear memory any instance of the plugin reached.");
-    for p in plugins {
-        out.sample("clickstream_plugin_memory_high_water_bytes", &[("plugin", &p.info.slot)], p.counters.memory_high_water());
+
+    /// Each plugin's version, calls, errors and memory.
+    fn encode_plugins(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let info = self.plugins.iter().map(|p| {
+            let info = &p.info;
+            let hash = &info.content_hash[..12.min(info.content_hash.len())];
+            let labels = [
+                ("plugin", info.slot.as_str()),
+                ("kind", p.kind),
+                ("name", &info.name),
+                ("version", &info.version),
+                ("contract", &info.contract),
+                ("sha256", hash),
+            ];
+            (labels, gauge(1i64))
+        });
+        family(e, "clickstream_plugin_info", "The plugin version serving under each name (always 1).", info)?;
+        let calls = self.plugins.iter().map(|p| ([("plugin", p.info.slot.as_str())], counter(p.counters.calls.get())));
+        family(e, "clickstream_plugin_calls", "Calls into the plugin (one per batch or aggregation step).", calls)?;
+        let errors = self.plugins.iter().flat_map(|p| {
+            let errors = p.counters.errors();
+            ["trap", "deadline", "memory", "contract", "configure"]
+                .map(|kind| ([("plugin", p.info.slot.as_str()), ("kind", kind)], counter(errors.get(kind).copied().unwrap_or(0))))
+        });
+        family(
+            e,
+            "clickstream_plugin_errors",
+            "Failed plugin calls by kind: trap, deadline (epoch interruption), memory (cap hit), contract, configure.",
+            errors,
+        )?;
+        let memory = self.plugins.iter().map(|p| ([("plugin", p.info.slot.as_str())], gauge(p.counters.memory_high_water())));
+        family(e, "clickstream_plugin_memory_high_water_bytes", "Largest linear memory any instance of the plugin reached.", memory)
     }
-    let transforms: Vec<&PluginView> = plugins.iter().filter(|p| p.kind == "transform").collect();
-    type Count = fn(&PluginCounters) -> u64;
-    let per_transform: [(&str, &str, Count); 3] = [
-        ("clickstream_transform_events_in_total", "Events given to the transform.", |c| c.records_in.get()),
-        ("clickstream_transform_events_kept_total", "Events the transform kept (passed on down the chain).", |c| c.kept.get()),
-        ("clickstream_transform_events_rejected_total", "Events the transform rejected (dead-lettered, kind rejected).", |c| {
-            c.rejected.get()
-        }),
-    ];
-    for (name, help, count) in per_transform {
-        out.header(name, "counter", help);
-        for p in &transforms {
-            out.sample(name, &[("transform", &p.info.slot)], count(&p.counters));
+
+    fn transforms(&self) -> impl Iterator<Item = &PluginView> {
+        self.plugins.iter().filter(|p| p.kind == "transform")
+    }
+
+    /// Each transform's events in, and what became of them.
+    fn encode_transforms(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        type Count = fn(&PluginCounters) -> u64;
+        let per_transform: [(&str, &str, Count); 3] = [
+            ("clickstream_transform_events_in", "Events given to the transform.", |c| c.records_in.get()),
+            ("clickstream_transform_events_kept", "Events the transform kept (passed on down the chain).", |c| c.kept.get()),
+            ("clickstream_transform_events_rejected", "Events the transform rejected (dead-lettered, kind rejected).", |c| {
+                c.rejected.get()
+            }),
+        ];
+        for (name, help, count) in per_transform {
+            family(e, name, help, self.transforms().map(|p| ([("transform", p.info.slot.as_str())], counter(count(&p.counters)))))?;
         }
+        let dropped = self.transforms().flat_map(|p| {
+            let slot = p.info.slot.clone();
+            p.counters.dropped_by().into_iter().map(move |(reason, n)| ([("transform", slot.clone()), ("reason", reason)], counter(n)))
+        });
+        family(
+            e,
+            "clickstream_transform_events_dropped",
+            "Events the transform dropped, by the reason it gave (at most 32 reasons per transform; the rest count as `other`).",
+            dropped,
+        )
     }
-    out.header(
-        "clickstream_transform_events_dropped_total",
-        "counter",
-        "Events the transform dropped, by the reason it gave (at most 32 reasons per transform; the rest count as `other`).",
-    );
-    for p in &transforms {
-        for (reason, n) in p.counters.dropped_by() {
-            out.sample("clickstream_transform_events_dropped_total", &[("transform", &p.info.slot), ("reason", &reason)], n);
-        }
-    }
-    let shadows: Vec<_> = transforms.iter().filter_map(|p| p.shadow.as_ref().map(|s| (&p.info.slot, s.report()))).collect();
-    out.header(
-        "clickstream_shadow_events_compared_total",
-        "counter",
-        "Events a candidate in shadow ran on beside the serving version, per transform (this shadow run).",
-    );
-    for (slot, report) in &shadows {
-        out.sample("clickstream_shadow_events_compared_total", &[("transform", slot)], report.events);
-    }
-    out.header(
-        "clickstream_shadow_differences_total",
-        "counter",
-        "Events on which the candidate in shadow differed from the serving version, by field (`outcome` when kept/dropped/rejected differ).",
-    );
-    for (slot, report) in &shadows {
-        for (field, n) in &report.by_field {
-            out.sample("clickstream_shadow_differences_total", &[("transform", slot), ("field", field)], *n);
-        }
-    }
-    out.header(
-        "clickstream_canary_events_total",
-        "counter",
-        "Events of this canary's period by version (`candidate`, or the `serving` version beside it) and outcome (`kept`, `dropped`, `rejected`); in the watch, the promoted version's since its promotion.",
-    );
-    let canaries: Vec<_> = transforms.iter().filter_map(|p| p.canary.as_ref().map(|c| (&p.info.slot, c.report()))).collect();
-    for (slot, report) in &canaries {
-        for (version, rates) in [("candidate", &report.candidate), ("serving", &report.serving)] {
-            for (outcome, n) in [("kept", rates.kept), ("dropped", rates.dropped), ("rejected", rates.rejected)] {
-                out.sample("clickstream_canary_events_total", &[("transform", slot), ("version", version), ("outcome", outcome)], n);
-            }
-        }
-    }
-    out.header("clickstream_canary_failed_batches_total", "counter", "Batches of this canary's period a version failed on, by version.");
-    for (slot, report) in &canaries {
-        for (version, rates) in [("candidate", &report.candidate), ("serving", &report.serving)] {
-            out.sample("clickstream_canary_failed_batches_total", &[("transform", slot), ("version", version)], rates.failed_batches);
-        }
+
+    /// Candidates in shadow or canary beside the serving version.
+    fn encode_rollouts(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let shadows: Vec<_> = self.transforms().filter_map(|p| p.shadow.as_ref().map(|s| (p.info.slot.as_str(), s.report()))).collect();
+        family(
+            e,
+            "clickstream_shadow_events_compared",
+            "Events a candidate in shadow ran on beside the serving version, per transform (this shadow run).",
+            shadows.iter().map(|(slot, report)| ([("transform", *slot)], counter(report.events))),
+        )?;
+        let differences = shadows.iter().flat_map(|(slot, report)| {
+            report.by_field.iter().map(move |(field, n)| ([("transform", *slot), ("field", field.as_str())], counter(*n)))
+        });
+        family(
+            e,
+            "clickstream_shadow_differences",
+            "Events on which the candidate in shadow differed from the serving version, by field (`outcome` when kept/dropped/rejected differ).",
+            differences,
+        )?;
+        let canaries: Vec<_> = self.transforms().filter_map(|p| p.canary.as_ref().map(|c| (p.info.slot.as_str(), c.report()))).collect();
+        let versions = |report: &crate::plugin::canary::CanaryReport| [("candidate", report.candidate), ("serving", report.serving)];
+        let events = canaries.iter().flat_map(|(slot, report)| {
+            versions(report).into_iter().flat_map(move |(version, rates)| {
+                [("kept", rates.kept), ("dropped", rates.dropped), ("rejected", rates.rejected)]
+                    .map(|(outcome, n)| ([("transform", *slot), ("version", version), ("outcome", outcome)], counter(n)))
+            })
+        });
+        family(
+            e,
+            "clickstream_canary_events",
+            "Events of this canary's period by version (`candidate`, or the `serving` version beside it) and outcome (`kept`, `dropped`, `rejected`); in the watch, the promoted version's since its promotion.",
+            events,
+        )?;
+        let failed = canaries.iter().flat_map(|(slot, report)| {
+            versions(report).map(|(version, rates)| ([("transform", *slot), ("version", version)], counter(rates.failed_batches)))
+        });
+        family(e, "clickstream_canary_failed_batches", "Batches of this canary's period a version failed on, by version.", failed)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::time::Duration;
+
     use super::*;
+    use crate::plugin::{Origin, PluginInfo};
+
+    fn transform(slot: &str) -> PluginView {
+        let info = PluginInfo {
+            slot: slot.to_string(),
+            name: "enrich".to_string(),
+            version: "1.2.3".to_string(),
+            contract: "0.2.0".to_string(),
+            path: "plugins/enrich.wasm".into(),
+            content_hash: "ab".repeat(32),
+            origin: Origin::Compiled,
+            loaded_at: SystemTime::now(),
+        };
+        PluginView { kind: "transform", info, counters: Arc::new(PluginCounters::default()), shadow: None, canary: None }
+    }
+
+    fn parse(text: &str) -> prometheus_parse::Scrape {
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("a Prometheus text exposition")
+    }
+
+    fn value(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        scrape.samples.iter().find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).and_then(|s| match s
+            .value
+        {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+    }
 
     #[test]
-    fn exposition_is_well_formed_and_escapes_labels() {
+    fn a_scrape_parses_as_prometheus_text_with_every_value_in_place() {
         let stats = Stats::default();
-        stats.consumed.add(7);
-        stats.dead_letters("decode", "not\"json\n", 2);
-        stats.batch(BatchStage::Store, 100, std::time::Duration::from_millis(30));
+        stats.consumed.inc_by(7);
+        stats.dead_letters("decode", "not_json", 2);
+        stats.batch(BatchStage::Store, 100, Duration::from_millis(30));
         stats.high_watermark("t", 3, 50);
         stats.stored_next("t", 3, 20);
-        let text = render(&stats, None);
-        assert!(text.contains("clickstream_records_consumed_total 7\n"));
-        assert!(text.contains("clickstream_dead_letters_total{stage=\"decode\",kind=\"not\\\"json\\n\"} 2\n"));
-        assert!(text.contains("clickstream_batch_duration_seconds_bucket{stage=\"store\",le=\"0.05\"} 1\n"));
-        assert!(text.contains("clickstream_batch_duration_seconds_count{stage=\"store\"} 1\n"));
-        assert!(text.contains("clickstream_consumer_lag{topic=\"t\",partition=\"3\"} 30\n"));
-        assert!(text.contains("clickstream_up 0\n"));
-        // Every sample line is `name{labels} value` with a declared TYPE.
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let name = line.split(['{', ' ']).next().unwrap();
-            let family = name.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
-            assert!(text.contains(&format!("# TYPE {family} ")) || text.contains(&format!("# TYPE {name} ")), "{line}");
-            assert!(line.rsplit(' ').next().unwrap().parse::<f64>().is_ok(), "{line}");
+        let enrich = transform("enrich");
+        enrich.counters.records_in.inc_by(5);
+        enrich.counters.dropped("bot");
+        let text = exposition(&stats, false, vec![enrich]).unwrap();
+        let scrape = parse(&text);
+
+        assert_eq!(value(&scrape, "clickstream_records_consumed_total", &[]), Some(7.0));
+        assert_eq!(value(&scrape, "clickstream_dead_letters_total", &[("stage", "decode"), ("kind", "not_json")]), Some(2.0));
+        assert_eq!(value(&scrape, "clickstream_consumer_lag", &[("topic", "t"), ("partition", "3")]), Some(30.0));
+        assert_eq!(value(&scrape, "clickstream_up", &[]), Some(0.0));
+        assert_eq!(value(&scrape, "clickstream_transform_events_in_total", &[("transform", "enrich")]), Some(5.0));
+        assert_eq!(value(&scrape, "clickstream_transform_events_dropped_total", &[("transform", "enrich"), ("reason", "bot")]), Some(1.0));
+        assert_eq!(value(&scrape, "clickstream_reloads_total", &[("what", "enrich"), ("outcome", "rejected")]), Some(0.0));
+        let store = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "clickstream_batch_duration_seconds" && s.labels.get("stage") == Some("store"))
+            .expect("the store stage's histogram");
+        let prometheus_parse::Value::Histogram(buckets) = &store.value else { panic!("{:?}", store.value) };
+        let at = |le: f64| buckets.iter().find(|b| b.less_than == le).map(|b| b.count);
+        assert_eq!((at(0.025), at(0.05), at(f64::INFINITY)), (Some(0.0), Some(1.0), Some(1.0)));
+    }
+
+    #[test]
+    fn label_values_a_plugin_chooses_are_escaped() {
+        let stats = Stats::default();
+        let enrich = transform("enrich");
+        enrich.counters.dropped("say \"hi\"\nback\\slash");
+        let text = exposition(&stats, true, vec![enrich]).unwrap();
+        assert!(text.contains(r#"reason="say \"hi\"\nback\\slash"} 1"#), "{text}");
+        // One line per sample: the newline in the value did not break it.
+        assert_eq!(text.lines().filter(|l| l.starts_with("clickstream_transform_events_dropped_total")).count(), 1);
+    }
+
+    /// Metric names are an interface (dashboards and alerts use them):
+    /// tests/metrics/families.txt lists them as they were before the move to
+    /// prometheus-client, and the README documents the same list.
+    #[test]
+    fn every_family_keeps_its_documented_name_and_type() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let listed: BTreeSet<String> =
+            std::fs::read_to_string(root.join("tests/metrics/families.txt")).unwrap().lines().map(str::to_string).collect();
+        // A labelled family shows once it has a member, as in any scrape
+        // after the first dead letter or failed window.
+        let stats = Stats::default();
+        stats.dead_letters("decode", "not_json", 1);
+        stats.window_failures("trap");
+        let text = exposition(&stats, true, vec![transform("enrich")]).unwrap();
+        let exposed: BTreeSet<String> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(str::to_string).collect();
+        assert_eq!(exposed, listed);
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let documented: BTreeSet<String> = readme
+            .lines()
+            .filter_map(|l| {
+                let mut cells = l.strip_prefix("| `clickstream_")?.split('|');
+                let name = cells.next()?.trim().trim_end_matches('`');
+                Some(format!("clickstream_{name} {}", cells.next()?.trim()))
+            })
+            .filter(|row| row.ends_with(" counter") || row.ends_with(" gauge") || row.ends_with(" histogram"))
+            .collect();
+        assert_eq!(documented, listed);
+    }
+
+    #[test]
+    fn quantiles_are_read_from_the_exposed_histogram() {
+        let stats = Stats::default();
+        assert_eq!(batch_seconds_quantiles(&stats, BatchStage::Store, &[0.5]), vec![None]);
+        for ms in [1, 1, 4, 20_000] {
+            stats.batch(BatchStage::Store, 10, Duration::from_millis(ms));
         }
+        stats.batch(BatchStage::Index, 10, Duration::from_secs(100));
+        assert_eq!(batch_seconds_quantiles(&stats, BatchStage::Store, &[0.5, 0.75, 0.99]), vec![Some(0.001), Some(0.005), Some(30.0)]);
     }
 }

@@ -279,8 +279,10 @@ fn version_of(info: &PluginInfo) -> String {
 
 async fn prometheus(State(api): State<Api>) -> Response {
     let pipeline = api.live().ok();
-    let body = metrics::render(&api.stats, pipeline.as_deref());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    match metrics::render(&api.stats, pipeline.as_deref()) {
+        Ok(body) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {e}")).into_response(),
+    }
 }
 
 async fn stats(State(api): State<Api>) -> Json<Value> {
@@ -293,7 +295,7 @@ async fn stats(State(api): State<Api>) -> Json<Value> {
             json!({ "topic": topic, "partition": partition, "high_watermark": o.high_watermark, "stored_next": o.stored_next, "lag": o.lag() })
         })
         .collect();
-    let store = s.stage(crate::stats::BatchStage::Store).seconds.snapshot();
+    let store = metrics::batch_seconds_quantiles(s, crate::stats::BatchStage::Store, &[0.5, 0.99]);
     Json(json!({
         "uptime_s": s.started_at.elapsed().unwrap_or_default().as_secs_f64(),
         "consumed": s.consumed.get(),
@@ -307,8 +309,8 @@ async fn stats(State(api): State<Api>) -> Json<Value> {
         "documents_rejected": s.documents_rejected.get(),
         "lag_total": lag_total,
         "partitions": partitions,
-        "store_batch_seconds_p50": store.quantile(0.5),
-        "store_batch_seconds_p99": store.quantile(0.99),
+        "store_batch_seconds_p50": store[0],
+        "store_batch_seconds_p99": store[1],
     }))
 }
 

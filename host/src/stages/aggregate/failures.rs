@@ -55,10 +55,8 @@ impl Aggregator {
     }
 
     /// How many windows are set aside now.
-    pub(super) async fn count_failing(&self) -> Result<u64, sqlx::Error> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM aggregate_windows WHERE last_error IS NOT NULL").fetch_one(&self.pool).await?;
-        Ok(n as u64)
+    pub(super) async fn count_failing(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM aggregate_windows WHERE last_error IS NOT NULL").fetch_one(&self.pool).await
     }
 }
 

@@ -153,7 +153,7 @@ impl Aggregator {
         let mut outcome = PassOutcome::default();
         let aggregated = self.aggregate_changed(&mut outcome).await;
         self.stats.aggregation_passes.inc();
-        self.stats.windows_aggregated.add(outcome.windows);
+        self.stats.windows_aggregated.inc_by(outcome.windows);
         if let Ok(failing) = self.count_failing().await {
             self.stats.windows_failing.set(failing);
         }

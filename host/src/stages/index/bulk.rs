@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use elasticsearch::http::headers::{HeaderValue, CONTENT_TYPE};
 use elasticsearch::BulkParts;
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -14,7 +13,7 @@ use super::client::{is_busy, reason_of_body, reason_of_error, response_text};
 use super::{AggregateDoc, IndexError, Indexer};
 
 /// First wait before re-sending items the server was too busy for; doubles
-/// on every further attempt, up to [`MAX_BACKOFF`].
+/// on every further attempt, up to [`MAX_BACKOFF`], each with jitter.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest single wait between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
@@ -182,7 +181,7 @@ impl Indexer {
     /// position in the caller's slice.
     async fn bulk_with_retries(&self, chunk: &[Op], start: usize, outcome: &mut IndexOutcome) -> Result<(), IndexError> {
         let began = Instant::now();
-        let mut delay = FIRST_BACKOFF;
+        let mut pauses = crate::backoff::pauses_jittered(FIRST_BACKOFF, MAX_BACKOFF);
         let mut pending: Vec<usize> = (0..chunk.len()).collect();
         let mut created = BTreeSet::new();
         loop {
@@ -229,13 +228,13 @@ impl Indexer {
                 return Ok(());
             }
             if !busy.is_empty() {
+                let delay = pauses.next_pause();
                 if began.elapsed() + delay > self.retry_budget {
                     let (status, reason) = last_busy;
                     return Err(IndexError::Overloaded { pending: busy.len() + missing.len(), status, reason, waited: began.elapsed() });
                 }
                 tracing::debug!(documents = busy.len(), status = last_busy.0, ?delay, "search server busy; retrying");
-                tokio::time::sleep(jitter(delay)).await;
-                delay = (delay * 2).min(MAX_BACKOFF);
+                tokio::time::sleep(delay).await;
             }
             // Back in input order, so that when both of two operations on one
             // id are retried the later still wins. (If only the earlier one is,
@@ -322,11 +321,6 @@ fn chunks(ops: &[Op], max: usize) -> Vec<&[Op]> {
 
 /// Half the delay plus a random part of the other half, so hosts that were
 /// turned away together do not come back together.
-fn jitter(delay: Duration) -> Duration {
-    let half = delay / 2;
-    half + half.mul_f64(rand::thread_rng().gen_range(0.0..=1.0))
-}
-
 #[derive(Deserialize)]
 struct BulkResponse {
     #[serde(default)]

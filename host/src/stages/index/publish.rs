@@ -113,8 +113,8 @@ impl Publisher {
                     self.stats.event_to_index_seconds.observe((now_ms - newest).max(0) as f64 / 1000.0);
                 }
             }
-            self.stats.documents_indexed.add(outcome.indexed as u64);
-            self.stats.documents_rejected.add(outcome.rejected.len() as u64);
+            self.stats.documents_indexed.inc_by(outcome.indexed as u64);
+            self.stats.documents_rejected.inc_by(outcome.rejected.len() as u64);
             let windows: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
             let urls: Vec<String> = rows.iter().map(|r| r.get(2)).collect();
             let countries: Vec<String> = rows.iter().map(|r| r.get(3)).collect();

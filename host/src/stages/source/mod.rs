@@ -187,7 +187,7 @@ pub async fn run(
                         started = std::time::Instant::now();
                     }
                     stats.consumed.inc();
-                    stats.consumed_bytes.add(record.payload.len() as u64);
+                    stats.consumed_bytes.inc_by(record.payload.len() as u64);
                     batch.push(record);
                     if batch.len() >= limits.batch_size {
                         handed(&batch, started);

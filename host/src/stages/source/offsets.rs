@@ -60,7 +60,7 @@ impl OffsetLookup {
     pub fn lookup(&self, partitions: &[(String, i32)]) -> Reply {
         let started = Instant::now();
         let mut last = String::new();
-        let mut backoff = Duration::from_millis(200);
+        let mut pauses = crate::backoff::pauses(Duration::from_millis(200), Duration::from_secs(5));
         while started.elapsed() < LOOKUP_TIMEOUT {
             let (reply_tx, reply_rx) = mpsc::channel();
             let sent = self.requests.lock().unwrap_or_else(|e| e.into_inner()).send((partitions.to_vec(), reply_tx));
@@ -72,8 +72,7 @@ impl OffsetLookup {
                 Ok(Err(e)) => last = e,
                 Err(_) => return Err(format!("no answer from PostgreSQL within {LOOKUP_TIMEOUT:?}")),
             }
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            std::thread::sleep(pauses.next_pause());
         }
         Err(format!("PostgreSQL did not answer for {LOOKUP_TIMEOUT:?}: {last}"))
     }

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use super::config::StoreConfig;
 use super::{Store, StoreError};
+use crate::backoff::{pause_unless_stopped, pauses};
 use crate::postgres::describe;
 use crate::stages::record::{WindowSpec, WriteBatch};
 use crate::stats::{BatchStage, Stats};
@@ -18,18 +19,14 @@ const MAX_STORE_BACKOFF: Duration = Duration::from_secs(10);
 /// Connects to PostgreSQL, retrying with backoff until it answers or the
 /// pipeline is asked to stop.
 pub async fn connect_store(config: &StoreConfig, windows: WindowSpec, shutdown: &watch::Receiver<bool>) -> Result<Store, StoreError> {
-    let mut backoff = Duration::from_millis(200);
-    let mut shutdown = shutdown.clone();
+    let mut pauses = pauses(Duration::from_millis(200), MAX_STORE_BACKOFF);
     loop {
         match Store::open(config, windows).await {
             Ok(store) => return Ok(store),
             Err(StoreError::Database(e)) if !*shutdown.borrow() => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "PostgreSQL unreachable; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.wait_for(|stop| *stop) => return Err(StoreError::Database(e)),
-                }
-                backoff = (backoff * 2).min(MAX_STORE_BACKOFF);
+                let pause = pauses.next_pause();
+                tracing::warn!(error = %e, retry_in = ?pause, "PostgreSQL unreachable; retrying");
+                pause_unless_stopped(pause, shutdown).await;
             }
             Err(e) => return Err(e),
         }
@@ -58,7 +55,7 @@ pub struct Abandoned {
 /// stops retrying and gives the batch up unstored: its offsets were not
 /// advanced, so it is read again on restart.
 pub async fn store_batch(store: &Store, batch: &WriteBatch, stats: &Stats, mut drain: watch::Receiver<bool>) -> Result<(), Abandoned> {
-    let mut backoff = Duration::from_millis(100);
+    let mut pauses = pauses(Duration::from_millis(100), MAX_STORE_BACKOFF);
     let started = std::time::Instant::now();
     let mut attempts = 0;
     loop {
@@ -77,11 +74,11 @@ pub async fn store_batch(store: &Store, batch: &WriteBatch, stats: &Stats, mut d
         match result {
             Ok(outcome) => {
                 stats.batch(BatchStage::Store, batch.len(), started.elapsed());
-                stats.stored.add(outcome.stored);
-                stats.dead_lettered.add(outcome.dead_lettered);
-                stats.dropped.add(outcome.dropped);
-                stats.redelivered.add(outcome.redelivered);
-                stats.duplicates.add(outcome.duplicates);
+                stats.stored.inc_by(outcome.stored);
+                stats.dead_lettered.inc_by(outcome.dead_lettered);
+                stats.dropped.inc_by(outcome.dropped);
+                stats.redelivered.inc_by(outcome.redelivered);
+                stats.duplicates.inc_by(outcome.duplicates);
                 stats.batches_written.inc();
                 for ((stage, kind), n) in &outcome.dead_letters_by {
                     stats.dead_letters(stage, kind, *n);
@@ -96,15 +93,12 @@ pub async fn store_batch(store: &Store, batch: &WriteBatch, stats: &Stats, mut d
             }
             Err(e) => {
                 stats.store_retries.inc();
-                tracing::warn!(error = %describe(&e), records = batch.len(), retry_in = ?backoff, "cannot store batch; ingestion paused");
+                let pause = pauses.next_pause();
+                tracing::warn!(error = %describe(&e), records = batch.len(), retry_in = ?pause, "cannot store batch; ingestion paused");
+                pause_unless_stopped(pause, &drain).await;
                 if *drain.borrow() {
                     return Err(Abandoned { attempts, last: describe(&e) });
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = drain.wait_for(|d| *d) => return Err(Abandoned { attempts, last: describe(&e) }),
-                }
-                backoff = (backoff * 2).min(MAX_STORE_BACKOFF);
             }
         }
     }
