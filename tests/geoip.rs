@@ -6,11 +6,9 @@
 
 use clickstream_testkit as support;
 
-use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 
 use clickstream::plugin::geoip::{GeoIp, GeoLocation};
 use rand::{Rng, SeedableRng};
@@ -162,46 +160,14 @@ fn at(country: &str, city: Option<&str>) -> Option<GeoLocation> {
     Some(GeoLocation { country: Some(country.into()), city: city.map(Into::into) })
 }
 
-/// Makes sure the Python packages are there, installing them from PyPI once.
-fn python_ready() {
-    static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
-        let importable = || {
-            Command::new("python3").args(["-c", "import maxminddb, mmdb_writer"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
-        };
-        if !importable() {
-            let install = Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "maxminddb", "mmdb-writer"])
-                .output()
-                .expect("python3 is missing: install Python 3 with pip (apt-get install python3-pip)");
-            assert!(
-                install.status.success() && importable(),
-                "cannot install the PyPI packages maxminddb and mmdb-writer ({}): run `python3 -m pip install maxminddb mmdb-writer`",
-                String::from_utf8_lossy(&install.stderr).trim()
-            );
-        }
-    });
-}
-
 /// Runs `tests/geoip/SCRIPT` with `input` as JSON on stdin; returns its
 /// stdout parsed as JSON.
 fn run_python(script: &str, input: &Value) -> Value {
-    python_ready();
-    let path = support::root().join("tests/geoip").join(script);
-    let mut child = Command::new("python3")
-        .arg(&path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start python3");
-    child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{} failed: {}", path.display(), String::from_utf8_lossy(&output.stderr));
-    if output.stdout.is_empty() {
+    let output = support::mmdb::run_script(script, &input.to_string());
+    if output.is_empty() {
         return Value::Null;
     }
-    serde_json::from_slice(&output.stdout).unwrap()
+    serde_json::from_str(&output).unwrap()
 }
 
 /// MaxMind's reader's answers for `addresses` over `databases`, in order.

@@ -13,6 +13,7 @@ mod broker;
 mod db;
 mod host;
 mod logs;
+pub mod mmdb;
 mod pipeline;
 mod plugins;
 mod postgres;

@@ -11,6 +11,12 @@ layout and no other field gives a country-only record, like
 geo-whois-asn-country. IPv4 networks in an IPv6 database go under ::/96, as
 the @ip-location-db files store them; `alias_ipv4_mapped` also writes them
 under ::ffff:0:0/96, as MaxMind's own files answer there.
+
+Optional keys, for tests/geoip_refresh.rs: "records": [[cidr, record], ...]
+inserts each record as given (a layout the host does not read, say);
+"metadata": {key: value} overrides the metadata mmdb-writer writes (a null
+value removes the key), e.g. a fixed build_epoch, or a node_count the file
+does not hold.
 """
 import json
 import sys
@@ -65,6 +71,19 @@ def write(spec):
         if network.version == 4 and spec.get("alias_ipv4_mapped"):
             mapped = IPNetwork(f"::ffff:{network.network}/{96 + network.prefixlen}")
             writer.insert_network(IPSet([mapped]), record)
+    for cidr, record in spec.get("records", []):
+        writer.insert_network(IPSet([IPNetwork(cidr)]), record)
+    overrides = spec.get("metadata")
+    if overrides:
+        # mmdb-writer builds the metadata when it writes; node_count and
+        # record_size come first, so an override wins over them too.
+        metadata = writer._build_meta()
+        for key, value in overrides.items():
+            if value is None:
+                metadata.pop(key, None)
+            else:
+                metadata[key] = value
+        writer._build_meta = lambda: metadata
     writer.to_db_file(spec["path"])
 
 

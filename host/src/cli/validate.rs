@@ -23,8 +23,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let config = PipelineConfig::load(pipeline)?;
     println!("{}: keys and values are valid", pipeline.display());
     let geoip = Arc::new(GeoIp::open(&config.geoip.databases).context("while opening [geoip] databases")?);
-    for (path, kind) in geoip.databases() {
-        println!("geoip: {} ({kind})", path.display());
+    for db in geoip.databases() {
+        println!("geoip: {} ({}, IPv{}, built {})", db.path.display(), db.database_type, db.ip_version, db.built_at());
     }
     if config.transforms.is_empty() {
         println!("transforms: none (events are stored as decoded)");

@@ -74,6 +74,8 @@ pub struct Pipeline {
     pub chain: Arc<ArcSwap<Chain>>,
     /// The live aggregate plugin.
     pub aggregate: Arc<Slot<LoadedAggregate>>,
+    /// The GeoIP databases, each refreshed live when its file is replaced.
+    pub geoip: Arc<GeoIp>,
     /// The store.
     pub store: Store,
     /// The Kafka consumer, for readiness.
@@ -149,7 +151,8 @@ pub async fn run(
     let (aggregate_tx, aggregate_rx) = watch::channel(config.aggregate.clone());
     let (decode_tx, decode_rx) = watch::channel(config.decode_limits());
     let live = LiveSettings { batching: batching_tx, decode: decode_tx, aggregate: aggregate_tx };
-    let reloader = Reloader::new(config.clone(), chain.clone(), aggregate.clone(), geoip, live, stats.clone(), restart_tx.clone());
+    let reloader = Reloader::new(config.clone(), chain.clone(), aggregate.clone(), geoip.clone(), live, stats.clone(), restart_tx.clone());
+    let refreshing_geoip = tokio::spawn(crate::plugin::geoip::refresh::watch(geoip.clone(), stats.clone(), drain.clone()));
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let reloading = tokio::spawn(reloader.run(sighup, reload_rx, drain.clone()));
 
@@ -173,6 +176,7 @@ pub async fn run(
         stats: stats.clone(),
         chain,
         aggregate,
+        geoip,
         store: store.clone(),
         consumer: consumer.clone(),
         indexer,
@@ -197,6 +201,7 @@ pub async fn run(
     let _ = aggregating.await;
     let _ = publishing.await;
     let _ = reloading.await;
+    let _ = refreshing_geoip.await;
     forward.abort();
     let _ = tokio::task::spawn_blocking(move || transforming.join()).await;
     // Only this host's partitions: committing another member's could move

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::{Apply, PipelineConfig};
 use crate::plugin::aggregate::LoadedAggregate;
-use crate::plugin::canary::Canary;
+use crate::plugin::canary::{Canary, Phase};
 use crate::plugin::config::{PluginConfig, Rollout};
 use crate::plugin::geoip::GeoIp;
 use crate::plugin::golden::{prove_aggregate, prove_transform, ProofError};
@@ -324,8 +324,9 @@ impl Reloader {
         let candidate = self.prove_candidate(&name, spec).await?;
         let policy = config.canary_policy();
         let info = candidate.info.clone();
-        slot.set_shadow(None);
-        slot.set_canary(Some(Arc::new(Canary::new(candidate, policy))));
+        let replaced_shadow = slot.set_shadow(None);
+        let replaced_canary = slot.set_canary(Some(Arc::new(Canary::new(candidate, policy))));
+        self.record_replaced(&name, replaced_shadow, replaced_canary, &format!("{} {} in canary", info.name, info.version));
         let detail = format!(
             "{} {} (sha256 {}) serves {:.0}% of batches; judged after {} batches, tolerance {:.1} points, then watched {} batches",
             info.name,
@@ -358,8 +359,9 @@ impl Reloader {
         };
         let candidate = self.prove_candidate(&name, spec).await?;
         let info = candidate.info.clone();
-        slot.set_canary(None);
-        slot.set_shadow(Some(Arc::new(Shadow::new(candidate, fraction))));
+        let replaced_canary = slot.set_canary(None);
+        let replaced_shadow = slot.set_shadow(Some(Arc::new(Shadow::new(candidate, fraction))));
+        self.record_replaced(&name, replaced_shadow, replaced_canary, &format!("{} {} in shadow", info.name, info.version));
         let detail = format!(
             "{} {} (sha256 {}) in shadow on {:.0}% of batches",
             info.name,
@@ -370,6 +372,25 @@ impl Reloader {
         tracing::info!(plugin = %name, candidate = %info.version, fraction, "candidate in shadow; nothing it outputs is stored");
         self.stats.reload_event(&name, "shadowing", detail);
         Ok(info)
+    }
+
+    /// Records candidates a newer one (`by`) took the place of, so that a
+    /// transform's history says how each rollout ended: `aborted` for a
+    /// shadow or a canary on trial, `watch_ended` for a promoted canary
+    /// whose watch stops (the promoted version keeps serving).
+    fn record_replaced(&self, name: &str, shadow: Option<Arc<Shadow>>, canary: Option<Arc<Canary>>, by: &str) {
+        if let Some(shadow) = shadow {
+            let info = shadow.info();
+            self.stats.reload_event(name, "aborted", format!("{} {} in shadow: replaced by {by}", info.name, info.version));
+        }
+        let Some(canary) = canary else { return };
+        let (outcome, was) = match canary.report().phase {
+            Phase::Trial => ("aborted", "in canary"),
+            Phase::Watch => ("watch_ended", "promoted, in its watch"),
+            Phase::Done => return,
+        };
+        let info = canary.info();
+        self.stats.reload_event(name, outcome, format!("{} {} {was}: replaced by {by}", info.name, info.version));
     }
 
     /// Promotes or aborts the candidate of transform `name` (in canary or
@@ -571,7 +592,7 @@ impl Reloader {
             }
             for config in &self.config.transforms {
                 let serving = self.transform_slot(config.transform_name()).map(|slot| slot.current().info.clone());
-                if touched(&config.path) && serving.is_some_and(|info| self.differs(&config.path, &info)) {
+                if touched(&config.path) && serving.is_some_and(|info| self.differs(&config.path, &info)) && !self.is_candidate(config) {
                     let _ = self.start_rollout(config, config.rollout).await;
                 }
             }
@@ -660,6 +681,15 @@ impl Reloader {
         }
         files.push(("the aggregate plugin".into(), self.config.plugins.aggregate.path.clone()));
         files
+    }
+
+    /// Whether the file of `config` is already its transform's candidate in
+    /// canary or shadow: a second event for one rename must not restart the
+    /// rollout (that would reset its figures and record it as replaced).
+    fn is_candidate(&self, config: &PluginConfig) -> bool {
+        let Some(slot) = self.transform_slot(config.transform_name()) else { return false };
+        let candidate = slot.canary().map(|c| c.info()).or_else(|| slot.shadow().map(|s| s.info()));
+        candidate.is_some_and(|info| !self.differs(&config.path, &info))
     }
 
     /// Whether the file's content differs from what is serving: an editor

@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::TypedMetric;
 use prometheus_client::registry::Registry;
 
+use crate::plugin::geoip::DatabaseInfo;
 use crate::plugin::PluginCounters;
 use crate::runtime::pipeline::{Pipeline, PluginView};
 use crate::stats::{BatchStage, PartitionOffsets, Stats};
@@ -25,10 +26,11 @@ pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 /// The whole exposition: process-wide metrics from `stats`, and the live
 /// plugins' when a pipeline is running.
 pub fn render(stats: &Stats, pipeline: Option<&Pipeline>) -> Result<String, fmt::Error> {
-    exposition(stats, pipeline.is_some(), pipeline.map(Pipeline::plugins).unwrap_or_default())
+    let geoip = pipeline.map(|p| p.geoip.databases()).unwrap_or_default();
+    exposition(stats, pipeline.is_some(), pipeline.map(Pipeline::plugins).unwrap_or_default(), geoip)
 }
 
-fn exposition(stats: &Stats, up: bool, plugins: Vec<PluginView>) -> Result<String, fmt::Error> {
+fn exposition(stats: &Stats, up: bool, plugins: Vec<PluginView>, geoip: Vec<DatabaseInfo>) -> Result<String, fmt::Error> {
     for plugin in &plugins {
         stats.expose_reloads_of(&plugin.info.slot);
     }
@@ -39,6 +41,7 @@ fn exposition(stats: &Stats, up: bool, plugins: Vec<PluginView>) -> Result<Strin
         started_at: stats.started_at,
         partitions: stats.partitions().into_iter().collect(),
         plugins,
+        geoip,
     }));
     let mut out = String::with_capacity(16 * 1024);
     encode(&mut out, &live)?;
@@ -79,6 +82,7 @@ struct Live {
     started_at: SystemTime,
     partitions: Vec<((String, i32), PartitionOffsets)>,
     plugins: Vec<PluginView>,
+    geoip: Vec<DatabaseInfo>,
 }
 
 impl fmt::Debug for Live {
@@ -127,7 +131,14 @@ impl Collector for Live {
         self.encode_partitions(e)?;
         self.encode_plugins(e)?;
         self.encode_transforms(e)?;
-        self.encode_rollouts(e)
+        self.encode_rollouts(e)?;
+        let built = self.geoip.iter().map(|db| ([("database", db.name.as_str())], gauge(db.build_epoch)));
+        family(
+            e,
+            "clickstream_geoip_build_timestamp_seconds",
+            "When each GeoIP database serving now was built (its metadata's build_epoch), Unix seconds; it moves when a new file is swapped in.",
+            built,
+        )
     }
 }
 
@@ -274,6 +285,18 @@ mod tests {
         PluginView { kind: "transform", info, counters: Arc::new(PluginCounters::default()), shadow: None, canary: None }
     }
 
+    fn geoip(name: &str) -> DatabaseInfo {
+        DatabaseInfo {
+            name: name.to_string(),
+            path: name.into(),
+            database_type: "test".to_string(),
+            ip_version: 6,
+            build_epoch: 1_700_000_000,
+            loaded_at: SystemTime::now(),
+            last_refusal: None,
+        }
+    }
+
     fn parse(text: &str) -> prometheus_parse::Scrape {
         prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("a Prometheus text exposition")
     }
@@ -298,7 +321,7 @@ mod tests {
         let enrich = transform("enrich");
         enrich.counters.records_in.inc_by(5);
         enrich.counters.dropped("bot");
-        let text = exposition(&stats, false, vec![enrich]).unwrap();
+        let text = exposition(&stats, false, vec![enrich], vec![]).unwrap();
         let scrape = parse(&text);
 
         assert_eq!(value(&scrape, "clickstream_records_consumed_total", &[]), Some(7.0));
@@ -323,7 +346,7 @@ mod tests {
         let stats = Stats::default();
         let enrich = transform("enrich");
         enrich.counters.dropped("say \"hi\"\nback\\slash");
-        let text = exposition(&stats, true, vec![enrich]).unwrap();
+        let text = exposition(&stats, true, vec![enrich], vec![]).unwrap();
         assert!(text.contains(r#"reason="say \"hi\"\nback\\slash"} 1"#), "{text}");
         // One line per sample: the newline in the value did not break it.
         assert_eq!(text.lines().filter(|l| l.starts_with("clickstream_transform_events_dropped_total")).count(), 1);
@@ -342,7 +365,7 @@ mod tests {
         let stats = Stats::default();
         stats.dead_letters("decode", "not_json", 1);
         stats.window_failures("trap");
-        let text = exposition(&stats, true, vec![transform("enrich")]).unwrap();
+        let text = exposition(&stats, true, vec![transform("enrich")], vec![geoip("city.mmdb")]).unwrap();
         let exposed: BTreeSet<String> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(str::to_string).collect();
         assert_eq!(exposed, listed);
         let readme = std::fs::read_to_string(root.join("README.md")).unwrap();

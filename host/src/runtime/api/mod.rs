@@ -9,7 +9,9 @@
 mod aggregates;
 pub mod config;
 mod db;
+mod enrichment;
 mod guard;
+mod history;
 mod metrics;
 mod thread;
 
@@ -66,6 +68,8 @@ pub struct Api {
     guard: Arc<ArcSwap<guard::Guard>>,
     /// The last pending dead-letter count, and when it was taken.
     pending: Arc<std::sync::Mutex<Option<(std::time::Instant, i64)>>>,
+    /// The main counters over the last half hour, for `/api/history`.
+    history: Arc<history::History>,
 }
 
 /// An error answer: a status and a JSON body `{"error": message}`.
@@ -140,8 +144,10 @@ impl Api {
             .route("/ready", get(ready))
             .route("/metrics", get(prometheus))
             .route("/api/stats", get(stats))
+            .route("/api/history", get(counter_history))
             .route("/api/aggregates", get(aggregates))
             .route("/api/plugins", get(plugins))
+            .route("/api/enrichment-data", get(enrichment::enrichment_data))
             .route("/api/plugins/{name}/reload", post(reload))
             .route("/api/plugins/{name}/shadow", post(shadow))
             .route("/api/plugins/{name}/canary", post(canary))
@@ -160,6 +166,7 @@ impl Api {
 
     /// Serves on `listener` until `shutdown` turns true.
     pub async fn serve(self, listener: tokio::net::TcpListener, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+        tokio::spawn(self.history.clone().sample_until(self.stats.clone(), shutdown.clone()));
         axum::serve(listener, self.router())
             .with_graceful_shutdown(async move {
                 let _ = shutdown.wait_for(|stop| *stop).await;
@@ -312,6 +319,11 @@ async fn stats(State(api): State<Api>) -> Json<Value> {
         "store_batch_seconds_p50": store[0],
         "store_batch_seconds_p99": store[1],
     }))
+}
+
+/// The main counters sampled over the last half hour (see `history.rs`).
+async fn counter_history(State(api): State<Api>) -> Json<history::HistoryAnswer> {
+    Json(api.history.answer(history::Sample::of(&api.stats)))
 }
 
 async fn aggregates(State(api): State<Api>, Query(raw): Query<Vec<(String, String)>>) -> ApiResult<Json<AggregatesResponse>> {
