@@ -7,8 +7,7 @@
 use clickstream_testkit as support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -128,37 +127,6 @@ async fn settled(pool: &PgPool, records: i64) -> bool {
 fn sha256_hex(path: &Path) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(std::fs::read(path).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Headless Chromium, or a failure that says how to install it.
-fn chromium() -> PathBuf {
-    for candidate in ["chromium", "chromium-browser", "google-chrome"] {
-        if let Ok(out) = Command::new("which").arg(candidate).output() {
-            if out.status.success() {
-                return PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-            }
-        }
-    }
-    panic!("no Chromium for the dashboard test: install it with `apt-get install -y chromium` (.ci/run does)");
-}
-
-fn browser(args: &[&str], url: &str) -> std::process::Output {
-    let profile = tempfile::tempdir().unwrap();
-    Command::new(chromium())
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1400,1100"])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("run chromium")
-}
-
-/// The `data-points` attribute of a canvas in a dumped DOM.
-fn points(dom: &str, id: &str) -> usize {
-    let at = dom.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no #{id} in the dashboard"));
-    let tag = &dom[dom[..at].rfind('<').unwrap()..at + dom[at..].find('>').unwrap()];
-    let value = tag.split("data-points=\"").nth(1).and_then(|v| v.split('"').next()).unwrap_or("0");
-    value.parse().unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,25 +388,26 @@ async fn api_reports_what_the_pipeline_did() {
     let m = parse_metrics(&client.text("/metrics").await.2);
     assert_eq!(metric(&m, "clickstream_reloads_total{what=\"enrich\",outcome=\"accepted\"}"), 1.0);
 
-    // The dashboard, in a real browser: the charts draw data from the API.
-    let page = format!("{}/", client.base);
-    let out = browser(&["--virtual-time-budget=15000", "--run-all-compositor-stages-before-draw", "--dump-dom"], &page);
-    let dom = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(points(&dom, "urls") > 0, "top-URL chart drew no points:\n{dom}");
-    assert!(points(&dom, "countries") > 0, "country chart drew no points");
-    assert!(points(&dom, "lag") == 4, "lag chart has one bar per partition");
-    assert!(points(&dom, "throughput") > 0, "throughput chart drew no points");
-    assert!(dom.contains("live · updated"), "status line reports no error");
-    assert!(dom.contains(enrich["version"].as_str().unwrap()), "plugin table shows the version");
-    assert!(dom.contains("accepted"), "reload history shows the reload");
-    assert!(dom.contains("puts its next build here"), "the shadow table renders (empty: no candidate)");
+    // The dashboard, in a real browser, served by the `clickstream run`
+    // process: the charts draw data from the API (tests/dashboard.rs checks
+    // the page in detail, in process).
+    let mut page = support::browser::Browser::open(&format!("{}/", client.base), 1400, 1100);
+    page.wait_for("two refreshes of the page", "Number(document.body.dataset.refreshed) >= 2", Duration::from_secs(30));
+    let points = |page: &mut support::browser::Browser, id: &str| {
+        page.eval(&format!("Number(document.getElementById('{id}').dataset.points)")).as_u64().unwrap_or(0)
+    };
+    assert!(points(&mut page, "urls") > 0, "top-URL chart drew no points");
+    assert!(points(&mut page, "countries") > 0, "country chart drew no points");
+    assert_eq!(points(&mut page, "lag"), 4, "lag chart has one bar per partition");
+    assert!(points(&mut page, "throughput") > 0, "throughput chart drew no points");
+    let text = page.eval("document.body.innerText").as_str().unwrap_or_default().to_string();
+    assert!(text.contains("live · updated"), "status line reports no error");
+    assert!(text.contains(enrich["version"].as_str().unwrap()), "the enrich panel shows the version");
+    assert!(text.contains("accepted"), "reload history shows the reload");
     let artifacts = support::root().join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("dashboard.png");
-    let _ = std::fs::remove_file(&shot);
-    let out = browser(&["--virtual-time-budget=15000", &format!("--screenshot={}", shot.display())], &page);
-    assert!(out.status.success() && shot.exists(), "no screenshot: {}", String::from_utf8_lossy(&out.stderr));
+    page.screenshot(&shot);
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "screenshot is blank");
 
     host.signal("TERM");

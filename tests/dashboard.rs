@@ -5,22 +5,20 @@
 //! history is its own (a canary started and aborted, a reload), and the
 //! throughput chart opens on the past the API kept (`/api/history`).
 //!
-//! The browser is driven over the DevTools protocol (`browser/`): the hover
+//! The browser is driven over the DevTools protocol (testkit's `browser`): the hover
 //! is the browser's own mouse input, not a hook in the page. Screenshot:
 //! target/test-artifacts/dashboard-panels.png.
 
 use clickstream_testkit as support;
 
-mod browser;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use browser::Browser;
 use clickstream::produce::{self, Generator, GeneratorConfig};
 use clickstream::runtime::api::Api;
 use clickstream::stats::Stats;
 use serde_json::{json, Value};
+use support::browser::Browser;
 
 const WAIT: Duration = Duration::from_secs(180);
 const TOKEN: &str = "dashboard-token-0123456789";

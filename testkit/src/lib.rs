@@ -1,7 +1,8 @@
 //! What the integration tests (`tests/`) and the benchmark (`bench/`) share:
 //! the stack's addresses, fresh databases, the `clickstream run` process,
-//! private servers for fault tests, the built plugins, and the README's
-//! metrics computed independently of the aggregate plugin.
+//! private servers for fault tests, the built plugins, test-built MMDB files,
+//! a headless Chromium for the dashboard, and the README's metrics computed
+//! independently of the aggregate plugin.
 //!
 //! Helpers only tests call panic, as a test would; what the benchmark calls
 //! returns errors, so one failing arm does not end the run.
@@ -10,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 mod broker;
+pub mod browser;
 mod db;
 mod host;
 mod logs;
