@@ -63,6 +63,18 @@ pub fn invalid(file: &Path, key: &str, problem: String, fix: &str) -> ConfigErro
     ConfigError::Invalid { file: file.to_path_buf(), key: key.into(), problem, fix: fix.into() }
 }
 
+/// Checks that `key`'s `value` lies in `range`; the error names the range
+/// and the default, the same way for every section.
+pub fn in_range<T>(file: &Path, key: &str, value: T, range: std::ops::RangeInclusive<T>, default: T) -> Result<(), ConfigError>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(invalid(file, key, format!("is {value}"), &format!("use {} to {} (default {default})", range.start(), range.end())))
+}
+
 /// How a changed section applies to a running pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Apply {
@@ -195,6 +207,14 @@ impl PipelineConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_out_of_range_names_the_range_and_the_default() {
+        let file = Path::new("pipeline.toml");
+        assert!(in_range(file, "source.batch_size", 4096, 1..=100_000, 4096).is_ok());
+        let error = in_range(file, "source.batch_size", 0, 1..=100_000, 4096).unwrap_err().to_string();
+        assert_eq!(error, "pipeline.toml: `source.batch_size` is 0; use 1 to 100000 (default 4096)");
+    }
 
     const MINIMAL: &str = r#"
 [source]

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::canary::CanaryPolicy;
 use super::{PluginLimits, PluginSpec};
-use crate::config::{invalid, Apply, ConfigError};
+use crate::config::{in_range, invalid, Apply, ConfigError};
 
 /// `[plugins]`: the aggregate plugin, and (before 0.2.0) the enrich plugin.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -125,12 +125,8 @@ fn validate_plugin(file: &Path, key: &str, plugin: &PluginConfig) -> Result<(), 
             "point it at a .wasm component (build them with scripts/build-plugins), or a .cwasm from `clickstream plugin compile`",
         ));
     }
-    if !(16..=4096).contains(&plugin.memory_mib) {
-        return Err(invalid(file, &format!("{key}.memory_mib"), format!("is {}", plugin.memory_mib), "use 16 to 4096 (default 256)"));
-    }
-    if !(10..=600_000).contains(&plugin.deadline_ms) {
-        return Err(invalid(file, &format!("{key}.deadline_ms"), format!("is {}", plugin.deadline_ms), "use 10 to 600000 (default 1000)"));
-    }
+    in_range(file, &format!("{key}.memory_mib"), plugin.memory_mib, 16..=4096, default_memory_mib())?;
+    in_range(file, &format!("{key}.deadline_ms"), plugin.deadline_ms, 10..=600_000, default_deadline_ms())?;
     if !(plugin.shadow_fraction > 0.0 && plugin.shadow_fraction <= 1.0) {
         return Err(invalid(
             file,
@@ -147,14 +143,7 @@ fn validate_plugin(file: &Path, key: &str, plugin: &PluginConfig) -> Result<(), 
             "use a share of batches above 0 and below 1 (default 0.25): the serving version's batches are the canary's baseline",
         ));
     }
-    if !(1..=1_000_000).contains(&plugin.canary_batches) {
-        return Err(invalid(
-            file,
-            &format!("{key}.canary_batches"),
-            format!("is {}", plugin.canary_batches),
-            "use 1 to 1000000 (default 20)",
-        ));
-    }
+    in_range(file, &format!("{key}.canary_batches"), plugin.canary_batches, 1..=1_000_000, default_canary_batches())?;
     if !(0.0..=1.0).contains(&plugin.canary_tolerance) {
         return Err(invalid(
             file,

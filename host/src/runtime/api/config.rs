@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::{invalid, Apply, ConfigError};
+use crate::config::{in_range, invalid, Apply, ConfigError};
 
 /// `[api]`. The server binds once per process: a new `listen` takes effect
 /// when the process restarts. Any other change restarts the pipeline, and
@@ -87,25 +87,9 @@ impl ApiConfig {
                 "use a long random token, or remove the key to disable the reload endpoint",
             ));
         }
-        if !(1..=32).contains(&self.db_connections) {
-            return Err(invalid(file, "api.db_connections", format!("is {}", self.db_connections), "use 1 to 32 (default 2)"));
-        }
-        if !(100..=600_000).contains(&self.statement_timeout_ms) {
-            return Err(invalid(
-                file,
-                "api.statement_timeout_ms",
-                format!("is {}", self.statement_timeout_ms),
-                "use 100 to 600000 (default 5000)",
-            ));
-        }
-        if !(1..=4096).contains(&self.max_concurrent_requests) {
-            return Err(invalid(
-                file,
-                "api.max_concurrent_requests",
-                format!("is {}", self.max_concurrent_requests),
-                "use 1 to 4096 (default 16)",
-            ));
-        }
+        in_range(file, "api.db_connections", self.db_connections, 1..=32, default_db_connections())?;
+        in_range(file, "api.statement_timeout_ms", self.statement_timeout_ms, 100..=600_000, default_statement_timeout_ms())?;
+        in_range(file, "api.max_concurrent_requests", self.max_concurrent_requests, 1..=4096, default_max_concurrent_requests())?;
         if let Some(bad) = self.allowed_hosts.iter().find(|h| !is_host_name(h)) {
             return Err(invalid(
                 file,

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::{invalid, Apply, ConfigError};
+use crate::config::{in_range, invalid, Apply, ConfigError};
 use crate::stages::record::{AggregateParams, WindowSpec};
 
 /// `[aggregate]`. The window, the session timeout and query handling define
@@ -90,17 +90,8 @@ impl AggregateConfig {
                 "use a size that divides a day evenly, e.g. 60, 300, 3600 (default 60)",
             ));
         }
-        if !(1..=86_400).contains(&self.session_timeout_secs) {
-            return Err(invalid(
-                file,
-                "aggregate.session_timeout_secs",
-                format!("is {}", self.session_timeout_secs),
-                "use 1 to 86400 (default 1800)",
-            ));
-        }
-        if !(100..=3_600_000).contains(&self.interval_ms) {
-            return Err(invalid(file, "aggregate.interval_ms", format!("is {}", self.interval_ms), "use 100 to 3600000 (default 5000)"));
-        }
+        in_range(file, "aggregate.session_timeout_secs", self.session_timeout_secs, 1..=86_400, default_session_timeout_secs())?;
+        in_range(file, "aggregate.interval_ms", self.interval_ms, 100..=3_600_000, default_interval_ms())?;
         if self.allowed_lateness_secs > 7 * 86_400 {
             return Err(invalid(
                 file,
@@ -109,17 +100,8 @@ impl AggregateConfig {
                 "use at most 604800 (a week; default 60)",
             ));
         }
-        if !(1..=100_000).contains(&self.batch_size) {
-            return Err(invalid(file, "aggregate.batch_size", format!("is {}", self.batch_size), "use 1 to 100000 (default 4096)"));
-        }
-        if !(1..=7 * 86_400).contains(&self.idle_partition_secs) {
-            return Err(invalid(
-                file,
-                "aggregate.idle_partition_secs",
-                format!("is {}", self.idle_partition_secs),
-                "use 1 to 604800 (default 300)",
-            ));
-        }
+        in_range(file, "aggregate.batch_size", self.batch_size, 1..=100_000, default_batch_size())?;
+        in_range(file, "aggregate.idle_partition_secs", self.idle_partition_secs, 1..=7 * 86_400, default_idle_partition_secs())?;
         if self.clock_skew_secs > 7 * 86_400 {
             return Err(invalid(
                 file,

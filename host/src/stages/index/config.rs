@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::{invalid, Apply, ConfigError};
+use crate::config::{in_range, invalid, Apply, ConfigError};
 
 /// `[index]`. Any change needs a restart (a new client, maybe new indices).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -71,14 +71,7 @@ impl IndexConfig {
                 "use a lower-case name without spaces or \\/*?\"<>|,#: that does not start with _, - or +",
             ));
         }
-        if !(64 << 10..=100 << 20).contains(&self.bulk_max_bytes) {
-            return Err(invalid(
-                file,
-                "index.bulk_max_bytes",
-                format!("is {}", self.bulk_max_bytes),
-                "use 65536 to 104857600 (default 5242880)",
-            ));
-        }
+        in_range(file, "index.bulk_max_bytes", self.bulk_max_bytes, 64 << 10..=100 << 20, default_bulk_max_bytes())?;
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::{invalid, Apply, ConfigError};
+use crate::config::{in_range, invalid, Apply, ConfigError};
 
 /// librdkafka properties the pipeline sets itself because exactly-once
 /// storage depends on them: offsets are stored and committed by the store
@@ -97,25 +97,9 @@ impl SourceConfig {
         if self.group_id.trim().is_empty() {
             return Err(invalid(file, "source.group_id", "is empty".into(), "name the consumer group"));
         }
-        if !(1..=100_000).contains(&self.batch_size) {
-            return Err(invalid(file, "source.batch_size", format!("is {}", self.batch_size), "use 1 to 100000 (default 4096)"));
-        }
-        if !(1..=60_000).contains(&self.batch_max_wait_ms) {
-            return Err(invalid(
-                file,
-                "source.batch_max_wait_ms",
-                format!("is {}", self.batch_max_wait_ms),
-                "use 1 to 60000 (default 200)",
-            ));
-        }
-        if !(256..=16 << 20).contains(&self.max_record_bytes) {
-            return Err(invalid(
-                file,
-                "source.max_record_bytes",
-                format!("is {}", self.max_record_bytes),
-                "use 256 to 16777216 (default 65536)",
-            ));
-        }
+        in_range(file, "source.batch_size", self.batch_size, 1..=100_000, default_batch_size())?;
+        in_range(file, "source.batch_max_wait_ms", self.batch_max_wait_ms, 1..=60_000, default_batch_max_wait_ms())?;
+        in_range(file, "source.max_record_bytes", self.max_record_bytes, 256..=16 << 20, default_max_record_bytes())?;
         if let Some(key) = self.kafka.keys().find(|k| RESERVED_KAFKA_KEYS.contains(&k.trim())) {
             return Err(invalid(
                 file,

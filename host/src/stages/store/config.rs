@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::{invalid, Apply, ConfigError};
+use crate::config::{in_range, invalid, Apply, ConfigError};
 
 /// `[store]`. Any change needs a restart (new connections, maybe new tables).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -59,17 +59,8 @@ impl StoreConfig {
                 "use a postgres://user@host:5432/db URL",
             ));
         }
-        if !(1..=64).contains(&self.max_in_flight_batches) {
-            return Err(invalid(
-                file,
-                "store.max_in_flight_batches",
-                format!("is {}", self.max_in_flight_batches),
-                "use 1 to 64 (default 4)",
-            ));
-        }
-        if !(1..=64).contains(&self.writers) {
-            return Err(invalid(file, "store.writers", format!("is {}", self.writers), "use 1 to 64 (default 4)"));
-        }
+        in_range(file, "store.max_in_flight_batches", self.max_in_flight_batches, 1..=64, default_max_in_flight_batches())?;
+        in_range(file, "store.writers", self.writers, 1..=64, default_writers())?;
         if self.retention_days > 36_500 {
             return Err(invalid(file, "store.retention_days", format!("is {}", self.retention_days), "use 0 (keep everything) to 36500"));
         }
