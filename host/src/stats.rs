@@ -229,7 +229,7 @@ impl Stats {
     /// Counters get their `_total` suffix from the encoder.
     fn register(&self) -> Registry {
         let mut r = Registry::default();
-        let counters: [(&str, &str, &Counter); 10] = [
+        let counters: [(&str, &str, &Counter); 14] = [
             ("clickstream_records_consumed", "Records read from Kafka, redeliveries included.", &self.consumed),
             ("clickstream_consumed_bytes", "Payload bytes read from Kafka.", &self.consumed_bytes),
             ("clickstream_events_stored", "Events inserted into PostgreSQL (what came out of the end of the chain).", &self.stored),
@@ -252,6 +252,10 @@ impl Stats {
                 "Transform calls that failed as a batch and were retried event by event.",
                 &self.transform_batch_failures,
             ),
+            ("clickstream_aggregation_passes", "Aggregation passes run.", &self.aggregation_passes),
+            ("clickstream_windows_aggregated", "Windows aggregated (re-aggregations included).", &self.windows_aggregated),
+            ("clickstream_documents_indexed", "Aggregate documents the search server accepted.", &self.documents_indexed),
+            ("clickstream_documents_rejected", "Aggregate documents the search server refused.", &self.documents_rejected),
         ];
         for (name, help, counter) in counters {
             r.register(name, help, counter.clone());
@@ -265,18 +269,9 @@ impl Stats {
         r.register("clickstream_batch_duration_seconds", "Seconds per batch, by stage.", self.batch_seconds.clone());
         r.register(
             "clickstream_reloads",
-            "Reload attempts by what (a transform's name, aggregate, pipeline.toml) and outcome (accepted, rejected).",
+            "Reload attempts by what (a transform's name, aggregate, pipeline.toml, geoip:<file>) and outcome (accepted, rejected; for a plugin also optimized, not_optimized and its rollout's steps).",
             self.reloads.clone(),
         );
-        let counters: [(&str, &str, &Counter); 4] = [
-            ("clickstream_aggregation_passes", "Aggregation passes run.", &self.aggregation_passes),
-            ("clickstream_windows_aggregated", "Windows aggregated (re-aggregations included).", &self.windows_aggregated),
-            ("clickstream_documents_indexed", "Aggregate documents the search server accepted.", &self.documents_indexed),
-            ("clickstream_documents_rejected", "Aggregate documents the search server refused.", &self.documents_rejected),
-        ];
-        for (name, help, counter) in counters {
-            r.register(name, help, counter.clone());
-        }
         r.register(
             "clickstream_windows_failing",
             "Windows whose last aggregation failed, set aside and retried with backoff.",
