@@ -20,20 +20,24 @@ impl PrivateSearch {
             .expect("python3");
         assert!(package.status.success(), "osmem-server is not installed: run `scripts/services up` (pip install osmem-server)");
         let bin = PathBuf::from(String::from_utf8_lossy(&package.stdout).trim()).join("bin/osmem-server");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(bin)
-            .args(["-addr", &format!("127.0.0.1:{port}"), "-no-stdin-watch"])
-            .stdout(std::process::Stdio::null())
+        // Port 0: the server binds a free port itself and says which. A port
+        // picked here and bound later could be taken meanwhile by another
+        // test's listener, which would then answer (and not freeze) for it.
+        let mut child = Command::new(bin)
+            .args(["-addr", "127.0.0.1:0", "-no-stdin-watch"])
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start osmem-server");
-        let search = PrivateSearch { url: format!("http://127.0.0.1:{port}"), child };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "osmem-server did not start on port {port}");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        search
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut first).expect("read osmem-server's address");
+        // Whatever else it prints is drained, so it never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let started: serde_json::Value =
+            serde_json::from_str(&first).unwrap_or_else(|e| panic!("osmem-server did not say where it listens ({e}): {first:?}"));
+        let url = started["url"].as_str().unwrap_or_else(|| panic!("no url in osmem-server's first line: {first}")).to_string();
+        PrivateSearch { url, child }
     }
 
     /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the server: requests hang as
