@@ -551,12 +551,16 @@ async fn a_server_that_stays_overloaded_is_reported_after_the_retry_budget() {
         (503, json!({ "error": { "type": "cluster_block_exception", "reason": "blocked by: [SERVICE_UNAVAILABLE/1/state not recovered]" }, "status": 503 }).to_string())
     })
     .await;
-    let indexer =
-        Indexer::new(&config(&url, "down", TimeSuffix::None, DEFAULT_BULK_MAX_BYTES)).unwrap().with_retry_budget(Duration::from_secs(1));
+    // The pauses are 200 ms doubling, each jittered to up to twice its
+    // nominal length: the first two take at most 400 + 800 ms, so a budget
+    // of 2 s guarantees a third attempt whatever the jitter draws (with 1 s,
+    // one run in three saw only two). No attempt starts past the budget.
+    let budget = Duration::from_secs(2);
+    let indexer = Indexer::new(&config(&url, "down", TimeSuffix::None, DEFAULT_BULK_MAX_BYTES)).unwrap().with_retry_budget(budget);
     let docs: Vec<AggregateDoc> = (0..3).map(|i| doc(LEAP_DAY_MS, &format!("https://x.example/{i}"), "DE", 1)).collect();
     let started = Instant::now();
     let err = indexer.index(&docs).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(started.elapsed() < budget + Duration::from_secs(1), "took {:?}", started.elapsed());
     match &err {
         IndexError::Overloaded { pending: 3, status: 503, reason, .. } => assert!(reason.contains("state not recovered"), "{reason}"),
         other => panic!("expected Overloaded, got {other:?}"),
