@@ -376,3 +376,56 @@ fn answers_match_maxminds_own_reader_on_the_downloaded_databases() {
     eprintln!("{found} of {} addresses have a location; {found_v6} of {} random IPv6 ones", addresses.len(), v6.len());
     assert!(found_v6 >= v6.len() / 10, "only {found_v6} random IPv6 addresses have a location: the sample proves little");
 }
+
+/// A city database whose record for 81.2.69.0/24 is damaged where the
+/// check's probes do not look: the city string's size claims 16 MiB past
+/// the end of the file (maxminddb slices its buffer unchecked there).
+fn damaged_city_db(dir: &std::path::Path) -> PathBuf {
+    let path = dir.join("damaged.mmdb");
+    let networks = json!([["8.8.8.0/24", "US", "Mountain View"], ["81.2.69.0/24", "GB", "Zzzdamaged"]]);
+    run_python("write_mmdb.py", &json!([{"path": path, "ip_version": 4, "layout": "flat", "networks": networks}]));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.windows(10).position(|w| w == b"Zzzdamaged").expect("the city string in the data section");
+    assert_eq!(bytes[at - 1], 0x4a, "a UTF-8 string of 10 bytes");
+    // Type 2 (string), size 31: the next three bytes hold the size - 65,821.
+    bytes[at - 1] = 0x5f;
+    bytes[at..at + 3].copy_from_slice(&[0xff, 0xff, 0xff]);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn a_record_the_reader_panics_on_answers_no_location_counted_and_the_plugin_call_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = damaged_city_db(dir.path());
+    let geoip = std::sync::Arc::new(GeoIp::open(std::slice::from_ref(&path)).expect("the probes do not reach the damage"));
+    assert_eq!(geoip.lookup("8.8.8.8"), at("US", Some("Mountain View")));
+    assert_eq!(geoip.lookup("81.2.69.142"), None, "a record the reader panics on is no record");
+    assert_eq!(geoip.databases()[0].lookup_panics, 1);
+
+    // Through the enrich plugin's geoip import: the panic does not unwind
+    // into the plugin call (it used to kill the transform thread).
+    let spec = clickstream::plugin::PluginSpec {
+        slot: "enrich".into(),
+        path: support::plugin("enrich"),
+        settings: vec![],
+        limits: Default::default(),
+    };
+    let enrich = clickstream::plugin::transform::LoadedTransform::load(spec, Some(geoip.clone())).unwrap();
+    let mut runner = clickstream::plugin::transform::TransformRunner::new(std::sync::Arc::new(clickstream::plugin::Slot::new(enrich)));
+    let events: Vec<clickstream::stages::record::TransformEvent> = clickstream::plugin::golden::batch()
+        .into_iter()
+        .map(|mut e| {
+            e.ip = "81.2.69.142".into();
+            e.into()
+        })
+        .collect();
+    let (_, outcomes) = runner.transform(&events).expect("the call succeeds");
+    for outcome in &outcomes {
+        if let clickstream::stages::record::Outcome::Keep(event) = outcome {
+            assert_eq!(event.enrichment.country, None, "{event:?}");
+        }
+    }
+    assert!(outcomes.iter().any(|o| matches!(o, clickstream::stages::record::Outcome::Keep(_))), "{outcomes:?}");
+    assert!(geoip.databases()[0].lookup_panics > 1, "the plugin's lookups were counted too");
+}

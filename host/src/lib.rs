@@ -12,6 +12,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod fence;
 pub mod kafka;
 pub mod plugin;
 pub mod postgres;

@@ -72,7 +72,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let message = cli::error_chain(&e);
+            match cli.log_format {
+                LogFormat::Text => eprintln!("error: {message}"),
+                // One JSON object like every other line, for log shippers.
+                LogFormat::Json => tracing::error!(error = %message, "exiting"),
+            }
             ExitCode::FAILURE
         }
     }

@@ -14,6 +14,25 @@ use anyhow::Context;
 use clickstream::config::PipelineConfig;
 use clickstream::stages::store::Store;
 
+/// An error and its causes on one line, `outer: cause: root`, each cause
+/// once: many errors already quote their source in their own message (a
+/// plugin's "cannot read …: No such file"), and printing the chain as is
+/// would repeat it.
+pub fn error_chain(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(text.as_str()) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// Epoch milliseconds or an RFC 3339 time.
 pub fn parse_time(s: &str) -> Result<i64, String> {
     s.parse::<i64>()
@@ -46,4 +65,25 @@ pub async fn connect_store(config: &PipelineConfig) -> anyhow::Result<Store> {
     Store::open(&config.store, config.windows())
         .await
         .with_context(|| format!("while connecting to [store] database_url in {}", config.file.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_the_message_already_quotes_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");
+        let plugin = clickstream::plugin::PluginError::Read { plugin: "enrich".into(), path: "/x/enrich.wasm".into(), source: io };
+        let error = anyhow::Error::new(plugin).context("while running p.toml");
+        let line = error_chain(&error);
+        assert_eq!(line, "while running p.toml: plugin `enrich`: cannot read /x/enrich.wasm: No such file or directory (os error 2)");
+        assert_eq!(line.matches("os error 2").count(), 1, "{line}");
+    }
+
+    #[test]
+    fn causes_the_message_does_not_quote_are_all_printed() {
+        let error = anyhow::anyhow!("root cause").context("middle").context("outer");
+        assert_eq!(error_chain(&error), "outer: middle: root cause");
+    }
 }

@@ -27,6 +27,10 @@ fn run_pipeline(pipeline: &Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // The API stops when the pipeline ends, whether asked to or not: a
+        // pipeline that cannot start, or whose stage died, must take the
+        // process down (exit 1) rather than leave the API answering alone.
+        let (api_stop_tx, api_stop_rx) = tokio::sync::watch::channel(false);
         let sighup = Arc::new(tokio::sync::Notify::new());
         let hup = sighup.clone();
         tokio::spawn(async move {
@@ -63,7 +67,7 @@ fn run_pipeline(pipeline: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("while binding [api] listen = {listen:?} in {} (is another process on that port?)", pipeline.display()))?;
         let bound = listener.local_addr().map_or_else(|_| listen.clone(), |a| a.to_string());
         tracing::info!(listen = %bound, "HTTP API and dashboard at http://{bound}/");
-        let serving = api.clone().serve_on_own_thread(listener.into_std()?, stop_rx.clone()).context("while starting the API's thread")?;
+        let serving = api.clone().serve_on_own_thread(listener.into_std()?, api_stop_rx).context("while starting the API's thread")?;
         let result = clickstream::runtime::pipeline::run_until_stopped(config, stop_rx, sighup, stats, |running| {
             if running.config.api.listen != listen {
                 tracing::warn!(listen = %listen, wanted = %running.config.api.listen, "api.listen changed; the API keeps its address until the process restarts");
@@ -72,6 +76,7 @@ fn run_pipeline(pipeline: &Path) -> anyhow::Result<()> {
         })
         .await
         .with_context(|| format!("while running {}", pipeline.display()));
+        let _ = api_stop_tx.send(true);
         let _ = tokio::task::spawn_blocking(move || serving.join()).await;
         result
     })?;

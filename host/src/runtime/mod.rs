@@ -7,4 +7,5 @@ pub mod api;
 pub mod dead_letters;
 pub mod pipeline;
 pub mod reload;
+pub mod supervise;
 pub mod writers;

@@ -15,6 +15,7 @@ use crate::plugin::aggregate::LoadedAggregate;
 use crate::plugin::geoip::{GeoIp, GeoIpError};
 use crate::plugin::{PluginCounters, PluginError, PluginInfo, Slot};
 use crate::runtime::reload::{LiveSettings, ReloadRequest, Reloader};
+use crate::runtime::supervise::{StageFailure, Stages};
 use crate::runtime::writers::Writers;
 use crate::stages::aggregate::Aggregator;
 use crate::stages::decode::{decode_batch, DecodeLimits};
@@ -52,6 +53,12 @@ pub enum PipelineError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// A Kafka client property librdkafka refuses.
+    #[error(transparent)]
+    KafkaProperty(#[from] source::PropertyError),
+    /// A stage died while running; the pipeline drained what it could.
+    #[error(transparent)]
+    Stage(#[from] StageFailure),
 }
 
 /// How a run ended.
@@ -87,6 +94,8 @@ pub struct Pipeline {
     /// True once the pipeline drains (stopping, or restarting with a new
     /// pipeline.toml): its parts are about to go away.
     pub draining: watch::Receiver<bool>,
+    /// Which stage holds work since when, for readiness.
+    pub stages: Arc<Stages>,
 }
 
 /// Runs the pipeline until `shutdown`, draining at the end, and again each
@@ -118,6 +127,9 @@ pub async fn run(
     stats: Arc<Stats>,
     started: impl Fn(&Pipeline),
 ) -> Result<Exit, PipelineError> {
+    // What can be refused without a server answers first, so a pipeline
+    // that cannot start says so at once instead of waiting on PostgreSQL.
+    source::check_properties(&config.source)?;
     let geoip = Arc::new(GeoIp::open(&config.geoip.databases)?);
     let chain = Arc::new(ArcSwap::from_pointee(load_chain(config.transform_specs(), &geoip)?));
     let aggregate = Arc::new(Slot::new(LoadedAggregate::load(config.aggregate_spec())?));
@@ -132,16 +144,20 @@ pub async fn run(
         .map_err(|source| PipelineError::Kafka { brokers: crate::redact::in_text(&config.source.brokers).into_owned(), source })?;
     tracing::info!(brokers = %crate::redact::in_text(&config.source.brokers), topics = ?config.source.topics, group = %config.source.group_id, "consuming");
 
-    // Drains on shutdown, and on a reload that needs a restart.
+    // Drains on shutdown, on a reload that needs a restart, and when a
+    // stage dies.
     let (drain_tx, drain) = watch::channel(false);
     let (restart_tx, mut restart_rx) = watch::channel::<Option<PipelineConfig>>(None);
+    let stages = Arc::new(Stages::default());
     let forward = tokio::spawn({
         let mut shutdown = shutdown.clone();
+        let mut failed = stages.watch_failure();
         let drain_tx = drain_tx.clone();
         async move {
             tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => {}
                 _ = restart_rx.wait_for(|r| r.is_some()) => {}
+                _ = failed.wait_for(Option::is_some) => {}
             }
             let _ = drain_tx.send(true);
         }
@@ -152,23 +168,35 @@ pub async fn run(
     let (decode_tx, decode_rx) = watch::channel(config.decode_limits());
     let live = LiveSettings { batching: batching_tx, decode: decode_tx, aggregate: aggregate_tx };
     let reloader = Reloader::new(config.clone(), chain.clone(), aggregate.clone(), geoip.clone(), live, stats.clone(), restart_tx.clone());
-    let refreshing_geoip = tokio::spawn(crate::plugin::geoip::refresh::watch(geoip.clone(), stats.clone(), drain.clone()));
+    let refreshing_geoip = stages.spawn("geoip refresh", &drain, {
+        let (refresh, mut until) = (crate::plugin::geoip::refresh::watch(geoip.clone(), stats.clone(), drain.clone()), drain.clone());
+        // With no file to watch it ends at once; that is no failure.
+        async move {
+            refresh.await;
+            let _ = until.wait_for(|d| *d).await;
+        }
+    });
     let (reload_tx, reload_rx) = mpsc::channel(4);
-    let reloading = tokio::spawn(reloader.run(sighup, reload_rx, drain.clone()));
+    let reloading = stages.spawn("reload", &drain, reloader.run(sighup, reload_rx, drain.clone()));
 
     let indexer = Indexer::new(&config.index)?;
     let rows_written = Arc::new(Notify::new());
     let aggregator = Aggregator::new(store.pool().clone(), aggregate.clone(), aggregate_rx, config.source.topics.clone(), stats.clone());
-    let aggregating = tokio::spawn(aggregator.run(rows_written.clone(), drain.clone()));
+    let aggregating = stages.spawn("aggregate", &drain, aggregator.run(rows_written.clone(), drain.clone()));
     let publisher = Publisher::new(store.pool().clone(), indexer.clone(), stats.clone());
-    let publishing = tokio::spawn(publisher.run(rows_written, drain.clone()));
-    let upkeep = tokio::spawn(store.partitions().clone().run(store.pool().clone(), PARTITION_UPKEEP_EVERY, drain.clone()));
+    let publishing = stages.spawn("index", &drain, publisher.run(rows_written, drain.clone()));
+    let upkeep = stages.spawn(
+        "partition upkeep",
+        &drain,
+        store.partitions().clone().run(store.pool().clone(), PARTITION_UPKEEP_EVERY, drain.clone()),
+    );
 
     let depth = config.store.max_in_flight_batches;
     let (records_tx, records_rx) = mpsc::channel(depth);
     let (batches_tx, mut batches_rx) = mpsc::channel::<WriteBatch>(depth);
-    let reading = tokio::spawn(source::run(consumer.clone(), batching_rx, records_tx, drain.clone(), stats.clone()));
-    let transforming = spawn_decode_and_transform(ChainRunner::new(chain.clone()), decode_rx, records_rx, batches_tx, stats.clone());
+    let reading = stages.spawn("source", &drain, source::run(consumer.clone(), batching_rx, records_tx, drain.clone(), stats.clone()));
+    let transforming =
+        spawn_decode_and_transform(&stages, &drain, ChainRunner::new(chain.clone()), decode_rx, records_rx, batches_tx, stats.clone());
 
     let config_writers = config.store.writers;
     let pipeline = Pipeline {
@@ -182,10 +210,11 @@ pub async fn run(
         indexer,
         reload: reload_tx,
         draining: drain.clone(),
+        stages: stages.clone(),
     };
     started(&pipeline);
 
-    let writers = Writers::start(config_writers, depth, &store, &consumer, &stats, &drain);
+    let writers = Writers::start(config_writers, depth, &store, &consumer, &stats, &stages, &drain);
     while let Some(batch) = batches_rx.recv().await {
         if !writers.write(batch).await {
             break;
@@ -203,7 +232,9 @@ pub async fn run(
     let _ = reloading.await;
     let _ = refreshing_geoip.await;
     forward.abort();
-    let _ = tokio::task::spawn_blocking(move || transforming.join()).await;
+    if let Some(transforming) = transforming {
+        let _ = tokio::task::spawn_blocking(move || transforming.join()).await;
+    }
     // Only this host's partitions: committing another member's could move
     // its visible offset backwards.
     let assigned = consumer.assignment().map(|tpl| tpl.to_topic_map()).unwrap_or_default();
@@ -217,6 +248,9 @@ pub async fn run(
         redelivered = stats.redelivered.get(),
         "pipeline stopped"
     );
+    if let Some(failure) = stages.failure() {
+        return Err(failure.into());
+    }
     let restart = restart_tx.borrow().clone();
     Ok(match restart {
         Some(next) if !*shutdown.borrow() => Exit::Restart(Box::new(next)),
@@ -225,29 +259,35 @@ pub async fn run(
 }
 
 /// Decodes and transforms on a thread of its own (plugin calls are
-/// CPU-bound and block) until `input` closes; `output` closes when it returns.
+/// CPU-bound and block) until `input` closes; `output` closes when it
+/// returns. `None` when the thread could not be started (recorded as the
+/// stage's failure).
 fn spawn_decode_and_transform(
+    stages: &Arc<Stages>,
+    drain: &watch::Receiver<bool>,
     mut runner: ChainRunner,
     limits: watch::Receiver<DecodeLimits>,
     mut input: mpsc::Receiver<Vec<Consumed>>,
     output: mpsc::Sender<WriteBatch>,
     stats: Arc<Stats>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("transform".into())
-        .spawn(move || {
-            while let Some(records) = input.blocking_recv() {
-                let started = std::time::Instant::now();
-                let len = records.len();
-                let limits = *limits.borrow();
-                let batch = runner.process(decode_batch(records, &limits), &stats);
-                stats.batch(BatchStage::Transform, len, started.elapsed());
-                if output.blocking_send(batch).is_err() {
-                    return;
-                }
+) -> Option<std::thread::JoinHandle<()>> {
+    let stage = stages.stage("transform");
+    let spawned = stages.spawn_thread("transform", drain, move || {
+        while let Some(records) = input.blocking_recv() {
+            let started = std::time::Instant::now();
+            let len = records.len();
+            let busy = stage.busy(|| format!("a batch of {len} records"));
+            crate::runtime::supervise::fault_point("transform");
+            let limits = *limits.borrow();
+            let batch = runner.process(decode_batch(records, &limits), &stats);
+            drop(busy);
+            stats.batch(BatchStage::Transform, len, started.elapsed());
+            if output.blocking_send(batch).is_err() {
+                return;
             }
-        })
-        .expect("spawn the transform thread")
+        }
+    });
+    spawned.inspect_err(|e| stages.fail("transform", format!("could not start its thread: {e}"))).ok()
 }
 
 /// One plugin the pipeline runs, for the API and metrics.

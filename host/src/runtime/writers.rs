@@ -14,6 +14,7 @@ use rdkafka::consumer::CommitMode;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::runtime::supervise::Stages;
 use crate::stages::record::WriteBatch;
 use crate::stages::source::{self, SourceConsumer};
 use crate::stages::store::retry::{store_batch, Abandoned};
@@ -33,20 +34,24 @@ pub struct Writers {
 impl Writers {
     /// Starts `n` writers sharing a queue depth of `depth` batches: each
     /// holds `depth / n` parts (at least one), so what is in flight stays
-    /// what `store.max_in_flight_batches` says whatever the writers.
+    /// what `store.max_in_flight_batches` says whatever the writers. A
+    /// writer that panics is recorded as the store stage's death.
     pub fn start(
         n: usize,
         depth: usize,
         store: &Store,
         consumer: &Arc<SourceConsumer>,
         stats: &Arc<Stats>,
+        stages: &Arc<Stages>,
         drain: &watch::Receiver<bool>,
     ) -> Writers {
+        let stage = stages.stage("store");
         let (queues, tasks) = (0..n.max(1))
             .map(|_| {
                 let (tx, mut rx) = mpsc::channel::<WriteBatch>(depth.div_ceil(n.max(1)).max(1));
                 let (store, consumer, stats, drain) = (store.clone(), consumer.clone(), stats.clone(), drain.clone());
-                let task = tokio::spawn(async move {
+                let (stage, stages) = (stage.clone(), stages.clone());
+                let writing = async move {
                     while let Some(mut batch) = rx.recv().await {
                         // What queued while the last transaction ran goes
                         // into this one: under load, transactions grow to
@@ -58,10 +63,21 @@ impl Writers {
                                 Err(_) => break,
                             }
                         }
+                        let busy = stage.busy(|| format!("a write of {} records", batch.len()));
+                        crate::runtime::supervise::fault_point("store");
                         store_batch(&store, &batch, &stats, drain.clone()).await?;
+                        drop(busy);
                         source::commit(&consumer, &batch.next_offsets, CommitMode::Async);
                     }
                     Ok(())
+                };
+                let task = tokio::spawn(async move {
+                    use futures::FutureExt;
+                    std::panic::AssertUnwindSafe(writing).catch_unwind().await.unwrap_or_else(|panic| {
+                        let how = format!("panicked: {}", crate::runtime::supervise::panic_message(panic.as_ref()));
+                        stages.fail("store", how.clone());
+                        Err(Abandoned { attempts: 0, last: format!("the writer {how}") })
+                    })
                 });
                 (tx, task)
             })

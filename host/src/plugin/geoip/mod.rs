@@ -17,6 +17,7 @@ mod stamp;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -89,6 +90,9 @@ pub struct DatabaseInfo {
     pub loaded_at: SystemTime,
     /// The last file refused at this path since the pipeline started, if any.
     pub last_refusal: Option<Arc<Refusal>>,
+    /// Lookups whose record the reader panicked on (a damaged file the
+    /// refresh check's probes did not reach), answered as "no record".
+    pub lookup_panics: u64,
 }
 
 impl DatabaseInfo {
@@ -129,6 +133,8 @@ struct Database {
     name: String,
     serving: ArcSwap<Serving>,
     refused: ArcSwapOption<Refusal>,
+    /// See [`DatabaseInfo::lookup_panics`].
+    panics: AtomicU64,
 }
 
 /// A checked file and when it began serving.
@@ -140,7 +146,13 @@ struct Serving {
 impl Database {
     fn new(path: &Path, checked: Checked) -> Database {
         let name = path.file_name().unwrap_or(path.as_os_str()).to_string_lossy().into_owned();
-        Database { path: path.to_path_buf(), name, serving: ArcSwap::from_pointee(Serving::now(checked)), refused: ArcSwapOption::empty() }
+        Database {
+            path: path.to_path_buf(),
+            name,
+            serving: ArcSwap::from_pointee(Serving::now(checked)),
+            refused: ArcSwapOption::empty(),
+            panics: AtomicU64::new(0),
+        }
     }
 
     fn info(&self) -> DatabaseInfo {
@@ -154,6 +166,7 @@ impl Database {
             build_epoch: metadata.build_epoch,
             loaded_at: serving.loaded_at,
             last_refusal: self.refused.load_full(),
+            lookup_panics: self.panics.load(Ordering::Relaxed),
         }
     }
 }
@@ -203,8 +216,15 @@ impl GeoIp {
             }
             // An IPv4 address in an IPv6 database is found under `::a.b.c.d`,
             // where maxminddb starts IPv4 lookups. A record that does not
-            // decode as either layout counts as no record.
-            let Ok(Some(record)) = serving.checked.reader.lookup::<Record>(ip) else {
+            // decode as either layout counts as no record, and so does one
+            // the reader panics on (it indexes a damaged file unchecked).
+            let Ok(Ok(Some(record))) = crate::fence::fenced(|| serving.checked.reader.lookup::<Record>(ip)).inspect_err(|panic| {
+                let n = database.panics.fetch_add(1, Ordering::Relaxed) + 1;
+                // The first, then every 1000th: a damaged record may be hit by every click.
+                if n == 1 || n % 1000 == 0 {
+                    tracing::error!(database = %database.name, %ip, lookups = n, panic = %panic, "GeoIP reader panicked on a damaged record; answered as no record (replace the file)");
+                }
+            }) else {
                 continue;
             };
             let location = record.location();

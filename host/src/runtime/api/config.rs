@@ -44,6 +44,11 @@ pub struct ApiConfig {
     /// default: payloads are what clients sent and may hold personal data.
     #[serde(default)]
     pub dead_letter_previews: bool,
+    /// `/ready` answers 503 naming a stage that has held its work (a batch
+    /// being transformed or stored, an aggregation or indexing pass) this
+    /// many seconds without finishing it: stuck, not slow.
+    #[serde(default = "default_ready_stall_secs")]
+    pub ready_stall_secs: u64,
 }
 
 fn default_listen() -> String {
@@ -58,6 +63,9 @@ const fn default_statement_timeout_ms() -> u64 {
 const fn default_max_concurrent_requests() -> usize {
     16
 }
+const fn default_ready_stall_secs() -> u64 {
+    120
+}
 
 impl Default for ApiConfig {
     fn default() -> Self {
@@ -69,6 +77,7 @@ impl Default for ApiConfig {
             max_concurrent_requests: default_max_concurrent_requests(),
             allowed_hosts: Vec::new(),
             dead_letter_previews: false,
+            ready_stall_secs: default_ready_stall_secs(),
         }
     }
 }
@@ -90,6 +99,7 @@ impl ApiConfig {
         in_range(file, "api.db_connections", self.db_connections, 1..=32, default_db_connections())?;
         in_range(file, "api.statement_timeout_ms", self.statement_timeout_ms, 100..=600_000, default_statement_timeout_ms())?;
         in_range(file, "api.max_concurrent_requests", self.max_concurrent_requests, 1..=4096, default_max_concurrent_requests())?;
+        in_range(file, "api.ready_stall_secs", self.ready_stall_secs, 1..=86_400, default_ready_stall_secs())?;
         if let Some(bad) = self.allowed_hosts.iter().find(|h| !is_host_name(h)) {
             return Err(invalid(
                 file,

@@ -138,6 +138,13 @@ impl Collector for Live {
             "clickstream_geoip_build_timestamp_seconds",
             "When each GeoIP database serving now was built (its metadata's build_epoch), Unix seconds; it moves when a new file is swapped in.",
             built,
+        )?;
+        let panics = self.geoip.iter().map(|db| ([("database", db.name.as_str())], counter(db.lookup_panics)));
+        family(
+            e,
+            "clickstream_geoip_lookup_panics",
+            "Lookups the GeoIP reader panicked on (a damaged record), answered as no location, per database.",
+            panics,
         )
     }
 }
@@ -241,6 +248,12 @@ impl Live {
             "Events on which the candidate in shadow differed from the serving version, by field (`outcome` when kept/dropped/rejected differ).",
             differences,
         )?;
+        family(
+            e,
+            "clickstream_shadow_batches_skipped",
+            "Batches selected for a candidate in shadow but skipped because it was still busy with earlier ones (it runs on its own thread and never holds up a batch), per transform.",
+            shadows.iter().map(|(slot, report)| ([("transform", *slot)], counter(report.skipped))),
+        )?;
         let canaries: Vec<_> = self.transforms().filter_map(|p| p.canary.as_ref().map(|c| (p.info.slot.as_str(), c.report()))).collect();
         let versions = |report: &crate::plugin::canary::CanaryReport| [("candidate", report.candidate), ("serving", report.serving)];
         let events = canaries.iter().flat_map(|(slot, report)| {
@@ -294,6 +307,7 @@ mod tests {
             build_epoch: 1_700_000_000,
             loaded_at: SystemTime::now(),
             last_refusal: None,
+            lookup_panics: 0,
         }
     }
 

@@ -266,7 +266,12 @@ async fn ready(State(api): State<Api>) -> Response {
     let plugins: serde_json::Map<String, Value> =
         pipeline.plugins().iter().map(|p| (p.info.slot.clone(), json!(version_of(&p.info)))).collect();
     let plugins = Ok(Value::Object(plugins));
-    let ready = postgres.is_ok() && kafka.is_ok() && search.is_ok();
+    let stalled = pipeline.stages.stalled(Duration::from_secs(pipeline.config.api.ready_stall_secs));
+    let stages = match stalled.as_slice() {
+        [] => Ok(json!("every stage is moving")),
+        stalled => Err(stalled.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")),
+    };
+    let ready = postgres.is_ok() && kafka.is_ok() && search.is_ok() && stages.is_ok();
     let body = json!({
         "ready": ready,
         "checks": {
@@ -274,6 +279,7 @@ async fn ready(State(api): State<Api>) -> Response {
             "kafka": check(kafka),
             "search": check(search),
             "plugins": check(plugins),
+            "stages": check(stages),
         }
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

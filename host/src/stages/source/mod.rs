@@ -114,9 +114,42 @@ fn describe(tpl: &TopicPartitionList) -> String {
 /// The consumer, shared by the reading loop and the committer.
 pub type SourceConsumer = StreamConsumer<SourceContext>;
 
+/// A client property librdkafka refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("librdkafka refuses the property `{key}` ([source.kafka] in pipeline.toml, or one the pipeline sets): {reason}")]
+pub struct PropertyError {
+    /// The property.
+    pub key: String,
+    /// librdkafka's words, with the value hidden: it may be a password.
+    pub reason: String,
+}
+
+/// Checks every client property, the pipeline's and `[source.kafka]`'s,
+/// the way librdkafka will take them, without creating a client (nothing
+/// connects): an unknown property or a value it refuses is an error now
+/// rather than when the pipeline starts.
+pub fn check_properties(config: &SourceConfig) -> Result<(), PropertyError> {
+    client(config).create_native_config().map(|_| ()).map_err(|e| match e {
+        // rdkafka's own text quotes the value, which may be a secret.
+        KafkaError::ClientConfig(_, reason, key, value) => {
+            let reason = if value.is_empty() { reason } else { reason.replace(&value, crate::redact::HIDDEN) };
+            PropertyError { key, reason }
+        }
+        other => PropertyError { key: String::new(), reason: crate::redact::in_text(&other.to_string()).into_owned() },
+    })
+}
+
 /// Creates the consumer and subscribes to the configured topics; assigned
 /// partitions start at the offsets `offsets` reads from PostgreSQL.
 pub fn connect(config: &SourceConfig, offsets: OffsetLookup, stats: Arc<Stats>) -> Result<Arc<SourceConsumer>, KafkaError> {
+    let consumer: SourceConsumer = client(config).create_with_context(SourceContext { stats, offsets })?;
+    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    Ok(Arc::new(consumer))
+}
+
+/// The consumer's client properties: the pipeline's own, then `[source.kafka]`.
+fn client(config: &SourceConfig) -> rdkafka::ClientConfig {
     // The properties below that the guarantee depends on are refused in
     // [source.kafka] by config validation, so nothing overrides them.
     let mut client = crate::kafka::client_config(&config.brokers, &config.kafka);
@@ -141,10 +174,7 @@ pub fn connect(config: &SourceConfig, offsets: OffsetLookup, stats: Arc<Stats>) 
     for (k, v) in &config.kafka {
         client.set(k, v);
     }
-    let consumer: SourceConsumer = client.create_with_context(SourceContext { stats, offsets })?;
-    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics)?;
-    Ok(Arc::new(consumer))
+    client
 }
 
 /// Batching limits, adjustable while running.
@@ -233,5 +263,31 @@ pub fn commit(consumer: &SourceConsumer, next_offsets: &std::collections::BTreeM
     if let Err(e) = consumer.commit(&tpl, mode) {
         // A partition revoked in the meantime refuses the commit; harmless.
         tracing::debug!(error = %e, "kafka offset commit refused");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(kafka: &[(&str, &str)]) -> SourceConfig {
+        let text = "topics = [\"clicks\"]";
+        let mut config: SourceConfig = toml::from_str(text).unwrap();
+        config.kafka = kafka.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        config
+    }
+
+    #[test]
+    fn a_property_librdkafka_refuses_is_named_and_its_value_never_shown() {
+        assert_eq!(check_properties(&with(&[("security.protocol", "SSL")])), Ok(()));
+        let unknown = check_properties(&with(&[("sasl.pasword", "hunter2-secret")])).unwrap_err();
+        assert_eq!(unknown.key, "sasl.pasword");
+        let bad_value = check_properties(&with(&[("session.timeout.ms", "hunter2-secret")])).unwrap_err();
+        assert_eq!(bad_value.key, "session.timeout.ms");
+        for error in [unknown, bad_value] {
+            let text = error.to_string();
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains(&format!("`{}`", error.key)), "{text}");
+        }
     }
 }

@@ -25,6 +25,7 @@
 pub mod config;
 mod copy;
 mod isolate;
+pub mod migrations;
 pub mod partitions;
 pub mod retry;
 mod windows;
@@ -119,7 +120,7 @@ impl Store {
     /// Applies pending migrations. An advisory lock inside sqlx keeps two
     /// hosts starting at once from racing.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        migrations::MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
 

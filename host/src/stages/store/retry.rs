@@ -17,13 +17,15 @@ use crate::stats::{BatchStage, Stats};
 const MAX_STORE_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Connects to PostgreSQL, retrying with backoff until it answers or the
-/// pipeline is asked to stop.
+/// pipeline is asked to stop. A server that answers and refuses (a wrong
+/// password, a database that does not exist) fails at once: waiting will
+/// not change its answer, and a supervisor should hear of it.
 pub async fn connect_store(config: &StoreConfig, windows: WindowSpec, shutdown: &watch::Receiver<bool>) -> Result<Store, StoreError> {
     let mut pauses = pauses(Duration::from_millis(200), MAX_STORE_BACKOFF);
     loop {
         match Store::open(config, windows).await {
             Ok(store) => return Ok(store),
-            Err(StoreError::Database(e)) if !*shutdown.borrow() => {
+            Err(StoreError::Database(e)) if !*shutdown.borrow() && !refused_for_good(&e) => {
                 let pause = pauses.next_pause();
                 tracing::warn!(error = %e, retry_in = ?pause, "PostgreSQL unreachable; retrying");
                 pause_unless_stopped(pause, shutdown).await;
@@ -31,6 +33,14 @@ pub async fn connect_store(config: &StoreConfig, windows: WindowSpec, shutdown: 
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Whether the server refused the connection for a reason that waiting
+/// does not change: SQLSTATE class 28 (authorization) or 3D000 (no such
+/// database).
+fn refused_for_good(error: &sqlx::Error) -> bool {
+    let code = error.as_database_error().and_then(|db| db.code()).unwrap_or_default();
+    code.starts_with("28") || code == "3D000"
 }
 
 /// How long a write already under way may still finish once the pipeline
