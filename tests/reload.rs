@@ -209,3 +209,61 @@ async fn a_never_seen_build_serves_from_the_baseline_tier_until_the_optimised_bu
     let canary: i64 = support::count(&pool, "SELECT count(*) FROM events WHERE browser LIKE '%+canary'").await;
     assert!(canary >= 1_000, "the events produced after the swap went through the new build: {canary}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_toml_edit_whose_aggregate_fails_applies_nothing_and_its_fix_applies_whole_with_the_new_transform_watched() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("reload_whole");
+    let db = support::fresh_database("reload_whole").await;
+    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
+    let running = start(dir.path(), &topic, &db).await;
+    let stats = running.stats.clone();
+    let reloads = |what: &'static str, outcome: &'static str, n: u64| {
+        let stats = stats.clone();
+        move || {
+            let stats = stats.clone();
+            async move { stats.reloads_of(what, outcome) >= n }
+        }
+    };
+    let bot = dir.path().join("bot-filter.wasm");
+    install(&support::plugin("bot-filter"), &bot);
+    let broken = dir.path().join("broken-aggregate.wasm");
+    std::fs::write(&broken, b"no component").unwrap();
+    let aggregate = support::plugin("aggregate").display().to_string();
+
+    // One edit: a new transform (fine) and an aggregate plugin that fails.
+    let draft = dir.path().join("draft.toml");
+    std::fs::copy(&running.pipeline, &draft).unwrap();
+    support::set_chain(&draft, &[("enrich", &dir.path().join("enrich.wasm")), ("bot-filter", &bot)]);
+    let with_chain = std::fs::read_to_string(&draft).unwrap();
+    let tmp = dir.path().join("next.toml");
+    std::fs::write(&tmp, with_chain.replace(&aggregate, &broken.display().to_string())).unwrap();
+    std::fs::rename(&tmp, &running.pipeline).unwrap();
+    support::wait_until(WAIT, "the edit refused", reloads("pipeline.toml", "rejected", 1)).await;
+    assert_eq!(running.stats.reloads_of("aggregate", "rejected"), 1);
+    assert_eq!(running.stats.reloads_of("bot-filter", "accepted"), 0, "nothing of the refused edit applied");
+    let first = produce_to(&topic, 300, 43, None).await;
+    support::wait_until(WAIT, "events stored", || async { stored(&pool).await as usize >= first.len() }).await;
+    let chains: Vec<String> = sqlx::query_scalar("SELECT DISTINCT chain::text FROM events").fetch_all(&pool).await.unwrap();
+    assert!(chains.iter().all(|c| !c.contains("bot-filter")), "the old chain served on: {chains:?}");
+
+    // The fix applies whole, and the new transform's file is watched.
+    std::fs::write(&tmp, &with_chain).unwrap();
+    std::fs::rename(&tmp, &running.pipeline).unwrap();
+    support::wait_until(WAIT, "the fixed edit applied", reloads("pipeline.toml", "accepted", 1)).await;
+    assert_eq!(running.stats.reloads_of("bot-filter", "accepted"), 1);
+    let build = dir.path().join("unseen.bin");
+    std::fs::write(&build, support::unseen_build("bot-filter", &support::unique("whole"))).unwrap();
+    install(&build, &bot);
+    support::wait_until(WAIT, "the new bot-filter build hot-reloaded", reloads("bot-filter", "accepted", 2)).await;
+
+    // bot-filter drops the bots' clicks: every event is stored or dropped, once.
+    let second = produce_to(&topic, 300, 44, None).await;
+    let done =
+        || async { stored(&pool).await + support::count(&pool, "SELECT coalesce(sum(dropped), 0)::bigint FROM dropped_events").await };
+    support::wait_until(WAIT, "events stored or dropped", || async { done().await as usize >= first.len() + second.len() }).await;
+    running.stop.send(true).unwrap();
+    running.task.await.unwrap().unwrap();
+    assert_eq!(done().await as usize, first.len() + second.len(), "each event stored or dropped once");
+}

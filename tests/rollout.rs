@@ -42,7 +42,8 @@ async fn history_of(running: &Running, outcome: &'static str) -> String {
 }
 
 /// A running pipeline whose enrich has the rollout `keys`, with the build
-/// that rejects a fifth of the events in canary.
+/// that rejects a fifth of the events in canary (or the `candidate` build,
+/// with [`in_canary_of`]).
 struct InCanary {
     /// Holds the plugin file; dropped with the test.
     dir: tempfile::TempDir,
@@ -54,6 +55,10 @@ struct InCanary {
 }
 
 async fn in_canary(name: &str, keys: &str) -> InCanary {
+    in_canary_of(name, keys, "enrich-canary-reject").await
+}
+
+async fn in_canary_of(name: &str, keys: &str, candidate: &str) -> InCanary {
     let dir = tempfile::tempdir().unwrap();
     let topic = support::unique(name);
     let db = support::fresh_database(name).await;
@@ -61,7 +66,7 @@ async fn in_canary(name: &str, keys: &str) -> InCanary {
     let running = start(dir.path(), &topic, &db).await;
     let serving = running.slot.current().info.clone();
     set_rollout(&running, keys).await;
-    install(&support::plugin("enrich-canary-reject"), &dir.path().join("enrich.wasm"));
+    install(&support::plugin(candidate), &dir.path().join("enrich.wasm"));
     let enrich = running.slot.clone();
     support::wait_until(WAIT, "the candidate in canary", || {
         let enrich = enrich.clone();
@@ -210,7 +215,10 @@ async fn a_candidate_in_shadow_reports_exactly_its_field_differences_stores_noth
 
     let expected = produce_to(&topic, 2_000, 51, None).await;
     support::wait_until(WAIT, "events stored", || async { stored(&pool).await as usize >= expected.len() }).await;
-    let report = running.slot.shadow().unwrap().report();
+    // The candidate runs on its own thread: its last batches may still be under way.
+    let shadow = running.slot.shadow().unwrap();
+    support::wait_until(WAIT, "the candidate compared a thousand events", || async { shadow.report().events >= 1_000 }).await;
+    let report = shadow.report();
     assert!(report.events >= 1_000 && report.errors == 0, "{report:?}");
     // The canary build appends +canary to every browser name, and changes nothing else.
     assert_eq!(report.by_field, BTreeMap::from([("browser".to_string(), report.events)]), "{report:?}");
@@ -237,4 +245,87 @@ async fn a_candidate_in_shadow_reports_exactly_its_field_differences_stores_noth
     let history = running.stats.reload_history();
     let promoted = history.iter().find(|r| r.outcome == "promoted").expect("the promotion is in the reload history");
     assert!(promoted.detail.contains("browser"), "{promoted:?}");
+}
+
+/// The settings line a test adds to enrich's table: Firefox counts as a bot.
+const FIREFOX_IS_A_BOT: &str = "settings = { extra_bot_markers = \"firefox\" }";
+
+/// Whether a build was loaded with the settings of [`FIREFOX_IS_A_BOT`].
+fn firefox_is_a_bot(build: &clickstream::plugin::transform::LoadedTransform) -> bool {
+    build.spec().settings == vec![("extra_bot_markers".to_string(), "firefox".to_string())]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settings_edit_during_a_canary_applies_to_both_builds_a_reload_meanwhile_is_refused_and_promotion_keeps_the_edit() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let InCanary { dir: _dir, topic, pool, running, serving } =
+        in_canary_of("canary_settings", "rollout = \"canary\"\ncanary_fraction = 0.5\ncanary_batches = 100000", "enrich-canary").await;
+    let candidate = running.slot.canary().unwrap().info();
+
+    // A reload during the trial would swap the untested build in for every batch.
+    let refused = request(&running, ReloadAction::Reload).await.unwrap_err();
+    assert!(refused.contains("has a candidate in canary") && refused.contains("promote or abort"), "{refused}");
+    assert_eq!(running.slot.current().info.content_hash, serving.content_hash, "the serving build serves on");
+
+    // The settings edit: the file on disk is the candidate, but the serving
+    // build stays the serving build; both get the new settings.
+    set_rollout(&running, FIREFOX_IS_A_BOT).await;
+    let canary = running.slot.canary().expect("the trial goes on");
+    assert_eq!(running.slot.current().info.content_hash, serving.content_hash, "the serving build serves on");
+    assert!(firefox_is_a_bot(&running.slot.current()), "the serving build has the new settings");
+    assert_eq!(canary.candidate.current().info.content_hash, candidate.content_hash);
+    assert!(firefox_is_a_bot(&canary.candidate.current()), "the candidate has the new settings");
+    let settings = history_of(&running, "settings").await;
+    assert!(settings.contains("the serving build and its candidate in canary"), "{settings}");
+
+    let expected = produce_to(&topic, 4_000, 66, Some(2_000)).await;
+    support::wait_until(WAIT, "events stored", || async { stored(&pool).await as usize >= expected.len() }).await;
+    let promoted = request(&running, ReloadAction::Promote).await.unwrap();
+    assert_eq!(promoted.content_hash, candidate.content_hash);
+    assert!(firefox_is_a_bot(&running.slot.current()), "the promoted candidate keeps the edit");
+    running.stop.send(true).unwrap();
+    running.task.await.unwrap().unwrap();
+
+    let by_version = stored_once(&pool, &expected).await;
+    assert!(by_version.get(&serving.version).is_some_and(|n| *n > 0), "{by_version:?}");
+    assert!(by_version.get(&candidate.version).is_some_and(|n| *n > 0), "{by_version:?}");
+    let firefox: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT plugin_version, device, count(*) FROM events WHERE user_agent LIKE '%Firefox%' GROUP BY 1, 2")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(firefox.iter().all(|(_, device, _)| device == "bot"), "both builds ran with the new settings: {firefox:?}");
+    assert_eq!(firefox.len(), 2, "Firefox clicks from both builds: {firefox:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_rollback_after_a_settings_edit_restores_the_previous_build_with_the_edit() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let InCanary { dir: _dir, topic, pool, running, serving } =
+        in_canary("canary_watch_settings", "rollout = \"canary\"\ncanary_fraction = 0.5\ncanary_batches = 5\nwatch_batches = 50").await;
+    let promoted = request(&running, ReloadAction::Promote).await.unwrap();
+    assert!(promoted.version.ends_with("-canary-reject"), "{promoted:?}");
+    set_rollout(&running, FIREFOX_IS_A_BOT).await;
+    assert_eq!(running.slot.current().info.content_hash, promoted.content_hash, "the promoted build serves on in its watch");
+    let previous = running.slot.canary().and_then(|c| c.previous()).expect("in the watch");
+    assert_eq!(previous.info.content_hash, serving.content_hash);
+    assert!(firefox_is_a_bot(&previous) && firefox_is_a_bot(&running.slot.current()), "both builds have the edit");
+
+    let expected = produce_to(&topic, 6_000, 67, Some(2_000)).await;
+    let rolled_back = history_of(&running, "rolled_back").await;
+    assert!(rolled_back.starts_with("in the watch after its promotion: reject rate "), "{rolled_back}");
+    let now = running.slot.current();
+    assert_eq!(now.info.content_hash, serving.content_hash, "the build that served before the canary serves again");
+    assert!(firefox_is_a_bot(&now), "with the edit");
+    support::wait_until(WAIT, "every event stored or dead-lettered", || async {
+        stored(&pool).await + support::count(&pool, "SELECT count(*) FROM dead_letters").await >= expected.len() as i64
+    })
+    .await;
+    running.stop.send(true).unwrap();
+    running.task.await.unwrap().unwrap();
+    let mut ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&pool).await.unwrap();
+    let payloads: Vec<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM dead_letters").fetch_all(&pool).await.unwrap();
+    ids.extend(payloads.iter().map(|p| serde_json::from_slice::<serde_json::Value>(p).unwrap()["event_id"].as_str().unwrap().to_string()));
+    assert_eq!(ids.len(), expected.len(), "each event stored or dead-lettered once");
+    assert_eq!(ids.into_iter().collect::<std::collections::BTreeSet<_>>(), expected);
 }

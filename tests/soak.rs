@@ -1,7 +1,9 @@
 //! The chaos soak: two hosts on a steady stream with bad records mixed in,
 //! while a driver at random moments SIGKILLs and restarts a host, restarts
 //! PostgreSQL, restarts the broker (durable storage), freezes the search
-//! server, swaps the enrich plugin, and sends poison records. At the end every
+//! server, swaps the enrich plugin, puts a build in canary and edits the
+//! transform's settings during its trial, replaces a GeoIP database with a
+//! damaged file (refused; the good one put back), and sends poison records. At the end every
 //! produced good event must be stored exactly once, every bad record
 //! dead-lettered once, and the index must equal a reference computed here
 //! from the produced events alone.
@@ -33,10 +35,28 @@ enum Fault {
     FreezeSearch,
     SwapPlugin,
     Poison,
+    SettingsEditInCanary,
+    DamagedGeoIp,
 }
 
-const FAULTS: [Fault; 6] =
-    [Fault::KillHost, Fault::RestartPostgres, Fault::RestartBroker, Fault::FreezeSearch, Fault::SwapPlugin, Fault::Poison];
+const FAULTS: [Fault; 8] = [
+    Fault::KillHost,
+    Fault::RestartPostgres,
+    Fault::RestartBroker,
+    Fault::FreezeSearch,
+    Fault::SwapPlugin,
+    Fault::Poison,
+    Fault::SettingsEditInCanary,
+    Fault::DamagedGeoIp,
+];
+
+/// Replaces `path` with `text` the way editors and deploys do: written
+/// beside it, renamed over it.
+fn replace_file(path: &Path, text: &[u8]) {
+    let tmp = path.with_extension("soak-tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
 
 /// A host process that can be killed and started again, each run logging
 /// to a file of its own.
@@ -112,7 +132,17 @@ async fn a_chaos_soak_loses_and_duplicates_nothing() {
         .replace(&support::brokers(), &broker.brokers())
         .replace(&support::search_url(), &search.url)
         .replace(&support::plugin("enrich").display().to_string(), &plugin.display().to_string());
-    std::fs::write(&pipeline, text).unwrap();
+    // The GeoIP files too are the test's own copies, so damaging one touches no other test.
+    let city = support::city_db();
+    let own_city = dir.path().join(city.file_name().unwrap());
+    std::fs::copy(&city, &own_city).unwrap();
+    let text = text.replace(&city.display().to_string(), &own_city.display().to_string());
+    std::fs::write(&pipeline, &text).unwrap();
+    // Where the faults that edit enrich's table put their keys.
+    let enrich_path_line = format!("path = \"{}\"\n", plugin.display());
+    assert!(text.contains(&enrich_path_line), "enrich's table in {text}");
+    // enrich's settings line as the last edit left it.
+    let mut settings = String::new();
     let config = support::load_config(&pipeline);
 
     let events = RATE * (soak.as_secs() + 10);
@@ -173,6 +203,36 @@ async fn a_chaos_soak_loses_and_duplicates_nothing() {
                 let staged = dir.path().join("staged.wasm");
                 std::fs::copy(support::plugin(next), &staged).unwrap();
                 std::fs::rename(&staged, &plugin).unwrap();
+            }
+            Fault::SettingsEditInCanary => {
+                // The next build goes into canary; during its trial the
+                // transform's settings change (a bot marker no clicks have:
+                // the metrics the reference checks do not move), which must
+                // apply to both builds and lose nothing.
+                let n = faults.get(&Fault::SettingsEditInCanary).copied().unwrap_or(0);
+                let canary = "rollout = \"canary\"\ncanary_fraction = 0.5\ncanary_batches = 10\nwatch_batches = 0\n";
+                let enrich_keys = |keys: &str| text.replace(&enrich_path_line, &format!("{enrich_path_line}{keys}"));
+                replace_file(&pipeline, enrich_keys(&format!("{canary}{settings}")).as_bytes());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                // The build that is not on disk now, so that there is a new one.
+                let canary_build = std::fs::read(support::plugin("enrich-canary")).unwrap();
+                let next = if std::fs::read(&plugin).unwrap() == canary_build { "enrich" } else { "enrich-canary" };
+                replace_file(&plugin, &std::fs::read(support::plugin(next)).unwrap());
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2_000))).await;
+                settings = format!("settings = {{ extra_bot_markers = \"soak-marker-{n}\" }}\n");
+                replace_file(&pipeline, enrich_keys(&format!("{canary}{settings}")).as_bytes());
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(2_000..4_000))).await;
+                // Back to plain swaps for the next builds; the canary ends on its own figures.
+                replace_file(&pipeline, enrich_keys(&settings).as_bytes());
+            }
+            Fault::DamagedGeoIp => {
+                // A refresh with a file cut in half: refused, the serving
+                // database stays; the good file is put back before a host
+                // restart could open the damaged one.
+                let good = std::fs::read(&city).unwrap();
+                replace_file(&own_city, &good[..good.len() / 2]);
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2_000))).await;
+                replace_file(&own_city, &good);
             }
             Fault::Poison => {
                 let n = faults.get(&Fault::Poison).copied().unwrap_or(0) as u64;

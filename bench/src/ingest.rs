@@ -16,6 +16,10 @@
 //! already holds four times the topic's events in the same day partition
 //! (the rate at 4–5M stored events against arm 1's 0–1M). Arm 14 is arm 1
 //! while loopback clients hammer the host's API ([`super::api_load`]).
+//! Arm 15 is arm 1 with a candidate in shadow beside enrich that sleeps 900
+//! ms of its 1000 ms deadline on every batch (`misbehave-slow`): the
+//! shadow runs on its own thread and skips what it cannot keep up with, so
+//! its rate over arm 1's is what a slow shadow costs the stream.
 
 use std::time::{Duration, Instant};
 
@@ -118,6 +122,12 @@ pub async fn run_prefilled(bench: &Bench, state: &State, arm1: Option<f64>) -> a
     Ok(over_arm_1(figures, arm1))
 }
 
+/// Runs arm 15: arm 1 with a slow candidate in shadow.
+pub async fn run_beside_slow_shadow(bench: &Bench, state: &State, arm1: Option<f64>) -> anyhow::Result<Value> {
+    let (figures, _) = run_pipeline(bench, state, "slow_shadow", &Shape { shadow: Some("misbehave-slow"), ..Shape::default() }).await?;
+    Ok(over_arm_1(figures, arm1))
+}
+
 /// Runs arm 14: arm 1 beside `--api-clients` clients on the host's API.
 pub async fn run_beside_api_load(bench: &Bench, state: &State, arm1: Option<f64>) -> anyhow::Result<Value> {
     let (figures, _) =
@@ -139,13 +149,19 @@ struct Shape<'a> {
     hosts: usize,
     prefill: u64,
     api_clients: usize,
+    /// A built plugin put in shadow beside enrich once the host runs.
+    shadow: Option<&'a str>,
 }
 
 impl Default for Shape<'_> {
     fn default() -> Self {
-        Shape { after: &[], hosts: 1, prefill: 0, api_clients: 0 }
+        Shape { after: &[], hosts: 1, prefill: 0, api_clients: 0, shadow: None }
     }
 }
+
+/// The deadline of enrich's calls in the shadow arm, and how long its slow
+/// candidate sleeps per batch: near the deadline, never past it.
+const SHADOW_DEADLINE_MS: u64 = 1000;
 
 /// Runs the release binary over the bench topic as `shape` says. Returns
 /// the figures and the database.
@@ -157,7 +173,23 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, shape: &Shape<'_
     if shape.api_clients > 0 {
         super::api_load::prefill_dead_letters(&db, super::api_load::dead_letters_for(bench.args.quick)).await?;
     }
-    let pipeline = bench.write_chain_pipeline(name, &topic.name, &db, &bench.plugin("enrich")?, after)?;
+    // With a shadow, enrich is a copy the candidate is written over.
+    let enrich = match shape.shadow {
+        Some(_) => {
+            let copy = bench.work.join(format!("{name}-enrich.wasm"));
+            std::fs::copy(bench.plugin("enrich")?, &copy)?;
+            copy
+        }
+        None => bench.plugin("enrich")?,
+    };
+    let pipeline = bench.write_chain_pipeline(name, &topic.name, &db, &enrich, after)?;
+    if shape.shadow.is_some() {
+        let text = std::fs::read_to_string(&pipeline)?;
+        let path_line = format!("path = \"{}\"\n", enrich.display());
+        anyhow::ensure!(text.contains(&path_line), "enrich's table in {}", pipeline.display());
+        let keys = format!("rollout = \"shadow\"\ndeadline_ms = {SHADOW_DEADLINE_MS}\n");
+        std::fs::write(&pipeline, text.replace(&path_line, &format!("{path_line}{keys}")))?;
+    }
     let log = bench.work.join(format!("{name}-host.log"));
     let pool = pool(&db).await?;
     // WAL written by the whole cluster over the arm (nothing else writes during it).
@@ -190,6 +222,28 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, shape: &Shape<'_
         }
     };
     let total = topic.records as i64;
+    // The share of the records stored before the shadow ran: the steady
+    // window starts after it.
+    let mut shadow_from = 0.0;
+    if let Some(candidate) = shape.shadow {
+        let waited = Instant::now();
+        while !hosts[0].log().contains("plugins loaded") {
+            hosts[0].check_alive()?;
+            anyhow::ensure!(waited.elapsed() < Duration::from_secs(60), "the host did not load its plugins in 60 s: {}", tail(&log, 20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let staged = enrich.with_extension("staged");
+        std::fs::copy(bench.plugin(candidate)?, &staged)?;
+        std::fs::rename(&staged, &enrich)?;
+        while !hosts[0].log().contains("candidate in shadow") {
+            hosts[0].check_alive()?;
+            anyhow::ensure!(waited.elapsed() < Duration::from_secs(120), "the candidate never went into shadow: {}", tail(&log, 20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shadow_from = stored_records(&pool).await as f64 / total.max(1) as f64;
+        progress(format_args!("  {candidate} in shadow after {:.0}% of the records", shadow_from * 100.0));
+        anyhow::ensure!(shadow_from < 0.5, "the shadow started after {:.0}% of the records: too late to measure", shadow_from * 100.0);
+    }
     let mut samples: Vec<(f64, i64)> = Vec::new();
     let (mut peak_rss, mut max_rss) = (0.0f64, 0.0f64);
     let mut last_report = Instant::now();
@@ -231,6 +285,21 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, shape: &Shape<'_
         Some(load) => load.finish(bench.args.api_rate).await,
         None => Value::Null,
     };
+    let shadow = match shape.shadow {
+        Some(candidate) => {
+            let address = super::api_load::api_address(&hosts[0].log()).context("the host's API address in its log")?;
+            let plugins: Value = serde_json::from_str(&reqwest::get(format!("http://{address}/api/plugins")).await?.text().await?)?;
+            let report = plugins["plugins"].as_array().and_then(|p| p.iter().find(|p| p["slot"] == "enrich")).map(|p| p["shadow"].clone());
+            json!({
+                "candidate": candidate,
+                "sleeps_ms_per_batch": 900,
+                "deadline_ms": SHADOW_DEADLINE_MS,
+                "started_after_share_of_records": shadow_from,
+                "report": report,
+            })
+        }
+        None => Value::Null,
+    };
     let cpu = hosts.iter().map(Host::cpu_seconds).sum::<Option<f64>>();
     let (pg_cpu, broker_cpu, wall) =
         (cpu_seconds_of(&["postgres"]) - pg_cpu0, cpu_seconds_of(&["nisshi", "tansu"]) - broker_cpu0, wall0.elapsed().as_secs_f64());
@@ -240,7 +309,8 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, shape: &Shape<'_
         counters.push(final_counters(&host_log));
     }
 
-    let steady = steady_rate(&samples, total, 0.1, 0.9).context("too few progress samples for a steady-state rate")?;
+    let steady =
+        steady_rate(&samples, total, (shadow_from + 0.05).max(0.1), 0.9).context("too few progress samples for a steady-state rate")?;
     let first = samples.iter().find(|s| s.1 > 0).map(|s| s.0).unwrap_or(0.0);
     let last = samples.last().map(|s| s.0).unwrap_or(0.0);
     let bytes_per_event = topic.bytes as f64 / topic.records.max(1) as f64;
@@ -307,6 +377,7 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, shape: &Shape<'_
         },
         "host_counters": counters,
         "api_load": api_load,
+        "shadow": shadow,
         "batch_size": bench.sizes.batch_size,
         "max_in_flight_batches": 4,
         "aggregation": "on, with aggregate.interval_ms = 3600000: no pass runs during the measurement (arm 5 measures aggregation)",

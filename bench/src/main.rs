@@ -528,6 +528,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
     arm!(11, "full pipeline, two hosts in one group", ingest::run_two_hosts(&bench, &state, arm1_rate));
     arm!(12, "full pipeline on a table holding 4× the topic", ingest::run_prefilled(&bench, &state, arm1_rate));
     arm!(14, "full pipeline beside API load", ingest::run_beside_api_load(&bench, &state, arm1_rate));
+    arm!(15, "full pipeline beside a slow candidate in shadow", ingest::run_beside_slow_shadow(&bench, &state, arm1_rate));
     arm!(13, "careful batched design (multi-row INSERT per 5,000)", batched::run(&bench, &state));
     arm!(2, "ingest limit (binary COPY)", copy::run_copy(&bench));
     arm!(3, "native vs WASM enrich", enrich::run(&bench));

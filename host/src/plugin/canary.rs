@@ -278,6 +278,33 @@ impl Canary {
         }
     }
 
+    /// The build a rollback in the watch would restore, if the canary is in
+    /// its watch.
+    pub fn previous(&self) -> Option<Arc<LoadedTransform>> {
+        lock(&self.state).previous.clone()
+    }
+
+    /// Applies a settings edit to every build this rollout holds at once,
+    /// under the lock a verdict takes, so no verdict sees half of it: the
+    /// slot serves `serving`, the candidate is `candidate` (in the watch the
+    /// two are the same build), and a rollback in the watch restores
+    /// `previous`. The figures go on: both sides ran under the same
+    /// settings at each moment.
+    pub fn reconfigure(
+        &self,
+        slot: &Slot<LoadedTransform>,
+        serving: Arc<LoadedTransform>,
+        candidate: Arc<LoadedTransform>,
+        previous: Option<Arc<LoadedTransform>>,
+    ) {
+        let mut state = lock(&self.state);
+        self.candidate.swap(candidate);
+        if state.phase == Phase::Watch {
+            state.previous = previous;
+        }
+        slot.swap(serving);
+    }
+
     /// Promotes now (`promote`) or rolls back now, on a request of the API.
     pub fn decide(self: &Arc<Self>, slot: &Slot<LoadedTransform>, promote: bool, stats: &Stats) -> Result<PluginInfo, String> {
         let mut state = lock(&self.state);

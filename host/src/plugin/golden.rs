@@ -77,7 +77,16 @@ pub const PARAMS: AggregateParams = AggregateParams { window_ms: 60_000, session
 /// click, in a call that neither traps nor runs out of time or memory. (What
 /// it keeps, drops or rejects is its own business.)
 pub fn prove_transform(spec: PluginSpec, geoip: Option<Arc<GeoIp>>, tiering: Tiering) -> Result<Arc<LoadedTransform>, ProofError> {
-    let loaded = LoadedTransform::load_tiered(spec, geoip, tiering)?;
+    prove_loaded(LoadedTransform::load_tiered(spec, geoip, tiering)?)
+}
+
+/// Proves a build with other settings ([`LoadedTransform::reconfigured`])
+/// on the golden batch.
+pub fn prove_reconfigured(build: &LoadedTransform, spec: PluginSpec) -> Result<Arc<LoadedTransform>, ProofError> {
+    prove_loaded(build.reconfigured(spec)?)
+}
+
+fn prove_loaded(loaded: Arc<LoadedTransform>) -> Result<Arc<LoadedTransform>, ProofError> {
     let mut runner = TransformRunner::new(Arc::new(Slot::new(loaded.clone())));
     let events: Vec<_> = batch().into_iter().map(Into::into).collect();
     runner.transform(&events)?;

@@ -2,9 +2,16 @@
 //! one on a share of the batches, on the same input; its outcomes are
 //! compared event by event and never stored. What it would change is counted
 //! per field, with a bounded sample, until someone promotes or aborts it.
+//!
+//! The candidate runs on a thread of its own, fed by a queue of at most
+//! [`QUEUE`] batches: the transform thread hands over a selected batch (the
+//! events it no longer needs, and a copy of the serving outcomes) and goes
+//! on at once. A candidate slower than the stream never holds up a batch;
+//! when its queue is full the batch is skipped, and counted.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -18,6 +25,10 @@ pub const SAMPLE: usize = 20;
 
 /// Longest value kept in a sampled difference, in bytes.
 const VALUE_MAX: usize = 256;
+
+/// Batches waiting for the candidate, at most: each holds a batch's events
+/// and the serving outcomes, so this bounds what a shadow adds to memory.
+pub const QUEUE: usize = 2;
 
 /// One event on which the candidate answered otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -47,6 +58,9 @@ pub struct ShadowReport {
     /// Batches on which the candidate failed (trap, deadline, memory, contract).
     pub errors: u64,
     pub last_error: Option<String>,
+    /// Batches selected but not run: the candidate was still busy with
+    /// [`QUEUE`] earlier ones.
+    pub skipped: u64,
 }
 
 /// A candidate in shadow beside a transform's serving version.
@@ -56,22 +70,48 @@ pub struct Shadow {
     /// The share of batches it runs on, in (0, 1].
     pub fraction: f64,
     batches: AtomicU64,
-    /// The candidate's instance: one, tried without waiting, so shadowing
-    /// never holds up a batch.
-    runner: Mutex<Option<TransformRunner>>,
+    /// What the candidate's thread shares with the transform thread.
+    shared: Arc<Shared>,
+    /// The candidate's queue; its thread ends when this is dropped.
+    queue: Option<SyncSender<Job>>,
+}
+
+/// A selected batch: the events, and the serving version's outcomes.
+type Job = (Vec<TransformEvent>, Vec<Outcome>);
+
+#[derive(Default)]
+struct Shared {
     report: Mutex<ShadowReport>,
+    /// Batches queued or running on the candidate's thread.
+    queued: AtomicUsize,
 }
 
 impl Shadow {
-    /// A shadow of `candidate` on `fraction` of the batches.
+    /// A shadow of `candidate` on `fraction` of the batches, with the
+    /// candidate's thread started.
     pub fn new(candidate: Arc<LoadedTransform>, fraction: f64) -> Shadow {
-        Shadow {
-            candidate: Arc::new(Slot::new(candidate)),
-            fraction: fraction.clamp(f64::MIN_POSITIVE, 1.0),
-            batches: AtomicU64::new(0),
-            runner: Mutex::new(None),
-            report: Mutex::new(ShadowReport::default()),
-        }
+        let candidate = Arc::new(Slot::new(candidate));
+        let shared = Arc::new(Shared::default());
+        let (queue, jobs) = sync_channel::<Job>(QUEUE);
+        let name = format!("shadow {}", candidate.current().info.slot);
+        let spawned = std::thread::Builder::new().name(name).spawn({
+            let (shared, mut runner) = (shared.clone(), TransformRunner::new(candidate.clone()));
+            move || {
+                for (events, serving) in jobs {
+                    shared.compare(&mut runner, &events, &serving);
+                    shared.queued.fetch_sub(1, Ordering::Release);
+                }
+            }
+        });
+        let queue = match spawned {
+            Ok(_) => Some(queue),
+            Err(e) => {
+                let mut report = shared.lock();
+                report.last_error = Some(format!("cannot start the shadow's thread: {e}; every batch is skipped"));
+                None
+            }
+        };
+        Shadow { candidate, fraction: fraction.clamp(f64::MIN_POSITIVE, 1.0), batches: AtomicU64::new(0), shared, queue }
     }
 
     /// The candidate's identity.
@@ -81,7 +121,7 @@ impl Shadow {
 
     /// What it has seen so far.
     pub fn report(&self) -> ShadowReport {
-        self.report.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared.lock().clone()
     }
 
     /// Whether the next batch is one it runs on: evenly spread, `fraction`
@@ -91,16 +131,45 @@ impl Shadow {
         ((n + 1.0) * self.fraction).floor() > (n * self.fraction).floor()
     }
 
-    /// Runs the candidate on `events` when this batch is selected and
-    /// compares its outcomes with the serving version's.
-    pub fn observe(&self, events: &[TransformEvent], serving: &[Outcome]) {
+    /// Whether this batch is one for the candidate: selected, and with
+    /// room in its queue (else skipped and counted). The caller then hands
+    /// it over with [`Shadow::observe`]; asked first so a batch that is not
+    /// taken costs no copy.
+    pub fn takes_batch(&self) -> bool {
         if !self.selects() {
-            return;
+            return false;
         }
-        let Ok(mut runner) = self.runner.try_lock() else { return };
-        let runner = runner.get_or_insert_with(|| TransformRunner::new(self.candidate.clone()));
+        if self.queue.is_none() || self.shared.queued.load(Ordering::Acquire) >= QUEUE {
+            self.shared.lock().skipped += 1;
+            return false;
+        }
+        true
+    }
+
+    /// Hands a batch [`Shadow::takes_batch`] took to the candidate's thread,
+    /// which runs the candidate on `events` and compares its outcomes with
+    /// the serving version's. Never waits.
+    pub fn observe(&self, events: Vec<TransformEvent>, serving: Vec<Outcome>) {
+        let Some(queue) = &self.queue else { return };
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        if queue.try_send((events, serving)).is_err() {
+            // Only this thread sends, and it asked for room first; a full
+            // or closed queue still only skips.
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            self.shared.lock().skipped += 1;
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ShadowReport> {
+        self.report.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs the candidate on one batch and counts where it differs.
+    fn compare(&self, runner: &mut TransformRunner, events: &[TransformEvent], serving: &[Outcome]) {
         let result = runner.transform(events);
-        let mut report = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        let mut report = self.lock();
         report.batches += 1;
         match result {
             Ok((_, candidate)) => {

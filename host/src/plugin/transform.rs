@@ -15,6 +15,7 @@ use super::{HostState, PluginError, PluginInfo, PluginSpec, Slot, Tiering};
 use crate::stages::record::{Outcome, TransformEvent};
 
 /// A pre-linked transform, by contract version.
+#[derive(Clone)]
 enum Pre {
     V0_1_0(since_v0_1_0::enricher::EnricherPre<HostState>),
     V0_2_0(since_v0_2_0::transformer::TransformerPre<HostState>),
@@ -53,6 +54,18 @@ impl LoadedTransform {
     /// How it was loaded.
     pub fn spec(&self) -> &PluginSpec {
         &self.spec
+    }
+
+    /// This build (its compiled code, whatever the file holds now) with the
+    /// settings and limits of `spec`, instantiated and configured once. What
+    /// a settings edit in pipeline.toml swaps in: it changes the settings,
+    /// never the code, so during a rollout the serving build stays the
+    /// serving build (the file on disk is then the candidate).
+    pub fn reconfigured(&self, spec: PluginSpec) -> Result<Arc<LoadedTransform>, PluginError> {
+        let info = PluginInfo { slot: spec.slot.clone(), loaded_at: std::time::SystemTime::now(), ..self.info.clone() };
+        let loaded = LoadedTransform { info, spec, pre: self.pre.clone(), geoip: self.geoip.clone() };
+        TransformInstance::new(&loaded)?;
+        Ok(Arc::new(loaded))
     }
 
     /// [`LoadedTransform::load`], compiling as `tiering` allows.

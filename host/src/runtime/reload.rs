@@ -24,7 +24,7 @@ use crate::plugin::aggregate::LoadedAggregate;
 use crate::plugin::canary::{Canary, Phase};
 use crate::plugin::config::{PluginConfig, Rollout};
 use crate::plugin::geoip::GeoIp;
-use crate::plugin::golden::{prove_aggregate, prove_transform, ProofError};
+use crate::plugin::golden::{prove_aggregate, prove_reconfigured, prove_transform, ProofError};
 use crate::plugin::shadow::Shadow;
 use crate::plugin::transform::LoadedTransform;
 use crate::plugin::{Origin, PluginInfo, PluginSpec, Slot, Tiering};
@@ -60,6 +60,15 @@ pub enum ReloadError {
     /// A reload named a plugin the pipeline does not run.
     #[error("no plugin named `{name}`; the plugins are {known}")]
     NoSuchPlugin { name: String, known: String },
+    /// A new build was to be swapped in while another is on trial: it would
+    /// serve every batch untested, and the rollout's verdict would then
+    /// swap its own build back.
+    #[error("transform `{name}` has {what}; a new build is not swapped in meanwhile: promote or abort it first (POST /api/plugins/{name}/promote or /abort)")]
+    InRollout {
+        name: String,
+        /// `a candidate in shadow`, `a candidate in canary`, `a promoted canary in its watch`.
+        what: &'static str,
+    },
     /// Preparing the new version (compiling, instantiating, the golden
     /// batch) panicked, or was cancelled by the runtime shutting down.
     #[error("plugin `{slot}`: preparing the new version {failure}; refused, the serving version is unchanged")]
@@ -246,6 +255,11 @@ impl Reloader {
         let Some(slot) = self.transform_slot(&name) else {
             return Err(ReloadError::NoSuchPlugin { name, known: self.known_plugins() });
         };
+        if let Some(what) = in_rollout(&slot) {
+            let refused = ReloadError::InRollout { name: name.clone(), what };
+            self.count(&name, Err(&refused));
+            return Err(refused);
+        }
         let result = self.prove(spec).await;
         self.count(&name, result.as_ref().map(|l| &l.info));
         let loaded = result?;
@@ -254,53 +268,124 @@ impl Reloader {
         Ok(self.swapped(old.info.clone(), loaded.info.clone(), started))
     }
 
-    /// Makes the live chain the one `next` describes, at a batch boundary:
-    /// unchanged transforms keep their slot (and instances), changed ones
-    /// are swapped in their slot, new ones loaded; every new version proven
-    /// first, so a failure leaves the old chain serving whole.
-    pub async fn apply_chain(&self, next: &PipelineConfig) -> Result<(), ReloadError> {
+    /// Proves every transform the chain of `next` changes, touching nothing:
+    /// unchanged transforms keep their slot (and instances); a new path is a
+    /// new build, loaded from the file; other changes (settings, limits)
+    /// are the same build with new settings, applied to the serving build
+    /// and to every build its rollout holds, never loaded from the file
+    /// (which, during a rollout, is the candidate); new transforms get a
+    /// slot of their own.
+    async fn prepare_chain(&self, next: &PipelineConfig) -> Result<ChainPlan, ReloadError> {
         let old_chain = self.chain.load_full();
-        let mut chain: Chain = Vec::with_capacity(next.transforms.len());
-        let mut swaps: Vec<(Arc<Slot<LoadedTransform>>, Arc<LoadedTransform>)> = Vec::new();
-        let mut changed = old_chain.len() != next.transforms.len();
+        let mut plan = ChainPlan { chain: Vec::with_capacity(next.transforms.len()), steps: Vec::new(), changed: false };
+        plan.changed = old_chain.len() != next.transforms.len();
         for (i, (config, spec)) in next.transforms.iter().zip(next.transform_specs()).enumerate() {
             let name = config.transform_name();
             let existing = old_chain.iter().find(|slot| slot.current().info.slot == name).cloned();
             let before = self.config.transforms.iter().find(|t| t.transform_name() == name);
-            match (existing, before) {
+            let step = match (existing, before) {
                 (Some(slot), Some(before)) if before.change(config) == Apply::Unchanged => {
-                    changed |= !old_chain.get(i).is_some_and(|s| Arc::ptr_eq(s, &slot));
-                    chain.push(slot);
+                    plan.changed |= !old_chain.get(i).is_some_and(|s| Arc::ptr_eq(s, &slot));
+                    plan.chain.push(slot);
+                    continue;
                 }
+                (Some(slot), Some(before)) if before.path == config.path => self.prepare_settings(name, &slot, spec).await?,
                 (existing, _) => {
-                    let result = self.prove(spec).await;
-                    self.count(name, result.as_ref().map(|l| &l.info));
-                    let loaded = result?;
-                    changed = true;
+                    let loaded = self.prove(spec).await.inspect_err(|e| self.count(name, Err(e)))?;
                     match existing {
-                        Some(slot) => {
-                            swaps.push((slot.clone(), loaded));
-                            chain.push(slot);
-                        }
-                        None => {
-                            let slot = Arc::new(Slot::new(loaded.clone()));
-                            self.optimize_transform_later(&slot, &loaded);
-                            chain.push(slot);
-                        }
+                        Some(slot) => Step::NewBuild { slot, loaded },
+                        None => Step::Added { slot: Arc::new(Slot::new(loaded.clone())), loaded },
                     }
+                }
+            };
+            plan.changed = true;
+            plan.chain.push(step.slot().clone());
+            plan.steps.push(step);
+        }
+        Ok(plan)
+    }
+
+    /// New settings for the builds of `slot`: the serving one and those its
+    /// rollout holds, each proven on the golden batch.
+    async fn prepare_settings(&self, name: &str, slot: &Arc<Slot<LoadedTransform>>, spec: PluginSpec) -> Result<Step, ReloadError> {
+        let with_settings = |build: Arc<LoadedTransform>| {
+            let spec = spec.clone();
+            prepare(name, move || prove_reconfigured(&build, spec))
+        };
+        let result = async {
+            let rollout = match (slot.shadow(), slot.canary()) {
+                (Some(shadow), _) => Some(RolloutBuilds::Shadow { candidate: with_settings(shadow.candidate.current()).await?, shadow }),
+                (None, Some(canary)) => {
+                    let candidate = with_settings(canary.candidate.current()).await?;
+                    let previous = match canary.previous() {
+                        Some(previous) => Some(with_settings(previous).await?),
+                        None => None,
+                    };
+                    Some(RolloutBuilds::Canary { canary, candidate, previous })
+                }
+                (None, None) => None,
+            };
+            // In a canary's watch the serving build is the promoted candidate.
+            let serving = match &rollout {
+                Some(RolloutBuilds::Canary { canary, candidate, .. }) if canary.report().phase == Phase::Watch => candidate.clone(),
+                _ => with_settings(slot.current()).await?,
+            };
+            Ok::<_, ReloadError>(Step::Settings { slot: slot.clone(), serving, rollout })
+        }
+        .await;
+        result.inspect_err(|e| self.count(name, Err(e)))
+    }
+
+    /// Makes the live chain the one `plan` describes, at a batch boundary.
+    /// Nothing here can fail: every build was proven by [`Reloader::prepare_chain`].
+    /// Each step is counted as accepted only now that it applies.
+    fn apply_chain(&self, plan: ChainPlan) {
+        for step in plan.steps {
+            let (Step::Added { loaded, .. } | Step::NewBuild { loaded, .. } | Step::Settings { serving: loaded, .. }) = &step;
+            self.count(&loaded.info.slot, Ok(&loaded.info));
+            match step {
+                Step::Added { slot, loaded } => self.optimize_transform_later(&slot, &loaded),
+                Step::NewBuild { slot, loaded } => {
+                    let by = format!("{} {} from a new path in pipeline.toml", loaded.info.name, loaded.info.version);
+                    self.record_replaced(&loaded.info.slot, slot.set_shadow(None), slot.set_canary(None), &by);
+                    let old = slot.swap(loaded.clone());
+                    self.optimize_transform_later(&slot, &loaded);
+                    tracing::info!(transform = %loaded.info.slot, old = %old.info.version, new = %loaded.info.version, origin = %loaded.info.origin, "transform swapped");
+                }
+                Step::Settings { slot, serving, rollout } => {
+                    let name = serving.info.slot.clone();
+                    // A baseline build keeps its tier with new settings; the
+                    // optimised build, when it comes, replaces this one.
+                    self.optimize_transform_later(&slot, &serving);
+                    let what = match rollout {
+                        None => {
+                            slot.swap(serving);
+                            "the serving build"
+                        }
+                        Some(RolloutBuilds::Shadow { shadow, candidate }) => {
+                            shadow.candidate.swap(candidate);
+                            slot.swap(serving);
+                            "the serving build and its candidate in shadow"
+                        }
+                        Some(RolloutBuilds::Canary { canary, candidate, previous }) => {
+                            let watch = previous.is_some();
+                            canary.reconfigure(&slot, serving, candidate, previous);
+                            if watch {
+                                "the promoted build in its watch and the build a rollback restores"
+                            } else {
+                                "the serving build and its candidate in canary"
+                            }
+                        }
+                    };
+                    tracing::info!(transform = %name, applied_to = what, "transform settings applied");
+                    self.stats.reload_event(&name, "settings", format!("new settings applied to {what}"));
                 }
             }
         }
-        for (slot, loaded) in swaps {
-            let old = slot.swap(loaded.clone());
-            self.optimize_transform_later(&slot, &loaded);
-            tracing::info!(transform = %loaded.info.slot, old = %old.info.version, new = %loaded.info.version, origin = %loaded.info.origin, "transform swapped");
-        }
-        if changed {
-            self.chain.store(Arc::new(chain));
+        if plan.changed {
+            self.chain.store(Arc::new(plan.chain));
             tracing::info!(chain = %crate::runtime::pipeline::describe_chain(&self.chain.load()), "transform chain applied");
         }
-        Ok(())
     }
 
     /// Puts a build of a transform beside the serving version as a
@@ -430,13 +515,23 @@ impl Reloader {
     /// Replaces the aggregate plugin likewise.
     pub async fn swap_aggregate(&self, spec: PluginSpec) -> Result<Swap, ReloadError> {
         let started = Instant::now();
-        let (later, slot) = (spec.clone(), spec.slot.clone());
-        let result = prepare(&slot, move || prove_aggregate(spec, Tiering::BaselineFirst)).await;
-        self.count("aggregate", result.as_ref().map(|l| &l.info));
-        let loaded = result?;
+        let loaded = self.prepare_aggregate(spec.clone()).await?;
+        Ok(self.apply_aggregate(spec, loaded, started))
+    }
+
+    /// Loads and proves a new aggregate plugin, touching nothing (a refusal
+    /// is counted).
+    async fn prepare_aggregate(&self, spec: PluginSpec) -> Result<Arc<LoadedAggregate>, ReloadError> {
+        let slot = spec.slot.clone();
+        prepare(&slot, move || prove_aggregate(spec, Tiering::BaselineFirst)).await.inspect_err(|e| self.count("aggregate", Err(e)))
+    }
+
+    /// Serves a proven aggregate plugin, counted as accepted.
+    fn apply_aggregate(&self, spec: PluginSpec, loaded: Arc<LoadedAggregate>, started: Instant) -> Swap {
+        self.count("aggregate", Ok(&loaded.info));
         let old = self.aggregate.swap(loaded.clone());
-        self.optimize_later(self.aggregate.clone(), loaded.clone(), |a| &a.info, move || prove_aggregate(later, Tiering::Optimized));
-        Ok(self.swapped(old.info.clone(), loaded.info.clone(), started))
+        self.optimize_later(self.aggregate.clone(), loaded.clone(), |a| &a.info, move || prove_aggregate(spec, Tiering::Optimized));
+        self.swapped(old.info.clone(), loaded.info.clone(), started)
     }
 
     /// Records a reload attempt's outcome in the metrics and its history.
@@ -495,14 +590,35 @@ impl Reloader {
             tracing::error!(error = %err, "pipeline.toml rejected");
             return Err(err);
         }
-        if old.transforms != next.transforms {
-            if let Err(e) = self.apply_chain(&next).await {
-                self.stats.config_reloads(false, e.to_string());
+        // Every plugin the file changes is proven before any is applied: a
+        // reload applies whole or not at all, so this reloader's view (which
+        // files it watches, what serves) always matches what runs.
+        let started = Instant::now();
+        let prepared = async {
+            let chain = match old.transforms != next.transforms {
+                true => Some(self.prepare_chain(&next).await?),
+                false => None,
+            };
+            let aggregate = match old.plugins.aggregate.change(&next.plugins.aggregate) != Apply::Unchanged {
+                true => Some(self.prepare_aggregate(next.aggregate_spec()).await?),
+                false => None,
+            };
+            Ok::<_, ReloadError>((chain, aggregate))
+        }
+        .await;
+        let (chain, aggregate) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                self.stats.config_reloads(false, crate::redact::in_text(&e.to_string()).into_owned());
+                tracing::error!(error = %crate::redact::in_text(&e.to_string()), "pipeline.toml rejected; nothing of it applied");
                 return Err(e);
             }
+        };
+        if let Some(plan) = chain {
+            self.apply_chain(plan);
         }
-        if old.plugins.aggregate.change(&next.plugins.aggregate) != Apply::Unchanged {
-            self.swap_aggregate(next.aggregate_spec()).await?;
+        if let Some(loaded) = aggregate {
+            self.apply_aggregate(next.aggregate_spec(), loaded, started);
         }
         let needs_restart = !refused.is_empty()
             || [
@@ -702,6 +818,51 @@ impl Reloader {
             // Mid-rename: the next event brings the new file.
             Err(_) => false,
         }
+    }
+}
+
+/// The transforms a new pipeline.toml changes, proven, and the chain it
+/// makes.
+struct ChainPlan {
+    chain: Chain,
+    steps: Vec<Step>,
+    /// Whether the chain differs from the live one (order, members).
+    changed: bool,
+}
+
+/// One transform's change, ready to apply.
+enum Step {
+    /// A transform the chain did not have.
+    Added { slot: Arc<Slot<LoadedTransform>>, loaded: Arc<LoadedTransform> },
+    /// A new path: a new build, which ends any rollout of the old one.
+    NewBuild { slot: Arc<Slot<LoadedTransform>>, loaded: Arc<LoadedTransform> },
+    /// The same builds with new settings or limits.
+    Settings { slot: Arc<Slot<LoadedTransform>>, serving: Arc<LoadedTransform>, rollout: Option<RolloutBuilds> },
+}
+
+impl Step {
+    fn slot(&self) -> &Arc<Slot<LoadedTransform>> {
+        match self {
+            Step::Added { slot, .. } | Step::NewBuild { slot, .. } | Step::Settings { slot, .. } => slot,
+        }
+    }
+}
+
+/// A rollout's builds with the new settings.
+enum RolloutBuilds {
+    Shadow { shadow: Arc<Shadow>, candidate: Arc<LoadedTransform> },
+    Canary { canary: Arc<Canary>, candidate: Arc<LoadedTransform>, previous: Option<Arc<LoadedTransform>> },
+}
+
+/// What rollout the transform of `slot` is in, if any, as an error names it.
+fn in_rollout(slot: &Slot<LoadedTransform>) -> Option<&'static str> {
+    if slot.shadow().is_some() {
+        return Some("a candidate in shadow");
+    }
+    match slot.canary()?.report().phase {
+        Phase::Trial => Some("a candidate in canary"),
+        Phase::Watch => Some("a promoted canary in its watch"),
+        Phase::Done => None,
     }
 }
 

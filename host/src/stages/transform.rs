@@ -167,15 +167,19 @@ enum Share<'a> {
 fn serve(runner: &mut TransformRunner, live: Live, share: Share, out: &mut Out, batch: &mut WriteBatch, stats: &Stats) {
     match runner.transform(&live.events) {
         Ok((loaded, outcomes)) => {
+            let Live { events, flights } = live;
             if let Share::Whole(baseline) = share {
                 if let Some(canary) = baseline {
                     canary.tally_serving(outcomes.len(), Some(&outcomes));
                 }
-                if let Some(shadow) = runner.slot().shadow() {
-                    shadow.observe(&live.events, &outcomes);
+                // The events are not needed past this point: the candidate's
+                // thread gets them as they are; the outcomes are stored, so
+                // it gets a copy, made only for a batch it takes.
+                if let Some(shadow) = runner.slot().shadow().filter(|s| s.takes_batch()) {
+                    shadow.observe(events, outcomes.clone());
                 }
             }
-            for (flight, outcome) in live.flights.into_iter().zip(outcomes) {
+            for (flight, outcome) in flights.into_iter().zip(outcomes) {
                 apply(flight, outcome, &loaded, out, batch);
             }
         }

@@ -55,6 +55,10 @@ impl Guest for Plugin {
         if cfg!(feature = "always-trap") {
             panic!("built to trap on every batch");
         }
+        // The `slow` build: a candidate in shadow that cannot keep up.
+        if cfg!(feature = "slow") {
+            std::thread::sleep(std::time::Duration::from_millis(900));
+        }
         let short = batch.iter().any(|e| e.user_id == "short");
         let alias = batch.iter().any(|e| e.user_id == "alias");
         if batch.iter().any(|e| e.user_id == "alias-import") {
