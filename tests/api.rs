@@ -528,3 +528,67 @@ async fn a_search_url_password_never_reaches_ready() {
     running.await.unwrap().unwrap();
     serving.await.unwrap().unwrap();
 }
+
+/// Replaces `file` with `text` as an editor does (beside it, then renamed
+/// over): a watcher never reads half a file.
+fn rewrite(file: &Path, text: &str) {
+    let tmp = file.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+/// As reproduced for #28: a pipeline.toml edit that breaks the
+/// `reload_token` line (an unclosed quote) is refused, and the refusal —
+/// in the reload history anyone can read, and in the log — names the line
+/// and column, never the line itself with the token. The running token
+/// still authorises, and a guess does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_reload_token_line_reaches_neither_the_api_nor_the_log() {
+    const SECRET: &str = "leak-me-not-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_database("api_token_line").await;
+    let topic = support::unique("token_line_clicks");
+    clickstream::kafka::ensure_topic(&support::brokers(), &topic, 1).await.unwrap();
+    let token_line = format!("reload_token = \"{SECRET}\"\n");
+    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("token_line"), &db, &token_line);
+    let mut host = support::Host::start(&pipeline, &dir.path().join("host.log"));
+
+    // The API binds port 0 and says where in its first lines.
+    const AT: &str = "HTTP API and dashboard at http://";
+    support::wait_until(Duration::from_secs(60), "the API's address in the log", || {
+        let found = host.log().contains(AT);
+        async move { found }
+    })
+    .await;
+    let log = host.log();
+    let address = log[log.find(AT).unwrap() + AT.len()..].split('/').next().unwrap().to_string();
+    let client = Client { base: format!("http://{address}"), http: reqwest::Client::new() };
+    client.wait_for_ok("/ready").await;
+
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    let broken = text.replace(&token_line, &format!("reload_token = \"{SECRET}\n"));
+    assert_ne!(broken, text);
+    rewrite(&pipeline, &broken);
+    let rejected = || async {
+        let plugins = client.ok("/api/plugins").await;
+        plugins["reload_history"].as_array().unwrap().iter().any(|r| r["what"] == "pipeline.toml" && r["outcome"] == "rejected")
+    };
+    support::wait_until(Duration::from_secs(60), "the broken edit refused", rejected).await;
+
+    let (status, _, plugins) = client.text("/api/plugins").await;
+    assert_eq!(status, 200, "{plugins}");
+    assert!(!plugins.contains(SECRET), "the token in /api/plugins: {plugins}");
+    let line = broken.lines().position(|l| l.starts_with("reload_token")).unwrap() + 1;
+    assert!(plugins.contains(&format!("line {line}, column")) && plugins.contains("invalid basic string"), "{plugins}");
+    let logged = host.log();
+    assert!(logged.contains("pipeline.toml rejected") && !logged.contains(SECRET), "the token in the log:\n{logged}");
+
+    let (status, body) = client.post("/api/plugins/enrich/reload", Some("leak-me-not-0123456789abcdeg")).await;
+    assert_eq!(status, 401, "a guess: {body}");
+    let (status, body) = client.post("/api/plugins/enrich/reload", Some(SECRET)).await;
+    assert_eq!(status, 200, "the running token still authorises: {body}");
+
+    host.check_alive().unwrap();
+    let logged = host.stop().unwrap();
+    assert!(!logged.contains(SECRET), "the token in the log:\n{logged}");
+}

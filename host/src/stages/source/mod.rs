@@ -141,7 +141,7 @@ pub fn connect(config: &SourceConfig, offsets: OffsetLookup, stats: Arc<Stats>) 
     for (k, v) in &config.kafka {
         client.set(k, v);
     }
-    let consumer: SourceConsumer = client.create_with_context(SourceContext { stats, offsets })?;
+    let consumer: SourceConsumer = client.create_with_context(SourceContext { stats, offsets }).map_err(crate::kafka::without_secrets)?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(Arc::new(consumer))
