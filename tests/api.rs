@@ -592,3 +592,69 @@ async fn a_broken_reload_token_line_reaches_neither_the_api_nor_the_log() {
     let logged = host.stop().unwrap();
     assert!(!logged.contains(SECRET), "the token in the log:\n{logged}");
 }
+
+/// A shadow run's sampled differences are client data (IPs, URLs, user
+/// agents): `/api/plugins` shows their values only to a request bearing
+/// the reload token; the counts by field are shown to anyone, and a wrong
+/// token is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_sample_values_are_shown_only_to_a_request_bearing_the_reload_token() {
+    support::init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_database("api_shadow").await;
+    let topic = support::unique("shadow_clicks");
+    clickstream::kafka::ensure_topic(&support::brokers(), &topic, 1).await.unwrap();
+    let enrich = dir.path().join("enrich.wasm");
+    std::fs::copy(support::plugin("enrich"), &enrich).unwrap();
+    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("shadow"), &db, &format!("reload_token = \"{TOKEN}\"\n"));
+    support::set_chain(&pipeline, &[("enrich", &enrich)]);
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    rewrite(&pipeline, &text.replace("enrich.wasm\"\n", "enrich.wasm\"\nrollout = \"shadow\"\n"));
+    let config = support::load_config(&pipeline);
+
+    let Served { stats, api, client, stop, stopped, serving } = serve_api().await;
+    let running = tokio::spawn({
+        let api = api.clone();
+        clickstream::runtime::pipeline::run_until_stopped(config, stopped, Default::default(), stats, move |p| api.serve_pipeline(p))
+    });
+    client.wait_for_ok("/api/plugins").await;
+    // The canary build appends "+canary" to every browser name.
+    let tmp = enrich.with_extension("tmp");
+    std::fs::copy(support::plugin("enrich-canary"), &tmp).unwrap();
+    std::fs::rename(&tmp, &enrich).unwrap();
+    let shadow = |plugins: &Value| plugins["plugins"].as_array().unwrap().iter().find(|p| p["slot"] == "enrich").unwrap()["shadow"].clone();
+    support::wait_until(WAIT, "the candidate in shadow", || async { !shadow(&client.ok("/api/plugins").await).is_null() }).await;
+    produce_to(&topic, GeneratorConfig { events: 300, seed: 28, ..GeneratorConfig::default() }).await;
+    support::wait_until(WAIT, "sampled differences", || async {
+        shadow(&client.ok("/api/plugins").await)["report"]["sample"]
+            .as_array()
+            .is_some_and(|s| s.len() == clickstream::plugin::shadow::SAMPLE)
+    })
+    .await;
+
+    let (status, _, public) = client.text("/api/plugins").await;
+    assert_eq!(status, 200, "{public}");
+    assert!(!public.contains("+canary"), "a candidate's value without the token: {public}");
+    let public = shadow(&serde_json::from_str(&public).unwrap());
+    assert_eq!(public["samples"], false, "{public}");
+    assert!(public["report"]["by_field"]["browser"].as_u64().is_some_and(|n| n > 0), "the counts are public: {public}");
+    for d in public["report"]["sample"].as_array().unwrap() {
+        assert_eq!(d["field"], "browser", "{d}");
+        assert!(d["event_id"].is_string() && d.get("serving").is_none() && d.get("candidate").is_none(), "{d}");
+    }
+
+    let authorised = client.http.get(format!("{}/api/plugins", client.base)).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(authorised.status(), 200);
+    let authorised = shadow(&authorised.json().await.unwrap());
+    assert_eq!(authorised["samples"], true, "{authorised}");
+    for d in authorised["report"]["sample"].as_array().unwrap() {
+        // "Chrome" → "Chrome+canary"; no browser → "unknown+canary".
+        assert!(d["serving"].is_string() && d["candidate"].as_str().unwrap().ends_with("+canary"), "{d}");
+    }
+    let guessed = client.http.get(format!("{}/api/plugins", client.base)).bearer_auth("wrong-token-0123456789").send().await.unwrap();
+    assert_eq!(guessed.status(), 401);
+
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    serving.await.unwrap().unwrap();
+}
