@@ -528,3 +528,133 @@ async fn a_search_url_password_never_reaches_ready() {
     running.await.unwrap().unwrap();
     serving.await.unwrap().unwrap();
 }
+
+/// Replaces `file` with `text` as an editor does (beside it, then renamed
+/// over): a watcher never reads half a file.
+fn rewrite(file: &Path, text: &str) {
+    let tmp = file.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+/// As reproduced for #28: a pipeline.toml edit that breaks the
+/// `reload_token` line (an unclosed quote) is refused, and the refusal —
+/// in the reload history anyone can read, and in the log — names the line
+/// and column, never the line itself with the token. The running token
+/// still authorises, and a guess does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_reload_token_line_reaches_neither_the_api_nor_the_log() {
+    const SECRET: &str = "leak-me-not-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_database("api_token_line").await;
+    let topic = support::unique("token_line_clicks");
+    clickstream::kafka::ensure_topic(&support::brokers(), &topic, 1).await.unwrap();
+    let token_line = format!("reload_token = \"{SECRET}\"\n");
+    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("token_line"), &db, &token_line);
+    let mut host = support::Host::start(&pipeline, &dir.path().join("host.log"));
+
+    // The API binds port 0 and says where in its first lines.
+    const AT: &str = "HTTP API and dashboard at http://";
+    support::wait_until(Duration::from_secs(60), "the API's address in the log", || {
+        let found = host.log().contains(AT);
+        async move { found }
+    })
+    .await;
+    let log = host.log();
+    let address = log[log.find(AT).unwrap() + AT.len()..].split('/').next().unwrap().to_string();
+    let client = Client { base: format!("http://{address}"), http: reqwest::Client::new() };
+    client.wait_for_ok("/ready").await;
+
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    let broken = text.replace(&token_line, &format!("reload_token = \"{SECRET}\n"));
+    assert_ne!(broken, text);
+    rewrite(&pipeline, &broken);
+    let rejected = || async {
+        let plugins = client.ok("/api/plugins").await;
+        plugins["reload_history"].as_array().unwrap().iter().any(|r| r["what"] == "pipeline.toml" && r["outcome"] == "rejected")
+    };
+    support::wait_until(Duration::from_secs(60), "the broken edit refused", rejected).await;
+
+    let (status, _, plugins) = client.text("/api/plugins").await;
+    assert_eq!(status, 200, "{plugins}");
+    assert!(!plugins.contains(SECRET), "the token in /api/plugins: {plugins}");
+    let line = broken.lines().position(|l| l.starts_with("reload_token")).unwrap() + 1;
+    assert!(plugins.contains(&format!("line {line}, column")) && plugins.contains("invalid basic string"), "{plugins}");
+    let logged = host.log();
+    assert!(logged.contains("pipeline.toml rejected") && !logged.contains(SECRET), "the token in the log:\n{logged}");
+
+    let (status, body) = client.post("/api/plugins/enrich/reload", Some("leak-me-not-0123456789abcdeg")).await;
+    assert_eq!(status, 401, "a guess: {body}");
+    let (status, body) = client.post("/api/plugins/enrich/reload", Some(SECRET)).await;
+    assert_eq!(status, 200, "the running token still authorises: {body}");
+
+    host.check_alive().unwrap();
+    let logged = host.stop().unwrap();
+    assert!(!logged.contains(SECRET), "the token in the log:\n{logged}");
+}
+
+/// A shadow run's sampled differences are client data (IPs, URLs, user
+/// agents): `/api/plugins` shows their values only to a request bearing
+/// the reload token; the counts by field are shown to anyone, and a wrong
+/// token is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_sample_values_are_shown_only_to_a_request_bearing_the_reload_token() {
+    support::init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let db = support::fresh_database("api_shadow").await;
+    let topic = support::unique("shadow_clicks");
+    clickstream::kafka::ensure_topic(&support::brokers(), &topic, 1).await.unwrap();
+    let enrich = dir.path().join("enrich.wasm");
+    std::fs::copy(support::plugin("enrich"), &enrich).unwrap();
+    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("shadow"), &db, &format!("reload_token = \"{TOKEN}\"\n"));
+    support::set_chain(&pipeline, &[("enrich", &enrich)]);
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    rewrite(&pipeline, &text.replace("enrich.wasm\"\n", "enrich.wasm\"\nrollout = \"shadow\"\n"));
+    let config = support::load_config(&pipeline);
+
+    let Served { stats, api, client, stop, stopped, serving } = serve_api().await;
+    let running = tokio::spawn({
+        let api = api.clone();
+        clickstream::runtime::pipeline::run_until_stopped(config, stopped, Default::default(), stats, move |p| api.serve_pipeline(p))
+    });
+    client.wait_for_ok("/api/plugins").await;
+    // The canary build appends "+canary" to every browser name.
+    let tmp = enrich.with_extension("tmp");
+    std::fs::copy(support::plugin("enrich-canary"), &tmp).unwrap();
+    std::fs::rename(&tmp, &enrich).unwrap();
+    let shadow = |plugins: &Value| plugins["plugins"].as_array().unwrap().iter().find(|p| p["slot"] == "enrich").unwrap()["shadow"].clone();
+    support::wait_until(WAIT, "the candidate in shadow", || async { !shadow(&client.ok("/api/plugins").await).is_null() }).await;
+    produce_to(&topic, GeneratorConfig { events: 300, seed: 28, ..GeneratorConfig::default() }).await;
+    support::wait_until(WAIT, "sampled differences", || async {
+        shadow(&client.ok("/api/plugins").await)["report"]["sample"]
+            .as_array()
+            .is_some_and(|s| s.len() == clickstream::plugin::shadow::SAMPLE)
+    })
+    .await;
+
+    let (status, _, public) = client.text("/api/plugins").await;
+    assert_eq!(status, 200, "{public}");
+    assert!(!public.contains("+canary"), "a candidate's value without the token: {public}");
+    let public = shadow(&serde_json::from_str(&public).unwrap());
+    assert_eq!(public["samples"], false, "{public}");
+    assert!(public["report"]["by_field"]["browser"].as_u64().is_some_and(|n| n > 0), "the counts are public: {public}");
+    for d in public["report"]["sample"].as_array().unwrap() {
+        assert_eq!(d["field"], "browser", "{d}");
+        assert!(d["event_id"].is_string() && d.get("serving").is_none() && d.get("candidate").is_none(), "{d}");
+    }
+
+    let authorised = client.http.get(format!("{}/api/plugins", client.base)).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(authorised.status(), 200);
+    let authorised = shadow(&authorised.json().await.unwrap());
+    assert_eq!(authorised["samples"], true, "{authorised}");
+    for d in authorised["report"]["sample"].as_array().unwrap() {
+        // "Chrome" → "Chrome+canary"; no browser → "unknown+canary".
+        assert!(d["serving"].is_string() && d["candidate"].as_str().unwrap().ends_with("+canary"), "{d}");
+    }
+    let guessed = client.http.get(format!("{}/api/plugins", client.base)).bearer_auth("wrong-token-0123456789").send().await.unwrap();
+    assert_eq!(guessed.status(), 401);
+
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    serving.await.unwrap().unwrap();
+}

@@ -133,3 +133,42 @@ fn a_never_seen_component_serves_from_the_baseline_tier_with_the_same_results() 
     let again = LoadedTransform::load_tiered(spec(&wasm), None, Tiering::BaselineFirst).unwrap();
     assert!(matches!(again.info.origin, Origin::MemoryCache | Origin::DiskCache), "{:?}", again.info.origin);
 }
+
+/// A key file others may read or write is refused, and then no artifact
+/// sealed with it is trusted: `plugin check` loads the `.wasm` by compiling
+/// it (the error names the key file and the fix), and a `.cwasm` named
+/// alone fails with that reason.
+#[test]
+fn under_a_key_others_may_write_no_artifact_is_trusted_and_the_wasm_compiles() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (wasm, source) = unseen(dir.path(), "planted");
+    let key_file = dir.path().join("artifact.key");
+    std::fs::write(&key_file, [9; artifact::KEY_BYTES]).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // What anyone could seal with a key the whole machine may write.
+    let sealed = artifact::compile(engine(), &ArtifactKey::from_bytes([9; artifact::KEY_BYTES]), &source).unwrap();
+    std::fs::write(artifact::beside(&wasm), &sealed).unwrap();
+    let check = |file: &Path| {
+        let output = std::process::Command::new(support::host_binary().unwrap())
+            .args(["plugin", "check"])
+            .arg(file)
+            .env("CLICKSTREAM_ARTIFACT_KEY", &key_file)
+            .env("CLICKSTREAM_CACHE_DIR", dir.path().join("cache"))
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        (output.status.success(), format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
+    };
+
+    let (ok, out) = check(&wasm);
+    assert!(ok, "the .wasm loads by compiling: {out}");
+    let key_named = format!("artifact key {} has mode 0666", key_file.display());
+    assert!(out.contains("artifact key refused") && out.contains(&key_named) && out.contains("chmod 600"), "{out}");
+    assert!(out.contains("precompiled artifact refused; compiling the .wasm instead"), "{out}");
+
+    let only = dir.path().join("only.cwasm");
+    std::fs::write(&only, &sealed).unwrap();
+    let (ok, out) = check(&only);
+    assert!(!ok && out.contains(&key_named), "a .cwasm alone fails with the key's reason: {out}");
+}

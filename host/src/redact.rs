@@ -10,6 +10,10 @@
 //! authority is hidden whole too, never echoed: a broken URL is where a
 //! password cut short by an unescaped `/`, `?` or `#` ends up in the host,
 //! port or path.
+//!
+//! Values of secret keys are never shown at all: `api.reload_token`,
+//! `[source.kafka]`'s `sasl.password` or `ssl.key.password`, any key whose
+//! name says password, secret, token or key ([`is_secret_key`]).
 
 use std::borrow::Cow;
 
@@ -29,6 +33,19 @@ const SECRET_NAMES: &[&str] = &["pass", "pwd", "key", "auth", "sig", "signature"
 /// Name parts that make a query parameter secret: `password`,
 /// `sslpassword`, `client_secret`, `access_token`, `api_key`, ...
 const SECRET_PARTS: &[&str] = &["password", "passwd", "secret", "token", "apikey", "accesskey", "privatekey"];
+
+/// Parts of a configuration key's name that mark its value secret:
+/// `api.reload_token`, librdkafka's `sasl.password`, `ssl.key.password`,
+/// `sasl.oauthbearer.client.secret`, a plugin setting `api_key`. Broad on
+/// purpose: hiding a file path named `ssl.key.location` costs nothing.
+const SECRET_KEY_PARTS: &[&str] = &["password", "passwd", "secret", "token", "key", "credential"];
+
+/// Whether the value of the configuration key `key` (dotted, any case,
+/// e.g. `source.kafka."sasl.password"`) is a secret, never to be shown.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECRET_KEY_PARTS.iter().any(|part| key.contains(part))
+}
 
 /// `text` (one URL, such as `store.database_url`) safe to show: the
 /// password in its userinfo and the values of secret query parameters
@@ -137,6 +154,16 @@ fn is_secret_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_naming_a_password_secret_token_or_key_are_secret() {
+        for key in ["api.reload_token", "source.kafka.\"sasl.password\"", "ssl.key.password", "sasl.oauthbearer.client.secret", "API_KEY"] {
+            assert!(is_secret_key(key), "{key}");
+        }
+        for key in ["source.kafka.\"security.protocol\"", "source.brokers", "index.url", "transforms[0].settings.markers"] {
+            assert!(!is_secret_key(key), "{key}");
+        }
+    }
 
     #[test]
     fn the_userinfo_password_is_hidden_and_the_rest_kept() {

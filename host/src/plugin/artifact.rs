@@ -6,9 +6,10 @@
 //! and trusts them completely, so a `.cwasm` is as powerful as the host
 //! binary. An artifact is therefore accepted only when it carries an
 //! HMAC-SHA256 tag made with the host's artifact key (a 32-byte file, 0600,
-//! [`ArtifactKey`]): whoever can read that key can make the host run native
-//! code of their choosing, and must be trusted like whoever can replace the
-//! binary. Everything else about an artifact is checked before its payload
+//! [`ArtifactKey`]): whoever can read or write that key can make the host
+//! run native code of their choosing, and must be trusted like whoever can
+//! replace the binary. A key file another user owns, others may read or
+//! write, or that is not whole is refused (`key`), and then no artifact is. Everything else about an artifact is checked before its payload
 //! is touched: the format, its length, the tag, the engine it was compiled
 //! for (a fingerprint of wasmtime's compatibility hash) and, when the source
 //! `.wasm` is at hand, that the artifact names that file's SHA-256.
@@ -18,8 +19,9 @@
 //! then the payload (wasmtime's serialized component). The tag covers
 //! everything but itself.
 
+mod key;
+
 use std::hash::Hasher;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, Mac};
@@ -27,13 +29,15 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Engine, Precompiled};
 
+pub use key::{ArtifactKey, KeyError, KEY_BYTES};
+
 /// The first bytes of every artifact (version 1 of the layout).
 pub const MAGIC: &[u8; 16] = b"clickstream-aot1";
 
 const HEADER: usize = MAGIC.len() + 32 + 32 + 8 + 32;
 
 /// Why an artifact was refused. Each says what to do instead.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[allow(missing_docs)] // each #[error] says how it reads
 pub enum ArtifactError {
     #[error("not a clickstream precompiled artifact (it does not start with {:?})", String::from_utf8_lossy(MAGIC))]
@@ -50,62 +54,12 @@ pub enum ArtifactError {
     Refused(String),
     #[error("no artifact key at {0}; `clickstream plugin compile` creates one")]
     NoKey(PathBuf),
-}
-
-/// The secret that seals artifacts; see the module's trust model.
-#[derive(Clone)]
-pub struct ArtifactKey([u8; 32]);
-
-impl std::fmt::Debug for ArtifactKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ArtifactKey(..)")
-    }
+    /// The key file is there but not trusted ([`KeyError`]'s message).
+    #[error("{0}; until then no precompiled artifact is trusted and plugins are compiled from their .wasm")]
+    KeyRefused(String),
 }
 
 impl ArtifactKey {
-    /// A key from its bytes (tests; a host reads its key from a file).
-    pub fn from_bytes(bytes: [u8; 32]) -> ArtifactKey {
-        ArtifactKey(bytes)
-    }
-
-    /// The key in `path`, if the file exists. A file of another length is an error.
-    pub fn load(path: &Path) -> std::io::Result<Option<ArtifactKey>> {
-        match std::fs::read(path) {
-            Ok(bytes) => <[u8; 32]>::try_from(bytes.as_slice()).map(|b| Some(ArtifactKey(b))).map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} is not a 32-byte artifact key", path.display()))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The key in `path`, created (random, mode 0600) when the file does not exist.
-    pub fn load_or_create(path: &Path) -> std::io::Result<ArtifactKey> {
-        if let Some(key) = Self::load(path)? {
-            return Ok(key);
-        }
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let key: [u8; 32] = rand::random();
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        match options.open(path) {
-            Ok(mut file) => {
-                file.write_all(&key)?;
-                file.sync_all()?;
-                Ok(ArtifactKey(key))
-            }
-            // Another process created it first: use theirs.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                Self::load(path)?.ok_or_else(|| std::io::Error::other("artifact key vanished"))
-            }
-            Err(e) => Err(e),
-        }
-    }
-
     fn mac(&self) -> Hmac<Sha256> {
         <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length")
     }

@@ -116,19 +116,22 @@ pub fn artifact_key_path() -> Option<&'static Path> {
     settings().key.as_deref()
 }
 
-/// The host's artifact key, created on first use.
+/// The host's artifact key, created on first use. A key that cannot be
+/// had, or is refused (another user's, readable by others, cut short), is
+/// logged once as an error, and then every precompiled artifact is refused
+/// and the disk cache is off: a `.wasm` still loads by compiling, a `.cwasm`
+/// named alone fails its load with the key's reason.
 fn artifact_key() -> Result<&'static ArtifactKey, ArtifactError> {
-    static KEY: OnceLock<Option<ArtifactKey>> = OnceLock::new();
+    static KEY: OnceLock<Result<ArtifactKey, ArtifactError>> = OnceLock::new();
     let path = artifact_key_path().ok_or_else(|| ArtifactError::NoKey(PathBuf::from("(no CLICKSTREAM_ARTIFACT_KEY, no cache dir)")))?;
-    KEY.get_or_init(|| match ArtifactKey::load_or_create(path) {
-        Ok(key) => Some(key),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "no artifact key: precompiled plugins and the disk cache are off");
-            None
-        }
+    KEY.get_or_init(|| {
+        ArtifactKey::load_or_create(path).map_err(|e| {
+            tracing::error!(path = %path.display(), error = %e, "artifact key refused: precompiled plugins and the disk cache are off");
+            ArtifactError::KeyRefused(e.to_string())
+        })
     })
     .as_ref()
-    .ok_or_else(|| ArtifactError::NoKey(path.to_path_buf()))
+    .map_err(Clone::clone)
 }
 
 /// How many compiled components the memory cache keeps.

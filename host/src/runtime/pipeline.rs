@@ -53,9 +53,6 @@ pub enum PipelineError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
-    /// A Kafka client property librdkafka refuses.
-    #[error(transparent)]
-    KafkaProperty(#[from] source::PropertyError),
     /// A stage died while running; the pipeline drained what it could.
     #[error(transparent)]
     Stage(#[from] StageFailure),
@@ -129,7 +126,8 @@ pub async fn run(
 ) -> Result<Exit, PipelineError> {
     // What can be refused without a server answers first, so a pipeline
     // that cannot start says so at once instead of waiting on PostgreSQL.
-    source::check_properties(&config.source)?;
+    let kafka_error = |source| PipelineError::Kafka { brokers: crate::redact::in_text(&config.source.brokers).into_owned(), source };
+    source::check_properties(&config.source).map_err(kafka_error)?;
     let geoip = Arc::new(GeoIp::open(&config.geoip.databases)?);
     let chain = Arc::new(ArcSwap::from_pointee(load_chain(config.transform_specs(), &geoip)?));
     let aggregate = Arc::new(Slot::new(LoadedAggregate::load(config.aggregate_spec())?));
@@ -140,8 +138,7 @@ pub async fn run(
     );
     let store = connect_store(&config.store, config.windows(), &shutdown).await?;
     let offsets = source::OffsetLookup::start(&config.store.database_url).map_err(|e| PipelineError::Store(StoreError::Url(e)))?;
-    let consumer = source::connect(&config.source, offsets, stats.clone())
-        .map_err(|source| PipelineError::Kafka { brokers: crate::redact::in_text(&config.source.brokers).into_owned(), source })?;
+    let consumer = source::connect(&config.source, offsets, stats.clone()).map_err(kafka_error)?;
     tracing::info!(brokers = %crate::redact::in_text(&config.source.brokers), topics = ?config.source.topics, group = %config.source.group_id, "consuming");
 
     // Drains on shutdown, on a reload that needs a restart, and when a

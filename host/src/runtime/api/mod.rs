@@ -339,7 +339,26 @@ async fn aggregates(State(api): State<Api>, Query(raw): Query<Vec<(String, Strin
     aggregates::run(&pipeline.indexer, &query, window_ms).await.map(Json).map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))
 }
 
-fn plugin_json(plugin: &PluginView, stats: &Stats) -> Value {
+/// A shadow run's report as `/api/plugins` shows it: the sampled
+/// differences keep their serving and candidate values only for a request
+/// bearing `api.reload_token`. Those values are what clients sent and what
+/// the builds made of it (client IPs, URLs, user agents), and the endpoint
+/// answers anyone; whoever decides a rollout holds the token anyway. The
+/// counts by field are always shown.
+fn shadow_report_json(report: &crate::plugin::shadow::ShadowReport, values: bool) -> Value {
+    let mut report = json!(report);
+    if !values {
+        for difference in report["sample"].as_array_mut().into_iter().flatten() {
+            if let Some(difference) = difference.as_object_mut() {
+                difference.remove("serving");
+                difference.remove("candidate");
+            }
+        }
+    }
+    report
+}
+
+fn plugin_json(plugin: &PluginView, stats: &Stats, shadow_samples: bool) -> Value {
     let (info, counters) = (&plugin.info, &plugin.counters);
     let errors = counters.errors();
     let mut body = json!({
@@ -372,7 +391,8 @@ fn plugin_json(plugin: &PluginView, stats: &Stats) -> Value {
                 json!({
                     "candidate": { "name": candidate.name, "version": candidate.version, "content_hash": candidate.content_hash },
                     "fraction": shadow.fraction,
-                    "report": shadow.report(),
+                    "samples": shadow_samples,
+                    "report": shadow_report_json(&shadow.report(), shadow_samples),
                 })
             }
             None => Value::Null,
@@ -391,9 +411,23 @@ fn plugin_json(plugin: &PluginView, stats: &Stats) -> Value {
     body
 }
 
-async fn plugins(State(api): State<Api>) -> ApiResult<Json<Value>> {
+/// The plugins, and the reload history. A request bearing the reload token
+/// also gets the values of shadow samples; one bearing a wrong token is
+/// refused rather than answered as if it bore none, so that a client with
+/// a stale token is told.
+async fn plugins(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<Value>> {
     let pipeline = api.live()?;
-    let plugins: Vec<Value> = pipeline.plugins().iter().map(|p| plugin_json(p, &api.stats)).collect();
+    let samples = match bearer(&headers) {
+        None => false,
+        Some(token) if pipeline.config.api.reload_token.as_deref().is_some_and(|t| constant_time_eq(token.as_bytes(), t.as_bytes())) => {
+            true
+        }
+        Some(_) => return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "wrong bearer token: send Authorization: Bearer <api.reload_token> for the values of shadow samples, or no token for the rest",
+        )),
+    };
+    let plugins: Vec<Value> = pipeline.plugins().iter().map(|p| plugin_json(p, &api.stats, samples)).collect();
     Ok(Json(json!({ "plugins": plugins, "reload_history": api.stats.reload_history() })))
 }
 
@@ -427,8 +461,7 @@ async fn act(api: Api, name: String, headers: HeaderMap, action: ReloadAction) -
             "plugin reload through the API is disabled: set api.reload_token in pipeline.toml (16+ characters) to enable it",
         ));
     };
-    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if !presented.is_some_and(|token| constant_time_eq(token.as_bytes(), expected.as_bytes())) {
+    if !bearer(&headers).is_some_and(|token| constant_time_eq(token.as_bytes(), expected.as_bytes())) {
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (Authorization: Bearer <api.reload_token>)"));
     }
     let known: Vec<String> = pipeline.plugins().into_iter().map(|p| p.info.slot).collect();
@@ -454,6 +487,11 @@ async fn act(api: Api, name: String, headers: HeaderMap, action: ReloadAction) -
         Ok(Err(_)) => Err(ApiError::unavailable("the pipeline stopped before the reload finished")),
         Err(_) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "the reload is still running; check GET /api/plugins")),
     }
+}
+
+/// The token an `Authorization: Bearer <token>` header presents.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
 }
 
 /// Compares secrets without revealing through timing how much matched.
