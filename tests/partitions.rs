@@ -155,3 +155,54 @@ async fn a_database_from_before_day_partitions_keeps_its_events_and_dead_letters
     let new_id: i64 = sqlx::query_scalar("SELECT id FROM dead_letters WHERE \"offset\" = 8").fetch_one(&pool).await.unwrap();
     assert!(new_id > old_id, "dead letter ids go on from where they were: {old_id} then {new_id}");
 }
+
+/// A client sending one event per past day — 500 days, within a
+/// `source.max_past_days` that allows them — beside a steady stream of
+/// current events, written the way a writer writes (what a write defers goes
+/// into the next write with what queued meanwhile). Each write makes at most
+/// `MAX_NEW_DAYS_PER_WRITE` days and stores every steady event queued for it,
+/// so the steady stream is stored all along, long before the burst's last
+/// day is made; every burst event is stored once, in offset order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_old_days_is_made_a_few_days_per_write_while_a_steady_stream_keeps_being_stored() {
+    use clickstream::stages::store::partitions::MAX_NEW_DAYS_PER_WRITE;
+    const BURST_DAYS: i64 = 500;
+    let db = support::fresh_database("partitions_burst").await;
+    let store = open(&db, 0).await;
+    let pool = store.pool().clone();
+    let on_burst = |offset: i64| {
+        let mut e = event(offset, &format!("burst-{offset}"), "https://old.example/", ago(2 + offset));
+        e.provenance.partition = 1;
+        e
+    };
+    let mut pending = batch_of((0..BURST_DAYS).map(on_burst).collect(), vec![]);
+    let mut writes = 0;
+    loop {
+        // The steady stream: one current event queued for each write.
+        let steady = event(writes, &format!("steady-{writes}"), "https://shop.example/", ago(0));
+        pending.merge(batch_of(vec![steady], vec![]));
+        let before = days(&pool, "events").await.len();
+        let outcome = store.write(&pending).await.unwrap();
+        let made = days(&pool, "events").await.len() - before;
+        assert!(made <= MAX_NEW_DAYS_PER_WRITE, "write {writes} made {made} days");
+        let steady_stored = support::count(&pool, &format!("SELECT count(*) FROM events WHERE event_id = 'steady-{writes}'")).await;
+        assert_eq!(steady_stored, 1, "write {writes} stored the steady event queued for it: {outcome:?}");
+        assert_eq!(outcome.dead_lettered, 0, "{outcome:?}");
+        writes += 1;
+        let rest = pending.split_off_deferred(&outcome.deferred);
+        if rest.is_empty() {
+            break;
+        }
+        pending = rest;
+    }
+    let least = BURST_DAYS as usize / MAX_NEW_DAYS_PER_WRITE;
+    assert!(writes as usize >= least, "the burst's days were made over {writes} writes, at least {least}");
+    let burst: Vec<(String, i64)> = sqlx::query_as("SELECT event_id, \"offset\" FROM events WHERE \"partition\" = 1 ORDER BY \"offset\"")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(burst, (0..BURST_DAYS).map(|o| (format!("burst-{o}"), o)).collect::<Vec<_>>(), "every burst event once");
+    let offsets: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT \"partition\", next_offset FROM ingest_offsets ORDER BY 1").fetch_all(&pool).await.unwrap();
+    assert_eq!(offsets, [(0, writes), (1, BURST_DAYS)]);
+}

@@ -159,7 +159,7 @@ pub async fn replay(
         // Plugin calls block; this is a batch job, so blocking this task is fine.
         let batch = tokio::task::block_in_place(|| runner.process(decode_batch(records, limits), &stats));
         // A replayed event may belong to a day with no partition yet.
-        partitions.ensure(pool, batch.events.iter().filter_map(|e| day_of(e.raw.timestamp_ms))).await?;
+        partitions.ensure_all(pool, batch.events.iter().filter_map(|e| day_of(e.raw.timestamp_ms))).await?;
         let mut tx = pool.begin().await?;
         let items: Vec<Item<'_>> = batch.events.iter().map(Item::Event).collect();
         let inserted = insert_isolating(&mut tx, &items, windows).await?;
