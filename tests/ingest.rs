@@ -354,15 +354,31 @@ async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after
     let chain = clickstream::stages::transform::load_chain(config.transform_specs(), &Arc::new(clickstream::plugin::geoip::GeoIp::empty()))
         .unwrap();
     let mut runner = clickstream::stages::transform::ChainRunner::fixed(chain);
-    let outcome =
-        clickstream::runtime::dead_letters::replay(&pool, config.windows(), &mut runner, &config.decode_limits(), |_| {}).await.unwrap();
+    let outcome = clickstream::runtime::dead_letters::replay(
+        &pool,
+        config.windows(),
+        &mut runner,
+        &config.decode_limits(),
+        config.store.retention_days,
+        |_| {},
+    )
+    .await
+    .unwrap();
     assert_eq!((outcome.stored, outcome.still_failing), (3, 0));
     let versions: Vec<String> =
         sqlx::query_scalar("SELECT plugin_version FROM events WHERE event_id LIKE 'poison-%'").fetch_all(&pool).await.unwrap();
     assert_eq!(versions, vec![support::enrich_version(); 3]);
     assert_eq!(support::count(&pool, "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL").await, 0);
-    let again =
-        clickstream::runtime::dead_letters::replay(&pool, config.windows(), &mut runner, &config.decode_limits(), |_| {}).await.unwrap();
+    let again = clickstream::runtime::dead_letters::replay(
+        &pool,
+        config.windows(),
+        &mut runner,
+        &config.decode_limits(),
+        config.store.retention_days,
+        |_| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(again, Default::default(), "a second replay finds nothing pending");
     assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await as usize, total);
 }
