@@ -569,6 +569,77 @@ async fn a_server_that_stays_overloaded_is_reported_after_the_retry_budget() {
     assert!(seen.lock().unwrap().len() >= 3, "retried with backoff: {:?}", seen.lock().unwrap().len());
 }
 
+/// A bulk item's error body as Elasticsearch gives it.
+fn item_error(status: u16, kind: &str, reason: &str) -> Value {
+    json!({ "index": { "status": status, "error": { "type": kind, "reason": reason } } })
+}
+
+/// The per-item answers Elasticsearch gives for passing conditions — an
+/// index set read-only once a node passed the flood-stage disk watermark
+/// (403 in older versions, 429 since), index creation blocked, a full write
+/// queue — are about the server's state, not the document: retried within
+/// the budget, never reported as rejected. A mapping error beside them is.
+#[tokio::test]
+async fn items_refused_for_a_passing_block_are_retried_and_only_the_documents_own_faults_are_rejected() {
+    let transient = [
+        (403, "cluster_block_exception", "index [blocked] blocked by: [FORBIDDEN/12/index read-only / allow delete (api)];"),
+        (429, "cluster_block_exception", "index [blocked] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark, index has read-only-allow-delete block];"),
+        (403, "index_create_block_exception", "blocked by: [FORBIDDEN/10/cluster create-index blocked (api)];"),
+        (429, "es_rejected_execution_exception", "rejected execution of coordinating operation"),
+    ];
+    let (url, seen) = fake_server(move |n, request| {
+        let ids = bulk_ids(&request.body);
+        let items: Vec<Value> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, _)| match (n, i) {
+                // The last document does not fit the mapping, whenever it is sent.
+                (_, i) if i == ids.len() - 1 && n == 0 => item_error(400, "mapper_parsing_exception", "failed to parse field [clicks]"),
+                (0, i) => {
+                    let (status, kind, reason) = transient[i % transient.len()];
+                    item_error(status, kind, reason)
+                }
+                _ => json!({ "index": { "status": 201 } }),
+            })
+            .collect();
+        (200, json!({ "items": items }).to_string())
+    })
+    .await;
+    let indexer = Indexer::new(&config(&url, "blocked", TimeSuffix::None, DEFAULT_BULK_MAX_BYTES)).unwrap();
+    let docs: Vec<AggregateDoc> = (0..5).map(|i| doc(LEAP_DAY_MS, &format!("https://x.example/{i}"), "DE", 1)).collect();
+    let outcome = indexer.index(&docs).await.unwrap();
+    assert_eq!(outcome.indexed, 4, "{outcome:?}");
+    let rejected: Vec<(usize, u16)> = outcome.rejected.iter().map(|r| (r.position, r.status)).collect();
+    assert_eq!(rejected, [(4, 400)], "only the mapping error is the document's own");
+    let seen = seen.lock().unwrap();
+    let ids: Vec<String> = docs.iter().map(Indexer::doc_id).collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(bulk_ids(&seen[1].body), ids[..4], "the blocked items are sent again, the refused one is not");
+}
+
+/// A block that outlasts the retry budget is given back as transient, so the
+/// publisher leaves the rows pending for its next round instead of marking
+/// them `index_error` for good.
+#[tokio::test]
+async fn items_blocked_past_the_retry_budget_are_given_back_as_transient_not_rejected() {
+    let reason = "index [blocked] blocked by: [FORBIDDEN/12/index read-only / allow delete (api)];";
+    let (url, _) = fake_server(move |_, request| {
+        let items: Vec<Value> = bulk_ids(&request.body).iter().map(|_| item_error(403, "cluster_block_exception", reason)).collect();
+        (200, json!({ "items": items }).to_string())
+    })
+    .await;
+    let indexer = Indexer::new(&config(&url, "blocked", TimeSuffix::None, DEFAULT_BULK_MAX_BYTES))
+        .unwrap()
+        .with_retry_budget(Duration::from_millis(500));
+    let docs: Vec<AggregateDoc> = (0..2).map(|i| doc(LEAP_DAY_MS, &format!("https://x.example/{i}"), "DE", 1)).collect();
+    let err = indexer.index(&docs).await.unwrap_err();
+    match &err {
+        IndexError::Overloaded { pending: 2, status: 403, reason, .. } => assert!(reason.contains("read-only / allow delete"), "{reason}"),
+        other => panic!("expected Overloaded, got {other:?}"),
+    }
+    assert!(err.is_transient());
+}
+
 #[tokio::test]
 async fn bulk_requests_stay_within_bulk_max_bytes_and_keep_order() {
     let (url, seen) = fake_server(|_, request| (200, bulk_answer(bulk_ids(&request.body).iter().map(|_| 201)))).await;

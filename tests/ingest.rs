@@ -354,15 +354,31 @@ async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after
     let chain = clickstream::stages::transform::load_chain(config.transform_specs(), &Arc::new(clickstream::plugin::geoip::GeoIp::empty()))
         .unwrap();
     let mut runner = clickstream::stages::transform::ChainRunner::fixed(chain);
-    let outcome =
-        clickstream::runtime::dead_letters::replay(&pool, config.windows(), &mut runner, &config.decode_limits(), |_| {}).await.unwrap();
+    let outcome = clickstream::runtime::dead_letters::replay(
+        &pool,
+        config.windows(),
+        &mut runner,
+        &config.decode_limits(),
+        config.store.retention_days,
+        |_| {},
+    )
+    .await
+    .unwrap();
     assert_eq!((outcome.stored, outcome.still_failing), (3, 0));
     let versions: Vec<String> =
         sqlx::query_scalar("SELECT plugin_version FROM events WHERE event_id LIKE 'poison-%'").fetch_all(&pool).await.unwrap();
     assert_eq!(versions, vec![support::enrich_version(); 3]);
     assert_eq!(support::count(&pool, "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL").await, 0);
-    let again =
-        clickstream::runtime::dead_letters::replay(&pool, config.windows(), &mut runner, &config.decode_limits(), |_| {}).await.unwrap();
+    let again = clickstream::runtime::dead_letters::replay(
+        &pool,
+        config.windows(),
+        &mut runner,
+        &config.decode_limits(),
+        config.store.retention_days,
+        |_| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(again, Default::default(), "a second replay finds nothing pending");
     assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await as usize, total);
 }
@@ -408,6 +424,43 @@ async fn a_repeated_event_id_is_stored_once_and_counted_as_a_duplicate() {
     assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await, 300);
     assert_eq!(support::count(&pool, "SELECT count(*) FROM dead_letters").await, 0, "a repeat is not an error");
     assert_eq!((stats.stored.get(), stats.duplicates.get()), (300, 25));
+}
+
+/// One record per past day, 500 days (allowed by `source.max_past_days`),
+/// beside current records, through the running pipeline: the writers make
+/// the days a few per transaction, handing what a transaction deferred to
+/// the next, and every record is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_old_days_through_the_writers_is_stored_once_over_many_transactions() {
+    use clickstream::stages::store::partitions::MAX_NEW_DAYS_PER_WRITE;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    const BURST_DAYS: i64 = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let topic = support::unique("ingest_burst");
+    let db = support::fresh_database("ingest_burst").await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let current = produce_to(&topic, GeneratorConfig { start_ms: now - 600_000, span_secs: 600, ..generator(200, 0.0, 17) }, None).await;
+    let producer: FutureProducer = clickstream::kafka::client_config(&support::brokers(), &Default::default()).create().unwrap();
+    for i in 0..BURST_DAYS {
+        let ts = now - (2 + i) * 86_400_000;
+        let payload = format!(r#"{{"event_id":"burst-{i}","user_id":"replayer","timestamp":{ts},"url":"https://old.example/"}}"#);
+        producer.send(FutureRecord::to(&topic).partition(1).key("replayer").payload(&payload), Duration::from_secs(5)).await.unwrap();
+    }
+    let total = current.len() + BURST_DAYS as usize;
+
+    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
+    support::set_source_key(&pipeline, "max_past_days", "600");
+    let running = support::InProcess::start(support::load_config(&pipeline));
+    let pool = pool(&db).await;
+    support::wait_until(WAIT, "every record stored", || support::reconciled(&pool, total)).await;
+    running.stop().await;
+
+    assert_eq!(support::count(&pool, "SELECT count(*) FROM dead_letters").await, 0);
+    let burst = support::count(&pool, "SELECT count(DISTINCT event_id) FROM events WHERE event_id LIKE 'burst-%'").await;
+    assert_eq!((burst, support::count(&pool, "SELECT count(*) FROM events").await), (BURST_DAYS, total as i64), "each once");
+    let transactions = support::count(&pool, "SELECT count(DISTINCT stored_at) FROM events WHERE event_id LIKE 'burst-%'").await;
+    let least = BURST_DAYS / MAX_NEW_DAYS_PER_WRITE as i64;
+    assert!(transactions >= least, "the burst's days were made over {transactions} transactions, at least {least}");
 }
 
 /// Counts the Produce requests a producer sent, from librdkafka's statistics.

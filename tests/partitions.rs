@@ -155,3 +155,109 @@ async fn a_database_from_before_day_partitions_keeps_its_events_and_dead_letters
     let new_id: i64 = sqlx::query_scalar("SELECT id FROM dead_letters WHERE \"offset\" = 8").fetch_one(&pool).await.unwrap();
     assert!(new_id > old_id, "dead letter ids go on from where they were: {old_id} then {new_id}");
 }
+
+/// A dead letter whose event's day is past the retention, replayed the way
+/// `clickstream dead-letters --replay` does: storing it would recreate the
+/// dropped day, which the next upkeep drops again with the event, while the
+/// dead letter would say "replayed". It stays pending, and the command says
+/// why and what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_a_dead_letter_of_an_expired_day_leaves_it_pending_and_says_why() {
+    let db = support::fresh_database("partitions_replay_expired").await;
+    let store = open(&db, 30).await;
+    let pool = store.pool().clone();
+    let old = format!(r#"{{"event_id":"sixty-days","user_id":"u","timestamp":{},"url":"https://shop.example/"}}"#, ago(60));
+    let recent = format!(r#"{{"event_id":"two-days","user_id":"u","timestamp":{},"url":"https://shop.example/"}}"#, ago(2));
+    for (offset, payload) in [(7, &old), (8, &recent)] {
+        sqlx::query(
+            "INSERT INTO dead_letters (topic, \"partition\", \"offset\", payload, stage, kind, reason, received_at)
+             VALUES ('t', 0, $1, $2, 'transform', 'rejected', 'refused by a transform since fixed', now())",
+        )
+        .bind(offset)
+        .bind(payload.as_bytes())
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("pipeline.toml");
+    let text = format!(
+        "[source]\ntopics = [\"t\"]\n\n[store]\ndatabase_url = \"{db}\"\nretention_days = 30\n\n[geoip]\ndatabases = []\n\n\
+         [[transforms]]\nname = \"enrich\"\npath = \"{}\"\n\n[plugins.aggregate]\npath = \"{}\"\n",
+        support::plugin("enrich").display(),
+        support::plugin("aggregate").display()
+    );
+    std::fs::write(&pipeline, text).unwrap();
+
+    let mut command = std::process::Command::new(support::host_binary().unwrap());
+    for name in support::OVERRIDES {
+        command.env_remove(name);
+    }
+    let output = command.arg("dead-letters").arg(&pipeline).arg("--replay").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("replay: 1 stored"), "{stdout}");
+    assert!(stdout.contains("1 not replayed") && stdout.contains("store.retention_days = 30") && stdout.contains("raise"), "{stdout}");
+
+    let (kind, reason, replayed): (String, String, Option<chrono::DateTime<Utc>>) =
+        sqlx::query_as("SELECT kind, reason, replayed_at FROM dead_letters WHERE \"offset\" = 7").fetch_one(&pool).await.unwrap();
+    assert_eq!((kind.as_str(), replayed), ("expired", None), "left pending");
+    assert!(
+        reason.contains(&day(60).to_string()) && reason.contains("Not replayed") && reason.contains("store.retention_days"),
+        "{reason}"
+    );
+    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&pool).await.unwrap();
+    assert_eq!(ids, ["two-days"], "the kept day's event is replayed");
+    assert!(!days(&pool, "events").await.contains(&day(60)), "no partition is made for the expired day");
+}
+
+/// A client sending one event per past day — 500 days, within a
+/// `source.max_past_days` that allows them — beside a steady stream of
+/// current events, written the way a writer writes (what a write defers goes
+/// into the next write with what queued meanwhile). Each write makes at most
+/// `MAX_NEW_DAYS_PER_WRITE` days and stores every steady event queued for it,
+/// so the steady stream is stored all along, long before the burst's last
+/// day is made; every burst event is stored once, in offset order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_old_days_is_made_a_few_days_per_write_while_a_steady_stream_keeps_being_stored() {
+    use clickstream::stages::store::partitions::MAX_NEW_DAYS_PER_WRITE;
+    const BURST_DAYS: i64 = 500;
+    let db = support::fresh_database("partitions_burst").await;
+    let store = open(&db, 0).await;
+    let pool = store.pool().clone();
+    let on_burst = |offset: i64| {
+        let mut e = event(offset, &format!("burst-{offset}"), "https://old.example/", ago(2 + offset));
+        e.provenance.partition = 1;
+        e
+    };
+    let mut pending = batch_of((0..BURST_DAYS).map(on_burst).collect(), vec![]);
+    let mut writes = 0;
+    loop {
+        // The steady stream: one current event queued for each write.
+        let steady = event(writes, &format!("steady-{writes}"), "https://shop.example/", ago(0));
+        pending.merge(batch_of(vec![steady], vec![]));
+        let before = days(&pool, "events").await.len();
+        let outcome = store.write(&pending).await.unwrap();
+        let made = days(&pool, "events").await.len() - before;
+        assert!(made <= MAX_NEW_DAYS_PER_WRITE, "write {writes} made {made} days");
+        let steady_stored = support::count(&pool, &format!("SELECT count(*) FROM events WHERE event_id = 'steady-{writes}'")).await;
+        assert_eq!(steady_stored, 1, "write {writes} stored the steady event queued for it: {outcome:?}");
+        assert_eq!(outcome.dead_lettered, 0, "{outcome:?}");
+        writes += 1;
+        let rest = pending.split_off_deferred(&outcome.deferred);
+        if rest.is_empty() {
+            break;
+        }
+        pending = rest;
+    }
+    let least = BURST_DAYS as usize / MAX_NEW_DAYS_PER_WRITE;
+    assert!(writes as usize >= least, "the burst's days were made over {writes} writes, at least {least}");
+    let burst: Vec<(String, i64)> = sqlx::query_as("SELECT event_id, \"offset\" FROM events WHERE \"partition\" = 1 ORDER BY \"offset\"")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(burst, (0..BURST_DAYS).map(|o| (format!("burst-{o}"), o)).collect::<Vec<_>>(), "every burst event once");
+    let offsets: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT \"partition\", next_offset FROM ingest_offsets ORDER BY 1").fetch_all(&pool).await.unwrap();
+    assert_eq!(offsets, [(0, writes), (1, BURST_DAYS)]);
+}

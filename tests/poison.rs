@@ -9,7 +9,7 @@ use clickstream_testkit as support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use clickstream::stages::record::{DeadLetter, Event, Stage, WindowSpec};
+use clickstream::stages::record::{DeadLetter, Dropped, Event, Provenance, Stage, WindowSpec};
 use clickstream::stages::store::Store;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::postgres::PgPoolOptions;
@@ -116,6 +116,126 @@ async fn dead_letters_larger_together_than_one_statement_may_carry_are_all_store
     let pool = pool(&db).await;
     let bytes: i64 = sqlx::query_scalar("SELECT sum(length(payload))::bigint FROM dead_letters").fetch_one(&pool).await.unwrap();
     assert_eq!(bytes, 70 << 24);
+}
+
+/// A dead letter of stage `stage` and kind `kind` for the record at `offset`.
+fn dead_letter(offset: i64, stage: Stage, kind: &str) -> DeadLetter {
+    DeadLetter {
+        provenance: provenance(offset),
+        key: None,
+        payload: format!("raw record {offset}").into_bytes(),
+        stage,
+        kind: kind.into(),
+        reason: format!("{kind} at {offset}"),
+        plugin_version: None,
+    }
+}
+
+/// After a rebalance the consumer seeks back to PostgreSQL's offset while
+/// the records after it are still in flight, and a writer merges what is
+/// queued into one transaction: both copies of a record meet in one write.
+/// The first delivered is written (as a write of its own would have, the
+/// second then skipped); the later copy counts as redelivered, whatever it
+/// became the second time (here one record became a dead letter instead of
+/// an event, as after a chain swap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_delivered_twice_into_one_merged_write_is_written_once_and_counted_as_redelivered() {
+    let db = support::fresh_database("poison_twice").await;
+    let store = Store::connect(&db, WINDOWS).await.unwrap();
+    let pool = pool(&db).await;
+    let ts = 1_795_000_000_000;
+    // Each delivery's records, received at `received`; in the later one the
+    // chain has changed and refuses offset 2.
+    let delivery = |received: chrono::DateTime<chrono::Utc>, refuses_2: bool| {
+        let at = |offset: i64| Provenance { received_at: received, ..provenance(offset) };
+        let mut events: Vec<Event> = (0..3)
+            .map(|i| Event { provenance: at(i), ..event(i, &format!("twice-{i}"), "https://shop.example/", ts + i * 1000) })
+            .collect();
+        let mut dead = vec![DeadLetter { provenance: at(3), ..dead_letter(3, Stage::Decode, "not_json") }];
+        if refuses_2 {
+            events.pop();
+            dead.push(DeadLetter { provenance: at(2), ..dead_letter(2, Stage::Transform, "rejected") });
+        }
+        let mut batch = batch_of(events, dead);
+        batch.saw(&at(4));
+        batch.dropped.push(Dropped { provenance: at(4), transform: "bot-filter".into(), reason: "a bot".into() });
+        batch
+    };
+    let first = chrono::Utc::now();
+    let mut merged = delivery(first, false);
+    merged.merge(delivery(first + chrono::TimeDelta::seconds(1), true));
+    assert_eq!(merged.len(), 10);
+
+    let outcome = store.write(&merged).await.unwrap();
+    assert_eq!(
+        (outcome.stored, outcome.dead_lettered, outcome.dropped, outcome.redelivered, outcome.duplicates),
+        (3, 1, 1, 5, 0),
+        "{outcome:?}"
+    );
+    let dead: Vec<(i64, String)> =
+        sqlx::query_as("SELECT \"offset\", kind FROM dead_letters ORDER BY \"offset\"").fetch_all(&pool).await.unwrap();
+    assert_eq!(dead, vec![(3, "not_json".to_string())], "one dead letter, and none for the offset stored as an event");
+    let drops: i64 = sqlx::query_scalar("SELECT sum(dropped)::bigint FROM dropped_events").fetch_one(&pool).await.unwrap();
+    assert_eq!(drops, 1, "the drop counted once");
+    assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await, 3);
+    let next: i64 = sqlx::query_scalar("SELECT next_offset FROM ingest_offsets").fetch_one(&pool).await.unwrap();
+    assert_eq!(next, 5);
+    // Reconciles: 5 records consumed once each = 3 stored + 1 dead-lettered + 1 dropped.
+    assert_eq!(outcome.stored + outcome.dead_lettered + outcome.dropped + outcome.redelivered, merged.len() as u64);
+}
+
+/// The same event (id and time) sent to two partitions is one event: stored
+/// once and counted as a duplicate, whether both copies are in one write or
+/// the other copy is stored by another writer while this one waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_from_two_partitions_is_stored_once_and_counted_as_a_duplicate_not_dead_lettered() {
+    let db = support::fresh_database("poison_two_partitions").await;
+    let store = Store::connect(&db, WINDOWS).await.unwrap();
+    let pool = pool(&db).await;
+    let ts = 1_795_000_000_000;
+    let on = |partition: i32, offset: i64, id: &str| {
+        let mut e = event(offset, id, "https://shop.example/", ts);
+        e.provenance.partition = partition;
+        e
+    };
+
+    // In one write.
+    let outcome = store.write(&batch_of(vec![on(0, 0, "both"), on(1, 0, "both")], Vec::new())).await.unwrap();
+    assert_eq!((outcome.stored, outcome.duplicates, outcome.dead_lettered), (1, 1, 0), "{outcome:?}");
+
+    // Stored by another writer whose transaction commits while this write's
+    // COPY waits on the key: the write's check ran before that commit.
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO events (event_id, user_id, ts_ms, url, ip, user_agent, country, city, browser, os, device,
+                             plugin_name, plugin_version, topic, \"partition\", \"offset\", received_at)
+         VALUES ('raced', 'u', $1, '/', '', '', 'unknown', 'unknown', 'unknown', 'unknown', 'unknown', 'test', '1', 't', 2, 0, now())",
+    )
+    .bind(ts)
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    let raced = batch_of(vec![on(3, 0, "raced")], Vec::new());
+    let writing = tokio::spawn({
+        let store = store.clone();
+        async move { store.write(&raced).await }
+    });
+    support::wait_until(Duration::from_secs(30), "the write waits on the other writer's key", || {
+        let pool = pool.clone();
+        async move {
+            support::count(&pool, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'COPY events%'")
+                .await
+                == 1
+        }
+    })
+    .await;
+    other.commit().await.unwrap();
+    let outcome = writing.await.unwrap().unwrap();
+    assert_eq!((outcome.stored, outcome.duplicates, outcome.dead_lettered), (0, 1, 0), "{outcome:?}");
+    assert_eq!(support::count(&pool, "SELECT count(*) FROM dead_letters").await, 0, "a duplicate is not an error");
+    assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await, 2);
+    let next: i64 = sqlx::query_scalar("SELECT next_offset FROM ingest_offsets WHERE \"partition\" = 3").fetch_one(&pool).await.unwrap();
+    assert_eq!(next, 1, "its offset is stored");
 }
 
 /// Produces `payloads` to a new topic, keyed by `key`.

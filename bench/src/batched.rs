@@ -36,7 +36,7 @@ pub async fn run(bench: &Bench, state: &State) -> anyhow::Result<Value> {
     )
     .await?;
     let day = clickstream::stages::store::partitions::day_of(super::data::START_MS).context("the bench's start day")?;
-    store.partitions().ensure(store.pool(), [day, day.succ_opt().unwrap_or(day)]).await?;
+    store.partitions().ensure_all(store.pool(), [day, day.succ_opt().unwrap_or(day)]).await?;
     store.pool().close().await;
 
     let geoip = bench.geoip()?;

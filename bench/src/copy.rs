@@ -27,7 +27,7 @@ pub async fn fresh_store(bench: &Bench, name: &str) -> anyhow::Result<(String, S
     let store = Store::connect(&url, WindowSpec { window_ms: 60_000, session_timeout_ms: 1_800_000 }).await?;
     let start = super::data::START_MS;
     let days = [start, start + bench.sizes.span_secs as i64 * 1000].into_iter().filter_map(clickstream::stages::store::partitions::day_of);
-    store.partitions().ensure(store.pool(), days).await?;
+    store.partitions().ensure_all(store.pool(), days).await?;
     Ok((url, store))
 }
 
@@ -194,7 +194,7 @@ pub async fn prefill(bench: &Bench, url: &str, events: u64) -> anyhow::Result<u6
         let generator = super::data::generator_seeded(bench, n, bench.sizes.seed.wrapping_add(1_000 + chunk));
         let rows = tokio::task::block_in_place(|| super::data::enriched_rows_of(generator, &geoip, "prefill"));
         let days = rows.iter().filter_map(|r| clickstream::stages::store::partitions::day_of(r.ts_ms));
-        store.partitions().ensure(store.pool(), days.collect::<std::collections::BTreeSet<_>>()).await?;
+        store.partitions().ensure_all(store.pool(), days.collect::<std::collections::BTreeSet<_>>()).await?;
         copy_rows(bench, &mut conn, "events", &rows).await?;
         done += n;
         chunk += 1;

@@ -264,6 +264,9 @@ topics = ["{topic}"]
 group_id = "bench-{name}-{unique}"
 batch_size = {batch}
 batch_max_wait_ms = 200
+# Off: the generated clicks start at a fixed instant (data::START_MS), so that
+# runs compare, and would age past the default 400 days.
+max_past_days = 0
 
 [store]
 database_url = "{database_url}"

@@ -211,6 +211,7 @@ impl PipelineConfig {
             max_record_bytes: self.source.max_record_bytes,
             min_timestamp_ms: self.source.min_event_time_ms(),
             max_future_ms: self.source.max_future_secs as i64 * 1000,
+            max_past_ms: self.source.max_past_ms(),
         }
     }
 

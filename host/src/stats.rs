@@ -114,6 +114,12 @@ struct KindLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PartitionLabels {
+    topic: String,
+    partition: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReloadLabels {
     what: String,
     outcome: String,
@@ -171,6 +177,10 @@ pub struct Stats {
     batch_seconds: HistogramFamily<StageLabel>,
     dead_letters: Family<DeadLetterLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    offset_gap_records: Family<PartitionLabels, Counter>,
+    /// Assigned partitions paused until PostgreSQL answers for their
+    /// offsets, now.
+    pub partitions_awaiting_offsets: Gauge,
     /// Offsets per (topic, partition) this host consumes; read at each scrape.
     partitions: Mutex<BTreeMap<(String, i32), PartitionOffsets>>,
     /// The latest reload attempts, oldest first.
@@ -214,6 +224,8 @@ impl Default for Stats {
             batch_seconds,
             dead_letters: Family::default(),
             reloads: Family::default(),
+            offset_gap_records: Family::default(),
+            partitions_awaiting_offsets: Gauge::default(),
             partitions: Mutex::default(),
             reload_history: Mutex::default(),
             registry: Registry::default(),
@@ -283,6 +295,16 @@ impl Stats {
             self.window_failures.clone(),
         );
         r.register(
+            "clickstream_offset_gap_records",
+            "Records between PostgreSQL's stored offset and the next one written that were never stored (each gap is also logged as an error), by topic and partition.",
+            self.offset_gap_records.clone(),
+        );
+        r.register(
+            "clickstream_partitions_awaiting_offsets",
+            "Assigned partitions paused because PostgreSQL could not say where they start; resumed at its offset once it answers.",
+            self.partitions_awaiting_offsets.clone(),
+        );
+        r.register(
             "clickstream_event_to_index_seconds",
             "From the newest event time of a window to its aggregate document being indexed, per document.",
             self.event_to_index_seconds.clone(),
@@ -342,6 +364,16 @@ impl Stats {
         let mut partitions = lock(&self.partitions);
         let entry = partitions.entry((topic.to_string(), partition)).or_default();
         entry.stored_next = Some(entry.stored_next.map_or(next, |n| n.max(next)));
+    }
+
+    /// Counts `records` of a partition skipped by an offset gap.
+    pub fn offset_gap(&self, topic: &str, partition: i32, records: u64) {
+        self.offset_gap_records.get_or_create(&PartitionLabels { topic: topic.to_string(), partition }).inc_by(records);
+    }
+
+    /// Records of a partition skipped by offset gaps so far.
+    pub fn offset_gap_records_of(&self, topic: &str, partition: i32) -> u64 {
+        self.offset_gap_records.get(&PartitionLabels { topic: topic.to_string(), partition }).map_or(0, |c| c.get())
     }
 
     /// Forgets partitions this host no longer consumes, so their lag is not

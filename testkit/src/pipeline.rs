@@ -22,6 +22,12 @@ pub fn city_db() -> PathBuf {
 }
 
 /// Writes a pipeline.toml for the test stack into `dir`.
+///
+/// `source.max_past_days` is off (0): fixtures carry fixed event times
+/// (`GeneratorConfig`'s default start, the golden batch, hand-written
+/// records) that fall out of any rolling bound as the calendar moves on, so a
+/// test must not pass today and dead-letter its records next month. A test
+/// of the bound sets it itself ([`set_source_key`]).
 pub fn write_pipeline(dir: &Path, topic: &str, group: &str, database_url: &str, extra: &str) -> PathBuf {
     let geoip = root().join("data/geoip");
     let [city4, city6, country] = GEOIP_DATABASES.map(|file| geoip.join(file));
@@ -33,6 +39,7 @@ topics = ["{topic}"]
 group_id = "{group}"
 batch_size = 500
 batch_max_wait_ms = 100
+max_past_days = 0
 
 [store]
 database_url = "{database_url}"
@@ -91,6 +98,15 @@ pub fn set_chain(pipeline: &Path, transforms: &[(&str, &Path)]) {
     let tmp = pipeline.with_extension("toml.tmp");
     std::fs::write(&tmp, next).expect("write the pipeline file");
     std::fs::rename(&tmp, pipeline).expect("replace the pipeline file");
+}
+
+/// Sets `key = value` (TOML) in the `[source]` section of a pipeline file
+/// [`write_pipeline`] wrote, replacing the key's line if it has one.
+pub fn set_source_key(pipeline: &Path, key: &str, value: &str) {
+    let text = std::fs::read_to_string(pipeline).expect("the pipeline file");
+    let kept: Vec<&str> = text.lines().filter(|l| !l.trim_start().starts_with(&format!("{key} ="))).collect();
+    let next = kept.join("\n").replacen("[source]\n", &format!("[source]\n{key} = {value}\n"), 1);
+    std::fs::write(pipeline, next + "\n").expect("rewrite the pipeline file");
 }
 
 /// Reads a pipeline file as written: without the environment's overrides,

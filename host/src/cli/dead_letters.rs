@@ -46,14 +46,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let chain = load_chain(config.transform_specs(), &geoip).context("while loading [[transforms]]")?;
             println!("replaying pending dead letters through {}", describe_chain(&chain));
             let mut runner = ChainRunner::fixed(chain);
-            let outcome = dead_letters::replay(store.pool(), config.windows(), &mut runner, &config.decode_limits(), |o| {
-                eprintln!("  ... {} stored, {} dropped, {} still failing", o.stored, o.dropped, o.still_failing);
+            let retention_days = config.store.retention_days;
+            let outcome = dead_letters::replay(store.pool(), config.windows(), &mut runner, &config.decode_limits(), retention_days, |o| {
+                eprintln!("  ... {} stored, {} dropped, {} still failing, {} expired", o.stored, o.dropped, o.still_failing, o.expired);
             })
             .await?;
             println!(
                 "replay: {} stored, {} dropped by a transform, {} still failing",
                 outcome.stored, outcome.dropped, outcome.still_failing
             );
+            if outcome.expired > 0 {
+                println!(
+                    "{} not replayed: their events are older than the oldest day kept (store.retention_days = {retention_days}); \
+                     storing them would recreate a dropped day that the hourly upkeep drops again, losing them. \
+                     They stay pending, kind `expired`; raise store.retention_days to cover their days and replay again.",
+                    outcome.expired
+                );
+            }
             return Ok(());
         }
         let (total, pending) = dead_letters::counts(store.pool()).await?;

@@ -335,7 +335,8 @@ mod tests {
         payload: &[u8],
         derived: impl FnOnce() -> String,
     ) -> Result<crate::stages::record::RawEvent, crate::stages::decode::DecodeError> {
-        let limits = DecodeLimits { max_record_bytes: 65536, min_timestamp_ms: 946_684_800_000, max_future_ms: 86_400_000 };
+        let limits =
+            DecodeLimits { max_record_bytes: 65536, min_timestamp_ms: 946_684_800_000, max_future_ms: 86_400_000, max_past_ms: i64::MAX };
         decode(payload, &limits, 1_795_900_000_000, derived)
     }
 

@@ -7,7 +7,7 @@ use sqlx::{PgPool, Row};
 use crate::postgres::pg_text;
 use crate::stages::decode::{decode_batch, DecodeLimits};
 use crate::stages::record::{Consumed, DeadLetter, Provenance, WindowSpec};
-use crate::stages::store::partitions::{day_of, Partitions};
+use crate::stages::store::partitions::{Partitions, Unplaced};
 use crate::stages::store::{insert_isolating, Item, Refused, MAX_REASON_BYTES};
 use crate::stages::transform::ChainRunner;
 use crate::stats::Stats;
@@ -117,18 +117,37 @@ pub struct ReplayOutcome {
     pub still_failing: u64,
     /// Dead letters a transform now drops: marked replayed, kind `dropped`.
     pub dropped: u64,
+    /// Dead letters left pending because their event's day is before the
+    /// oldest day kept (`store.retention_days`): stored, the event would
+    /// recreate a dropped day that the next hourly upkeep drops again, with
+    /// it. Their reason says so.
+    pub expired: u64,
+}
+
+/// The reason a replay leaves a dead letter of an expired day pending.
+fn not_replayed(why: &Unplaced) -> String {
+    match why {
+        Unplaced::Expired { .. } => format!(
+            "{why}. Not replayed: storing it would recreate the dropped day, which the next upkeep drops again within the hour, \
+             losing the event and this record of it. To replay it, raise store.retention_days so that its day is kept, then replay again"
+        ),
+        Unplaced::OutOfRange { .. } => format!("{why}. Not replayed"),
+    }
 }
 
 /// Replays every pending dead letter through `runner` (the current chain)
 /// with the current decode limits. A success is stored and marked replayed
 /// in the same transaction; a failure (PostgreSQL refusing the event
-/// included) stays pending with its new reason. `progress` is called after
-/// each page with the running totals.
+/// included) stays pending with its new reason. An event whose day is
+/// before the oldest kept by `retention_days` (`store.retention_days`) is
+/// not stored and stays pending ([`ReplayOutcome::expired`]). `progress` is
+/// called after each page with the running totals.
 pub async fn replay(
     pool: &PgPool,
     windows: WindowSpec,
     runner: &mut ChainRunner,
     limits: &DecodeLimits,
+    retention_days: u32,
     mut progress: impl FnMut(ReplayOutcome),
 ) -> Result<ReplayOutcome, sqlx::Error> {
     const PAGE: i64 = 500;
@@ -136,7 +155,7 @@ pub async fn replay(
     let mut outcome = ReplayOutcome::default();
     let mut after_id = 0i64;
     // Days seen exist for the rest of the replay.
-    let partitions = Partitions::new(0);
+    let partitions = Partitions::new(retention_days);
     loop {
         let rows = sqlx::query(
             "SELECT id, topic, \"partition\", \"offset\", record_key, payload, received_at
@@ -158,14 +177,34 @@ pub async fn replay(
             .collect();
         // Plugin calls block; this is a batch job, so blocking this task is fine.
         let batch = tokio::task::block_in_place(|| runner.process(decode_batch(records, limits), &stats));
+        let place = partitions.placer();
+        let (placed, unplaced): (Vec<_>, Vec<_>) =
+            batch.events.iter().map(|e| (e, place(e.raw.timestamp_ms))).partition(|(_, day)| day.is_ok());
         // A replayed event may belong to a day with no partition yet.
-        partitions.ensure(pool, batch.events.iter().filter_map(|e| day_of(e.raw.timestamp_ms))).await?;
+        partitions.ensure_all(pool, placed.iter().filter_map(|(_, day)| day.as_ref().ok().copied())).await?;
         let mut tx = pool.begin().await?;
-        let items: Vec<Item<'_>> = batch.events.iter().map(Item::Event).collect();
+        let items: Vec<Item<'_>> = placed.iter().map(|(e, _)| Item::Event(e)).collect();
         let inserted = insert_isolating(&mut tx, &items, windows).await?;
         let refused: Vec<DeadLetter> = inserted.refused.iter().map(Refused::dead_letter).collect();
         let refused_at: std::collections::HashSet<(&str, i32, i64)> = refused.iter().map(|d| d.provenance.key()).collect();
-        let stored: Vec<_> = batch.events.iter().filter(|e| !refused_at.contains(&e.provenance.key())).collect();
+        let stored: Vec<_> = placed.iter().map(|(e, _)| *e).filter(|e| !refused_at.contains(&e.provenance.key())).collect();
+        let mut expired = 0;
+        for (event, why) in &unplaced {
+            let Err(why) = why else { continue };
+            expired += u64::from(matches!(why, Unplaced::Expired { .. }));
+            let p = &event.provenance;
+            sqlx::query(
+                "UPDATE dead_letters SET stage = 'store', kind = $4, reason = $5
+                 WHERE topic = $1 AND \"partition\" = $2 AND \"offset\" = $3",
+            )
+            .bind(&p.topic)
+            .bind(p.partition)
+            .bind(p.offset)
+            .bind(why.kind())
+            .bind(pg_text(&not_replayed(why), MAX_REASON_BYTES))
+            .execute(&mut *tx)
+            .await?;
+        }
         for event in &stored {
             let p = &event.provenance;
             sqlx::query(
@@ -211,7 +250,8 @@ pub async fn replay(
         tx.commit().await?;
         outcome.stored += stored.len() as u64;
         outcome.dropped += batch.dropped.len() as u64;
-        outcome.still_failing += (batch.dead_letters.len() + refused.len()) as u64;
+        outcome.expired += expired;
+        outcome.still_failing += (batch.dead_letters.len() + refused.len() + unplaced.len()) as u64 - expired;
         progress(outcome);
     }
     Ok(outcome)

@@ -52,7 +52,15 @@ impl Writers {
                 let (store, consumer, stats, drain) = (store.clone(), consumer.clone(), stats.clone(), drain.clone());
                 let (stage, stages) = (stage.clone(), stages.clone());
                 let writing = async move {
-                    while let Some(mut batch) = rx.recv().await {
+                    let mut deferred: Option<WriteBatch> = None;
+                    loop {
+                        let mut batch = match deferred.take() {
+                            Some(batch) => batch,
+                            None => match rx.recv().await {
+                                Some(batch) => batch,
+                                None => return Ok(()),
+                            },
+                        };
                         // What queued while the last transaction ran goes
                         // into this one: under load, transactions grow to
                         // what the queue holds; when idle, each batch goes
@@ -65,11 +73,23 @@ impl Writers {
                         }
                         let busy = stage.busy(|| format!("a write of {} records", batch.len()));
                         crate::runtime::supervise::fault_point("store");
-                        store_batch(&store, &batch, &stats, drain.clone()).await?;
+                        let cut = store_batch(&store, &batch, &stats, drain.clone()).await?;
                         drop(busy);
+                        // Records whose days were not made yet go into the
+                        // next transaction, with what queued meanwhile: the
+                        // other partitions' records do not wait for them.
+                        let rest = batch.split_off_deferred(&cut);
                         source::commit(&consumer, &batch.next_offsets, CommitMode::Async);
+                        if !rest.is_empty() {
+                            if batch.is_empty() && *drain.borrow() {
+                                return Err(Abandoned {
+                                    attempts: 1,
+                                    last: "drained while the day partitions of the batch's events could not be made".into(),
+                                });
+                            }
+                            deferred = Some(rest);
+                        }
                     }
-                    Ok(())
                 };
                 let task = tokio::spawn(async move {
                     use futures::FutureExt;

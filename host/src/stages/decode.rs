@@ -67,6 +67,18 @@ pub enum DecodeError {
         /// The latest accepted (now plus the allowed skew).
         max_ms: i64,
     },
+    /// The event time is more than `source.max_past_days` before the host's
+    /// clock: each past day it reaches is a day partition to create.
+    #[error("timestamp {timestamp_ms} ms ({shown}) is {age_days} days before the host's clock, more than source.max_past_days = {max_past_days}; raise it (0 turns the bound off) to accept older events")]
+    TooOld {
+        /// The event time, epoch milliseconds.
+        timestamp_ms: i64,
+        /// It as a date.
+        shown: String,
+        /// Whole days between it and the host's clock.
+        age_days: i64,
+        max_past_days: i64,
+    },
     /// A string is over its limit or holds a NUL character.
     #[error(transparent)]
     Field(#[from] FieldError),
@@ -82,6 +94,7 @@ impl DecodeError {
             DecodeError::MissingField(_) => "missing_field",
             DecodeError::WrongType { .. } => "wrong_type",
             DecodeError::TimestampOutOfRange { .. } => "timestamp_out_of_range",
+            DecodeError::TooOld { .. } => "too_old",
             DecodeError::Field(FieldError::Nul { .. }) => "nul_character",
             DecodeError::Field(FieldError::TooLong { .. }) => "field_too_long",
             DecodeError::Field(_) => "invalid_field",
@@ -98,12 +111,16 @@ pub struct DecodeLimits {
     pub min_timestamp_ms: i64,
     /// How far ahead of the host's clock an event time may be, milliseconds.
     pub max_future_ms: i64,
+    /// How far before the host's clock an event time may be, milliseconds
+    /// (`i64::MAX`: no bound).
+    pub max_past_ms: i64,
 }
 
 impl DecodeLimits {
     /// No size or time bound, for events a user hands to a tool (`plugin
     /// check`, the benchmark); the field limits still apply.
-    pub const UNBOUNDED: DecodeLimits = DecodeLimits { max_record_bytes: usize::MAX, min_timestamp_ms: i64::MIN, max_future_ms: i64::MAX };
+    pub const UNBOUNDED: DecodeLimits =
+        DecodeLimits { max_record_bytes: usize::MAX, min_timestamp_ms: i64::MIN, max_future_ms: i64::MAX, max_past_ms: i64::MAX };
 }
 
 /// Decodes a batch at the host's clock: the clicks with the records they
@@ -171,6 +188,17 @@ pub fn decode(
     if !(min_ms..=max_ms).contains(&click.timestamp_ms) {
         let shown = chrono::DateTime::from_timestamp_millis(click.timestamp_ms).map_or_else(|| "not a date".into(), |t| t.to_rfc3339());
         return Err(DecodeError::TimestampOutOfRange { timestamp_ms: click.timestamp_ms, shown, min_ms, max_ms });
+    }
+    let age_ms = now_ms.saturating_sub(click.timestamp_ms);
+    if age_ms > limits.max_past_ms {
+        let shown = chrono::DateTime::from_timestamp_millis(click.timestamp_ms).map_or_else(|| "not a date".into(), |t| t.to_rfc3339());
+        const DAY_MS: i64 = 86_400_000;
+        return Err(DecodeError::TooOld {
+            timestamp_ms: click.timestamp_ms,
+            shown,
+            age_days: age_ms / DAY_MS,
+            max_past_days: limits.max_past_ms / DAY_MS,
+        });
     }
     Ok(click)
 }
@@ -358,7 +386,8 @@ mod tests {
     /// 2026-11-28T10:00:00Z, the tests' "now".
     const NOW_MS: i64 = 1_795_860_000_000;
 
-    const LIMITS: DecodeLimits = DecodeLimits { max_record_bytes: 65536, min_timestamp_ms: 946_684_800_000, max_future_ms: 86_400_000 };
+    const LIMITS: DecodeLimits =
+        DecodeLimits { max_record_bytes: 65536, min_timestamp_ms: 946_684_800_000, max_future_ms: 86_400_000, max_past_ms: i64::MAX };
 
     fn dec(json: &str) -> Result<RawEvent, DecodeError> {
         decode(json.as_bytes(), &LIMITS, NOW_MS, || "derived".into())
@@ -480,5 +509,21 @@ mod tests {
         assert!(err.to_string().contains("outside the accepted range"), "{err}");
         assert_eq!(at(r#""0001-01-01T00:00:00Z""#).unwrap_err().kind(), "timestamp_out_of_range");
         assert_eq!(at("-62135596800000").unwrap_err().kind(), "timestamp_out_of_range");
+    }
+
+    #[test]
+    fn an_event_older_than_max_past_days_is_too_old_and_the_bound_itself_is_accepted() {
+        const DAY_MS: i64 = 86_400_000;
+        let limits = DecodeLimits { max_past_ms: 400 * DAY_MS, ..LIMITS };
+        let at = |ts: i64| decode(format!(r#"{{"user_id":"u","timestamp":{ts},"url":"/a"}}"#).as_bytes(), &limits, NOW_MS, || "d".into());
+        assert!(at(NOW_MS - 400 * DAY_MS).is_ok(), "400 days back, the bound itself");
+        let err = at(NOW_MS - 400 * DAY_MS - 1).unwrap_err();
+        assert_eq!(err.kind(), "too_old");
+        let text = err.to_string();
+        assert!(text.contains("source.max_past_days = 400") && text.contains("400 days before"), "{text}");
+        // Before min_event_time is still out of range, whatever its age.
+        assert_eq!(at(946_684_799_999).unwrap_err().kind(), "timestamp_out_of_range");
+        // Unbounded (max_past_days = 0): only min_event_time applies.
+        assert!(decode(br#"{"user_id":"u","timestamp":946684800000,"url":"/a"}"#, &LIMITS, NOW_MS, || "d".into()).is_ok());
     }
 }

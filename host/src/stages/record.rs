@@ -315,6 +315,13 @@ impl WriteBatch {
         self.events.len() + self.dead_letters.len() + self.dropped.len()
     }
 
+    /// Where each record of the batch came from: events, dead letters,
+    /// then drops.
+    pub fn provenances(&self) -> impl Iterator<Item = &Provenance> {
+        let events = self.events.iter().map(|e| &e.provenance);
+        events.chain(self.dead_letters.iter().map(|d| &d.provenance)).chain(self.dropped.iter().map(|d| &d.provenance))
+    }
+
     /// Whether the batch holds no record.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -333,6 +340,31 @@ impl WriteBatch {
             let f = self.first_offsets.entry(key).or_insert(first);
             *f = (*f).min(first);
         }
+    }
+
+    /// Takes out the records a write left for later ([`deferred`]: per
+    /// partition, the offset from which nothing was written) into a batch
+    /// of their own, in order, with its own offsets; this batch keeps what
+    /// was written, its next offsets cut back to match.
+    ///
+    /// [`deferred`]: crate::stages::store::WriteOutcome::deferred
+    pub fn split_off_deferred(&mut self, deferred: &BTreeMap<(String, i32), i64>) -> WriteBatch {
+        let mut rest = WriteBatch::default();
+        if deferred.is_empty() {
+            return rest;
+        }
+        let later = |p: &Provenance| deferred.get(&(p.topic.clone(), p.partition)).is_some_and(|cut| p.offset >= *cut);
+        (rest.events, self.events) = std::mem::take(&mut self.events).into_iter().partition(|e| later(&e.provenance));
+        (rest.dead_letters, self.dead_letters) = std::mem::take(&mut self.dead_letters).into_iter().partition(|d| later(&d.provenance));
+        (rest.dropped, self.dropped) = std::mem::take(&mut self.dropped).into_iter().partition(|d| later(&d.provenance));
+        for (key, cut) in deferred {
+            if let Some(next) = self.next_offsets.get_mut(key) {
+                rest.next_offsets.insert(key.clone(), *next);
+                rest.first_offsets.insert(key.clone(), *cut);
+                *next = (*next).min(*cut);
+            }
+        }
+        rest
     }
 
     /// Splits the batch into `n` by partition: every record and offset of a

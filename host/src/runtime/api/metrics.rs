@@ -375,10 +375,11 @@ mod tests {
         let listed: BTreeSet<String> =
             std::fs::read_to_string(root.join("tests/metrics/families.txt")).unwrap().lines().map(str::to_string).collect();
         // A labelled family shows once it has a member, as in any scrape
-        // after the first dead letter or failed window.
+        // after the first dead letter, failed window or offset gap.
         let stats = Stats::default();
         stats.dead_letters("decode", "not_json", 1);
         stats.window_failures("trap");
+        stats.offset_gap("clicks", 0, 1);
         let text = exposition(&stats, true, vec![transform("enrich")], vec![geoip("city.mmdb")]).unwrap();
         let exposed: BTreeSet<String> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(str::to_string).collect();
         assert_eq!(exposed, listed);

@@ -18,8 +18,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest single wait between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
 
-/// A document the server refused for good (a 4xx other than 429), e.g.
-/// because a value does not fit the index's mapping.
+/// A document the server refused for good (a 4xx other than 429 that
+/// [`is_retryable`] does not call the server's state), e.g. because a value
+/// does not fit the index's mapping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
     /// Position of the document in the slice given to [`Indexer::index`].
@@ -117,9 +118,11 @@ impl Indexer {
     /// Indexes `docs` with `_bulk` (an `index` operation under
     /// [`doc_id`](Self::doc_id), so repeats overwrite), in requests of at most
     /// `bulk_max_bytes` (a single larger document goes alone). Items the
-    /// server is too busy for (429, 5xx) are retried with exponential
-    /// backoff for up to the retry budget; items it refuses for good are
-    /// returned in [`IndexOutcome::rejected`] with the server's reason.
+    /// server cannot take now (429, 5xx, a blocked index: [`is_retryable`])
+    /// are retried with exponential backoff for up to the retry budget, then
+    /// given back as [`IndexError::Overloaded`] (nothing is marked, so the
+    /// rows are sent again later); items it refuses for good are returned in
+    /// [`IndexOutcome::rejected`] with the server's reason.
     ///
     /// Errors are all-or-nothing from the caller's point of view: some
     /// documents may have been indexed, and sending the whole batch again is
@@ -292,12 +295,50 @@ impl Indexer {
                     404 if kind == Some("index_not_found_exception") => ItemResult::NoIndex,
                     404 if item.error.is_none() => ItemResult::NotFound,
                     409 if kind == Some("version_conflict_engine_exception") => ItemResult::Superseded,
-                    status if is_busy(status) => ItemResult::Busy { status, reason },
+                    status if is_retryable(status, kind) => ItemResult::Busy { status, reason },
                     status => ItemResult::Refused { status, reason },
                 }
             })
             .collect())
     }
+}
+
+/// Whether a bulk item's error is about the server's state now rather than
+/// about the document, so the same item may succeed later: "not now", not
+/// "not this". By status, 429 and 5xx ([`is_busy`]); by error type, what
+/// Elasticsearch answers with other statuses for passing conditions:
+/// - `cluster_block_exception`: the index or cluster is blocked, e.g.
+///   `read_only_allow_delete` once a node passes the flood-stage disk
+///   watermark (403 `FORBIDDEN/12` in older versions, 429 since), lifted when
+///   disk is freed; or read-only set by an operator, lifted by one.
+/// - `index_create_block_exception`: the same block met while creating the
+///   index the item goes to.
+/// - `es_rejected_execution_exception`: a write thread pool's queue is full.
+/// - `circuit_breaking_exception`: a memory circuit breaker tripped.
+/// - `unavailable_shards_exception`, `no_shard_available_action_exception`,
+///   `node_not_connected_exception`, `node_closed_exception`,
+///   `process_cluster_event_timeout_exception`: a shard or node is moving or
+///   restarting.
+///
+/// Anything else (a mapping or parsing error, an illegal argument, a
+/// security refusal) is the document's or the configuration's and is
+/// reported for good ([`Rejected`]).
+fn is_retryable(status: u16, kind: Option<&str>) -> bool {
+    is_busy(status)
+        || matches!(
+            kind,
+            Some(
+                "cluster_block_exception"
+                    | "index_create_block_exception"
+                    | "es_rejected_execution_exception"
+                    | "circuit_breaking_exception"
+                    | "unavailable_shards_exception"
+                    | "no_shard_available_action_exception"
+                    | "node_not_connected_exception"
+                    | "node_closed_exception"
+                    | "process_cluster_event_timeout_exception"
+            )
+        )
 }
 
 /// Consecutive runs of `ops` whose lines add up to at most `max` bytes; an

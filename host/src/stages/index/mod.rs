@@ -97,8 +97,9 @@ pub enum IndexError {
     /// that it cannot serve requests now (429, 5xx). Transient: try again later.
     #[error("search server {url} is unavailable: {reason}")]
     Unavailable { url: String, reason: String },
-    /// The server kept answering "too busy" (429 or 5xx) for some documents
-    /// until the retry budget ran out. Transient: send them again later.
+    /// The server kept answering "not now" (429, 5xx, or a block such as a
+    /// read-only index after the disk watermark) for some documents until the
+    /// retry budget ran out. Transient: send them again later.
     #[error("search server kept refusing {pending} documents with HTTP {status} for {waited:?}: {reason}")]
     Overloaded {
         /// Documents still not indexed.

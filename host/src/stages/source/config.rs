@@ -58,6 +58,13 @@ pub struct SourceConfig {
     /// (`timestamp_out_of_range`).
     #[serde(default = "default_min_event_time")]
     pub min_event_time: String,
+    /// Events timed more than this many days before the host's clock are
+    /// dead-lettered (`too_old`): each past day an event reaches is a day
+    /// partition created on demand, with a brief lock of the whole table,
+    /// so a client sending one event per past day must not force thousands.
+    /// 0 turns the bound off (`min_event_time` still applies).
+    #[serde(default = "default_max_past_days")]
+    pub max_past_days: u32,
 }
 
 fn default_brokers() -> String {
@@ -80,6 +87,9 @@ const fn default_batch_max_wait_ms() -> u64 {
 }
 const fn default_max_future_secs() -> u64 {
     86_400
+}
+const fn default_max_past_days() -> u32 {
+    400
 }
 fn default_min_event_time() -> String {
     "2000-01-01T00:00:00Z".into()
@@ -116,6 +126,7 @@ impl SourceConfig {
                 "use 1 to 31536000 (a year; default 86400)",
             ));
         }
+        in_range(file, "source.max_past_days", self.max_past_days, 0..=36_500, default_max_past_days())?;
         if chrono::DateTime::parse_from_rfc3339(&self.min_event_time).is_err() {
             return Err(invalid(
                 file,
@@ -132,6 +143,14 @@ impl SourceConfig {
         chrono::DateTime::parse_from_rfc3339(&self.min_event_time).map_or(i64::MIN, |t| t.timestamp_millis())
     }
 
+    /// `max_past_days` in milliseconds; `i64::MAX` when it is 0 (off).
+    pub fn max_past_ms(&self) -> i64 {
+        match self.max_past_days {
+            0 => i64::MAX,
+            days => i64::from(days) * 86_400_000,
+        }
+    }
+
     /// How a change to this section applies.
     pub fn change(&self, next: &SourceConfig) -> Apply {
         if (&self.brokers, &self.topics, &self.group_id, &self.kafka) != (&next.brokers, &next.topics, &next.group_id, &next.kafka) {
@@ -141,5 +160,26 @@ impl SourceConfig {
         } else {
             Apply::Unchanged
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Apply;
+
+    fn source(text: &str) -> SourceConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn max_past_days_defaults_to_400_is_checked_by_its_key_and_applies_live() {
+        let file = Path::new("pipeline.toml");
+        let default = source("");
+        assert_eq!((default.max_past_days, default.max_past_ms()), (400, 400 * 86_400_000));
+        assert_eq!(source("max_past_days = 0").max_past_ms(), i64::MAX, "0 is off");
+        let err = source("max_past_days = 40000").validate(file).unwrap_err().to_string();
+        assert!(err.contains("source.max_past_days") && err.contains("0 to 36500") && err.contains("default 400"), "{err}");
+        assert_eq!(default.change(&source("max_past_days = 30")), Apply::Live);
     }
 }

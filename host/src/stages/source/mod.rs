@@ -20,7 +20,7 @@ use crate::stages::record::{Consumed, Provenance};
 use crate::stats::{BatchStage, Stats};
 use config::SourceConfig;
 
-pub use offsets::OffsetLookup;
+pub use offsets::{Awaiting, OffsetLookup};
 
 /// Starts assigned partitions at PostgreSQL's offsets, logs assignments
 /// (what an operator wants to see when hosts join or leave the group), and
@@ -29,12 +29,17 @@ pub use offsets::OffsetLookup;
 pub struct SourceContext {
     stats: Arc<Stats>,
     offsets: OffsetLookup,
+    awaiting: Arc<Awaiting>,
 }
 
 impl SourceContext {
     /// Sets each partition of an assignment to start at the next offset
     /// PostgreSQL stored for it, or at the beginning when it stored none.
-    fn start_at_stored_offsets(&self, tpl: &mut TopicPartitionList) {
+    /// When PostgreSQL cannot say, the partitions are marked as waiting and
+    /// returned, to be paused once assigned: Kafka's committed offsets may be
+    /// ahead of the database (a new or restored one), and starting there
+    /// would skip the records in between for good.
+    fn start_at_stored_offsets(&self, tpl: &mut TopicPartitionList) -> Option<TopicPartitionList> {
         let partitions: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         match self.offsets.lookup(&partitions) {
             Ok(stored) => {
@@ -45,11 +50,19 @@ impl SourceContext {
                     }
                 }
                 tracing::info!(partitions = %describe(tpl), "starting at the offsets stored in PostgreSQL");
+                None
             }
-            Err(e) => tracing::error!(
-                error = %e,
-                "cannot read the stored offsets; starting from the offsets committed to Kafka (records already stored are skipped by the store)"
-            ),
+            Err(e) => {
+                let waiting = self.awaiting.add(&partitions);
+                self.stats.partitions_awaiting_offsets.set(waiting as i64);
+                tracing::error!(
+                    error = %e,
+                    partitions = %describe(tpl),
+                    "cannot read the stored offsets from PostgreSQL; the partitions are paused until it answers, then start at its offsets \
+                     (never at Kafka's committed ones, which may be ahead of the database)"
+                );
+                Some(tpl.clone())
+            }
         }
     }
 }
@@ -73,9 +86,7 @@ impl ConsumerContext for SourceContext {
     /// PostgreSQL first.
     fn rebalance(&self, base_consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let assign = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
-        if assign {
-            self.start_at_stored_offsets(tpl);
-        }
+        let paused = if assign { self.start_at_stored_offsets(tpl) } else { None };
         let rebalance = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(tpl),
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(tpl),
@@ -91,6 +102,13 @@ impl ConsumerContext for SourceContext {
         if let Err(e) = result {
             tracing::error!(error = %e, "cannot apply the partition assignment");
         }
+        if let Some(paused) = paused {
+            // Records fetched before this took hold are dropped by the
+            // reading loop: the partitions are marked as waiting already.
+            if let Err(e) = base_consumer.pause(&paused) {
+                tracing::error!(error = %e, partitions = %describe(&paused), "cannot pause the partitions waiting for their offsets; their records are dropped until PostgreSQL answers");
+            }
+        }
         self.post_rebalance(base_consumer, &rebalance);
     }
 
@@ -101,6 +119,8 @@ impl ConsumerContext for SourceContext {
                 tracing::info!(partitions = %describe(tpl), "partitions revoked");
                 let revoked: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
                 self.stats.partitions_revoked(&revoked);
+                let waiting = self.awaiting.remove(&revoked);
+                self.stats.partitions_awaiting_offsets.set(waiting as i64);
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
@@ -125,8 +145,9 @@ pub fn check_properties(config: &SourceConfig) -> Result<(), KafkaError> {
 /// Creates the consumer and subscribes to the configured topics; assigned
 /// partitions start at the offsets `offsets` reads from PostgreSQL.
 pub fn connect(config: &SourceConfig, offsets: OffsetLookup, stats: Arc<Stats>) -> Result<Arc<SourceConsumer>, KafkaError> {
-    let consumer: SourceConsumer =
-        client(config).create_with_context(SourceContext { stats, offsets }).map_err(crate::kafka::without_secrets)?;
+    let consumer: SourceConsumer = client(config)
+        .create_with_context(SourceContext { stats, offsets, awaiting: Arc::default() })
+        .map_err(crate::kafka::without_secrets)?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(Arc::new(consumer))
@@ -183,6 +204,8 @@ pub async fn run(
     let mut deadline = tokio::time::Instant::now();
     let mut started = std::time::Instant::now();
     let handed = |batch: &[Consumed], started: std::time::Instant| stats.batch(BatchStage::Source, batch.len(), started.elapsed());
+    let awaiting = consumer.context().awaiting.clone();
+    let resuming = tokio::spawn(resume_when_offsets_known(consumer.clone(), stats.clone(), shutdown.clone()));
     loop {
         let limits = *batching.borrow();
         tokio::select! {
@@ -195,6 +218,7 @@ pub async fn run(
                 }
             }
             received = consumer.recv() => match received.map(|m| to_consumed(&m)) {
+                Ok(record) if awaiting.holds(&record.provenance.topic, record.provenance.partition) => {}
                 Ok(record) => {
                     if batch.is_empty() {
                         deadline = tokio::time::Instant::now() + limits.max_wait;
@@ -217,9 +241,67 @@ pub async fn run(
             },
         }
     }
+    resuming.abort();
     if !batch.is_empty() {
         let _ = out.send(batch).await;
     }
+}
+
+/// Resumes the partitions waiting for their offsets ([`Awaiting`]): asks
+/// PostgreSQL again, with backoff, off the rebalance callback; once it
+/// answers, seeks each partition to its stored offset (the beginning when
+/// none is stored) and resumes it.
+async fn resume_when_offsets_known(consumer: Arc<SourceConsumer>, stats: Arc<Stats>, mut shutdown: watch::Receiver<bool>) {
+    let awaiting = consumer.context().awaiting.clone();
+    let mut pauses = crate::backoff::pauses(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        let waiting = awaiting.list();
+        if waiting.is_empty() {
+            pauses = crate::backoff::pauses(Duration::from_millis(200), Duration::from_secs(5));
+            tokio::select! {
+                _ = awaiting.added() => continue,
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+        let asking = consumer.clone();
+        let resumed = tokio::task::spawn_blocking(move || seek_and_resume(&asking, &waiting)).await;
+        match resumed {
+            Ok(Ok(())) => {
+                stats.partitions_awaiting_offsets.set(awaiting.list().len() as i64);
+                continue;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "partitions still waiting for their offsets from PostgreSQL; asking again"),
+            Err(e) => tracing::warn!(error = %e, "the offset lookup task failed; asking again"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pauses.next_pause()) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// One attempt: PostgreSQL's offsets for `partitions`, each sought and
+/// resumed unless revoked meanwhile. Blocks (the lookup, the seeks).
+fn seek_and_resume(consumer: &SourceConsumer, partitions: &[(String, i32)]) -> Result<(), String> {
+    let context = consumer.context();
+    let stored = context.offsets.lookup_once(partitions)?;
+    for (topic, partition) in partitions {
+        if !context.awaiting.holds(topic, *partition) {
+            continue;
+        }
+        let offset = stored.get(&(topic.clone(), *partition)).map_or(Offset::Beginning, |n| Offset::Offset(*n));
+        consumer.seek(topic, *partition, offset, Duration::from_secs(10)).map_err(|e| format!("cannot seek {topic}/{partition}: {e}"))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, *partition);
+        // Forgotten before resuming: records from the new position must not be dropped.
+        context.awaiting.remove(&[(topic.clone(), *partition)]);
+        if let Err(e) = consumer.resume(&tpl) {
+            context.awaiting.add(&[(topic.clone(), *partition)]);
+            return Err(format!("cannot resume {topic}/{partition}: {e}"));
+        }
+        tracing::info!(%topic, partition, ?offset, "PostgreSQL answered; the partition resumes at its stored offset");
+    }
+    Ok(())
 }
 
 fn to_consumed(message: &rdkafka::message::BorrowedMessage<'_>) -> Consumed {

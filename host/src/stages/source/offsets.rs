@@ -9,22 +9,29 @@
 //! every assignment the consumer seeks to PostgreSQL's offsets, and to the
 //! beginning of a partition PostgreSQL has never stored from.
 //!
+//! When PostgreSQL cannot say (it is down, or does not answer within
+//! [`LOOKUP_TIMEOUT`]), the partitions are assigned paused ([`Awaiting`]),
+//! never started from Kafka's committed offsets, which may be ahead of the
+//! database; the source keeps asking off the rebalance callback, and seeks
+//! each to PostgreSQL's offset and resumes it once it answers.
+//!
 //! The rebalance callback runs synchronously inside the consumer's poll, so
 //! the lookup is served by a thread of its own with its own small runtime and
 //! connection, never by blocking a task of the pipeline's runtime.
 
-use std::collections::BTreeMap;
-use std::sync::mpsc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::Row;
 
-/// How long an assignment waits for PostgreSQL's offsets before starting
-/// from Kafka's committed ones (logged as an error). Well below the group's
-/// `max.poll.interval.ms` (5 minutes), so a slow database never gets this
-/// consumer thrown out of the group.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an assignment waits for PostgreSQL's offsets before its
+/// partitions are paused until it answers (logged as an error). The poll,
+/// and so every other partition of this consumer, waits meanwhile; well
+/// below the group's `max.poll.interval.ms` (5 minutes) in any case.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Partitions = Vec<(String, i32)>;
 type Reply = Result<BTreeMap<(String, i32), i64>, String>;
@@ -55,6 +62,17 @@ impl OffsetLookup {
         Ok(OffsetLookup { requests: std::sync::Mutex::new(tx) })
     }
 
+    /// One request for the stored next offsets, answered within
+    /// [`LOOKUP_TIMEOUT`] or not at all.
+    pub fn lookup_once(&self, partitions: &[(String, i32)]) -> Reply {
+        let (reply_tx, reply_rx) = mpsc::channel();
+        let sent = self.requests.lock().unwrap_or_else(|e| e.into_inner()).send((partitions.to_vec(), reply_tx));
+        if sent.is_err() {
+            return Err("the offset lookup thread is gone".into());
+        }
+        reply_rx.recv_timeout(LOOKUP_TIMEOUT).unwrap_or_else(|_| Err(format!("no answer from PostgreSQL within {LOOKUP_TIMEOUT:?}")))
+    }
+
     /// The stored next offset of each of `partitions` that has one, retrying
     /// for up to [`LOOKUP_TIMEOUT`] while PostgreSQL does not answer.
     pub fn lookup(&self, partitions: &[(String, i32)]) -> Reply {
@@ -75,6 +93,62 @@ impl OffsetLookup {
             std::thread::sleep(pauses.next_pause());
         }
         Err(format!("PostgreSQL did not answer for {LOOKUP_TIMEOUT:?}: {last}"))
+    }
+}
+
+/// The assigned partitions paused until PostgreSQL says where they start.
+/// Shared by the rebalance callback (which adds and forgets partitions), the
+/// reading loop (which drops any record of theirs still delivered) and the
+/// task that resumes them.
+#[derive(Debug, Default)]
+pub struct Awaiting {
+    partitions: Mutex<BTreeSet<(String, i32)>>,
+    /// Whether any partition waits: the reading loop looks at every record,
+    /// and almost always nothing does.
+    any: AtomicBool,
+    /// Woken when partitions are added.
+    added: tokio::sync::Notify,
+}
+
+impl Awaiting {
+    /// Marks `partitions` as waiting; returns how many wait now.
+    pub fn add(&self, partitions: &[(String, i32)]) -> usize {
+        let mut waiting = self.lock();
+        waiting.extend(partitions.iter().cloned());
+        self.any.store(!waiting.is_empty(), Ordering::Release);
+        self.added.notify_one();
+        waiting.len()
+    }
+
+    /// Forgets `partitions` (revoked, or resumed); returns how many wait now.
+    pub fn remove(&self, partitions: &[(String, i32)]) -> usize {
+        let mut waiting = self.lock();
+        for p in partitions {
+            waiting.remove(p);
+        }
+        self.any.store(!waiting.is_empty(), Ordering::Release);
+        waiting.len()
+    }
+
+    /// Whether records of `topic`/`partition` are to be ignored: it waits
+    /// for its offset, and will be read again from there.
+    pub fn holds(&self, topic: &str, partition: i32) -> bool {
+        self.any.load(Ordering::Acquire) && self.lock().iter().any(|(t, p)| t == topic && *p == partition)
+    }
+
+    /// The partitions waiting now.
+    pub fn list(&self) -> Vec<(String, i32)> {
+        self.lock().iter().cloned().collect()
+    }
+
+    /// Waits until partitions are added (at once if some were added since
+    /// the last call).
+    pub async fn added(&self) {
+        self.added.notified().await;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<(String, i32)>> {
+        self.partitions.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -128,8 +128,10 @@ pub fn encode_copy<'a>(rows: impl IntoIterator<Item = CopyRow<'a>>, out: &mut Ve
 /// dropped first (the first occurrence wins, as it would with `ON CONFLICT DO
 /// NOTHING`), each looked up by its key in its own day. Should another writer
 /// store one of them between the check and the `COPY` (the same event sent
-/// twice, to two partitions), the `COPY` fails on the key, the part is split,
-/// and the event's own attempt runs the check again.
+/// twice, to two partitions), the `COPY` waits for that writer's commit and
+/// fails on the key, the part is split, and the event's own attempt runs the
+/// check again (an event alone in its part is tried once more:
+/// `isolate::insert_isolating`), finding it a duplicate.
 pub(crate) async fn insert_events(tx: &mut sqlx::PgConnection, events: &[&Event]) -> Result<u64, sqlx::Error> {
     let ids: Vec<&str> = events.iter().map(|e| e.raw.event_id.as_str()).collect();
     let times: Vec<i64> = events.iter().map(|e| e.raw.timestamp_ms).collect();

@@ -96,8 +96,9 @@ pub async fn insert_isolating<'a>(conn: &mut PgConnection, items: &[Item<'a>], w
     let mut done = Inserted::default();
     // Parts still to insert, the next on top; halves are pushed second half
     // first, so records go in batch order.
-    let mut parts: Vec<&[Item<'a>]> = vec![items];
-    while let Some(part) = parts.pop() {
+    // Each with whether it failed on a taken key before.
+    let mut parts: Vec<(&[Item<'a>], bool)> = vec![(items, false)];
+    while let Some((part, again)) = parts.pop() {
         if part.is_empty() {
             continue;
         }
@@ -113,16 +114,29 @@ pub async fn insert_isolating<'a>(conn: &mut PgConnection, items: &[Item<'a>], w
                 sqlx::query("ROLLBACK TO SAVEPOINT isolate").execute(&mut *conn).await?;
                 sqlx::query("RELEASE SAVEPOINT isolate").execute(&mut *conn).await?;
                 if let [item] = part {
-                    done.refused.push(Refused { item: *item, kind, reason: describe(&e) });
+                    if matches!(item, Item::Event(_)) && is_unique_violation(&e) && !again {
+                        // Another writer stored the same event (id and time,
+                        // from another partition) after this part's check,
+                        // and committed while the COPY waited on its key:
+                        // checked again now, it is a duplicate.
+                        parts.push((part, true));
+                    } else {
+                        done.refused.push(Refused { item: *item, kind, reason: describe(&e) });
+                    }
                 } else {
                     let (first, second) = part.split_at(part.len() / 2);
-                    parts.push(second);
-                    parts.push(first);
+                    parts.push((second, false));
+                    parts.push((first, false));
                 }
             }
         }
     }
     Ok(done)
+}
+
+/// SQLSTATE 23505: a unique key (for events, their id and time) is taken.
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
 /// Dead letters of one part go in chunks of at most this many payload bytes:

@@ -30,15 +30,17 @@ pub mod partitions;
 pub mod retry;
 mod windows;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
+
+use chrono::NaiveDate;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Row};
 
 use crate::stages::record::{DeadLetter, Dropped, Provenance, WindowSpec, WriteBatch};
 use config::StoreConfig;
-use partitions::Partitions;
+use partitions::{Partitions, Unplaced, MAX_NEW_DAYS_PER_WRITE};
 
 pub use copy::{encode_copy, CopyRow, EVENT_COLUMNS};
 use isolate::store_dead_letter;
@@ -60,6 +62,25 @@ pub struct WriteOutcome {
     pub duplicates: u64,
     /// Dead letters inserted, by (stage, kind).
     pub dead_letters_by: BTreeMap<(&'static str, String), u64>,
+    /// Per (topic, partition) written only in part: the offset from which
+    /// its records wait for a later write (their days are not made yet).
+    pub deferred: BTreeMap<(String, i32), i64>,
+    /// Offsets skipped between what PostgreSQL stored and this write.
+    pub gaps: Vec<OffsetGap>,
+}
+
+/// Records of a partition that never reached the store: its stored next
+/// offset is `from`, and the write starts at `to`. Logged as an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetGap {
+    /// Kafka topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// PostgreSQL's next offset (0 when it stored none of the partition).
+    pub from: i64,
+    /// The first offset written.
+    pub to: i64,
 }
 
 /// Store errors.
@@ -132,13 +153,31 @@ impl Store {
     /// Writes a batch in one transaction; see the module docs. An error is
     /// one [`blame`] puts on the server: nothing was written, and the same
     /// batch may be written again.
+    ///
+    /// A batch whose events need more than [`MAX_NEW_DAYS_PER_WRITE`] days
+    /// not made yet is written in part: each partition up to its first event
+    /// of a day still missing, the rest listed in
+    /// [`WriteOutcome::deferred`] for the caller to write next
+    /// ([`WriteBatch::split_off_deferred`]).
     pub async fn write(&self, batch: &WriteBatch) -> Result<WriteOutcome, sqlx::Error> {
-        // Placed once, outside the transaction: a new day takes a brief lock
-        // of the table.
+        let later = later_copies(batch);
+        // Placed and made once, outside the transaction: a new day takes a
+        // brief lock of the table.
         let place = self.partitions.placer();
-        let (placed, unplaced): (Vec<_>, Vec<_>) =
-            batch.events.iter().map(|e| (e, place(e.raw.timestamp_ms))).partition(|(_, day)| day.is_ok());
-        self.partitions.ensure(&self.pool, placed.iter().filter_map(|(_, day)| day.as_ref().ok().copied())).await?;
+        let days: Vec<Result<NaiveDate, Unplaced>> = batch.events.iter().map(|e| place(e.raw.timestamp_ms)).collect();
+        let missing =
+            self.partitions.ensure(&self.pool, days.iter().filter_map(|day| day.as_ref().ok().copied()), MAX_NEW_DAYS_PER_WRITE).await?;
+        // Each partition stops at its first event whose day is not made yet:
+        // offsets are stored as a prefix, so what follows it waits too.
+        let mut cut: HashMap<(&str, i32), i64> = HashMap::new();
+        for (e, day) in batch.events.iter().zip(&days) {
+            if matches!(day, Ok(day) if missing.contains(day)) {
+                let at = cut.entry((e.provenance.topic.as_str(), e.provenance.partition)).or_insert(i64::MAX);
+                *at = (*at).min(e.provenance.offset);
+            }
+        }
+        let now = |p: &Provenance| cut.get(&(p.topic.as_str(), p.partition)).is_none_or(|at| p.offset < *at);
+
         let mut tx = self.pool.begin().await?;
         let (topics, partitions): (Vec<String>, Vec<i32>) = batch.next_offsets.keys().cloned().unzip();
         sqlx::query(
@@ -164,33 +203,32 @@ impl Store {
         .into_iter()
         .map(|row| ((row.get(0), row.get(1)), row.get(2)))
         .collect();
-        for (key, first) in &batch.first_offsets {
-            let stored = stored_offsets.get(key).copied().unwrap_or(0);
-            // A gap of one is a transaction marker; larger ones come from
-            // compaction or a broker fault, and those records never arrive.
-            if *first > stored + 1 && stored > 0 {
-                tracing::warn!(topic = %key.0, partition = key.1, from = stored, to = *first, "offset gap: records in between were not delivered by the broker");
+        let gaps = offset_gaps(&batch.first_offsets, &stored_offsets);
+        // Borrowed keys: this runs once per record, on the hot path.
+        let stored: HashMap<(&str, i32), i64> = stored_offsets.iter().map(|((t, p), n)| ((t.as_str(), *p), *n)).collect();
+        let is_new = |p: &Provenance| p.offset >= stored.get(&(p.topic.as_str(), p.partition)).copied().unwrap_or(0);
+        // Written now: not stored before, the first copy of its record, and
+        // before its partition's cut.
+        let take = |p: &Provenance, part: Part, i: usize| now(p) && is_new(p) && !later.contains(&(part, i));
+
+        let mut unplaced: Vec<DeadLetter> = Vec::new();
+        let mut items: Vec<Item<'_>> = Vec::with_capacity(batch.len());
+        for (i, (e, day)) in batch.events.iter().zip(&days).enumerate() {
+            if take(&e.provenance, Part::Event, i) {
+                match day {
+                    Ok(_) => items.push(Item::Event(e)),
+                    Err(why) => unplaced.push(store_dead_letter(e, why.kind(), why.to_string())),
+                }
             }
         }
-        // Borrowed keys: this runs once per record, on the hot path.
-        let stored: std::collections::HashMap<(&str, i32), i64> = stored_offsets.iter().map(|((t, p), n)| ((t.as_str(), *p), *n)).collect();
-        let is_new = |p: &Provenance| p.offset >= stored.get(&(p.topic.as_str(), p.partition)).copied().unwrap_or(0);
-
-        let unplaced: Vec<DeadLetter> = unplaced
-            .into_iter()
-            .filter(|(e, _)| is_new(&e.provenance))
-            .filter_map(|(e, why)| why.err().map(|why| store_dead_letter(e, why.kind(), why.to_string())))
-            .collect();
+        items
+            .extend(batch.dead_letters.iter().enumerate().filter(|(i, d)| take(&d.provenance, Part::Dead, *i)).map(|(_, d)| Item::Dead(d)));
+        let dropped: Vec<&Dropped> =
+            batch.dropped.iter().enumerate().filter(|(i, d)| take(&d.provenance, Part::Dropped, *i)).map(|(_, d)| d).collect();
+        let deferred_records = batch.provenances().filter(|p| !now(p)).count();
         if let Some(first) = unplaced.first() {
             tracing::warn!(records = unplaced.len(), topic = %first.provenance.topic, partition = first.provenance.partition, reason = %first.reason, "events with no day partition to go to; dead-lettered");
         }
-        let items: Vec<Item<'_>> = placed
-            .into_iter()
-            .map(|(e, _)| e)
-            .filter(|e| is_new(&e.provenance))
-            .map(Item::Event)
-            .chain(batch.dead_letters.iter().filter(|d| is_new(&d.provenance)).map(Item::Dead))
-            .collect();
         let mut inserted = insert_isolating(&mut tx, &items, self.windows).await?;
         let mut refused: Vec<DeadLetter> = inserted.refused.iter().map(Refused::dead_letter).collect();
         let unplaced_count = unplaced.len();
@@ -203,19 +241,22 @@ impl Store {
             tracing::warn!(topic = %p.topic, partition = p.partition, offset = p.offset, kind = r.kind, reason = %r.reason, "PostgreSQL refused a record; dead-lettered with stage store");
         }
         insert_refusals(&mut tx, &refused, self.windows, &mut inserted).await?;
-        let dropped: Vec<&Dropped> = batch.dropped.iter().filter(|d| is_new(&d.provenance)).collect();
         count_drops(&mut tx, &dropped).await?;
         let outcome = WriteOutcome {
             stored: inserted.stored,
             dead_lettered: inserted.dead_lettered,
             dropped: dropped.len() as u64,
-            redelivered: (batch.len() - items.len() - unplaced_count - dropped.len()) as u64,
+            redelivered: (batch.len() - deferred_records - items.len() - unplaced_count - dropped.len()) as u64,
             duplicates: inserted.duplicates,
             dead_letters_by: inserted.dead_letters_by,
+            deferred: cut.iter().map(|((t, p), at)| ((t.to_string(), *p), *at)).collect(),
+            gaps,
         };
 
-        let next: Vec<i64> = batch.next_offsets.values().copied().collect();
-        // Offsets are unique within a batch: they name the refused events.
+        // Up to the cut, where a partition has one.
+        let next: Vec<i64> =
+            batch.next_offsets.iter().map(|((t, p), n)| cut.get(&(t.as_str(), *p)).map_or(*n, |at| (*at).min(*n))).collect();
+        // Offsets are unique among the items: they name the refused events.
         let refused_events: std::collections::HashSet<(&str, i32, i64)> =
             inserted.refused.iter().filter_map(|r| if let Item::Event(e) = r.item { Some(e.provenance.key()) } else { None }).collect();
         let mut max_ts: BTreeMap<(&str, i32), i64> = BTreeMap::new();
@@ -249,6 +290,63 @@ impl Store {
         let rows = sqlx::query("SELECT topic, \"partition\", next_offset FROM ingest_offsets").fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect())
     }
+}
+
+/// Which list of a [`WriteBatch`] a record is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Part {
+    Event,
+    Dead,
+    Dropped,
+}
+
+/// The records of a batch that are a later copy of another record in it
+/// (same topic, partition and offset), by list and index. After a
+/// rebalance the consumer goes back to PostgreSQL's offset while records
+/// after it are still in flight, and a writer merges what is queued into
+/// one transaction, so both copies can meet here. Only the copy received
+/// first is written: the one a write of its own would have stored, the
+/// later copy then being skipped as redelivered. Dead letters have no key
+/// to stop a second copy within one statement, and a drop would be
+/// counted twice.
+fn later_copies(batch: &WriteBatch) -> HashSet<(Part, usize)> {
+    // Per record, the copy kept so far: when it was received, and where.
+    type Copy = (chrono::DateTime<chrono::Utc>, Part, usize);
+    let mut first: HashMap<(&str, i32, i64), Copy> = HashMap::with_capacity(batch.len());
+    let mut later = HashSet::new();
+    let all = (batch.events.iter().map(|e| &e.provenance).enumerate().map(|(i, p)| (p, Part::Event, i)))
+        .chain(batch.dead_letters.iter().map(|d| &d.provenance).enumerate().map(|(i, p)| (p, Part::Dead, i)))
+        .chain(batch.dropped.iter().map(|d| &d.provenance).enumerate().map(|(i, p)| (p, Part::Dropped, i)));
+    for (p, part, i) in all {
+        let copy = (p.received_at, part, i);
+        match first.entry(p.key()) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(copy);
+            }
+            std::collections::hash_map::Entry::Occupied(mut kept) => {
+                let loser = if copy < *kept.get() { kept.insert(copy) } else { copy };
+                later.insert((loser.1, loser.2));
+            }
+        }
+    }
+    later
+}
+
+/// The partitions whose first offset in the batch is past PostgreSQL's
+/// next one, each logged as an error. A gap of one is a transaction marker;
+/// larger ones are records that were never delivered: compacted or deleted
+/// by retention, or skipped by a consumer that started from Kafka's
+/// committed offsets ahead of the database.
+fn offset_gaps(first_offsets: &BTreeMap<(String, i32), i64>, stored: &BTreeMap<(String, i32), i64>) -> Vec<OffsetGap> {
+    let mut gaps = Vec::new();
+    for ((topic, partition), first) in first_offsets {
+        let from = stored.get(&(topic.clone(), *partition)).copied().unwrap_or(0);
+        if *first > from + 1 {
+            tracing::error!(%topic, partition, from, to = *first, records = *first - from, "offset gap: the records in between were never stored (compacted or deleted in Kafka, or skipped by a consumer that did not start at PostgreSQL's offset); see clickstream_offset_gap_records_total");
+            gaps.push(OffsetGap { topic: topic.clone(), partition: *partition, from, to: *first });
+        }
+    }
+    gaps
 }
 
 /// Dead-letters the records PostgreSQL refused, counting them into `done`.

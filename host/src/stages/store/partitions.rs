@@ -24,6 +24,22 @@ pub const DAYS_AHEAD: i64 = 3;
 /// not hold up ingest behind it.
 const DROP_LOCK_TIMEOUT: &str = "2s";
 
+/// How long creating a day may wait for the parent table's lock. `CREATE
+/// TABLE … PARTITION OF` takes the whole parent (`events`, `dead_letters`),
+/// and while it waits (behind a long read, say) every insert queues behind
+/// it; so it waits briefly and the day is tried again by the next write.
+const CREATE_LOCK_TIMEOUT: &str = "500ms";
+
+/// Most days one call of [`Partitions::ensure`] creates. Each new day locks
+/// both parents for a moment; a batch spread over hundreds of past days
+/// (a client replaying its history, or a clock reset) makes its days a few
+/// at a time, one write after another, so the writes of other partitions,
+/// and the records queued behind it, go in between.
+pub const MAX_NEW_DAYS_PER_WRITE: usize = 8;
+
+/// Rounds [`Partitions::ensure_all`] tries a busy lock before failing.
+const ENSURE_ALL_ATTEMPTS: u32 = 10;
+
 /// Milliseconds in a day.
 pub(crate) const DAY_MS: i64 = 86_400_000;
 
@@ -113,25 +129,59 @@ impl Partitions {
     }
 
     /// Makes sure both tables have a partition for each of `days` (today's is
-    /// always included: dead letters go into the day they die). Days seen
-    /// before cost nothing.
-    pub async fn ensure(&self, pool: &PgPool, days: impl IntoIterator<Item = NaiveDate>) -> Result<(), sqlx::Error> {
+    /// always included: dead letters go into the day they die), creating at
+    /// most `cap` missing days, in the order given. Returns the days still
+    /// missing: those past the cap, and those whose table lock was not had
+    /// within [`CREATE_LOCK_TIMEOUT`] (creation stops there for this call;
+    /// the caller leaves their events for a later write). Days seen before
+    /// cost nothing.
+    pub async fn ensure(
+        &self,
+        pool: &PgPool,
+        days: impl IntoIterator<Item = NaiveDate>,
+        cap: usize,
+    ) -> Result<BTreeSet<NaiveDate>, sqlx::Error> {
         let today = Utc::now().date_naive();
-        let missing: BTreeSet<NaiveDate> = {
+        let missing: Vec<NaiveDate> = {
             let known = lock(&self.known);
-            days.into_iter().chain([today]).filter(|d| !known.contains(d)).collect()
+            let mut seen = BTreeSet::new();
+            [today].into_iter().chain(days).filter(|d| !known.contains(d) && seen.insert(*d)).collect()
         };
-        for day in missing {
-            for table in TABLES {
-                let created: bool =
-                    sqlx::query_scalar("SELECT clickstream_ensure_day($1, $2)").bind(table).bind(day).fetch_one(pool).await?;
-                if created {
-                    tracing::info!(table, %day, "created day partition");
+        let mut left: BTreeSet<NaiveDate> = missing.iter().copied().collect();
+        for day in missing.into_iter().take(cap.max(1)) {
+            match create_day(pool, day).await {
+                Ok(()) => {
+                    lock(&self.known).insert(day);
+                    left.remove(&day);
                 }
+                Err(e) if is_lock_timeout(&e) => {
+                    tracing::warn!(%day, error = %crate::postgres::describe(&e), "a day partition's table lock was busy; its events wait for a later write");
+                    break;
+                }
+                Err(e) => return Err(e),
             }
-            lock(&self.known).insert(day);
         }
-        Ok(())
+        Ok(left)
+    }
+
+    /// Makes every one of `days` (and today), with no cap, retrying a busy
+    /// lock a few times: for the upkeep and for replay, which must have
+    /// every day they ask for. The last lock timeout is the error.
+    pub async fn ensure_all(&self, pool: &PgPool, days: impl IntoIterator<Item = NaiveDate>) -> Result<(), sqlx::Error> {
+        let mut days: Vec<NaiveDate> = days.into_iter().collect();
+        let mut pauses = crate::backoff::pauses(Duration::from_millis(100), Duration::from_secs(2));
+        let mut attempts = 0;
+        loop {
+            days = self.ensure(pool, days, usize::MAX).await?.into_iter().collect();
+            let Some(&day) = days.first() else { return Ok(()) };
+            attempts += 1;
+            if attempts >= ENSURE_ALL_ATTEMPTS {
+                // Its error, if the lock is still busy, is the answer.
+                create_day(pool, day).await?;
+            } else {
+                tokio::time::sleep(pauses.next_pause()).await;
+            }
+        }
     }
 
     /// One round of upkeep: the days from yesterday to [`DAYS_AHEAD`] ahead
@@ -139,7 +189,7 @@ impl Partitions {
     /// partitions dropped.
     pub async fn maintain(&self, pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
         let today = Utc::now().date_naive();
-        self.ensure(pool, (-1..=DAYS_AHEAD).map(|d| today + chrono::TimeDelta::days(d))).await?;
+        self.ensure_all(pool, (-1..=DAYS_AHEAD).map(|d| today + chrono::TimeDelta::days(d))).await?;
         let Some(oldest_kept) = self.oldest_kept() else { return Ok(Vec::new()) };
         let mut dropped = Vec::new();
         for table in TABLES {
@@ -177,6 +227,26 @@ impl Partitions {
             }
         }
     }
+}
+
+/// Creates both tables' partitions of `day` (each if missing), waiting at
+/// most [`CREATE_LOCK_TIMEOUT`] for a lock.
+async fn create_day(pool: &PgPool, day: NaiveDate) -> Result<(), sqlx::Error> {
+    for table in TABLES {
+        let mut tx = pool.begin().await?;
+        sqlx::query(&format!("SET LOCAL lock_timeout = '{CREATE_LOCK_TIMEOUT}'")).execute(&mut *tx).await?;
+        let created: bool = sqlx::query_scalar("SELECT clickstream_ensure_day($1, $2)").bind(table).bind(day).fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        if created {
+            tracing::info!(table, %day, "created day partition");
+        }
+    }
+    Ok(())
+}
+
+/// SQLSTATE 55P03, `lock_not_available`: `lock_timeout` ran out.
+fn is_lock_timeout(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
 }
 
 /// The day partitions of `table`, by name and day, oldest first.

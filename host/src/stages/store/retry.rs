@@ -2,6 +2,7 @@
 //! backoff, for as long as the server (not the records) is at fault, and
 //! never past a shutdown.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -63,8 +64,14 @@ pub struct Abandoned {
 /// what is retried here is the server's fault): meanwhile the channels fill
 /// and reading pauses, so nothing is dropped. Once `drain` turns true it
 /// stops retrying and gives the batch up unstored: its offsets were not
-/// advanced, so it is read again on restart.
-pub async fn store_batch(store: &Store, batch: &WriteBatch, stats: &Stats, mut drain: watch::Receiver<bool>) -> Result<(), Abandoned> {
+/// advanced, so it is read again on restart. Returns what the write
+/// deferred ([`WriteOutcome::deferred`](super::WriteOutcome::deferred)).
+pub async fn store_batch(
+    store: &Store,
+    batch: &WriteBatch,
+    stats: &Stats,
+    mut drain: watch::Receiver<bool>,
+) -> Result<BTreeMap<(String, i32), i64>, Abandoned> {
     let mut pauses = pauses(Duration::from_millis(100), MAX_STORE_BACKOFF);
     let started = std::time::Instant::now();
     let mut attempts = 0;
@@ -94,12 +101,16 @@ pub async fn store_batch(store: &Store, batch: &WriteBatch, stats: &Stats, mut d
                     stats.dead_letters(stage, kind, *n);
                 }
                 for ((topic, partition), next) in &batch.next_offsets {
-                    stats.stored_next(topic, *partition, *next);
+                    let cut = outcome.deferred.get(&(topic.clone(), *partition)).copied();
+                    stats.stored_next(topic, *partition, cut.map_or(*next, |at| at.min(*next)));
+                }
+                for gap in &outcome.gaps {
+                    stats.offset_gap(&gap.topic, gap.partition, (gap.to - gap.from) as u64);
                 }
                 if attempts > 1 {
                     tracing::info!("PostgreSQL is back; ingestion resumed");
                 }
-                return Ok(());
+                return Ok(outcome.deferred);
             }
             Err(e) => {
                 stats.store_retries.inc();
