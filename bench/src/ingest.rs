@@ -227,9 +227,13 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, shape: &Shape<'_
     let mut shadow_from = 0.0;
     if let Some(candidate) = shape.shadow {
         let waited = Instant::now();
-        while !hosts[0].log().contains("plugins loaded") {
+        while !hosts[0].log().contains("hot reload: watching") {
             hosts[0].check_alive()?;
-            anyhow::ensure!(waited.elapsed() < Duration::from_secs(60), "the host did not load its plugins in 60 s: {}", tail(&log, 20));
+            anyhow::ensure!(
+                waited.elapsed() < Duration::from_secs(60),
+                "the host did not watch its plugin files in 60 s: {}",
+                tail(&log, 20)
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let staged = enrich.with_extension("staged");

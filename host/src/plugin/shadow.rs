@@ -84,6 +84,9 @@ struct Shared {
     report: Mutex<ShadowReport>,
     /// Batches queued or running on the candidate's thread.
     queued: AtomicUsize,
+    /// Batches skipped: counted apart, so that the transform thread never
+    /// waits for the report's lock.
+    skipped: AtomicU64,
 }
 
 impl Shadow {
@@ -121,7 +124,7 @@ impl Shadow {
 
     /// What it has seen so far.
     pub fn report(&self) -> ShadowReport {
-        self.shared.lock().clone()
+        ShadowReport { skipped: self.shared.skipped.load(Ordering::Relaxed), ..self.shared.lock().clone() }
     }
 
     /// Whether the next batch is one it runs on: evenly spread, `fraction`
@@ -140,7 +143,7 @@ impl Shadow {
             return false;
         }
         if self.queue.is_none() || self.shared.queued.load(Ordering::Acquire) >= QUEUE {
-            self.shared.lock().skipped += 1;
+            self.shared.skipped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         true
@@ -156,7 +159,7 @@ impl Shadow {
             // Only this thread sends, and it asked for room first; a full
             // or closed queue still only skips.
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
-            self.shared.lock().skipped += 1;
+            self.shared.skipped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -166,38 +169,48 @@ impl Shared {
         self.report.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs the candidate on one batch and counts where it differs.
+    /// Runs the candidate on one batch and counts where it differs. The
+    /// batch is compared before the report's lock is taken, so a reader of
+    /// the report (the API) waits for a merge, not a comparison.
     fn compare(&self, runner: &mut TransformRunner, events: &[TransformEvent], serving: &[Outcome]) {
-        let result = runner.transform(events);
-        let mut report = self.lock();
-        report.batches += 1;
-        match result {
-            Ok((_, candidate)) => {
-                report.events += events.len() as u64;
-                for ((event, s), c) in events.iter().zip(serving).zip(&candidate) {
-                    let differences = compare(s, c);
-                    if differences.is_empty() {
-                        continue;
-                    }
-                    report.differing_events += 1;
-                    for (field, serving, candidate) in differences {
-                        *report.by_field.entry(field.to_string()).or_default() += 1;
-                        if report.sample.len() < SAMPLE {
-                            report.sample.push(Difference {
-                                event_id: event.raw.event_id.clone(),
-                                field: field.to_string(),
-                                serving: clip(serving),
-                                candidate: clip(candidate),
-                            });
-                        }
-                    }
-                }
-            }
+        let (candidate, mut batch) = match runner.transform(events) {
+            Ok((_, candidate)) => (candidate, ShadowReport { events: events.len() as u64, ..ShadowReport::default() }),
             Err(e) => {
+                let mut report = self.lock();
+                report.batches += 1;
                 report.errors += 1;
                 report.last_error = Some(e.to_string());
+                return;
+            }
+        };
+        let room = SAMPLE.saturating_sub(self.lock().sample.len());
+        for ((event, s), c) in events.iter().zip(serving).zip(&candidate) {
+            let differences = compare(s, c);
+            if differences.is_empty() {
+                continue;
+            }
+            batch.differing_events += 1;
+            for (field, serving, candidate) in differences {
+                *batch.by_field.entry(field.to_string()).or_default() += 1;
+                if batch.sample.len() < room {
+                    batch.sample.push(Difference {
+                        event_id: event.raw.event_id.clone(),
+                        field: field.to_string(),
+                        serving: clip(serving),
+                        candidate: clip(candidate),
+                    });
+                }
             }
         }
+        let mut report = self.lock();
+        report.batches += 1;
+        report.events += batch.events;
+        report.differing_events += batch.differing_events;
+        for (field, n) in batch.by_field {
+            *report.by_field.entry(field).or_default() += n;
+        }
+        let room = SAMPLE.saturating_sub(report.sample.len());
+        report.sample.extend(batch.sample.into_iter().take(room));
     }
 }
 

@@ -667,6 +667,9 @@ impl Reloader {
         };
         let mut watched = HashSet::new();
         self.watch_folders(&mut watcher, &mut watched);
+        // From here on a changed file is seen (deploy scripts and the
+        // benchmark wait for this line before writing a new build).
+        tracing::info!(folders = watched.len(), "hot reload: watching the plugin files and pipeline.toml");
         loop {
             let changed: Vec<PathBuf> = tokio::select! {
                 _ = shutdown.changed() => return,

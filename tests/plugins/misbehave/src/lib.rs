@@ -55,9 +55,11 @@ impl Guest for Plugin {
         if cfg!(feature = "always-trap") {
             panic!("built to trap on every batch");
         }
-        // The `slow` build: a candidate in shadow that cannot keep up.
+        // The `slow` build: a candidate in shadow that cannot keep up, and
+        // does nothing else (what its slowness costs, not its work).
         if cfg!(feature = "slow") {
             std::thread::sleep(std::time::Duration::from_millis(900));
+            return batch.into_iter().map(Outcome::Keep).collect();
         }
         let short = batch.iter().any(|e| e.user_id == "short");
         let alias = batch.iter().any(|e| e.user_id == "alias");
