@@ -86,6 +86,23 @@ async fn stored_once(pool: &PgPool, expected: &std::collections::BTreeSet<String
     sqlx::query_as("SELECT plugin_version, count(*) FROM events GROUP BY 1").fetch_all(pool).await.unwrap().into_iter().collect()
 }
 
+/// Waits until every event of `expected` is stored or dead-lettered.
+async fn all_stored_or_dead_lettered(pool: &PgPool, expected: &std::collections::BTreeSet<String>) {
+    support::wait_until(WAIT, "every event stored or dead-lettered", || async {
+        stored(pool).await + support::count(pool, "SELECT count(*) FROM dead_letters").await >= expected.len() as i64
+    })
+    .await;
+}
+
+/// Every event of `expected` stored or dead-lettered, each once.
+async fn stored_or_dead_lettered_once(pool: &PgPool, expected: &std::collections::BTreeSet<String>) {
+    let mut ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(pool).await.unwrap();
+    let payloads: Vec<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM dead_letters").fetch_all(pool).await.unwrap();
+    ids.extend(payloads.iter().map(|p| serde_json::from_slice::<serde_json::Value>(p).unwrap()["event_id"].as_str().unwrap().to_string()));
+    assert_eq!(ids.len(), expected.len(), "each event stored or dead-lettered once");
+    assert_eq!(ids.into_iter().collect::<std::collections::BTreeSet<_>>(), *expected);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_rejecting_a_fifth_of_the_events_is_rolled_back_and_every_event_is_stored_once() {
     let _serial = ONE_AT_A_TIME.lock().await;
@@ -130,22 +147,15 @@ async fn a_canary_promoted_by_hand_that_rejects_is_rolled_back_by_the_watch_to_t
         "{rolled_back}"
     );
     assert_eq!(running.slot.current().info, serving, "the previous version serves again");
-    support::wait_until(WAIT, "every event stored or dead-lettered", || async {
-        stored(&pool).await + support::count(&pool, "SELECT count(*) FROM dead_letters").await >= expected.len() as i64
-    })
-    .await;
+    all_stored_or_dead_lettered(&pool, &expected).await;
     running.stop.send(true).unwrap();
     running.task.await.unwrap().unwrap();
 
     // Once promoted, a build's rejections are its verdict: dead-lettered (to
     // be replayed), not handed to the old version.
-    let mut ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&pool).await.unwrap();
     let dead: Vec<String> = sqlx::query_scalar("SELECT reason FROM dead_letters").fetch_all(&pool).await.unwrap();
     assert!(!dead.is_empty() && dead.iter().all(|r| r.contains("canary-reject")), "{dead:?}");
-    let payloads: Vec<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM dead_letters").fetch_all(&pool).await.unwrap();
-    ids.extend(payloads.iter().map(|p| serde_json::from_slice::<serde_json::Value>(p).unwrap()["event_id"].as_str().unwrap().to_string()));
-    assert_eq!(ids.len(), expected.len(), "each event stored or dead-lettered once");
-    assert_eq!(ids.into_iter().collect::<std::collections::BTreeSet<_>>(), expected);
+    stored_or_dead_lettered_once(&pool, &expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,15 +327,8 @@ async fn a_watch_rollback_after_a_settings_edit_restores_the_previous_build_with
     let now = running.slot.current();
     assert_eq!(now.info.content_hash, serving.content_hash, "the build that served before the canary serves again");
     assert!(firefox_is_a_bot(&now), "with the edit");
-    support::wait_until(WAIT, "every event stored or dead-lettered", || async {
-        stored(&pool).await + support::count(&pool, "SELECT count(*) FROM dead_letters").await >= expected.len() as i64
-    })
-    .await;
+    all_stored_or_dead_lettered(&pool, &expected).await;
     running.stop.send(true).unwrap();
     running.task.await.unwrap().unwrap();
-    let mut ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&pool).await.unwrap();
-    let payloads: Vec<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM dead_letters").fetch_all(&pool).await.unwrap();
-    ids.extend(payloads.iter().map(|p| serde_json::from_slice::<serde_json::Value>(p).unwrap()["event_id"].as_str().unwrap().to_string()));
-    assert_eq!(ids.len(), expected.len(), "each event stored or dead-lettered once");
-    assert_eq!(ids.into_iter().collect::<std::collections::BTreeSet<_>>(), expected);
+    stored_or_dead_lettered_once(&pool, &expected).await;
 }
