@@ -96,17 +96,12 @@ async fn prepare<T: Send + 'static>(slot: &str, work: impl FnOnce() -> Result<T,
         Ok(result) => result.map_err(ReloadError::from),
         Err(e) => {
             let failure = match e.try_into_panic() {
-                Ok(payload) => format!("panicked: {}", panic_message(payload.as_ref())),
+                Ok(payload) => crate::runtime::supervise::panicked(payload.as_ref()),
                 Err(_) => "was cancelled (the host is shutting down)".to_string(),
             };
             Err(ReloadError::Prepare { slot: slot.to_string(), failure })
         }
     }
-}
-
-/// What a panic said, when it said it with a string.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str)).unwrap_or("(no message)")
 }
 
 /// Settings the running stages read live.

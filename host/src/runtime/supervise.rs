@@ -101,15 +101,18 @@ impl Stages {
         stage
     }
 
-    /// Records that `stage` died; the first failure is the one reported.
+    /// Records that `stage` died. The first panic is the one reported, else
+    /// the first stage that stopped: a stage whose neighbour panicked sees
+    /// its channel close, and may say so before the panic is recorded.
     pub fn fail(&self, stage: &'static str, how: String) {
         tracing::error!(stage, how = %how, "a pipeline stage died; stopping the pipeline");
-        self.failure.send_if_modified(|failure| {
-            if failure.is_some() {
-                return false;
+        let panicked = |how: &str| how.starts_with(PANICKED);
+        self.failure.send_if_modified(|failure| match failure {
+            Some(first) if panicked(&first.how) || !panicked(&how) => false,
+            _ => {
+                *failure = Some(StageFailure { stage, how });
+                true
             }
-            *failure = Some(StageFailure { stage, how });
-            true
         });
     }
 
@@ -145,7 +148,7 @@ impl Stages {
         let (stages, drain) = (self.clone(), drain.clone());
         tokio::spawn(async move {
             let result = std::panic::AssertUnwindSafe(task).catch_unwind().await;
-            stages.ended(name, result.map_err(|p| panic_message(p.as_ref())), &drain);
+            stages.ended(name, result.map_err(|p| panicked(p.as_ref())), &drain);
         })
     }
 
@@ -159,13 +162,13 @@ impl Stages {
         let (stages, drain) = (self.clone(), drain.clone());
         std::thread::Builder::new().name(name.into()).spawn(move || {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
-            stages.ended(name, result.map_err(|p| panic_message(p.as_ref())), &drain);
+            stages.ended(name, result.map_err(|p| panicked(p.as_ref())), &drain);
         })
     }
 
     fn ended(&self, name: &'static str, result: Result<(), String>, drain: &watch::Receiver<bool>) {
         match result {
-            Err(message) => self.fail(name, format!("panicked: {message}")),
+            Err(how) => self.fail(name, how),
             // A stage whose input closed because another died is not a
             // second failure: the first is already recorded.
             Ok(()) if !*drain.borrow() && self.failure().is_none() => self.fail(name, "stopped on its own".into()),
@@ -194,6 +197,14 @@ pub fn fault_point(stage: &str) {
     }
     #[cfg(not(debug_assertions))]
     let _ = stage;
+}
+
+/// How a panic's failure reads, before its message.
+const PANICKED: &str = "panicked: ";
+
+/// A panic as a stage's failure reads: `panicked: <its message>`.
+pub fn panicked(payload: &(dyn std::any::Any + Send)) -> String {
+    format!("{PANICKED}{}", panic_message(payload))
 }
 
 /// What a panic said, when it said it with a string.
@@ -226,6 +237,15 @@ mod tests {
         failed.wait_for(Option::is_some).await.unwrap();
         stages.spawn("index", &drain, async {}).await.unwrap();
         assert_eq!(stages.failure(), Some(StageFailure { stage: "aggregate", how: "panicked: boom".into() }));
+    }
+
+    #[test]
+    fn a_panic_recorded_after_a_stop_it_caused_is_the_failure_reported() {
+        let stages = Stages::default();
+        stages.fail("source", "stopped on its own".into());
+        stages.fail("transform", "panicked: boom".into());
+        stages.fail("store", "panicked: later".into());
+        assert_eq!(stages.failure(), Some(StageFailure { stage: "transform", how: "panicked: boom".into() }));
     }
 
     #[tokio::test]

@@ -94,7 +94,7 @@ impl Writers {
                 let task = tokio::spawn(async move {
                     use futures::FutureExt;
                     std::panic::AssertUnwindSafe(writing).catch_unwind().await.unwrap_or_else(|panic| {
-                        let how = format!("panicked: {}", crate::runtime::supervise::panic_message(panic.as_ref()));
+                        let how = crate::runtime::supervise::panicked(panic.as_ref());
                         stages.fail("store", how.clone());
                         Err(Abandoned { attempts: 0, last: format!("the writer {how}") })
                     })
