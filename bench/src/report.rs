@@ -186,6 +186,19 @@ pub fn targets(r: &Results) -> Vec<Target> {
             ),
         ),
         Target::new(
+            "Arm 15 (a candidate in shadow sleeping 900 ms of its 1,000 ms deadline per batch) / arm 1",
+            r.num(15, "/over_arm_1"),
+            Goal::AtLeast,
+            0.95,
+            "×",
+            format!(
+                "{} events/s; the candidate ran on {} batches and {} were skipped",
+                f(r.num(15, "/steady/events_per_s")),
+                f(r.num(15, "/shadow/report/report/batches")),
+                f(r.num(15, "/shadow/report/report/skipped")),
+            ),
+        ),
+        Target::new(
             "Latency at half of arm 1's rate, p99 receipt → stored",
             r.num(1, "/below_capacity/latency/per_event_ms/p99"),
             Goal::AtMost,
@@ -283,6 +296,16 @@ pub fn markdown(r: &Results) -> String {
                 format_ratio(r.num(12, "/over_arm_1")),
             ),
             ("ok", 13) => format!("{} events/s", f(r.num(13, "/events_per_s"))),
+            ("ok", 15) => format!(
+                "{} events/s steady, {} of arm 1, beside a candidate in shadow sleeping {} ms per batch: it ran on {} batches ({} events compared, {} errors), {} skipped",
+                f(r.num(15, "/steady/events_per_s")),
+                format_ratio(r.num(15, "/over_arm_1")),
+                f(r.num(15, "/shadow/sleeps_ms_per_batch")),
+                f(r.num(15, "/shadow/report/report/batches")),
+                f(r.num(15, "/shadow/report/report/events")),
+                f(r.num(15, "/shadow/report/report/errors")),
+                f(r.num(15, "/shadow/report/report/skipped")),
+            ),
             ("ok", 14) => format!(
                 "{} events/s steady, {} of arm 1, beside {} clients: {} API requests/s (dead letters p99 {} ms, aggregates p99 {} ms, metrics p99 {} ms; {} shed)",
                 f(r.num(14, "/steady/events_per_s")),
