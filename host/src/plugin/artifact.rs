@@ -125,9 +125,10 @@ pub fn open(engine: &Engine, key: &ArtifactKey, bytes: &[u8], source: Option<&st
     let engine_print = field(48, 32);
     let len = u64::from_le_bytes(field(80, 8).try_into().expect("8 bytes"));
     let tag = field(88, 32);
-    let expected = HEADER as u64 + len;
-    if bytes.len() as u64 != expected {
-        return Err(ArtifactError::Truncated { len: bytes.len() as u64, expected });
+    // The length is the file's to claim: any u64, so compared with what
+    // follows the header rather than added to it.
+    if (bytes.len() - HEADER) as u64 != len {
+        return Err(ArtifactError::Truncated { len: bytes.len() as u64, expected: (HEADER as u64).saturating_add(len) });
     }
     let payload = &bytes[HEADER..];
     let mut mac = key.mac();
@@ -166,4 +167,21 @@ pub fn named_source(bytes: &[u8]) -> Option<String> {
 /// Whether `bytes` look like an artifact (rather than a component).
 pub fn is_artifact(bytes: &[u8]) -> bool {
     bytes.starts_with(MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `artifact` fuzz target: the header's length was added
+    /// to the header's size, which overflowed (a panic in a debug build)
+    /// for a length near `u64::MAX`.
+    #[test]
+    fn a_header_claiming_the_largest_length_is_refused_as_truncated() {
+        let key = ArtifactKey::from_bytes([1; KEY_BYTES]);
+        let mut bytes = seal(crate::plugin::engine(), &key, &[0; 32], b"payload");
+        bytes[80..88].copy_from_slice(&u64::MAX.to_le_bytes());
+        let err = open(crate::plugin::engine(), &key, &bytes, None).err();
+        assert_eq!(err, Some(ArtifactError::Truncated { len: bytes.len() as u64, expected: u64::MAX }));
+    }
 }
