@@ -57,9 +57,10 @@ pub fn url(text: &str) -> Cow<'_, str> {
     let Some(scheme) = scheme_of(text) else { return Cow::Borrowed(WITHHELD) };
     let withheld = || Cow::Owned(format!("{scheme}://{WITHHELD}"));
     let Ok(mut parsed) = Url::parse(text) else { return withheld() };
-    // A password cut short (`u:pa/ss@h`, `u:pa?ss@h`) leaves its tail and
+    // A password cut short (`u:pa/ss@h`, `u:pa?ss@h`, `u:12#ss@h`) leaves its tail and
     // the real host after the authority, with an `@` there.
-    if parsed.path().contains('@') || parsed.query().is_some_and(|q| q.contains('@')) {
+    if parsed.path().contains('@') || parsed.query().is_some_and(|q| q.contains('@')) || parsed.fragment().is_some_and(|f| f.contains('@'))
+    {
         return withheld();
     }
     let mut hid = false;
@@ -178,6 +179,15 @@ mod tests {
         assert_eq!(url("https://elastic:a@b@c@search.example:9243"), "https://elastic:***@search.example:9243/");
     }
 
+    /// A `#` in a password ends the authority: `u:12` reads as a host and
+    /// a port, and the password's tail as the fragment. Hiding only the
+    /// fragment showed the password's first part as the port.
+    #[test]
+    fn a_password_cut_short_by_a_hash_is_hidden_whole() {
+        assert_eq!(url("http://u:12#ss@h/x"), "http://***");
+        assert_eq!(url("postgres://u:99#a@b@h:5432/db"), "postgres://***");
+    }
+
     #[test]
     fn secret_query_parameters_are_hidden_and_others_kept_as_written() {
         assert_eq!(
@@ -204,12 +214,11 @@ mod tests {
 
     #[test]
     fn what_does_not_parse_is_hidden_whole() {
-        // An unescaped `/` or `#` cuts the password short: what follows it
-        // would be shown as the host, port or path.
+        // An unescaped `/` or `?` cuts the password short: what follows it
+        // would be shown as the host, port or path (`#`: the test above).
         assert_eq!(url("postgres://u:pa/ss@h:5432/db"), "postgres://***");
         assert_eq!(url("postgres://u:12/ss@h/db"), "postgres://***");
         assert_eq!(url("postgres://u:pa?ss@h/db"), "postgres://***");
-        assert_eq!(url("http://u:12#ss@h/db"), "http://u:12/#***");
         assert_eq!(url("postgres://u:secret@h:99999/db"), "postgres://***");
         assert_eq!(url("u:secret@h/db"), "***");
         assert_eq!(url("not a url at all, secret"), "***");
