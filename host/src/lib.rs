@@ -7,12 +7,14 @@
 //! - [`config`]: pipeline.toml, composed from each component's section;
 //! - shared infrastructure: [`kafka`], [`postgres`], [`stats`], [`redact`]
 //!   (secrets out of URLs wherever they are shown), [`backoff`] (how retry
-//!   loops wait), and the load generator [`produce`].
+//!   loops wait), and the load generator [`produce`];
+//! - [`fuzzing`]: the properties the fuzz targets in `fuzz/` check.
 #![deny(missing_docs)]
 
 pub mod backoff;
 pub mod config;
 pub mod fence;
+pub mod fuzzing;
 pub mod kafka;
 pub mod plugin;
 pub mod postgres;
