@@ -192,20 +192,11 @@ impl Row {
 /// host, with the host's GeoIP. Converts types at the edges.
 pub fn to_native(click: &clickstream::stages::record::RawEvent) -> clickstream_enrich::Event {
     clickstream_enrich::Event {
-        event_id: click.event_id.clone(),
-        user_id: click.user_id.clone(),
-        timestamp_ms: click.timestamp_ms,
-        url: click.url.clone(),
         ip: click.ip.clone(),
         user_agent: click.user_agent.clone(),
         referrer: click.referrer.clone(),
         session_id: click.session_id.clone(),
-        country: None,
-        city: None,
-        browser: None,
-        os: None,
-        device: None,
-        attributes: Vec::new(),
+        ..clickstream_enrich::Event::new(click.event_id.clone(), click.user_id.clone(), click.timestamp_ms, click.url.clone())
     }
 }
 

@@ -67,8 +67,10 @@ pub async fn fresh_database(name: &str) -> String {
         .await
         .unwrap_or_default();
     for old in stale {
+        // `api_ready_<pid>_<nanos>` matches `api_%` too: only a number is a
+        // process id, so another test's database is never taken for one.
         let pid = old[name.len() + 1..].split('_').next().unwrap_or_default();
-        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+        if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && !Path::new("/proc").join(pid).exists() {
             let _ = drop_database(&mut conn, &old).await;
         }
     }

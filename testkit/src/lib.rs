@@ -1,8 +1,8 @@
 //! What the integration tests (`tests/`) and the benchmark (`bench/`) share:
 //! the stack's addresses, fresh databases, the `clickstream run` process,
 //! private servers for fault tests, the built plugins, test-built MMDB files,
-//! a headless Chromium for the dashboard, and the README's metrics computed
-//! independently of the aggregate plugin.
+//! a headless Chromium for the dashboard, and the metrics of
+//! docs/aggregates.md computed independently of the aggregate plugin.
 //!
 //! Helpers only tests call panic, as a test would; what the benchmark calls
 //! returns errors, so one failing arm does not end the run.
@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 mod broker;
 pub mod browser;
 mod db;
+mod fixture;
 mod host;
 mod logs;
 pub mod mmdb;
@@ -28,6 +29,7 @@ mod services;
 
 pub use broker::PrivateBroker;
 pub use db::{aggregation_caught_up, connect_server, count, create_database, drop_database, fresh_database, reconciled, unique, DbError};
+pub use fixture::{pool, Fixture};
 pub use host::{host_binary, Host, HostError};
 pub use logs::{init_logs, tail};
 pub use pipeline::{city_db, load_config, set_chain, set_source_key, try_load_config, use_plugin, write_pipeline, GEOIP_DATABASES};

@@ -3,9 +3,9 @@
 
 Reads {"databases": [path, ...], "addresses": [text, ...]} on stdin and
 prints one answer per address: null, or {"country": ..., "city": ...}.
-The rule is the README's: the databases in order, the country from the
-first that has one, the city from the first that has one. An address is the
-text with surrounding whitespace removed; ::ffff:a.b.c.d is a.b.c.d.
+The rule is docs/configuration.md's (`geoip.databases`): the databases in
+order, the country from the first that has one, the city from the first
+that has one. An address is the text with surrounding whitespace removed; ::ffff:a.b.c.d is a.b.c.d.
 """
 import ipaddress
 import json

@@ -1,19 +1,17 @@
 //! The aggregate plugin: clicks, exact unique users and time on page per
 //! (window, normalised URL, country).
 //!
-//! The metric definitions live in the README ("Metrics"); this is their one
+//! The metric definitions live in docs/aggregates.md; this is their one
 //! implementation. [`WindowRun`] is plain Rust, unit-tested natively; the
 //! component export at the bottom is a thin shell around it.
 
 use std::collections::HashMap;
 
-wit_bindgen::generate!({
-    world: "aggregator",
-    path: "../../wit/v0.1.0",
-    additional_derives: [PartialEq],
-});
+use std::collections::BTreeMap;
 
-pub use clickstream::pipeline::types::{AggregateParams, AggregateRow, StoredClick};
+use clickstream_plugin::{export_aggregator, Aggregator};
+
+pub use clickstream_plugin::{AggregateParams, AggregateRow, StoredClick};
 
 /// Plugin name, reported to the host.
 pub const NAME: &str = "aggregate";
@@ -175,70 +173,59 @@ impl WindowRun {
     }
 }
 
-#[cfg(target_arch = "wasm32")]
-mod component {
-    use super::*;
-    use exports::clickstream::pipeline::aggregation::{Guest as AggregationGuest, GuestWindowRun};
-    use std::cell::{Cell, RefCell};
+/// The aggregation, as the host loads it.
+pub struct Aggregate;
 
-    struct Plugin;
+impl Aggregator for Aggregate {
+    const NAME: &'static str = NAME;
+    /// None are taken; read as a map only to say where they belong.
+    type Settings = BTreeMap<String, String>;
+    type Run = Run;
 
-    impl Guest for Plugin {
-        fn name() -> String {
-            NAME.into()
-        }
-
-        fn version() -> String {
-            VERSION.into()
-        }
-
-        fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
-            match settings.first() {
-                None => Ok(()),
-                Some((key, _)) => Err(format!(
-                    "unknown setting `{key}`: the aggregate plugin takes no settings; \
-                     window_secs, session_timeout_secs and keep_query live in [aggregate]"
-                )),
-            }
+    fn new(settings: BTreeMap<String, String>) -> Result<Self, String> {
+        match settings.keys().next() {
+            None => Ok(Aggregate),
+            Some(key) => Err(format!(
+                "unknown setting `{key}`: the aggregate plugin takes no settings; \
+                 window_secs, session_timeout_secs and keep_query live in [aggregate]"
+            )),
         }
     }
 
-    impl AggregationGuest for Plugin {
-        type WindowRun = Run;
+    fn run(&self, params: AggregateParams, from_ms: i64, to_ms: i64) -> Run {
+        Run { run: WindowRun::new(params, from_ms, to_ms), bad_row: false }
     }
-
-    /// The run, and (in the `poison` build) whether it saw a `/bad-row` click.
-    struct Run(RefCell<WindowRun>, Cell<bool>);
-
-    impl GuestWindowRun for Run {
-        fn new(params: AggregateParams, from_ms: i64, to_ms: i64) -> Self {
-            Run(RefCell::new(WindowRun::new(params, from_ms, to_ms)), Cell::new(false))
-        }
-
-        fn push(&self, batch: Vec<StoredClick>) -> Result<(), String> {
-            if cfg!(feature = "poison") && batch.iter().any(|c| c.url.contains("/trap-aggregate")) {
-                panic!("built to trap on /trap-aggregate");
-            }
-            if cfg!(feature = "poison") && batch.iter().any(|c| c.url.contains("/bad-row")) {
-                self.1.set(true);
-            }
-            self.0.borrow_mut().push(batch).map_err(|e| e.0)
-        }
-
-        fn finish(&self) -> Vec<AggregateRow> {
-            let mut run = self.0.borrow_mut();
-            let mut rows = run.finish();
-            if let (true, Some(first)) = (self.1.get(), rows.first()) {
-                // A row for a window the run was not asked about.
-                let stray = AggregateRow { window_start_ms: run.to_ms, ..first.clone() };
-                rows.push(stray);
-            }
-            rows
-        }
-    }
-
-    export!(Plugin with_types_in crate);
 }
+
+/// A [`WindowRun`], and (in the `poison` build) whether it saw a `/bad-row` click.
+pub struct Run {
+    run: WindowRun,
+    bad_row: bool,
+}
+
+impl clickstream_plugin::WindowRun for Run {
+    fn push(&mut self, batch: Vec<StoredClick>) -> Result<(), String> {
+        if cfg!(feature = "poison") && batch.iter().any(|c| c.url.contains("/trap-aggregate")) {
+            panic!("built to trap on /trap-aggregate");
+        }
+        if cfg!(feature = "poison") && batch.iter().any(|c| c.url.contains("/bad-row")) {
+            self.bad_row = true;
+        }
+        self.run.push(batch).map_err(|e| e.0)
+    }
+
+    fn finish(&mut self) -> Vec<AggregateRow> {
+        let mut rows = self.run.finish();
+        if let (true, Some(first)) = (self.bad_row, rows.first()) {
+            // A row for a window the run was not asked about.
+            let stray = AggregateRow { window_start_ms: self.run.to_ms, ..first.clone() };
+            rows.push(stray);
+        }
+        rows
+    }
+}
+
+export_aggregator!(Aggregate, version = VERSION);
 
 #[cfg(test)]
 mod tests {

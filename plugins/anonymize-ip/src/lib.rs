@@ -9,21 +9,15 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-wit_bindgen::generate!({
-    world: "transformer",
-    path: "../../wit/v0.2.0",
-});
-
-pub use clickstream::pipeline::types::Rejection;
+use clickstream_plugin::{export_transformer, Event, Outcome, Transformer};
+use serde::Deserialize;
 
 /// Plugin name, reported to the host.
 pub const NAME: &str = "anonymize-ip";
 
-/// Plugin version, recorded in the chain of every event it keeps.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
 /// What to do with an `ip` that is not an address.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Invalid {
     /// Store it empty.
     #[default]
@@ -35,13 +29,14 @@ pub enum Invalid {
 }
 
 /// Settings from the transform's `settings` table in pipeline.toml.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Leading bits of an IPv4 address kept (0–32).
     pub ipv4_prefix: u8,
     /// Leading bits of an IPv6 address kept (0–128).
     pub ipv6_prefix: u8,
-    /// What to do with text that is not an address.
+    /// What to do with text that is not an address: `clear`, `keep` or `reject`.
     pub invalid: Invalid,
 }
 
@@ -52,37 +47,34 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Parses the settings table; unknown keys and out-of-range values are
-    /// refused with what is accepted.
-    pub fn parse(pairs: &[(String, String)]) -> Result<Settings, String> {
-        let mut settings = Settings::default();
-        let bits = |key: &str, value: &str, max: u8| match value.trim().parse::<u8>() {
-            Ok(n) if n <= max => Ok(n),
-            _ => Err(format!("{key} = `{value}`: expected a number of bits from 0 to {max}")),
-        };
-        for (key, value) in pairs {
-            match key.as_str() {
-                "ipv4_prefix" => settings.ipv4_prefix = bits(key, value, 32)?,
-                "ipv6_prefix" => settings.ipv6_prefix = bits(key, value, 128)?,
-                "invalid" => {
-                    settings.invalid = match value.trim() {
-                        "clear" => Invalid::Clear,
-                        "keep" => Invalid::Keep,
-                        "reject" => Invalid::Reject,
-                        other => return Err(format!("invalid = `{other}`: expected `clear`, `keep` or `reject`")),
-                    }
-                }
-                other => {
-                    return Err(format!(
-                        "unknown setting `{other}`; the anonymize-ip plugin accepts: ipv4_prefix (default 24), \
-                         ipv6_prefix (default 48), invalid (clear, keep or reject; default clear)"
-                    ))
-                }
+    /// Refuses a prefix longer than its address.
+    pub fn checked(self) -> Result<Settings, String> {
+        for (key, bits, max) in [("ipv4_prefix", self.ipv4_prefix, 32), ("ipv6_prefix", self.ipv6_prefix, 128)] {
+            if bits > max {
+                return Err(format!("{key} = `{bits}`: expected a number of bits from 0 to {max}"));
             }
         }
-        Ok(settings)
+        Ok(self)
     }
 }
+
+/// The transform: its settings.
+pub struct AnonymizeIp(pub Settings);
+
+impl Transformer for AnonymizeIp {
+    const NAME: &'static str = NAME;
+    type Settings = Settings;
+
+    fn new(settings: Settings) -> Result<Self, String> {
+        settings.checked().map(AnonymizeIp)
+    }
+
+    fn transform(&mut self, batch: Vec<Event>) -> Vec<Outcome> {
+        transform_batch(batch, &self.0)
+    }
+}
+
+export_transformer!(AnonymizeIp);
 
 /// Transforms a batch: one outcome per input, in order.
 pub fn transform_batch(batch: Vec<Event>, settings: &Settings) -> Vec<Outcome> {
@@ -106,7 +98,7 @@ pub fn transform_one(mut event: Event, settings: &Settings) -> Outcome {
                 Outcome::Keep(event)
             }
             Invalid::Keep => Outcome::Keep(event),
-            Invalid::Reject => Outcome::Reject(Rejection { field: Some("ip".into()), reason: "ip is not an IPv4 or IPv6 address".into() }),
+            Invalid::Reject => Outcome::reject("ip", "ip is not an IPv4 or IPv6 address"),
         },
     }
 }
@@ -131,58 +123,21 @@ fn cut_v4(ip: Ipv4Addr, prefix: u8) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(ip) & mask)
 }
 
-#[cfg(target_arch = "wasm32")]
-mod component {
-    use super::*;
-    use std::sync::Mutex;
-
-    static SETTINGS: Mutex<Option<Settings>> = Mutex::new(None);
-
-    struct Plugin;
-
-    impl Guest for Plugin {
-        fn name() -> String {
-            NAME.into()
-        }
-
-        fn version() -> String {
-            VERSION.into()
-        }
-
-        fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
-            *SETTINGS.lock().unwrap_or_else(|e| e.into_inner()) = Some(Settings::parse(&settings)?);
-            Ok(())
-        }
-
-        fn transform(batch: Vec<Event>) -> Vec<Outcome> {
-            let settings = SETTINGS.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or_default();
-            transform_batch(batch, &settings)
-        }
-    }
-
-    export!(Plugin with_types_in crate);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clickstream_plugin::settings::from_pairs;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Settings, String> {
+        from_pairs::<Settings>(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).and_then(Settings::checked)
+    }
 
     fn event(ip: &str) -> Event {
         Event {
-            event_id: "e1".into(),
-            user_id: "u1".into(),
-            timestamp_ms: 1,
-            url: "https://shop.example/".into(),
             ip: ip.into(),
-            user_agent: String::new(),
-            referrer: None,
-            session_id: None,
             country: Some("GB".into()),
             city: Some("London".into()),
-            browser: None,
-            os: None,
-            device: None,
-            attributes: Vec::new(),
+            ..Event::new("e1", "u1", 1, "https://shop.example/")
         }
     }
 
@@ -212,10 +167,10 @@ mod tests {
 
     #[test]
     fn prefixes_are_configurable_to_the_edges() {
-        let s = Settings::parse(&[("ipv4_prefix".into(), "16".into()), ("ipv6_prefix".into(), "0".into())]).unwrap();
+        let s = parse(&[("ipv4_prefix", "16"), ("ipv6_prefix", "0")]).unwrap();
         assert_eq!(ip_after("81.2.69.142", &s), "81.2.0.0");
         assert_eq!(ip_after("2001:db8::1", &s), "::");
-        let all = Settings::parse(&[("ipv4_prefix".into(), "32".into()), ("ipv6_prefix".into(), "128".into())]).unwrap();
+        let all = parse(&[("ipv4_prefix", "32"), ("ipv6_prefix", "128")]).unwrap();
         assert_eq!(ip_after("81.2.69.142", &all), "81.2.69.142");
         assert_eq!(ip_after("2001:db8::1", &all), "2001:db8::1");
     }
@@ -235,10 +190,12 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused_with_what_is_accepted() {
-        assert!(Settings::parse(&[("ipv4_prefix".into(), "33".into())]).unwrap_err().contains("0 to 32"));
-        assert!(Settings::parse(&[("ipv6_prefix".into(), "-1".into())]).unwrap_err().contains("0 to 128"));
-        assert!(Settings::parse(&[("invalid".into(), "drop".into())]).unwrap_err().contains("`clear`"));
-        assert!(Settings::parse(&[("prefix".into(), "8".into())]).unwrap_err().contains("ipv4_prefix"));
+        assert!(parse(&[("ipv4_prefix", "33")]).unwrap_err().contains("0 to 32"));
+        assert!(parse(&[("ipv6_prefix", "129")]).unwrap_err().contains("0 to 128"));
+        assert!(parse(&[("ipv6_prefix", "-1")]).unwrap_err().starts_with("ipv6_prefix = `-1`: expected a whole number"));
+        assert!(parse(&[("invalid", "drop")]).unwrap_err().contains("`clear`"));
+        assert!(parse(&[("prefix", "8")]).unwrap_err().contains("ipv4_prefix"));
+        assert_eq!(parse(&[]).unwrap(), Settings::default());
     }
 
     #[test]

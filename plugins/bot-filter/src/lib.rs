@@ -7,26 +7,24 @@
 
 use foldhash::{HashMap, HashMapExt};
 
-wit_bindgen::generate!({
-    world: "transformer",
-    path: "../../wit/v0.2.0",
-});
+use clickstream_plugin::{export_transformer, Transformer};
+use serde::{Deserialize, Deserializer};
 
-pub use clickstream::pipeline::types::DeviceClass;
+pub use clickstream_plugin::{DeviceClass, Event, Outcome};
 
 /// Plugin name, reported to the host.
 pub const NAME: &str = "bot-filter";
-
-/// Plugin version, recorded in the chain of every event it keeps.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Automation clients that user-agent parsers do not call crawlers.
 pub const DEFAULT_MARKERS: &[&str] = &["headlesschrome", "phantomjs", "python-requests", "go-http-client", "curl/", "wget/", "scrapy"];
 
 /// Settings from the transform's `settings` table in pipeline.toml.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    /// Lower-cased user-agent substrings that mark a bot.
+    /// User-agent substrings that mark a bot: comma-separated, matched
+    /// without regard to case.
+    #[serde(deserialize_with = "lower_case")]
     pub markers: Vec<String>,
     /// Whether events an earlier transform classified as `bot` are dropped.
     pub drop_classified: bool,
@@ -38,33 +36,14 @@ impl Default for Settings {
     }
 }
 
+fn lower_case<'de, D: Deserializer<'de>>(markers: D) -> Result<Vec<String>, D::Error> {
+    Ok(Vec::<String>::deserialize(markers)?.into_iter().map(|m| m.to_ascii_lowercase()).collect())
+}
+
 impl Settings {
-    /// Parses the settings table; unknown keys and bad values are refused
-    /// with what is accepted.
+    /// Reads the settings table; an unknown key or a bad value is refused by name.
     pub fn parse(pairs: &[(String, String)]) -> Result<Settings, String> {
-        let mut settings = Settings::default();
-        for (key, value) in pairs {
-            match key.as_str() {
-                "markers" => {
-                    settings.markers = value.split(',').map(|m| m.trim().to_ascii_lowercase()).filter(|m| !m.is_empty()).collect();
-                }
-                "drop_classified" => {
-                    settings.drop_classified = match value.trim() {
-                        "true" => true,
-                        "false" => false,
-                        other => return Err(format!("drop_classified = `{other}`: expected `true` or `false`")),
-                    }
-                }
-                other => {
-                    return Err(format!(
-                        "unknown setting `{other}`; the bot-filter plugin accepts: markers (comma-separated \
-                         user-agent substrings; default {}), drop_classified (true or false; default true)",
-                        DEFAULT_MARKERS.join(",")
-                    ))
-                }
-            }
-        }
-        Ok(settings)
+        clickstream_plugin::settings::from_pairs(pairs.to_vec())
     }
 
     /// Why an event with this user agent and device is a bot's, if it is.
@@ -100,38 +79,23 @@ pub fn transform_batch(batch: Vec<Event>, settings: &Settings) -> Vec<Outcome> {
         .collect()
 }
 
-#[cfg(target_arch = "wasm32")]
-mod component {
-    use super::*;
-    use std::sync::Mutex;
+/// The transform: its settings.
+pub struct BotFilter(pub Settings);
 
-    static SETTINGS: Mutex<Option<Settings>> = Mutex::new(None);
+impl Transformer for BotFilter {
+    const NAME: &'static str = NAME;
+    type Settings = Settings;
 
-    struct Plugin;
-
-    impl Guest for Plugin {
-        fn name() -> String {
-            NAME.into()
-        }
-
-        fn version() -> String {
-            VERSION.into()
-        }
-
-        fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
-            *SETTINGS.lock().unwrap_or_else(|e| e.into_inner()) = Some(Settings::parse(&settings)?);
-            Ok(())
-        }
-
-        fn transform(batch: Vec<Event>) -> Vec<Outcome> {
-            let settings = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
-            let default = Settings::default();
-            transform_batch(batch, settings.as_ref().unwrap_or(&default))
-        }
+    fn new(settings: Settings) -> Result<Self, String> {
+        Ok(BotFilter(settings))
     }
 
-    export!(Plugin with_types_in crate);
+    fn transform(&mut self, batch: Vec<Event>) -> Vec<Outcome> {
+        transform_batch(batch, &self.0)
+    }
 }
+
+export_transformer!(BotFilter);
 
 #[cfg(test)]
 mod tests {
@@ -139,20 +103,10 @@ mod tests {
 
     fn event(user: &str, ua: &str, device: Option<DeviceClass>) -> Event {
         Event {
-            event_id: format!("e-{user}"),
-            user_id: user.into(),
-            timestamp_ms: 1,
-            url: "https://shop.example/".into(),
             ip: "81.2.69.142".into(),
             user_agent: ua.into(),
-            referrer: None,
-            session_id: None,
-            country: None,
-            city: None,
-            browser: None,
-            os: None,
             device,
-            attributes: Vec::new(),
+            ..Event::new(format!("e-{user}"), user, 1, "https://shop.example/")
         }
     }
 

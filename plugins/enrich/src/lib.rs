@@ -10,14 +10,10 @@ use std::net::IpAddr;
 
 use foldhash::{HashMap, HashMapExt};
 
-wit_bindgen::generate!({
-    world: "transformer",
-    path: "../../wit/v0.2.0",
-    additional_derives: [PartialEq, Clone],
-});
+use clickstream_plugin::{export_transformer, Transformer};
+use serde::{Deserialize, Deserializer};
 
-pub use clickstream::pipeline::geoip::Location;
-pub use clickstream::pipeline::types::{DeviceClass, Rejection};
+pub use clickstream_plugin::{Attribute, DeviceClass, Event, Location, Outcome, Rejection, Value};
 
 /// Plugin name, reported to the host.
 pub const NAME: &str = "enrich";
@@ -36,34 +32,26 @@ pub const VERSION: &str = match option_env!("CLICKSTREAM_PLUGIN_VERSION") {
 pub const UNKNOWN: &str = "unknown";
 
 /// Settings from the transform's `settings` table in pipeline.toml.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    /// Lower-cased substrings that mark a user agent as a bot, on top of the
-    /// crawlers the parser knows (e.g. an in-house uptime monitor).
+    /// Substrings that mark a user agent as a bot, on top of the crawlers
+    /// the parser knows (e.g. an in-house uptime monitor): comma-separated,
+    /// matched without regard to case.
+    #[serde(deserialize_with = "lower_case")]
     pub extra_bot_markers: Vec<String>,
 }
 
 impl Settings {
-    /// Parses the settings table; unknown keys are refused so a typo is not
-    /// silently ignored.
+    /// Reads the settings table; an unknown key is refused by name, so a
+    /// typo is not silently ignored.
     pub fn parse(pairs: &[(String, String)]) -> Result<Settings, String> {
-        let mut settings = Settings::default();
-        for (key, value) in pairs {
-            match key.as_str() {
-                "extra_bot_markers" => {
-                    settings.extra_bot_markers =
-                        value.split(',').map(|m| m.trim().to_ascii_lowercase()).filter(|m| !m.is_empty()).collect();
-                }
-                other => {
-                    return Err(format!(
-                        "unknown setting `{other}`; the enrich plugin accepts: extra_bot_markers \
-                         (comma-separated user-agent substrings to classify as bots)"
-                    ))
-                }
-            }
-        }
-        Ok(settings)
+        clickstream_plugin::settings::from_pairs(pairs.to_vec())
     }
+}
+
+fn lower_case<'de, D: Deserializer<'de>>(markers: D) -> Result<Vec<String>, D::Error> {
+    Ok(Vec::<String>::deserialize(markers)?.into_iter().map(|m| m.to_ascii_lowercase()).collect())
 }
 
 /// User agents whose parse is kept across batches, at most: a clickstream
@@ -242,38 +230,20 @@ pub fn parse_user_agent(user_agent: &str, settings: &Settings) -> Agent {
     Agent { browser, os, device }
 }
 
-#[cfg(target_arch = "wasm32")]
-mod component {
-    use super::*;
-    use std::sync::Mutex;
+impl Transformer for Enricher {
+    const NAME: &'static str = NAME;
+    type Settings = Settings;
 
-    static ENRICHER: Mutex<Option<Enricher>> = Mutex::new(None);
-
-    struct Plugin;
-
-    impl Guest for Plugin {
-        fn name() -> String {
-            NAME.into()
-        }
-
-        fn version() -> String {
-            VERSION.into()
-        }
-
-        fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
-            let parsed = Settings::parse(&settings)?;
-            *ENRICHER.lock().unwrap_or_else(|e| e.into_inner()) = Some(Enricher::new(parsed));
-            Ok(())
-        }
-
-        fn transform(batch: Vec<Event>) -> Vec<Outcome> {
-            let mut enricher = ENRICHER.lock().unwrap_or_else(|e| e.into_inner());
-            enricher.get_or_insert_with(Enricher::default).transform_batch(batch, clickstream::pipeline::geoip::lookup_batch)
-        }
+    fn new(settings: Settings) -> Result<Self, String> {
+        Ok(Enricher::new(settings))
     }
 
-    export!(Plugin with_types_in crate);
+    fn transform(&mut self, batch: Vec<Event>) -> Vec<Outcome> {
+        self.transform_batch(batch, clickstream_plugin::geoip::lookup_batch)
+    }
 }
+
+export_transformer!(Enricher, version = VERSION);
 
 #[cfg(test)]
 mod tests {
@@ -289,22 +259,7 @@ mod tests {
     const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
 
     fn click(user: &str, ts: i64, ip: &str, ua: &str) -> Event {
-        Event {
-            event_id: format!("e-{user}-{ts}"),
-            user_id: user.into(),
-            timestamp_ms: ts,
-            url: "https://shop.example/cart".into(),
-            ip: ip.into(),
-            user_agent: ua.into(),
-            referrer: None,
-            session_id: None,
-            country: None,
-            city: None,
-            browser: None,
-            os: None,
-            device: None,
-            attributes: Vec::new(),
-        }
+        Event { ip: ip.into(), user_agent: ua.into(), ..Event::new(format!("e-{user}-{ts}"), user, ts, "https://shop.example/cart") }
     }
 
     fn kept(outcome: Outcome) -> Event {
@@ -453,10 +408,7 @@ mod tests {
     #[test]
     fn attributes_and_fields_it_does_not_own_pass_through() {
         let mut event = click("a", 1, "81.2.69.142", CHROME_WINDOWS);
-        event.attributes.push(clickstream::pipeline::types::Attribute {
-            key: "utm_source".into(),
-            value: clickstream::pipeline::types::Value::Str("mail".into()),
-        });
+        event.attributes.push(Attribute { key: "utm_source".into(), value: Value::Str("mail".into()) });
         event.referrer = Some("https://ref.example/".into());
         let out = kept(transform_one(event.clone(), &Settings::default(), geo));
         assert_eq!((out.attributes, out.referrer, out.url), (event.attributes, event.referrer, event.url));

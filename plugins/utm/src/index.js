@@ -5,7 +5,7 @@
 // read them. It keeps every event: a click without a campaign is still a click.
 //
 // Written in plain JavaScript against the contract's `transformer` world
-// (wit/v0.2.0): the exports are the world's functions in camelCase, a
+// (sdk/rust/wit/v0.2.0): the exports are the world's functions in camelCase, a
 // variant is `{ tag, val }`, and `configure` refuses a setting by throwing a
 // string.
 

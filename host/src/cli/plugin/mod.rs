@@ -99,8 +99,10 @@ pub enum Command {
         /// to those of fixtures/settings.toml.
         #[arg(long = "setting", value_parser = parse_setting)]
         settings: Vec<(String, String)>,
-        /// GeoIP databases for the `geoip` import (default: those of
-        /// ./pipeline.toml when present, else none).
+        /// GeoIP databases for the `geoip` import (default: those the
+        /// `[geoip] databases` of fixtures/settings.toml lists, else none;
+        /// never those of a pipeline.toml, so the answer is the same
+        /// wherever the command runs).
         #[arg(long = "geoip")]
         geoip: Vec<PathBuf>,
     },

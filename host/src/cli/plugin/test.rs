@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use clickstream::plugin::geoip::GeoIp;
 use clickstream::plugin::instance::target_of;
 use clickstream::plugin::wit::World;
 use clickstream::plugin::{PluginLimits, PluginSpec};
@@ -15,7 +16,7 @@ use clickstream::stages::record::{attributes_json, AggregateRow, Event, WriteBat
 use clickstream::stages::transform::load_chain;
 use serde_json::{json, Map, Value};
 
-use super::check::{aggregate, open_geoip, read_events, run_chain};
+use super::check::{aggregate, read_events, run_chain};
 use super::project::Project;
 
 const INPUT: &str = "fixtures/in.ndjson";
@@ -28,8 +29,11 @@ pub fn test(dir: &Path, bless: bool, extra: Vec<(String, String)>, geoip: &[Path
     let project = Project::open(dir)?;
     let wasm = project.wasm();
     anyhow::ensure!(wasm.is_file(), "no build at {}: run `clickstream plugin build {}` first", wasm.display(), dir.display());
-    let mut settings = fixture_settings(&project.file(SETTINGS))?;
+    let FixtureSettings { mut settings, geoip: fixture_geoip } = fixture_settings(&project.file(SETTINGS))?;
     settings.extend(extra);
+    // The fixtures' own GeoIP data, never the databases of a pipeline.toml
+    // where the command happens to run: a test gives one answer anywhere.
+    let geoip = if geoip.is_empty() { fixture_geoip } else { geoip.to_vec() };
     let spec = PluginSpec { slot: project.name.clone(), path: wasm.clone(), settings, limits: PluginLimits::default() };
     let input = project.file(INPUT);
     let events = read_events(&input)?;
@@ -40,7 +44,8 @@ pub fn test(dir: &Path, bless: bool, extra: Vec<(String, String)>, geoip: &[Path
             rows.iter().map(|r| format!("row window {} url {} country {}", r.window_start_ms, r.url, r.country)).collect();
         (info, rows.iter().map(row).collect::<Vec<_>>(), keys, "rows")
     } else {
-        let chain = load_chain(vec![spec], &Arc::new(open_geoip(geoip, None)?))?;
+        let geoip = if geoip.is_empty() { GeoIp::empty() } else { GeoIp::open(&geoip)? };
+        let chain = load_chain(vec![spec], &Arc::new(geoip))?;
         let info = chain[0].current().info.clone();
         let keys = ids.iter().enumerate().map(|(n, id)| format!("event {id} ({INPUT} line {})", n + 1)).collect();
         (info, outcomes(&run_chain(chain, events), &ids), keys, "outcomes")
@@ -69,15 +74,28 @@ pub fn test(dir: &Path, bless: bool, extra: Vec<(String, String)>, geoip: &[Path
     )
 }
 
-/// `key = value` pairs of the fixture's settings file, when there is one.
-fn fixture_settings(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+/// What the fixture's settings file holds.
+struct FixtureSettings {
+    /// Its `key = value` pairs, for `configure`.
+    settings: Vec<(String, String)>,
+    /// The databases its `[geoip] databases` lists (relative to the
+    /// project); none when it has no such table: lookups then find nothing.
+    geoip: Vec<PathBuf>,
+}
+
+/// Reads the fixture's settings file; an absent one holds nothing.
+fn fixture_settings(path: &Path) -> anyhow::Result<FixtureSettings> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FixtureSettings { settings: Vec::new(), geoip: Vec::new() }),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let table: toml::Table = text.parse().with_context(|| format!("{} is not valid TOML", path.display()))?;
-    table
+    let mut table: toml::Table = text.parse().with_context(|| format!("{} is not valid TOML", path.display()))?;
+    let geoip = match table.remove("geoip") {
+        None => Vec::new(),
+        Some(geoip) => fixture_geoip(path, geoip)?,
+    };
+    let settings = table
         .into_iter()
         .map(|(key, value)| {
             let value = match value {
@@ -87,7 +105,21 @@ fn fixture_settings(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
             };
             Ok((key, value))
         })
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    Ok(FixtureSettings { settings, geoip })
+}
+
+/// The `[geoip]` table of the fixture's settings file: `databases`, a list
+/// of MMDB files relative to the project.
+fn fixture_geoip(path: &Path, geoip: toml::Value) -> anyhow::Result<Vec<PathBuf>> {
+    let refuse =
+        || anyhow::anyhow!("{}: [geoip] takes one key, `databases = [\"file.mmdb\", ...]` (relative to the project)", path.display());
+    let toml::Value::Table(mut table) = geoip else { return Err(refuse()) };
+    let databases = table.remove("databases").ok_or_else(refuse)?;
+    anyhow::ensure!(table.is_empty(), refuse());
+    let project = path.parent().and_then(Path::parent).unwrap_or(Path::new("."));
+    let toml::Value::Array(files) = databases else { return Err(refuse()) };
+    files.into_iter().map(|file| file.as_str().map(|f| project.join(f)).ok_or_else(refuse)).collect()
 }
 
 /// What became of each input event, in input order: `keep` with the fields

@@ -1,4 +1,4 @@
-//! `clickstream:pipeline@0.1.0` (`wit/v0.1.0/`, frozen): bindings for both
+//! `clickstream:pipeline@0.1.0` (`sdk/rust/wit/v0.1.0/`, frozen): bindings for both
 //! of its worlds, the host's side of its imports, and the conversions
 //! between its types and the host's records.
 
@@ -16,7 +16,7 @@ pub const MIN_VERSION: Version = Version(0, 1, 0);
 pub(in crate::plugin) mod enricher {
     wasmtime::component::bindgen!({
         world: "enricher",
-        path: "../wit/v0.1.0",
+        path: "../sdk/rust/wit/v0.1.0",
     });
 }
 
@@ -24,7 +24,7 @@ pub(in crate::plugin) mod enricher {
 pub(in crate::plugin) mod aggregator {
     wasmtime::component::bindgen!({
         world: "aggregator",
-        path: "../wit/v0.1.0",
+        path: "../sdk/rust/wit/v0.1.0",
     });
 }
 

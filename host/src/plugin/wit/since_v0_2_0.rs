@@ -1,4 +1,4 @@
-//! `clickstream:pipeline@0.2.0` (`wit/v0.2.0/`, frozen): the `transformer`
+//! `clickstream:pipeline@0.2.0` (`sdk/rust/wit/v0.2.0/`, frozen): the `transformer`
 //! world, the host's side of its batch imports (`geoip.lookup-batch`, a
 //! rate-limited `log`), and the conversions between its types and the
 //! host's records.
@@ -20,7 +20,7 @@ pub const MIN_VERSION: Version = Version(0, 2, 0);
 pub(in crate::plugin) mod transformer {
     wasmtime::component::bindgen!({
         world: "transformer",
-        path: "../wit/v0.2.0",
+        path: "../sdk/rust/wit/v0.2.0",
     });
 }
 

@@ -6,52 +6,46 @@ and city of the client address when no earlier transform set them, drops
 health checks, and rejects URLs that are neither http(s) nor a path. Edit
 `transform_one`, then run `clickstream plugin build` and `clickstream plugin test`.
 
-The world's functions are the methods of the `WitWorld` class; a variant
-case is a class (`Outcome_Keep(event)`), an option is a value or `None`,
-and `configure` refuses a setting by raising `Err(message)`.
+The world's functions are the methods of the `WitWorld` class, which
+`Transformer` (clickstream_plugin.py) makes from NAME, VERSION and SETTINGS;
+a record is a dataclass with snake_case fields, an option is a value or
+`None`, and an outcome is `keep(event)`, `drop(reason)` or `reject(field, reason)`.
 """
 
 import re
 
-import wit_world
-from componentize_py_types import Err
+from clickstream_plugin import Transformer, drop, keep, reject, set_attribute
 from wit_world.imports import geoip
-from wit_world.imports.types import Attribute, Outcome_Drop, Outcome_Keep, Outcome_Reject, Rejection, Value_Str
 
 
-class WitWorld(wit_world.WitWorld):
-    def name(self) -> str:
-        return "{{name}}"
-
-    def version(self) -> str:
-        return "0.1.0"
-
-    def configure(self, settings):
-        """The `settings` table of this transform in pipeline.toml, as
-        (key, value) pairs. Refuse what you do not know: the host then
-        refuses the plugin with the message."""
-        if settings:
-            raise Err(f"unknown setting `{settings[0][0]}`: {{name}} takes none")
+class WitWorld(Transformer):
+    NAME = "{{name}}"
+    VERSION = "0.1.0"
+    # The `settings` table of this transform in pipeline.toml, each key with
+    # its default; the text there is read as the default's type (here a
+    # comma-separated list: `settings = { health_paths = "/health,/ping" }`).
+    # Any other key refuses the plugin, naming it.
+    SETTINGS = {"health_paths": ["/health"]}
 
     def transform(self, batch):
         """One outcome per event, in order. The GeoIP lookup is one call for
         the whole batch: each call crosses the sandbox boundary."""
         places = geoip.lookup_batch([event.ip for event in batch])
-        return [transform_one(event, place) for event, place in zip(batch, places)]
+        return [transform_one(event, place, self.settings) for event, place in zip(batch, places)]
 
 
-def transform_one(event, place):
+def transform_one(event, place, settings):
     path = path_of(event.url)
     if path is None:
-        return Outcome_Reject(Rejection(field="url", reason="neither an http(s) URL nor a path"))
-    if path.startswith("/health"):
-        return Outcome_Drop("health check")
+        return reject("url", "neither an http(s) URL nor a path")
+    if any(path.startswith(prefix) for prefix in settings.health_paths):
+        return drop("health check")
     section = re.split(r"[/?#]", path.lstrip("/"))[0] or "home"
-    event.attributes.append(Attribute(key="section", value=Value_Str(section)))
+    set_attribute(event, "section", section)
     if event.country is None and place is not None:
         event.country = place.country
         event.city = place.city
-    return Outcome_Keep(event)
+    return keep(event)
 
 
 def path_of(url):

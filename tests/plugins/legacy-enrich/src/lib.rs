@@ -7,13 +7,13 @@
 //! Its logic is deliberately small: country and city from the host's
 //! geoip, the browser from the user agent's first product token, `bot` for
 //! user agents containing `bot`, and an error for an empty url.
+//!
+//! The SDK's raw bindings for the frozen world, as such a plugin is kept
+//! building: no trait covers a superseded world.
 
-wit_bindgen::generate!({
-    world: "enricher",
-    path: "../../../wit/v0.1.0",
-});
-
-use clickstream::pipeline::types::DeviceClass;
+use clickstream_plugin::v0_1::enricher::clickstream::pipeline::geoip;
+use clickstream_plugin::v0_1::enricher::clickstream::pipeline::types::{DeviceClass, EnrichError, EnrichedClick, RawClick};
+use clickstream_plugin::v0_1::enricher::{export_enricher_v0_1, Guest};
 
 struct Plugin;
 
@@ -40,7 +40,7 @@ impl Guest for Plugin {
                 if raw.url.trim().is_empty() {
                     return Err(EnrichError { field: Some("url".into()), reason: "url is empty".into() });
                 }
-                let location = clickstream::pipeline::geoip::lookup(&raw.ip);
+                let location = geoip::lookup(&raw.ip);
                 let (country, city) = location
                     .map(|l| (l.country.unwrap_or_else(|| "unknown".into()), l.city.unwrap_or_else(|| "unknown".into())))
                     .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
@@ -52,4 +52,4 @@ impl Guest for Plugin {
     }
 }
 
-export!(Plugin);
+export_enricher_v0_1!(Plugin with_types_in clickstream_plugin::v0_1::enricher);

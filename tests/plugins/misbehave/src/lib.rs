@@ -23,33 +23,26 @@
 //!
 //! Every other event is kept with country and city from geoip.
 
-wit_bindgen::generate!({
-    world: "transformer",
-    path: "../../../wit/v0.2.0",
-});
+use std::collections::BTreeMap;
 
-use clickstream::pipeline::log::{log, Level};
-use clickstream::pipeline::types::{Attribute, Rejection, Value};
+use clickstream_plugin::log::{log, Level};
+use clickstream_plugin::{export_transformer, Attribute, Event, Outcome, Rejection, Transformer, Value};
 
-struct Plugin;
+struct Misbehave;
 
-impl Guest for Plugin {
-    fn name() -> String {
-        "misbehave".into()
-    }
+impl Transformer for Misbehave {
+    const NAME: &'static str = "misbehave";
+    /// Any key; `refuse = "why"` refuses the plugin with that message.
+    type Settings = BTreeMap<String, String>;
 
-    fn version() -> String {
-        "0.0.1-misbehave".into()
-    }
-
-    fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
-        match settings.iter().find(|(k, _)| k == "refuse") {
-            Some((_, why)) => Err(why.clone()),
-            None => Ok(()),
+    fn new(settings: BTreeMap<String, String>) -> Result<Self, String> {
+        match settings.get("refuse") {
+            Some(why) => Err(why.clone()),
+            None => Ok(Misbehave),
         }
     }
 
-    fn transform(batch: Vec<Event>) -> Vec<Outcome> {
+    fn transform(&mut self, batch: Vec<Event>) -> Vec<Outcome> {
         // The `always-trap` build fails every batch: a plugin that cannot
         // pass the golden batch a reload runs before swapping it in.
         if cfg!(feature = "always-trap") {
@@ -68,10 +61,10 @@ impl Guest for Plugin {
             let ips = aliases(&big, 200);
             // `ManuallyDrop<String>` is a `String` in memory.
             let ips: &[String] = unsafe { std::slice::from_raw_parts(ips.as_ptr().cast::<String>(), ips.len()) };
-            clickstream::pipeline::geoip::lookup_batch(ips);
+            clickstream_plugin::geoip::lookup_batch(ips);
         }
         let ips: Vec<String> = batch.iter().map(|e| e.ip.clone()).collect();
-        let locations = clickstream::pipeline::geoip::lookup_batch(&ips);
+        let locations = clickstream_plugin::geoip::lookup_batch(&ips);
         let batch_len = batch.len();
         let mut hoard: Vec<Vec<u8>> = Vec::new();
         let mut out: Vec<Outcome> = batch
@@ -151,4 +144,4 @@ fn aliases(text: &str, n: usize) -> Vec<std::mem::ManuallyDrop<String>> {
         .collect()
 }
 
-export!(Plugin);
+export_transformer!(Misbehave, version = "0.0.1-misbehave");

@@ -4,14 +4,10 @@
 //! outcome on every event. Change the two together.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
-wit_bindgen::generate!({ world: "transformer", path: "../../../wit/v0.2.0" });
-
-use clickstream::pipeline::log::{log, Level};
-use clickstream::pipeline::types::{Attribute, Value};
-
-const VERSION: &str = env!("CARGO_PKG_VERSION");
+use clickstream_plugin::log::{log, Level};
+use clickstream_plugin::{export_transformer, Event, Outcome, Transformer, Value};
+use serde::Deserialize;
 const PARAMETERS: [&str; 5] = ["utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content"];
 const SEARCH: &[&str] =
     &["google.", "bing.com", "duckduckgo.com", "search.yahoo.com", "yandex.", "baidu.com", "ecosia.org", "search.brave.com", "qwant.com"];
@@ -57,50 +53,47 @@ impl Default for Settings {
     }
 }
 
-static SETTINGS: Mutex<Option<Settings>> = Mutex::new(None);
+/// The `settings` table as written: the host lists extend the defaults.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Written {
+    internal_hosts: Vec<String>,
+    search_hosts: Vec<String>,
+    social_hosts: Vec<String>,
+    max_length: usize,
+    lowercase: bool,
+}
 
-struct Utm;
-
-impl Guest for Utm {
-    fn name() -> String {
-        "utm".into()
+impl Default for Written {
+    fn default() -> Self {
+        Written { internal_hosts: Vec::new(), search_hosts: Vec::new(), social_hosts: Vec::new(), max_length: 128, lowercase: true }
     }
+}
 
-    fn version() -> String {
-        format!("{VERSION}-rust")
-    }
+struct Utm(Settings);
 
-    fn configure(pairs: Vec<(String, String)>) -> Result<(), String> {
-        let mut next = Settings::default();
-        let hosts = |value: &str| value.split(',').map(|h| h.trim().to_lowercase()).filter(|h| !h.is_empty()).collect::<Vec<_>>();
-        for (key, value) in &pairs {
-            match key.as_str() {
-                "internal_hosts" => next.internal_hosts = hosts(value),
-                "search_hosts" => next.search.extend(hosts(value)),
-                "social_hosts" => next.social.extend(hosts(value)),
-                "max_length" => match value.trim().parse::<usize>() {
-                    Ok(n) if (1..=1024).contains(&n) => next.max_length = n,
-                    _ => return Err(format!("max_length = `{value}`: expected a whole number from 1 to 1024")),
-                },
-                "lowercase" => match value.trim() {
-                    "true" => next.lowercase = true,
-                    "false" => next.lowercase = false,
-                    _ => return Err(format!("lowercase = `{value}`: expected true or false")),
-                },
-                _ => {
-                    return Err(format!(
-                        "unknown setting `{key}`; the utm plugin accepts: internal_hosts, search_hosts, social_hosts, max_length (default 128), lowercase (default true)"
-                    ))
-                }
-            }
+impl Transformer for Utm {
+    const NAME: &'static str = "utm";
+    type Settings = Written;
+
+    fn new(written: Written) -> Result<Self, String> {
+        if !(1..=1024).contains(&written.max_length) {
+            return Err(format!("max_length = `{}`: expected a whole number from 1 to 1024", written.max_length));
         }
-        *SETTINGS.lock().unwrap() = Some(next);
-        Ok(())
+        let hosts = |list: Vec<String>| list.into_iter().map(|h| h.to_lowercase()).collect::<Vec<_>>();
+        let mut settings = Settings {
+            internal_hosts: hosts(written.internal_hosts),
+            max_length: written.max_length,
+            lowercase: written.lowercase,
+            ..Settings::default()
+        };
+        settings.search.extend(hosts(written.search_hosts));
+        settings.social.extend(hosts(written.social_hosts));
+        Ok(Utm(settings))
     }
 
-    fn transform(batch: Vec<Event>) -> Vec<Outcome> {
-        let mut guard = SETTINGS.lock().unwrap();
-        let settings = guard.get_or_insert_with(Settings::default);
+    fn transform(&mut self, batch: Vec<Event>) -> Vec<Outcome> {
+        let settings = &self.0;
         let mut undecodable = 0;
         let outcomes = batch
             .into_iter()
@@ -122,11 +115,13 @@ impl Guest for Utm {
                     } else {
                         value.clone()
                     };
-                    found.push(Attribute { key: name.into(), value: Value::Str(cut(value, settings.max_length)) });
+                    found.push((name, Value::Str(cut(value, settings.max_length))));
                 }
                 let class = referrer_class(event.referrer.as_deref(), &event.url, &query, settings);
-                found.push(Attribute { key: "referrer_class".into(), value: Value::Str(class.into()) });
-                merge(&mut event.attributes, found);
+                found.push(("referrer_class", Value::Str(class.into())));
+                for (key, value) in found {
+                    event.set_attribute(key, value);
+                }
                 Outcome::Keep(event)
             })
             .collect();
@@ -240,13 +235,4 @@ fn cut(value: String, max: usize) -> String {
     }
 }
 
-fn merge(attributes: &mut Vec<Attribute>, found: Vec<Attribute>) {
-    for attribute in found {
-        match attributes.iter_mut().find(|a| a.key == attribute.key) {
-            Some(existing) => *existing = attribute,
-            None => attributes.push(attribute),
-        }
-    }
-}
-
-export!(Utm);
+export_transformer!(Utm, version = concat!(env!("CARGO_PKG_VERSION"), "-rust"));

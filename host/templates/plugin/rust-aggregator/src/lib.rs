@@ -8,37 +8,28 @@
 //! Change `count` or `normalize_url`, then run `clickstream plugin build`
 //! and `clickstream plugin test`.
 
-wit_bindgen::generate!({ world: "aggregator", path: "wit" });
-
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 
-use clickstream::pipeline::types::{AggregateParams, AggregateRow, StoredClick};
-use exports::clickstream::pipeline::aggregation::{Guest as Aggregation, GuestWindowRun};
+use clickstream_plugin::settings::NoSettings;
+use clickstream_plugin::{export_aggregator, AggregateParams, AggregateRow, Aggregator, StoredClick, WindowRun};
 
 struct Plugin;
 
-impl Guest for Plugin {
-    fn name() -> String {
-        "{{name}}".into()
+impl Aggregator for Plugin {
+    const NAME: &'static str = "{{name}}";
+    /// The `[plugins.aggregate] settings` table of pipeline.toml: none. A
+    /// serde struct with `deny_unknown_fields` takes some, and refuses a
+    /// key it does not declare by name.
+    type Settings = NoSettings;
+    type Run = Run;
+
+    fn new(_settings: NoSettings) -> Result<Self, String> {
+        Ok(Plugin)
     }
 
-    fn version() -> String {
-        env!("CARGO_PKG_VERSION").into()
+    fn run(&self, params: AggregateParams, from_ms: i64, to_ms: i64) -> Run {
+        Run { params, from_ms, to_ms, groups: BTreeMap::new(), previous: None }
     }
-
-    /// The `[plugins.aggregate] settings` table of pipeline.toml. Refuse what
-    /// you do not know: the host then refuses the plugin with this message.
-    fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
-        match settings.first() {
-            None => Ok(()),
-            Some((key, _)) => Err(format!("unknown setting `{key}`: {{name}} takes none")),
-        }
-    }
-}
-
-impl Aggregation for Plugin {
-    type WindowRun = Run;
 }
 
 #[derive(Default)]
@@ -54,24 +45,19 @@ struct Run {
     params: AggregateParams,
     from_ms: i64,
     to_ms: i64,
-    groups: RefCell<BTreeMap<(i64, String, String), Group>>,
+    groups: BTreeMap<(i64, String, String), Group>,
     /// The user's previous click: its time on page is known once the next arrives.
-    previous: RefCell<Option<StoredClick>>,
+    previous: Option<StoredClick>,
 }
 
-impl GuestWindowRun for Run {
-    fn new(params: AggregateParams, from_ms: i64, to_ms: i64) -> Self {
-        Run { params, from_ms, to_ms, groups: RefCell::default(), previous: RefCell::default() }
-    }
-
-    fn push(&self, batch: Vec<StoredClick>) -> Result<(), String> {
+impl WindowRun for Run {
+    fn push(&mut self, batch: Vec<StoredClick>) -> Result<(), String> {
         for click in batch {
-            let previous = self.previous.borrow_mut().take();
-            if let Some(previous) = previous {
+            if let Some(previous) = self.previous.take() {
                 let (before, now) = ((&previous.user_id, previous.timestamp_ms, &previous.event_id), (&click.user_id, click.timestamp_ms, &click.event_id));
                 if now == before {
                     // The same click twice: count it once.
-                    *self.previous.borrow_mut() = Some(previous);
+                    self.previous = Some(previous);
                     continue;
                 }
                 if now < before {
@@ -81,17 +67,16 @@ impl GuestWindowRun for Run {
                 let spent = (previous.user_id == click.user_id && gap <= self.params.session_timeout_ms).then_some(gap);
                 self.count(&previous, spent);
             }
-            *self.previous.borrow_mut() = Some(click);
+            self.previous = Some(click);
         }
         Ok(())
     }
 
-    fn finish(&self) -> Vec<AggregateRow> {
-        if let Some(last) = self.previous.borrow_mut().take() {
+    fn finish(&mut self) -> Vec<AggregateRow> {
+        if let Some(last) = self.previous.take() {
             self.count(&last, None);
         }
-        let groups = std::mem::take(&mut *self.groups.borrow_mut());
-        groups
+        std::mem::take(&mut self.groups)
             .into_iter()
             .map(|((window_start_ms, url, country), g)| AggregateRow {
                 window_start_ms,
@@ -109,14 +94,13 @@ impl GuestWindowRun for Run {
 impl Run {
     /// Counts a click in its group, with its time on page when known. The
     /// lookahead clicks after the range only give time on page.
-    fn count(&self, click: &StoredClick, spent_ms: Option<i64>) {
+    fn count(&mut self, click: &StoredClick, spent_ms: Option<i64>) {
         if !(self.from_ms..self.to_ms).contains(&click.timestamp_ms) {
             return;
         }
         let window = click.timestamp_ms.div_euclid(self.params.window_ms) * self.params.window_ms;
         let country = if click.country.is_empty() { "unknown".to_string() } else { click.country.clone() };
-        let mut groups = self.groups.borrow_mut();
-        let group = groups.entry((window, normalize_url(&click.url, self.params.keep_query), country)).or_default();
+        let group = self.groups.entry((window, normalize_url(&click.url, self.params.keep_query), country)).or_default();
         group.clicks += 1;
         group.users.insert(click.user_id.clone());
         if let Some(spent) = spent_ms {
@@ -145,4 +129,4 @@ fn normalize_url(url: &str, keep_query: bool) -> String {
     out
 }
 
-export!(Plugin);
+export_aggregator!(Plugin);

@@ -7,54 +7,63 @@
 //! a path. Edit `transform_one`, then run `clickstream plugin build` and
 //! `clickstream plugin test`.
 
-wit_bindgen::generate!({ world: "transformer", path: "wit" });
+use clickstream_plugin::geoip::{lookup_batch, Location};
+use clickstream_plugin::{export_transformer, Event, Outcome, Transformer};
+use serde::Deserialize;
 
-use clickstream::pipeline::geoip::{lookup_batch, Location};
-use clickstream::pipeline::types::{Attribute, Rejection, Value};
+/// The `settings` table of this transform in pipeline.toml (values are
+/// text there: `settings = { home = "index" }`). A key this type does not
+/// declare refuses the plugin, naming the key.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    /// The section of the site's root page.
+    home: String,
+}
 
-struct Plugin;
-
-impl Guest for Plugin {
-    fn name() -> String {
-        "{{name}}".into()
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { home: "home".into() }
     }
+}
 
-    fn version() -> String {
-        env!("CARGO_PKG_VERSION").into()
-    }
+struct Plugin {
+    settings: Settings,
+}
 
-    /// The `settings` table of this transform in pipeline.toml. Refuse what
-    /// you do not know: the host then refuses the plugin with this message.
-    fn configure(settings: Vec<(String, String)>) -> Result<(), String> {
-        match settings.first() {
-            None => Ok(()),
-            Some((key, _)) => Err(format!("unknown setting `{key}`: {{name}} takes none")),
-        }
+impl Transformer for Plugin {
+    const NAME: &'static str = "{{name}}";
+    type Settings = Settings;
+
+    fn new(settings: Settings) -> Result<Self, String> {
+        Ok(Plugin { settings })
     }
 
     /// One outcome per event, in order. The GeoIP lookup is one call for
     /// the whole batch: each call crosses the sandbox boundary.
-    fn transform(batch: Vec<Event>) -> Vec<Outcome> {
+    fn transform(&mut self, batch: Vec<Event>) -> Vec<Outcome> {
         let ips: Vec<String> = batch.iter().map(|event| event.ip.clone()).collect();
         let places = lookup_batch(&ips);
-        batch.into_iter().zip(places).map(|(event, place)| transform_one(event, place)).collect()
+        batch.into_iter().zip(places).map(|(event, place)| self.transform_one(event, place)).collect()
     }
 }
 
-fn transform_one(mut event: Event, place: Option<Location>) -> Outcome {
-    let Some(path) = path_of(&event.url) else {
-        return Outcome::Reject(Rejection { field: Some("url".into()), reason: "neither an http(s) URL nor a path".into() });
-    };
-    if path.starts_with("/health") {
-        return Outcome::Drop("health check".into());
+impl Plugin {
+    fn transform_one(&self, mut event: Event, place: Option<Location>) -> Outcome {
+        let Some(path) = path_of(&event.url) else {
+            return Outcome::reject("url", "neither an http(s) URL nor a path");
+        };
+        if path.starts_with("/health") {
+            return Outcome::Drop("health check".into());
+        }
+        let section = path.trim_start_matches('/').split(['/', '?', '#']).next().filter(|s| !s.is_empty());
+        event.set_attribute("section", section.unwrap_or(&self.settings.home).to_string());
+        if let (None, Some(place)) = (&event.country, place) {
+            event.country = place.country;
+            event.city = place.city;
+        }
+        Outcome::Keep(event)
     }
-    let section = path.trim_start_matches('/').split(['/', '?', '#']).next().filter(|s| !s.is_empty()).unwrap_or("home").to_string();
-    event.attributes.push(Attribute { key: "section".into(), value: Value::Str(section) });
-    if let (None, Some(place)) = (&event.country, place) {
-        event.country = place.country;
-        event.city = place.city;
-    }
-    Outcome::Keep(event)
 }
 
 /// The path (with query) of an http(s) URL or of a bare path.
@@ -66,4 +75,4 @@ fn path_of(url: &str) -> Option<&str> {
     Some(rest.find(['/', '?', '#']).map_or("/", |at| &rest[at..]))
 }
 
-export!(Plugin);
+export_transformer!(Plugin);

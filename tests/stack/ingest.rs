@@ -36,48 +36,40 @@ fn expected_event_ids(records: &[Record]) -> BTreeSet<String> {
     records.iter().filter(|r| r.bad.is_none_or(|k| !k.is_dead_letter())).map(|r| r.event_id.clone()).collect()
 }
 
-async fn pool(url: &str) -> PgPool {
-    PgPoolOptions::new().max_connections(2).connect(url).await.unwrap()
-}
-
 async fn stored_ids(pool: &PgPool) -> Vec<String> {
     sqlx::query_scalar("SELECT event_id FROM events ORDER BY event_id").fetch_all(pool).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_good_event_is_stored_once_enriched_and_every_bad_record_is_dead_lettered_with_its_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("ingest_all");
-    let db = support::fresh_database("ingest_all").await;
-    let records = produce_to(&topic, generator(4000, 0.08, 1), None).await;
+    let f = support::Fixture::new("ingest_all").await;
+    let records = produce_to(&f.topic, generator(4000, 0.08, 1), None).await;
     // One click from an address the city database places in London.
     let london = r#"{"event_id":"london-1","user_id":"u-london","timestamp":"2026-11-28T12:00:00Z","url":"https://shop.example/","ip":"81.2.69.142","user_agent":"Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1"}"#;
     {
         use rdkafka::producer::{FutureProducer, FutureRecord};
         let producer: FutureProducer = clickstream::kafka::client_config(&support::brokers(), &Default::default()).create().unwrap();
-        producer.send(FutureRecord::to(&topic).key("u-london").payload(london), Duration::from_secs(5)).await.unwrap();
+        producer.send(FutureRecord::to(&f.topic).key("u-london").payload(london), Duration::from_secs(5)).await.unwrap();
     }
     let total = records.len() + 1;
 
-    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
-    let config = support::load_config(&pipeline);
+    let config = support::load_config(&f.pipeline);
     let running = support::InProcess::start(config);
     let stats = running.stats.clone();
-    let pool = pool(&db).await;
-    support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&pool, total)).await;
+    support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&f.pool, total)).await;
     running.stop().await;
 
     // Exactly the good events (bad IPs included: only their location is unknown), once each.
     let mut expected = expected_event_ids(&records);
     expected.insert("london-1".into());
-    let stored = stored_ids(&pool).await;
+    let stored = stored_ids(&f.pool).await;
     assert_eq!(stored.len(), expected.len(), "stored count");
     assert_eq!(stored.into_iter().collect::<BTreeSet<_>>(), expected);
 
     // Enrichment: the London click, and bad IPs as unknown locations.
     let (country, city, browser, os, device, version): (String, String, String, String, String, String) =
         sqlx::query_as("SELECT country, city, browser, os, device, plugin_version FROM events WHERE event_id = 'london-1'")
-            .fetch_one(&pool)
+            .fetch_one(&f.pool)
             .await
             .unwrap();
     assert_eq!((country.as_str(), city.as_str()), ("GB", "London"));
@@ -87,15 +79,18 @@ async fn every_good_event_is_stored_once_enriched_and_every_bad_record_is_dead_l
     assert!(!bad_ips.is_empty());
     for r in bad_ips {
         let country: String =
-            sqlx::query_scalar("SELECT country FROM events WHERE event_id = $1").bind(&r.event_id).fetch_one(&pool).await.unwrap();
+            sqlx::query_scalar("SELECT country FROM events WHERE event_id = $1").bind(&r.event_id).fetch_one(&f.pool).await.unwrap();
         assert_eq!(country, "unknown");
     }
-    let located = support::count(&pool, "SELECT count(*) FROM events WHERE country <> 'unknown'").await;
+    let located = support::count(&f.pool, "SELECT count(*) FROM events WHERE country <> 'unknown'").await;
     assert!(located as f64 > 0.8 * expected.len() as f64, "only {located} of {} events located", expected.len());
 
     // Each bad kind lands with its stage, reason and raw bytes.
     let rows: Vec<(i32, i64, Vec<u8>, String, String, String)> =
-        sqlx::query_as("SELECT \"partition\", \"offset\", payload, stage, kind, reason FROM dead_letters").fetch_all(&pool).await.unwrap();
+        sqlx::query_as("SELECT \"partition\", \"offset\", payload, stage, kind, reason FROM dead_letters")
+            .fetch_all(&f.pool)
+            .await
+            .unwrap();
     let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
     for (_, _, payload, stage, kind, reason) in &rows {
         *by_kind.entry(kind.clone()).or_default() += 1;
@@ -125,56 +120,48 @@ async fn every_good_event_is_stored_once_enriched_and_every_bad_record_is_dead_l
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_then_restart_loses_and_duplicates_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("ingest_kill");
-    let db = support::fresh_database("ingest_kill").await;
+    let f = support::Fixture::new("ingest_kill").await;
     // Normal multi-record batches: the restarted host resumes from the offsets
     // stored in PostgreSQL, almost always inside a batch.
-    let records = produce_to(&topic, generator(40_000, 0.02, 2), None).await;
+    let records = produce_to(&f.topic, generator(40_000, 0.02, 2), None).await;
     // No static membership (`group.instance.id`): nisshi evicts the killed
     // member once its session times out (the source's 10 s) while the restarted
     // host waits to join, and hands it every partition, as Apache Kafka does.
     // tansu 0.6 never did, so this test used static membership on tansu.
-    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
-    let pool = pool(&db).await;
 
-    let mut first = support::Host::start(&pipeline, &dir.path().join("first.log"));
+    let mut first = support::Host::start(&f.pipeline, &f.dir.path().join("first.log"));
     support::wait_until(WAIT, "the first host to store some events", || async {
-        support::count(&pool, "SELECT count(*) FROM events").await > 2_000
+        support::count(&f.pool, "SELECT count(*) FROM events").await > 2_000
     })
     .await;
     first.signal("KILL");
     first.wait();
     let at_kill =
-        support::count(&pool, "SELECT count(*) FROM events").await + support::count(&pool, "SELECT count(*) FROM dead_letters").await;
+        support::count(&f.pool, "SELECT count(*) FROM events").await + support::count(&f.pool, "SELECT count(*) FROM dead_letters").await;
     assert!((at_kill as usize) < records.len(), "the kill came after everything was stored; nothing was proven");
 
-    let mut second = support::Host::start(&pipeline, &dir.path().join("second.log"));
-    support::wait_until(WAIT, "the restarted host to finish", || support::reconciled(&pool, records.len())).await;
+    let mut second = support::Host::start(&f.pipeline, &f.dir.path().join("second.log"));
+    support::wait_until(WAIT, "the restarted host to finish", || support::reconciled(&f.pool, records.len())).await;
     second.signal("TERM");
     assert_eq!(second.wait(), Some(0), "graceful shutdown exits 0:\n{}", second.log());
 
-    let stored = stored_ids(&pool).await;
+    let stored = stored_ids(&f.pool).await;
     let expected = expected_event_ids(&records);
     assert_eq!(stored.len(), expected.len(), "every event stored exactly once");
     assert_eq!(stored.into_iter().collect::<BTreeSet<_>>(), expected);
-    let dead = support::count(&pool, "SELECT count(*) FROM dead_letters").await as usize;
+    let dead = support::count(&f.pool, "SELECT count(*) FROM dead_letters").await as usize;
     assert_eq!(dead, records.iter().filter(|r| r.bad.is_some_and(BadKind::is_dead_letter)).count());
-    let next: i64 = support::count(&pool, "SELECT sum(next_offset)::bigint FROM ingest_offsets").await;
+    let next: i64 = support::count(&f.pool, "SELECT sum(next_offset)::bigint FROM ingest_offsets").await;
     assert_eq!(next as usize, records.len(), "stored offsets cover every record");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_in_one_group_split_the_partitions_and_store_each_event_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("ingest_pair");
-    let db = support::fresh_database("ingest_pair").await;
-    clickstream::kafka::ensure_topic(&support::brokers(), &topic, 4).await.unwrap();
-    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
-    let pool = pool(&db).await;
+    let f = support::Fixture::new("ingest_pair").await;
+    clickstream::kafka::ensure_topic(&support::brokers(), &f.topic, 4).await.unwrap();
 
-    let mut a = support::Host::start(&pipeline, &dir.path().join("a.log"));
-    let mut b = support::Host::start(&pipeline, &dir.path().join("b.log"));
+    let mut a = support::Host::start(&f.pipeline, &f.dir.path().join("a.log"));
+    let mut b = support::Host::start(&f.pipeline, &f.dir.path().join("b.log"));
     support::wait_until(WAIT, "both hosts to own partitions", || async {
         let owns = |log: String| {
             log.lines()
@@ -185,21 +172,21 @@ async fn two_hosts_in_one_group_split_the_partitions_and_store_each_event_once()
         owns(a.log()) && owns(b.log())
     })
     .await;
-    let records = produce_to(&topic, generator(20_000, 0.0, 3), Some(8_000)).await;
-    support::wait_until(WAIT, "the pair to store everything", || support::reconciled(&pool, records.len())).await;
+    let records = produce_to(&f.topic, generator(20_000, 0.0, 3), Some(8_000)).await;
+    support::wait_until(WAIT, "the pair to store everything", || support::reconciled(&f.pool, records.len())).await;
     // Both hosts aggregate too; each window is done by one at a time, and the
     // rows must equal the reference whichever host wrote them.
     support::wait_until(WAIT, "the pair to aggregate every window", || async {
-        support::aggregation_caught_up(&pool).await && support::count(&pool, "SELECT count(*) FROM aggregate_windows").await > 0
+        support::aggregation_caught_up(&f.pool).await && support::count(&f.pool, "SELECT count(*) FROM aggregate_windows").await > 0
     })
     .await;
     let rows: Vec<(i64, String, String, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT window_start_ms, url, country, clicks, unique_users, time_spent_total_ms, time_spent_samples FROM aggregates",
     )
-    .fetch_all(&pool)
+    .fetch_all(&f.pool)
     .await
     .unwrap();
-    let expected = support::reference::reference(&pool).await;
+    let expected = support::reference::reference(&f.pool).await;
     assert_eq!(rows.len(), expected.len(), "one row per group");
     for (w, url, country, clicks, users, total, samples) in rows {
         let e = &expected[&(w, url, country)];
@@ -210,7 +197,7 @@ async fn two_hosts_in_one_group_split_the_partitions_and_store_each_event_once()
     assert_eq!(a.wait(), Some(0));
     assert_eq!(b.wait(), Some(0));
 
-    let stored = stored_ids(&pool).await;
+    let stored = stored_ids(&f.pool).await;
     assert_eq!(stored.len(), records.len(), "each event stored once");
     assert_eq!(stored.into_iter().collect::<BTreeSet<_>>(), expected_event_ids(&records));
     let consumed = |log: String| -> u64 {
@@ -227,47 +214,43 @@ async fn two_hosts_in_one_group_split_the_partitions_and_store_each_event_once()
 /// keep every record stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_partition_writers_store_each_record_once_while_hosts_join_and_leave_mid_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("ingest_writers");
-    let db = support::fresh_database("ingest_writers").await;
-    clickstream::kafka::ensure_topic(&support::brokers(), &topic, 8).await.unwrap();
-    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
+    let f = support::Fixture::new("ingest_writers").await;
+    clickstream::kafka::ensure_topic(&support::brokers(), &f.topic, 8).await.unwrap();
     // Three writers over eight partitions: uneven, so writers hold several.
-    let text = std::fs::read_to_string(&pipeline).unwrap().replacen("[store]\n", "[store]\nwriters = 3\n", 1);
-    std::fs::write(&pipeline, text).unwrap();
-    let pool = pool(&db).await;
+    let text = std::fs::read_to_string(&f.pipeline).unwrap().replacen("[store]\n", "[store]\nwriters = 3\n", 1);
+    std::fs::write(&f.pipeline, text).unwrap();
 
-    let mut a = support::Host::start(&pipeline, &dir.path().join("a.log"));
+    let mut a = support::Host::start(&f.pipeline, &f.dir.path().join("a.log"));
     let producing = tokio::spawn({
-        let topic = topic.clone();
+        let topic = f.topic.clone();
         async move { produce_to(&topic, generator(40_000, 0.02, 11), Some(5_000)).await }
     });
     let stored = |n: i64| {
-        let pool = pool.clone();
+        let pool = f.pool.clone();
         move || {
             let pool = pool.clone();
             async move { support::count(&pool, "SELECT count(*) FROM events").await >= n }
         }
     };
     support::wait_until(WAIT, "a to store a quarter", stored(10_000)).await;
-    let mut b = support::Host::start(&pipeline, &dir.path().join("b.log"));
+    let mut b = support::Host::start(&f.pipeline, &f.dir.path().join("b.log"));
     support::wait_until(WAIT, "b to store after joining", || async { b.log().contains("partitions assigned") }).await;
     support::wait_until(WAIT, "the pair to store three quarters", stored(30_000)).await;
     a.signal("TERM");
-    assert_eq!(a.wait(), Some(0), "a leaves cleanly:\n{}", support::tail(&dir.path().join("a.log"), 30));
+    assert_eq!(a.wait(), Some(0), "a leaves cleanly:\n{}", support::tail(&f.dir.path().join("a.log"), 30));
     let records = producing.await.unwrap();
-    support::wait_until(WAIT, "b to store the rest", || support::reconciled(&pool, records.len())).await;
+    support::wait_until(WAIT, "b to store the rest", || support::reconciled(&f.pool, records.len())).await;
     b.signal("TERM");
     assert_eq!(b.wait(), Some(0));
 
-    let stored = stored_ids(&pool).await;
+    let stored = stored_ids(&f.pool).await;
     assert_eq!(stored.len(), stored.iter().collect::<BTreeSet<_>>().len(), "no event stored twice");
     assert_eq!(stored.into_iter().collect::<BTreeSet<_>>(), expected_event_ids(&records));
-    let dead = support::count(&pool, "SELECT count(*) FROM dead_letters").await as usize;
+    let dead = support::count(&f.pool, "SELECT count(*) FROM dead_letters").await as usize;
     assert_eq!(dead, records.iter().filter(|r| r.bad.is_some_and(BadKind::is_dead_letter)).count(), "each bad record dead-lettered once");
-    let next: i64 = support::count(&pool, "SELECT sum(next_offset)::bigint FROM ingest_offsets").await;
+    let next: i64 = support::count(&f.pool, "SELECT sum(next_offset)::bigint FROM ingest_offsets").await;
     assert_eq!(next as usize, records.len(), "stored offsets cover every record");
-    let partitions = support::count(&pool, "SELECT count(*) FROM ingest_offsets").await;
+    let partitions = support::count(&f.pool, "SELECT count(*) FROM ingest_offsets").await;
     assert_eq!(partitions, 8);
 }
 
@@ -314,48 +297,44 @@ async fn a_postgres_restart_mid_stream_pauses_ingest_and_loses_and_duplicates_no
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after_the_fix() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("ingest_trap");
-    let db = support::fresh_database("ingest_trap").await;
-    let records = produce_to(&topic, generator(300, 0.0, 5), None).await;
+    let f = support::Fixture::new("ingest_trap").await;
+    let records = produce_to(&f.topic, generator(300, 0.0, 5), None).await;
     let producer: FutureProducer = clickstream::kafka::client_config(&support::brokers(), &Default::default()).create().unwrap();
     for i in 0..3 {
         let poison = format!(
             r#"{{"event_id":"poison-{i}","user_id":"trap","timestamp":1764000000000,"url":"https://shop.example/","ip":"81.2.69.142","user_agent":""}}"#
         );
-        producer.send(FutureRecord::to(&topic).key("trap").payload(&poison), Duration::from_secs(5)).await.unwrap();
+        producer.send(FutureRecord::to(&f.topic).key("trap").payload(&poison), Duration::from_secs(5)).await.unwrap();
     }
     let total = records.len() + 3;
 
     // Run with the buggy plugin: it traps on user "trap".
-    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
-    let fixed = std::fs::read_to_string(&pipeline).unwrap();
-    support::use_plugin(&pipeline, "enrich", "misbehave");
-    let running = support::InProcess::start(support::load_config(&pipeline));
+    let fixed = std::fs::read_to_string(&f.pipeline).unwrap();
+    support::use_plugin(&f.pipeline, "enrich", "misbehave");
+    let running = support::InProcess::start(support::load_config(&f.pipeline));
     let stats = running.stats.clone();
-    let pool = pool(&db).await;
-    support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&pool, total)).await;
+    support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&f.pool, total)).await;
     running.stop().await;
 
     assert!(stats.transform_batch_failures.get() >= 1, "the trap failed a whole batch first");
     let trapped: Vec<(String, String, Option<String>)> =
-        sqlx::query_as("SELECT kind, reason, plugin_version FROM dead_letters ORDER BY id").fetch_all(&pool).await.unwrap();
+        sqlx::query_as("SELECT kind, reason, plugin_version FROM dead_letters ORDER BY id").fetch_all(&f.pool).await.unwrap();
     assert_eq!(trapped.len(), 3, "only the poison records are dead-lettered: {trapped:?}");
     for (kind, reason, version) in &trapped {
         assert_eq!(kind, "trap");
         assert!(reason.contains("asked to trap"), "{reason}");
         assert_eq!(version.as_deref(), Some("enrich@0.0.1-misbehave"));
     }
-    assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await as usize, records.len(), "the rest of each batch was stored");
+    assert_eq!(support::count(&f.pool, "SELECT count(*) FROM events").await as usize, records.len(), "the rest of each batch was stored");
 
     // Fix: the real plugin accepts those records; replay stores them once.
-    std::fs::write(&pipeline, fixed).unwrap();
-    let config = support::load_config(&pipeline);
+    std::fs::write(&f.pipeline, fixed).unwrap();
+    let config = support::load_config(&f.pipeline);
     let chain = clickstream::stages::transform::load_chain(config.transform_specs(), &Arc::new(clickstream::plugin::geoip::GeoIp::empty()))
         .unwrap();
     let mut runner = clickstream::stages::transform::ChainRunner::fixed(chain);
     let outcome = clickstream::runtime::dead_letters::replay(
-        &pool,
+        &f.pool,
         config.windows(),
         &mut runner,
         &config.decode_limits(),
@@ -366,11 +345,11 @@ async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after
     .unwrap();
     assert_eq!((outcome.stored, outcome.still_failing), (3, 0));
     let versions: Vec<String> =
-        sqlx::query_scalar("SELECT plugin_version FROM events WHERE event_id LIKE 'poison-%'").fetch_all(&pool).await.unwrap();
+        sqlx::query_scalar("SELECT plugin_version FROM events WHERE event_id LIKE 'poison-%'").fetch_all(&f.pool).await.unwrap();
     assert_eq!(versions, vec![support::enrich_version(); 3]);
-    assert_eq!(support::count(&pool, "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL").await, 0);
+    assert_eq!(support::count(&f.pool, "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL").await, 0);
     let again = clickstream::runtime::dead_letters::replay(
-        &pool,
+        &f.pool,
         config.windows(),
         &mut runner,
         &config.decode_limits(),
@@ -380,7 +359,7 @@ async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after
     .await
     .unwrap();
     assert_eq!(again, Default::default(), "a second replay finds nothing pending");
-    assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await as usize, total);
+    assert_eq!(support::count(&f.pool, "SELECT count(*) FROM events").await as usize, total);
 }
 
 /// The same event sent twice — in one batch, in a later batch, and under
@@ -389,19 +368,15 @@ async fn a_record_that_traps_the_plugin_is_dead_lettered_alone_and_replays_after
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_event_id_is_stored_once_and_counted_as_a_duplicate() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("ingest_dup");
-    let db = support::fresh_database("ingest_dup").await;
-    let first = produce_to(&topic, generator(300, 0.0, 11), None).await;
+    let f = support::Fixture::new("ingest_dup").await;
+    let first = produce_to(&f.topic, generator(300, 0.0, 11), None).await;
     let producer: FutureProducer = clickstream::kafka::client_config(&support::brokers(), &Default::default()).create().unwrap();
     // Repeats within the first wave: the same records again, right behind.
     for r in first.iter().take(10) {
-        producer.send(FutureRecord::to(&topic).key(&r.key).payload(&r.payload), Duration::from_secs(5)).await.unwrap();
+        producer.send(FutureRecord::to(&f.topic).key(&r.key).payload(&r.payload), Duration::from_secs(5)).await.unwrap();
     }
-    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
-    let running = support::InProcess::start(support::load_config(&pipeline));
+    let running = support::InProcess::start(support::load_config(&f.pipeline));
     let stats = running.stats.clone();
-    let pool = pool(&db).await;
     support::wait_until(WAIT, "the first wave stored", || {
         let stats = stats.clone();
         async move { stats.stored.get() + stats.duplicates.get() >= 310 }
@@ -410,7 +385,7 @@ async fn a_repeated_event_id_is_stored_once_and_counted_as_a_duplicate() {
     // Repeats of events stored long before, under other keys, so other partitions.
     for (i, r) in first.iter().skip(100).take(15).enumerate() {
         let key = format!("elsewhere-{i}");
-        producer.send(FutureRecord::to(&topic).key(&key).payload(&r.payload), Duration::from_secs(5)).await.unwrap();
+        producer.send(FutureRecord::to(&f.topic).key(&key).payload(&r.payload), Duration::from_secs(5)).await.unwrap();
     }
     support::wait_until(WAIT, "the repeats consumed", || {
         let stats = stats.clone();
@@ -419,10 +394,10 @@ async fn a_repeated_event_id_is_stored_once_and_counted_as_a_duplicate() {
     .await;
     running.stop().await;
 
-    let stored = stored_ids(&pool).await;
+    let stored = stored_ids(&f.pool).await;
     assert_eq!(stored.into_iter().collect::<BTreeSet<_>>(), expected_event_ids(&first), "each event once");
-    assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await, 300);
-    assert_eq!(support::count(&pool, "SELECT count(*) FROM dead_letters").await, 0, "a repeat is not an error");
+    assert_eq!(support::count(&f.pool, "SELECT count(*) FROM events").await, 300);
+    assert_eq!(support::count(&f.pool, "SELECT count(*) FROM dead_letters").await, 0, "a repeat is not an error");
     assert_eq!((stats.stored.get(), stats.duplicates.get()), (300, 25));
 }
 
@@ -435,30 +410,26 @@ async fn a_burst_of_old_days_through_the_writers_is_stored_once_over_many_transa
     use clickstream::stages::store::partitions::MAX_NEW_DAYS_PER_WRITE;
     use rdkafka::producer::{FutureProducer, FutureRecord};
     const BURST_DAYS: i64 = 500;
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("ingest_burst");
-    let db = support::fresh_database("ingest_burst").await;
+    let f = support::Fixture::new("ingest_burst").await;
     let now = chrono::Utc::now().timestamp_millis();
-    let current = produce_to(&topic, GeneratorConfig { start_ms: now - 600_000, span_secs: 600, ..generator(200, 0.0, 17) }, None).await;
+    let current = produce_to(&f.topic, GeneratorConfig { start_ms: now - 600_000, span_secs: 600, ..generator(200, 0.0, 17) }, None).await;
     let producer: FutureProducer = clickstream::kafka::client_config(&support::brokers(), &Default::default()).create().unwrap();
     for i in 0..BURST_DAYS {
         let ts = now - (2 + i) * 86_400_000;
         let payload = format!(r#"{{"event_id":"burst-{i}","user_id":"replayer","timestamp":{ts},"url":"https://old.example/"}}"#);
-        producer.send(FutureRecord::to(&topic).partition(1).key("replayer").payload(&payload), Duration::from_secs(5)).await.unwrap();
+        producer.send(FutureRecord::to(&f.topic).partition(1).key("replayer").payload(&payload), Duration::from_secs(5)).await.unwrap();
     }
     let total = current.len() + BURST_DAYS as usize;
 
-    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
-    support::set_source_key(&pipeline, "max_past_days", "600");
-    let running = support::InProcess::start(support::load_config(&pipeline));
-    let pool = pool(&db).await;
-    support::wait_until(WAIT, "every record stored", || support::reconciled(&pool, total)).await;
+    support::set_source_key(&f.pipeline, "max_past_days", "600");
+    let running = support::InProcess::start(support::load_config(&f.pipeline));
+    support::wait_until(WAIT, "every record stored", || support::reconciled(&f.pool, total)).await;
     running.stop().await;
 
-    assert_eq!(support::count(&pool, "SELECT count(*) FROM dead_letters").await, 0);
-    let burst = support::count(&pool, "SELECT count(DISTINCT event_id) FROM events WHERE event_id LIKE 'burst-%'").await;
-    assert_eq!((burst, support::count(&pool, "SELECT count(*) FROM events").await), (BURST_DAYS, total as i64), "each once");
-    let transactions = support::count(&pool, "SELECT count(DISTINCT stored_at) FROM events WHERE event_id LIKE 'burst-%'").await;
+    assert_eq!(support::count(&f.pool, "SELECT count(*) FROM dead_letters").await, 0);
+    let burst = support::count(&f.pool, "SELECT count(DISTINCT event_id) FROM events WHERE event_id LIKE 'burst-%'").await;
+    assert_eq!((burst, support::count(&f.pool, "SELECT count(*) FROM events").await), (BURST_DAYS, total as i64), "each once");
+    let transactions = support::count(&f.pool, "SELECT count(DISTINCT stored_at) FROM events WHERE event_id LIKE 'burst-%'").await;
     let least = BURST_DAYS / MAX_NEW_DAYS_PER_WRITE as i64;
     assert!(transactions >= least, "the burst's days were made over {transactions} transactions, at least {least}");
 }

@@ -12,16 +12,10 @@ use std::time::{Duration, Instant};
 use clickstream::stages::record::{DeadLetter, Dropped, Event, Provenance, Stage, WindowSpec};
 use clickstream::stages::store::Store;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
 use support::records::{batch_of, event, provenance};
 
 const WAIT: Duration = Duration::from_secs(120);
 const WINDOWS: WindowSpec = WindowSpec { window_ms: 60_000, session_timeout_ms: 1_800_000 };
-
-async fn pool(url: &str) -> PgPool {
-    PgPoolOptions::new().max_connections(2).connect(url).await.unwrap()
-}
 
 /// Random hex: compresses too little to fit a btree row however PostgreSQL
 /// tries.
@@ -35,7 +29,7 @@ fn incompressible(len: usize) -> String {
 async fn records_postgresql_refuses_are_dead_lettered_alone_and_the_rest_of_the_batch_is_stored_once() {
     let db = support::fresh_database("poison_store").await;
     let store = Store::connect(&db, WINDOWS).await.unwrap();
-    let pool = pool(&db).await;
+    let pool = support::pool(&db).await;
     let ts = 1_795_000_000_000;
     let mut events: Vec<Event> = (0..40).map(|i| event(i, &format!("good-{i}"), "https://shop.example/", ts + i * 1000)).collect();
     // Three records each refused for what they hold, bypassing the
@@ -113,7 +107,7 @@ async fn dead_letters_larger_together_than_one_statement_may_carry_are_all_store
         .collect();
     let outcome = store.write(&batch_of(Vec::new(), dead)).await.expect("written in chunks, not refused as a whole");
     assert_eq!(outcome.dead_lettered, 70);
-    let pool = pool(&db).await;
+    let pool = support::pool(&db).await;
     let bytes: i64 = sqlx::query_scalar("SELECT sum(length(payload))::bigint FROM dead_letters").fetch_one(&pool).await.unwrap();
     assert_eq!(bytes, 70 << 24);
 }
@@ -142,7 +136,7 @@ fn dead_letter(offset: i64, stage: Stage, kind: &str) -> DeadLetter {
 async fn a_record_delivered_twice_into_one_merged_write_is_written_once_and_counted_as_redelivered() {
     let db = support::fresh_database("poison_twice").await;
     let store = Store::connect(&db, WINDOWS).await.unwrap();
-    let pool = pool(&db).await;
+    let pool = support::pool(&db).await;
     let ts = 1_795_000_000_000;
     // Each delivery's records, received at `received`; in the later one the
     // chain has changed and refuses offset 2.
@@ -191,7 +185,7 @@ async fn a_record_delivered_twice_into_one_merged_write_is_written_once_and_coun
 async fn the_same_event_from_two_partitions_is_stored_once_and_counted_as_a_duplicate_not_dead_lettered() {
     let db = support::fresh_database("poison_two_partitions").await;
     let store = Store::connect(&db, WINDOWS).await.unwrap();
-    let pool = pool(&db).await;
+    let pool = support::pool(&db).await;
     let ts = 1_795_000_000_000;
     let on = |partition: i32, offset: i64, id: &str| {
         let mut e = event(offset, id, "https://shop.example/", ts);
@@ -266,13 +260,10 @@ fn click(event_id: &str, user_id: &str, url: &str) -> Vec<u8> {
 /// pipeline goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_cannot_change_an_events_identity_and_what_neither_it_nor_postgresql_can_store_is_dead_lettered() {
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("poison_e2e");
-    let db = support::fresh_database("poison_e2e").await;
+    let f = support::Fixture::new("poison_e2e").await;
     // The user's own rule, added after the migrations.
-    Store::connect(&db, WINDOWS).await.unwrap();
-    let pool = pool(&db).await;
-    sqlx::query("ALTER TABLE events ADD CONSTRAINT no_forbidden_pages CHECK (url NOT LIKE '%/forbidden%')").execute(&pool).await.unwrap();
+    Store::connect(&f.db, WINDOWS).await.unwrap();
+    sqlx::query("ALTER TABLE events ADD CONSTRAINT no_forbidden_pages CHECK (url NOT LIKE '%/forbidden%')").execute(&f.pool).await.unwrap();
 
     let mut records: Vec<(String, Vec<u8>)> =
         (0..200).map(|i| (format!("u{}", i % 9), click(&format!("good-{i}"), &format!("u{}", i % 9), "https://shop.example/"))).collect();
@@ -285,24 +276,23 @@ async fn a_plugin_cannot_change_an_events_identity_and_what_neither_it_nor_postg
     for (i, (id, user, url)) in poison.iter().enumerate() {
         records.insert(30 + 40 * i, (user.to_string(), click(id, user, url)));
     }
-    produce_raw(&topic, &records).await;
+    produce_raw(&f.topic, &records).await;
 
-    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
-    support::use_plugin(&pipeline, "enrich", "misbehave");
-    let running = support::InProcess::start(support::load_config(&pipeline));
+    support::use_plugin(&f.pipeline, "enrich", "misbehave");
+    let running = support::InProcess::start(support::load_config(&f.pipeline));
     let stats = running.stats.clone();
-    support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&pool, records.len())).await;
+    support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&f.pool, records.len())).await;
     running.stop().await;
 
     // The identity is the decoded one, whatever the plugin returned.
     let (user, ts): (String, i64) =
-        sqlx::query_as("SELECT user_id, ts_ms FROM events WHERE event_id = 'renamed'").fetch_one(&pool).await.unwrap();
+        sqlx::query_as("SELECT user_id, ts_ms FROM events WHERE event_id = 'renamed'").fetch_one(&f.pool).await.unwrap();
     assert_eq!((user.as_str(), ts), ("rename", 1_795_000_000_000));
-    assert_eq!(support::count(&pool, "SELECT count(*) FROM events WHERE event_id LIKE 'renamed-%' OR user_id = 'someone-else'").await, 0);
+    assert_eq!(support::count(&f.pool, "SELECT count(*) FROM events WHERE event_id LIKE 'renamed-%' OR user_id = 'someone-else'").await, 0);
 
     let dead: BTreeMap<String, (String, String, String)> =
         sqlx::query_as::<_, (String, String, String, Vec<u8>)>("SELECT stage, kind, reason, payload FROM dead_letters")
-            .fetch_all(&pool)
+            .fetch_all(&f.pool)
             .await
             .unwrap()
             .into_iter()
@@ -322,7 +312,7 @@ async fn a_plugin_cannot_change_an_events_identity_and_what_neither_it_nor_postg
     assert_eq!((stage.as_str(), kind.as_str()), ("store", "constraint"));
     assert!(reason.contains("no_forbidden_pages") && reason.contains("23514"), "{reason}");
 
-    assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await as usize, records.len() - 3);
+    assert_eq!(support::count(&f.pool, "SELECT count(*) FROM events").await as usize, records.len() - 3);
     assert_eq!((stats.stored.get() + stats.dead_lettered.get()) as usize, records.len(), "consumed = stored + dead-lettered");
     assert_eq!(stats.dead_letters_of("store", "constraint"), 1);
 }
@@ -333,21 +323,17 @@ async fn a_plugin_cannot_change_an_events_identity_and_what_neither_it_nor_postg
 /// table is back a restarted host stores everything exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_postgresql_refuses_every_write_stops_promptly_and_a_restart_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("poison_stop");
-    let db = support::fresh_database("poison_stop").await;
-    let pool = pool(&db).await;
+    let f = support::Fixture::new("poison_stop").await;
     let first: Vec<(String, Vec<u8>)> =
         (0..200).map(|i| (format!("u{}", i % 9), click(&format!("a-{i}"), &format!("u{}", i % 9), "https://shop.example/"))).collect();
-    produce_raw(&topic, &first).await;
-    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
-    let mut host = support::Host::start(&pipeline, &dir.path().join("first.log"));
-    support::wait_until(WAIT, "the first records stored", || support::reconciled(&pool, first.len())).await;
+    produce_raw(&f.topic, &first).await;
+    let mut host = support::Host::start(&f.pipeline, &f.dir.path().join("first.log"));
+    support::wait_until(WAIT, "the first records stored", || support::reconciled(&f.pool, first.len())).await;
 
-    sqlx::query("ALTER TABLE events RENAME TO events_away").execute(&pool).await.unwrap();
+    sqlx::query("ALTER TABLE events RENAME TO events_away").execute(&f.pool).await.unwrap();
     let second: Vec<(String, Vec<u8>)> =
         (0..200).map(|i| (format!("u{}", i % 9), click(&format!("b-{i}"), &format!("u{}", i % 9), "https://shop.example/"))).collect();
-    produce_raw(&topic, &second).await;
+    produce_raw(&f.topic, &second).await;
     support::wait_until(WAIT, "the host to pause ingestion", || {
         let log = host.log();
         async move { log.matches("cannot store batch; ingestion paused").count() >= 2 }
@@ -361,16 +347,16 @@ async fn sigterm_while_postgresql_refuses_every_write_stops_promptly_and_a_resta
     // Before, it retried until killed; a drain gives an unfinished write 5 s.
     assert!(took < Duration::from_secs(15), "stopped after {took:?}");
     assert!(host.log().contains("stopping with a batch PostgreSQL did not take"), "{}", host.log());
-    let next: i64 = support::count(&pool, "SELECT sum(next_offset)::bigint FROM ingest_offsets").await;
+    let next: i64 = support::count(&f.pool, "SELECT sum(next_offset)::bigint FROM ingest_offsets").await;
     assert_eq!(next, 200, "offsets were not advanced past what was stored");
-    assert_eq!(support::count(&pool, "SELECT count(*) FROM dead_letters").await, 0, "nothing was dead-lettered for the server's fault");
+    assert_eq!(support::count(&f.pool, "SELECT count(*) FROM dead_letters").await, 0, "nothing was dead-lettered for the server's fault");
 
-    sqlx::query("ALTER TABLE events_away RENAME TO events").execute(&pool).await.unwrap();
-    let mut second_host = support::Host::start(&pipeline, &dir.path().join("second.log"));
-    support::wait_until(WAIT, "everything stored after the restart", || support::reconciled(&pool, first.len() + second.len())).await;
+    sqlx::query("ALTER TABLE events_away RENAME TO events").execute(&f.pool).await.unwrap();
+    let mut second_host = support::Host::start(&f.pipeline, &f.dir.path().join("second.log"));
+    support::wait_until(WAIT, "everything stored after the restart", || support::reconciled(&f.pool, first.len() + second.len())).await;
     second_host.signal("TERM");
     assert_eq!(second_host.wait(), Some(0));
-    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&pool).await.unwrap();
+    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&f.pool).await.unwrap();
     assert_eq!(ids.len(), 400, "each event once");
     assert_eq!(ids.into_iter().collect::<BTreeSet<_>>().len(), 400);
 }
@@ -382,10 +368,7 @@ async fn sigterm_while_postgresql_refuses_every_write_stops_promptly_and_a_resta
 /// without them; the rest is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_with_a_duplicate_key_is_dead_lettered_with_its_own_kind() {
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("poison_dup");
-    let db = support::fresh_database("poison_dup").await;
-    let pool = pool(&db).await;
+    let f = support::Fixture::new("poison_dup").await;
     let mut records: Vec<(String, Vec<u8>)> =
         (0..50).map(|i| (format!("u{}", i % 5), click(&format!("good-{i}"), &format!("u{}", i % 5), "https://shop.example/"))).collect();
     let top = br#"{"event_id":"dup-top","user_id":"a","timestamp":1795000000000,"url":"https://shop.example/","user_id":"b"}"#.to_vec();
@@ -395,17 +378,16 @@ async fn an_event_with_a_duplicate_key_is_dead_lettered_with_its_own_kind() {
     records.insert(10, ("a".into(), top.clone()));
     records.insert(30, ("a".into(), nested.clone()));
     records.push(("u1".into(), click("userinfo", "u1", "https://user:pa@ss@shop.example/account?tab=1")));
-    produce_raw(&topic, &records).await;
+    produce_raw(&f.topic, &records).await;
 
-    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
-    let running = support::InProcess::start(support::load_config(&pipeline));
+    let running = support::InProcess::start(support::load_config(&f.pipeline));
     let stats = running.stats.clone();
-    support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&pool, records.len())).await;
+    support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&f.pool, records.len())).await;
     running.stop().await;
 
     let dead: Vec<(String, String, String, Vec<u8>)> =
         sqlx::query_as("SELECT stage, kind, reason, payload FROM dead_letters ORDER BY \"offset\", \"partition\"")
-            .fetch_all(&pool)
+            .fetch_all(&f.pool)
             .await
             .unwrap();
     let mut dead: Vec<_> = dead.into_iter().map(|(stage, kind, reason, payload)| (payload, (stage, kind, reason))).collect();
@@ -418,13 +400,13 @@ async fn an_event_with_a_duplicate_key_is_dead_lettered_with_its_own_kind() {
         assert_eq!((stage.as_str(), kind.as_str()), ("decode", "duplicate_key"));
         assert!(reason.contains(named), "{reason}");
     }
-    assert_eq!(support::count(&pool, "SELECT count(*) FROM events WHERE event_id LIKE 'dup-%'").await, 0);
+    assert_eq!(support::count(&f.pool, "SELECT count(*) FROM events WHERE event_id LIKE 'dup-%'").await, 0);
     assert_eq!(stats.dead_letters_of("decode", "duplicate_key"), 2);
 
-    let url: String = sqlx::query_scalar("SELECT url FROM events WHERE event_id = 'userinfo'").fetch_one(&pool).await.unwrap();
+    let url: String = sqlx::query_scalar("SELECT url FROM events WHERE event_id = 'userinfo'").fetch_one(&f.pool).await.unwrap();
     assert_eq!(url, "https://shop.example/account?tab=1");
-    assert_eq!(support::count(&pool, "SELECT count(*) FROM events WHERE url LIKE '%pa@ss%' OR url LIKE '%user:%'").await, 0);
-    assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await as usize, records.len() - 2);
+    assert_eq!(support::count(&f.pool, "SELECT count(*) FROM events WHERE url LIKE '%pa@ss%' OR url LIKE '%user:%'").await, 0);
+    assert_eq!(support::count(&f.pool, "SELECT count(*) FROM events").await as usize, records.len() - 2);
 }
 
 /// A plugin that waits in WASI on one event, or opens a socket on another,
@@ -433,32 +415,28 @@ async fn an_event_with_a_duplicate_key_is_dead_lettered_with_its_own_kind() {
 /// and stores the rest once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_that_sleeps_or_opens_a_socket_on_one_event_loses_only_that_event() {
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("sandbox_e2e");
-    let db = support::fresh_database("sandbox_e2e").await;
-    Store::connect(&db, WINDOWS).await.unwrap();
-    let pool = pool(&db).await;
+    let f = support::Fixture::new("sandbox_e2e").await;
+    Store::connect(&f.db, WINDOWS).await.unwrap();
     let mut records: Vec<(String, Vec<u8>)> =
         (0..120).map(|i| (format!("u{}", i % 7), click(&format!("good-{i}"), &format!("u{}", i % 7), "https://shop.example/"))).collect();
     records.insert(20, ("sleep".into(), click("sleeper", "sleep", "https://shop.example/")));
     records.insert(90, ("socket".into(), click("dialer", "socket", "https://shop.example/")));
-    produce_raw(&topic, &records).await;
+    produce_raw(&f.topic, &records).await;
 
-    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
-    support::use_plugin(&pipeline, "enrich", "misbehave");
-    let running = support::InProcess::start(support::load_config(&pipeline));
-    support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&pool, records.len())).await;
+    support::use_plugin(&f.pipeline, "enrich", "misbehave");
+    let running = support::InProcess::start(support::load_config(&f.pipeline));
+    support::wait_until(WAIT, "every record stored or dead-lettered", || support::reconciled(&f.pool, records.len())).await;
     running.stop().await;
 
     let dead: Vec<(String, String, String)> =
         sqlx::query_as("SELECT convert_from(payload, 'UTF8')::json->>'event_id', stage, kind FROM dead_letters ORDER BY 1")
-            .fetch_all(&pool)
+            .fetch_all(&f.pool)
             .await
             .unwrap();
     assert_eq!(
         dead,
         vec![("dialer".into(), "transform".into(), "denied".into()), ("sleeper".into(), "transform".into(), "deadline".into())]
     );
-    assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await, 120);
-    assert_eq!(support::count(&pool, "SELECT count(DISTINCT event_id) FROM events").await, 120);
+    assert_eq!(support::count(&f.pool, "SELECT count(*) FROM events").await, 120);
+    assert_eq!(support::count(&f.pool, "SELECT count(DISTINCT event_id) FROM events").await, 120);
 }

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use clickstream::produce::{self, Generator, GeneratorConfig};
 use serde_json::Value;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use support::reference::{reference, WINDOW_MS};
 
@@ -131,20 +130,17 @@ fn sha256_hex(path: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_reports_what_the_pipeline_did() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database("api").await;
-    let topic = support::unique("api_clicks");
+    let f = support::Fixture::new("api").await;
     let port = free_port();
     let extra = format!(
         "[aggregate]\ninterval_ms = 500\nallowed_lateness_secs = 0\n\n[api]\nlisten = \"127.0.0.1:{port}\"\nreload_token = \"{TOKEN}\"\n"
     );
-    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("api"), &db, "");
-    let text = std::fs::read_to_string(&pipeline).unwrap().replace("[api]\nlisten = \"127.0.0.1:0\"\n", "");
-    std::fs::write(&pipeline, text + &extra).unwrap();
+    let text = std::fs::read_to_string(&f.pipeline).unwrap().replace("[api]\nlisten = \"127.0.0.1:0\"\n", "");
+    std::fs::write(&f.pipeline, text + &extra).unwrap();
 
     let now = chrono::Utc::now().timestamp_millis();
     let summary = produce_to(
-        &topic,
+        &f.topic,
         GeneratorConfig {
             events: 3000,
             users: 200,
@@ -161,7 +157,7 @@ async fn api_reports_what_the_pipeline_did() {
     let expected_dead = summary.dead_letters() as i64;
     assert!(expected_dead > 0, "the generator made bad records");
 
-    let mut host = support::Host::start(&pipeline, &dir.path().join("host.log"));
+    let mut host = support::Host::start(&f.pipeline, &f.dir.path().join("host.log"));
     let client = Client { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
     let log = host.log.clone();
     client.wait_for_ok("/health").await;
@@ -172,10 +168,9 @@ async fn api_reports_what_the_pipeline_did() {
     }
     assert_eq!(ready["checks"]["kafka"]["detail"]["partitions"], 4);
 
-    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
-    support::wait_until(WAIT, "every record stored or dead-lettered, aggregated and indexed", || settled(&pool, records)).await;
-    let stored = support::count(&pool, "SELECT count(*) FROM events").await;
-    let dead = support::count(&pool, "SELECT count(*) FROM dead_letters").await;
+    support::wait_until(WAIT, "every record stored or dead-lettered, aggregated and indexed", || settled(&f.pool, records)).await;
+    let stored = support::count(&f.pool, "SELECT count(*) FROM events").await;
+    let dead = support::count(&f.pool, "SELECT count(*) FROM dead_letters").await;
     assert_eq!(stored + dead, records);
     assert_eq!(dead, expected_dead, "dead letters in PostgreSQL");
 
@@ -194,7 +189,7 @@ async fn api_reports_what_the_pipeline_did() {
     );
     assert_eq!(metric(&m, "clickstream_consumed_bytes_total"), summary.bytes as f64);
     let by_kind: Vec<(String, String, i64)> =
-        sqlx::query_as("SELECT stage, kind, count(*) FROM dead_letters GROUP BY 1, 2").fetch_all(&pool).await.unwrap();
+        sqlx::query_as("SELECT stage, kind, count(*) FROM dead_letters GROUP BY 1, 2").fetch_all(&f.pool).await.unwrap();
     for (stage, kind, n) in &by_kind {
         assert_eq!(
             metric(&m, &format!("clickstream_dead_letters_total{{stage=\"{stage}\",kind=\"{kind}\"}}")),
@@ -215,9 +210,9 @@ async fn api_reports_what_the_pipeline_did() {
     assert!(metric(&m, "clickstream_plugin_calls_total{plugin=\"aggregate\"}") >= 1.0);
     assert_eq!(sum_of(&m, "clickstream_plugin_errors_total{plugin=\"enrich\""), 0.0);
     assert!(metric(&m, "clickstream_plugin_memory_high_water_bytes{plugin=\"enrich\"}") > 0.0);
-    let windows_in_db = support::count(&pool, "SELECT count(*) FROM aggregate_windows").await as f64;
+    let windows_in_db = support::count(&f.pool, "SELECT count(*) FROM aggregate_windows").await as f64;
     assert!(metric(&m, "clickstream_windows_aggregated_total") >= windows_in_db);
-    let docs_in_db = support::count(&pool, "SELECT count(*) FROM aggregates").await as f64;
+    let docs_in_db = support::count(&f.pool, "SELECT count(*) FROM aggregates").await as f64;
     assert!(metric(&m, "clickstream_documents_indexed_total") >= docs_in_db, "every aggregate row indexed at least once");
     assert_eq!(metric(&m, "clickstream_documents_rejected_total"), 0.0);
     assert_eq!(metric(&m, "clickstream_windows_failing"), 0.0);
@@ -239,7 +234,7 @@ async fn api_reports_what_the_pipeline_did() {
     support::wait_until(Duration::from_secs(30), "lag of 0 on all 4 partitions", || {
         let http = client.http.clone();
         let url = format!("{}/metrics", client.base);
-        let topic = topic.clone();
+        let topic = f.topic.clone();
         async move {
             let m = parse_metrics(&http.get(url).send().await.unwrap().text().await.unwrap());
             (0..4).all(|p| m.get(&format!("clickstream_consumer_lag{{topic=\"{topic}\",partition=\"{p}\"}}")) == Some(&0.0))
@@ -255,7 +250,7 @@ async fn api_reports_what_the_pipeline_did() {
 
     // /api/aggregates: merged across windows, equal to a reference computed
     // here from the stored events.
-    let expected = reference(&pool).await;
+    let expected = reference(&f.pool).await;
     let (from, to) = (now - 30 * 60_000, now + 60_000);
     let mut by_url: HashMap<String, (u64, u64, u64)> = HashMap::new();
     let mut by_country: HashMap<String, u64> = HashMap::new();
@@ -427,14 +422,11 @@ fn urlencode(s: &str) -> String {
 /// unreachable), and the reload endpoint is refused without a token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_names_what_is_missing_and_reload_needs_a_configured_token() {
-    support::init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database("api_ready").await;
+    let f = support::Fixture::new("api_ready").await;
     let search = support::PrivateSearch::start();
-    let pipeline = support::write_pipeline(dir.path(), &support::unique("ready_clicks"), &support::unique("ready"), &db, "");
-    let text = std::fs::read_to_string(&pipeline).unwrap().replace(&support::search_url(), &search.url);
-    std::fs::write(&pipeline, text).unwrap();
-    let config = support::load_config(&pipeline);
+    let text = std::fs::read_to_string(&f.pipeline).unwrap().replace(&support::search_url(), &search.url);
+    std::fs::write(&f.pipeline, text).unwrap();
+    let config = support::load_config(&f.pipeline);
     clickstream::kafka::ensure_topic(&support::brokers(), &config.source.topics[0], 1).await.unwrap();
 
     let Served { stats, api, client, stop, stopped, serving } = serve_api().await;
@@ -545,13 +537,10 @@ fn rewrite(file: &Path, text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_reload_token_line_reaches_neither_the_api_nor_the_log() {
     const SECRET: &str = "leak-me-not-0123456789abcdef";
-    let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database("api_token_line").await;
-    let topic = support::unique("token_line_clicks");
-    clickstream::kafka::ensure_topic(&support::brokers(), &topic, 1).await.unwrap();
     let token_line = format!("reload_token = \"{SECRET}\"\n");
-    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("token_line"), &db, &token_line);
-    let mut host = support::Host::start(&pipeline, &dir.path().join("host.log"));
+    let f = support::Fixture::with("api_token_line", &token_line).await;
+    clickstream::kafka::ensure_topic(&support::brokers(), &f.topic, 1).await.unwrap();
+    let mut host = support::Host::start(&f.pipeline, &f.dir.path().join("host.log"));
 
     // The API binds port 0 and says where in its first lines.
     const AT: &str = "HTTP API and dashboard at http://";
@@ -565,10 +554,10 @@ async fn a_broken_reload_token_line_reaches_neither_the_api_nor_the_log() {
     let client = Client { base: format!("http://{address}"), http: reqwest::Client::new() };
     client.wait_for_ok("/ready").await;
 
-    let text = std::fs::read_to_string(&pipeline).unwrap();
+    let text = std::fs::read_to_string(&f.pipeline).unwrap();
     let broken = text.replace(&token_line, &format!("reload_token = \"{SECRET}\n"));
     assert_ne!(broken, text);
-    rewrite(&pipeline, &broken);
+    rewrite(&f.pipeline, &broken);
     let rejected = || async {
         let plugins = client.ok("/api/plugins").await;
         plugins["reload_history"].as_array().unwrap().iter().any(|r| r["what"] == "pipeline.toml" && r["outcome"] == "rejected")
@@ -599,18 +588,14 @@ async fn a_broken_reload_token_line_reaches_neither_the_api_nor_the_log() {
 /// token is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_sample_values_are_shown_only_to_a_request_bearing_the_reload_token() {
-    support::init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database("api_shadow").await;
-    let topic = support::unique("shadow_clicks");
-    clickstream::kafka::ensure_topic(&support::brokers(), &topic, 1).await.unwrap();
-    let enrich = dir.path().join("enrich.wasm");
+    let f = support::Fixture::with("api_shadow", &format!("reload_token = \"{TOKEN}\"\n")).await;
+    clickstream::kafka::ensure_topic(&support::brokers(), &f.topic, 1).await.unwrap();
+    let enrich = f.dir.path().join("enrich.wasm");
     std::fs::copy(support::plugin("enrich"), &enrich).unwrap();
-    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("shadow"), &db, &format!("reload_token = \"{TOKEN}\"\n"));
-    support::set_chain(&pipeline, &[("enrich", &enrich)]);
-    let text = std::fs::read_to_string(&pipeline).unwrap();
-    rewrite(&pipeline, &text.replace("enrich.wasm\"\n", "enrich.wasm\"\nrollout = \"shadow\"\n"));
-    let config = support::load_config(&pipeline);
+    support::set_chain(&f.pipeline, &[("enrich", &enrich)]);
+    let text = std::fs::read_to_string(&f.pipeline).unwrap();
+    rewrite(&f.pipeline, &text.replace("enrich.wasm\"\n", "enrich.wasm\"\nrollout = \"shadow\"\n"));
+    let config = support::load_config(&f.pipeline);
 
     let Served { stats, api, client, stop, stopped, serving } = serve_api().await;
     let running = tokio::spawn({
@@ -624,7 +609,7 @@ async fn shadow_sample_values_are_shown_only_to_a_request_bearing_the_reload_tok
     std::fs::rename(&tmp, &enrich).unwrap();
     let shadow = |plugins: &Value| plugins["plugins"].as_array().unwrap().iter().find(|p| p["slot"] == "enrich").unwrap()["shadow"].clone();
     support::wait_until(WAIT, "the candidate in shadow", || async { !shadow(&client.ok("/api/plugins").await).is_null() }).await;
-    produce_to(&topic, GeneratorConfig { events: 300, seed: 28, ..GeneratorConfig::default() }).await;
+    produce_to(&f.topic, GeneratorConfig { events: 300, seed: 28, ..GeneratorConfig::default() }).await;
     support::wait_until(WAIT, "sampled differences", || async {
         shadow(&client.ok("/api/plugins").await)["report"]["sample"]
             .as_array()

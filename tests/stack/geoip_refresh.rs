@@ -18,7 +18,7 @@ use clickstream::runtime::pipeline::{run_until_stopped, Pipeline, PipelineError}
 use clickstream::stats::Stats;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::PgPool;
 
 /// Where every test click comes from: TEST-NET-2, which no real database
 /// places anywhere, so only the test's files answer for it.
@@ -86,16 +86,14 @@ impl Running {
     }
 }
 
-/// Runs the pipeline in this process with `geoip` as its only database,
+/// Runs `f`'s pipeline in this process with `geoip` as its only database,
 /// the enrich transform, and the API on a free loopback port.
-async fn start(dir: &Path, topic: &str, db: &str, geoip: &Path) -> Running {
-    support::init_logs();
-    clickstream::kafka::ensure_topic(&support::brokers(), topic, 2).await.unwrap();
-    let pipeline = support::write_pipeline(dir, topic, &support::unique("geoip_refresh"), db, "");
-    let text = std::fs::read_to_string(&pipeline).unwrap();
+async fn start(f: &support::Fixture, geoip: &Path) -> Running {
+    clickstream::kafka::ensure_topic(&support::brokers(), &f.topic, 2).await.unwrap();
+    let text = std::fs::read_to_string(&f.pipeline).unwrap();
     let listed = text.lines().find(|l| l.starts_with("databases = ")).expect("write_pipeline lists [geoip] databases").to_string();
-    std::fs::write(&pipeline, text.replace(&listed, &format!("databases = [{:?}]", geoip.display().to_string()))).unwrap();
-    let config = support::load_config(&pipeline);
+    std::fs::write(&f.pipeline, text.replace(&listed, &format!("databases = [{:?}]", geoip.display().to_string()))).unwrap();
+    let config = support::load_config(&f.pipeline);
 
     let stats = Arc::new(Stats::default());
     let api = clickstream::runtime::api::Api::new(stats.clone());
@@ -153,13 +151,6 @@ async fn produce_until(topic: String, stop: Arc<AtomicBool>) -> Vec<(String, Ins
     sent
 }
 
-/// A fresh database and a pool on it.
-async fn fresh(name: &str) -> (String, PgPool) {
-    let db = support::fresh_database(name).await;
-    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
-    (db, pool)
-}
-
 async fn stored(pool: &PgPool) -> usize {
     support::count(pool, "SELECT count(*) FROM events").await as usize
 }
@@ -167,19 +158,17 @@ async fn stored(pool: &PgPool) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_renamed_over_under_load_answers_with_the_new_file_from_the_swap_on_and_loses_or_doubles_nothing() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (geo, next) = (dir.path().join("geo.mmdb"), dir.path().join("geo.mmdb.next"));
+    let f = support::Fixture::new("geoip_swap").await;
+    let (geo, next) = (f.dir.path().join("geo.mmdb"), f.dir.path().join("geo.mmdb.next"));
     write(json!([database(&geo, FIRST, json!({})), database(&next, SECOND, json!({}))]));
-    let topic = support::unique("geoip_swap");
-    let (db, pool) = fresh("geoip_swap").await;
-    let running = start(dir.path(), &topic, &db, &geo).await;
+    let running = start(&f, &geo).await;
     assert_eq!(running.country_of_the_client().as_deref(), Some(FIRST.0));
 
     let stop = Arc::new(AtomicBool::new(false));
-    let producing = tokio::spawn(produce_until(topic.clone(), stop.clone()));
-    support::wait_until(WAIT, "events flowing", || async { stored(&pool).await >= 300 }).await;
+    let producing = tokio::spawn(produce_until(f.topic.clone(), stop.clone()));
+    support::wait_until(WAIT, "events flowing", || async { stored(&f.pool).await >= 300 }).await;
     let stored_before: BTreeSet<String> =
-        sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&pool).await.unwrap().into_iter().collect();
+        sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&f.pool).await.unwrap().into_iter().collect();
     // As `scripts/services geoip-update` does: a complete file renamed over the old one.
     std::fs::rename(&next, &geo).unwrap();
     let renamed = Instant::now();
@@ -191,10 +180,10 @@ async fn a_database_renamed_over_under_load_answers_with_the_new_file_from_the_s
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     let produced = producing.await.unwrap();
-    support::wait_until(WAIT, "every event stored", || async { stored(&pool).await >= produced.len() }).await;
+    support::wait_until(WAIT, "every event stored", || async { stored(&f.pool).await >= produced.len() }).await;
     let rows: Vec<(String, i32, String)> =
         sqlx::query_as("SELECT event_id, \"partition\", country FROM events ORDER BY \"partition\", \"offset\"")
-            .fetch_all(&pool)
+            .fetch_all(&f.pool)
             .await
             .unwrap();
     let stats = running.stats.clone();
@@ -244,9 +233,9 @@ fn outcomes(running: &Running, outcome: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_files_are_refused_visibly_and_the_loaded_database_keeps_answering() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let geo = dir.path().join("geo.mmdb");
-    let staged = |name: &str| dir.path().join(format!("{name}.mmdb.new"));
+    let f = support::Fixture::new("geoip_broken").await;
+    let geo = f.dir.path().join("geo.mmdb");
+    let staged = |name: &str| f.dir.path().join(format!("{name}.mmdb.new"));
     let (valid, layout, undecodable, partial) = (staged("valid"), staged("layout"), staged("undecodable"), staged("partial"));
     write(json!([
         database(&geo, FIRST, with_probe("US")),
@@ -260,9 +249,7 @@ async fn broken_files_are_refused_visibly_and_the_loaded_database_keeps_answerin
     let (truncated, garbage) = (staged("truncated"), staged("garbage"));
     std::fs::write(&truncated, &whole[..whole.len() / 2]).unwrap();
     std::fs::write(&garbage, b"not a database ".repeat(500)).unwrap();
-    let topic = support::unique("geoip_broken");
-    let (db, pool) = fresh("geoip_broken").await;
-    let running = start(dir.path(), &topic, &db, &geo).await;
+    let running = start(&f, &geo).await;
 
     let refusals = [
         (truncated, "cannot open GeoIP database"),
@@ -290,12 +277,12 @@ async fn broken_files_are_refused_visibly_and_the_loaded_database_keeps_answerin
     assert_eq!(running.country_of_the_client().as_deref(), Some(FIRST.0));
     // The enrich transform still gets the loaded file's answers.
     let stop = Arc::new(AtomicBool::new(false));
-    let producing = tokio::spawn(produce_until(topic.clone(), stop.clone()));
+    let producing = tokio::spawn(produce_until(f.topic.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     let produced = producing.await.unwrap().len();
-    support::wait_until(WAIT, "the clicks stored", || async { stored(&pool).await >= produced }).await;
-    let countries: Vec<String> = sqlx::query_scalar("SELECT DISTINCT country FROM events").fetch_all(&pool).await.unwrap();
+    support::wait_until(WAIT, "the clicks stored", || async { stored(&f.pool).await >= produced }).await;
+    let countries: Vec<String> = sqlx::query_scalar("SELECT DISTINCT country FROM events").fetch_all(&f.pool).await.unwrap();
     assert_eq!(countries, vec![FIRST.0.to_string()]);
 
     // A whole file written in place is taken.

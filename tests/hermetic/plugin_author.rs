@@ -40,7 +40,9 @@ fn author_loop_of(world: &str, lang: &str, source: &str, (from, to): (&str, &str
     let key = dir.path().join("artifact.key");
     let key = key.to_str().unwrap();
     succeeds(dir.path(), &["plugin", "new", "utm2", "--lang", lang, "--world", world]);
-    assert!(dir.path().join("utm2/wit/pipeline.wit").is_file());
+    // A Rust project's WIT comes with its copy of the SDK, which owns it.
+    let wit = if lang == "rust" { "utm2/clickstream-plugin/wit/v0.2.0/pipeline.wit" } else { "utm2/wit/pipeline.wit" };
+    assert!(dir.path().join(wit).is_file(), "{wit} missing");
     let built = succeeds(dir.path(), &["plugin", "build", "utm2", "--key", key]);
     assert!(dir.path().join("utm2/dist/utm2.wasm").is_file(), "{built}");
     assert!(dir.path().join("utm2/dist/utm2.cwasm").is_file(), "{built}");
@@ -70,7 +72,7 @@ fn a_javascript_plugin_goes_from_new_to_a_passing_test_and_a_change_fails_it_wit
 
 #[test]
 fn a_rust_plugin_goes_from_new_to_a_passing_test_and_a_change_fails_it_with_a_diff() {
-    author_loop("rust", "src/lib.rs", "unwrap_or(\"home\")", "unwrap_or(\"index\")");
+    author_loop("rust", "src/lib.rs", "home: \"home\"", "home: \"index\"");
 }
 
 #[test]
@@ -110,4 +112,51 @@ fn a_project_is_not_created_over_files_and_a_bad_name_is_refused() {
 #[test]
 fn a_python_plugin_goes_from_new_to_a_passing_test_and_a_change_fails_it_with_a_diff() {
     author_loop("python", "app.py", "or \"home\"", "or \"index\"");
+}
+
+/// A project's fixtures run with the GeoIP data they name and no other:
+/// run from a folder whose pipeline.toml lists other databases, `plugin
+/// test` still answers as it does in the project (it once took the
+/// pipeline's databases, and a fixture passed in one folder and failed in
+/// another).
+#[test]
+fn plugin_test_gives_the_same_answer_wherever_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gb, au) = (dir.path().join("gb.mmdb"), dir.path().join("au.mmdb"));
+    support::mmdb::write_mmdb(
+        &serde_json::json!([
+            {"path": gb, "ip_version": 4, "layout": "flat", "networks": [["81.2.69.0/24", "GB", "London"]]},
+            {"path": au, "ip_version": 4, "layout": "flat", "networks": [["81.2.69.0/24", "AU", "Sydney"]]},
+        ])
+        .to_string(),
+    );
+    // A project around the built enrich plugin, which sets the country.
+    let project = dir.path().join("geo");
+    std::fs::create_dir_all(project.join("dist")).unwrap();
+    std::fs::create_dir_all(project.join("fixtures")).unwrap();
+    std::fs::write(project.join("Cargo.toml"), "[package]\nname = \"geo\"\nversion = \"0.1.0\"\n").unwrap();
+    std::fs::copy(support::plugin("enrich"), project.join("dist/geo.wasm")).unwrap();
+    std::fs::copy(&gb, project.join("fixtures/city.mmdb")).unwrap();
+    std::fs::write(
+        project.join("fixtures/in.ndjson"),
+        r#"{"event_id":"e1","user_id":"u1","timestamp":1764000000000,"url":"https://shop.example/","ip":"81.2.69.142","user_agent":"Mozilla/5.0"}
+"#,
+    )
+    .unwrap();
+    std::fs::write(project.join("fixtures/settings.toml"), "[geoip]\ndatabases = [\"fixtures/city.mmdb\"]\n").unwrap();
+    succeeds(&project, &["plugin", "test", ".", "--bless"]);
+    let expected = std::fs::read_to_string(project.join("fixtures/expected.ndjson")).unwrap();
+    assert!(expected.contains("\"country\":\"GB\""), "{expected}");
+
+    // From a folder whose pipeline.toml names the other database.
+    std::fs::write(dir.path().join("pipeline.toml"), format!("[geoip]\ndatabases = [\"{}\"]\n", au.display())).unwrap();
+    let tested = succeeds(dir.path(), &["plugin", "test", "geo"]);
+    assert!(tested.contains("ok: all 1 "), "{tested}");
+
+    // Without [geoip] the fixture runs with none, wherever it runs: the
+    // pipeline's database is not taken instead.
+    std::fs::write(project.join("fixtures/settings.toml"), "").unwrap();
+    let out = clickstream(dir.path(), &["plugin", "test", "geo"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && stdout.contains("keep.country: expected \"GB\", got nothing"), "{stdout}");
 }

@@ -6,6 +6,8 @@
 
 use clickstream_testkit as support;
 
+use crate::reloading::install;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +19,6 @@ use clickstream::produce::{Generator, GeneratorConfig, Record};
 use clickstream::runtime::pipeline::Pipeline;
 use clickstream::stages::transform::Chain;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -25,10 +26,6 @@ const WAIT: Duration = Duration::from_secs(180);
 /// These tests produce under load and compile plugins while they measure;
 /// one at a time keeps them from starving each other on a small machine.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn pool(url: &str) -> PgPool {
-    PgPoolOptions::new().max_connections(2).connect(url).await.unwrap()
-}
 
 fn generated(events: u64, seed: u64) -> Vec<Record> {
     Generator::new(GeneratorConfig { events, users: 300, urls: 20, seed, ..GeneratorConfig::default() }).collect()
@@ -100,13 +97,6 @@ fn copy_plugin(dir: &Path, name: &str) -> PathBuf {
     to
 }
 
-/// Replaces `to` the way build tools do: write beside it, rename over.
-fn install(from: &Path, to: &Path) {
-    let tmp = to.with_extension("tmp");
-    std::fs::copy(from, &tmp).unwrap();
-    std::fs::rename(&tmp, to).unwrap();
-}
-
 async fn dropped_by_transform(pool: &PgPool) -> BTreeMap<String, i64> {
     sqlx::query_as::<_, (String, i64)>("SELECT transform, sum(dropped)::bigint FROM dropped_events GROUP BY 1")
         .fetch_all(pool)
@@ -124,9 +114,7 @@ async fn chains(pool: &PgPool) -> Vec<(i32, i64, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_runs_in_order_and_its_drops_and_rejections_reconcile_from_the_database() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("chain_order");
-    let db = support::fresh_database("chain_order").await;
+    let f = support::Fixture::new("chain_order").await;
     let mut records = generated(3_000, 51);
     let asked = |id: &str, user: &str| {
         Record {
@@ -144,34 +132,32 @@ async fn a_chain_runs_in_order_and_its_drops_and_rejections_reconcile_from_the_d
     for i in 0..4 {
         records.insert(300 + i * 500, asked(&format!("reject-{i}"), "reject"));
     }
-    produce(&topic, &records, None).await;
+    produce(&f.topic, &records, None).await;
     let bots: BTreeMap<&str, i64> = records.iter().filter_map(bot_reason).fold(BTreeMap::new(), |mut m, r| {
         *m.entry(r).or_default() += 1;
         m
     });
     assert!(bots.get("bot").is_some_and(|n| *n > 0) && bots.get("marker:curl/").is_some_and(|n| *n > 0), "{bots:?}");
 
-    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
     let chain = ["enrich", "bot-filter", "anonymize-ip", "misbehave"];
     let files: Vec<PathBuf> = chain.iter().map(|name| support::plugin(name)).collect();
-    support::set_chain(&pipeline, &chain.iter().zip(&files).map(|(n, f)| (*n, f.as_path())).collect::<Vec<_>>());
-    let (running, live) = start(&pipeline).await;
-    let pool = pool(&db).await;
-    support::wait_until(WAIT, "every record stored, dead-lettered or dropped", || support::reconciled(&pool, records.len())).await;
+    support::set_chain(&f.pipeline, &chain.iter().zip(&files).map(|(n, file)| (*n, file.as_path())).collect::<Vec<_>>());
+    let (running, live) = start(&f.pipeline).await;
+    support::wait_until(WAIT, "every record stored, dead-lettered or dropped", || support::reconciled(&f.pool, records.len())).await;
     running.stop().await;
 
     // From PostgreSQL alone: consumed = stored + dead-lettered + dropped.
-    let stored = support::count(&pool, "SELECT count(*) FROM events").await;
-    let dead = support::count(&pool, "SELECT count(*) FROM dead_letters").await;
-    let dropped = dropped_by_transform(&pool).await;
+    let stored = support::count(&f.pool, "SELECT count(*) FROM events").await;
+    let dead = support::count(&f.pool, "SELECT count(*) FROM dead_letters").await;
+    let dropped = dropped_by_transform(&f.pool).await;
     assert_eq!(stored + dead + dropped.values().sum::<i64>(), records.len() as i64, "{stored} stored, {dead} dead, {dropped:?}");
     let bots_total: i64 = bots.values().sum();
     assert_eq!(dropped, BTreeMap::from([("bot-filter".to_string(), bots_total), ("misbehave".to_string(), 5)]));
     let per_partition: i64 =
-        support::count(&pool, "SELECT count(DISTINCT \"partition\") FROM dropped_events WHERE transform = 'bot-filter'").await;
+        support::count(&f.pool, "SELECT count(DISTINCT \"partition\") FROM dropped_events WHERE transform = 'bot-filter'").await;
     assert!(per_partition > 1, "drops are counted per partition");
     let rejected: Vec<(String, String, String, Option<String>)> =
-        sqlx::query_as("SELECT stage, kind, reason, plugin_version FROM dead_letters ORDER BY id").fetch_all(&pool).await.unwrap();
+        sqlx::query_as("SELECT stage, kind, reason, plugin_version FROM dead_letters ORDER BY id").fetch_all(&f.pool).await.unwrap();
     assert_eq!(rejected.len(), 4, "{rejected:?}");
     for (stage, kind, reason, version) in &rejected {
         assert_eq!((stage.as_str(), kind.as_str(), reason.as_str()), ("transform", "rejected", "user_id: asked to reject"));
@@ -183,7 +169,7 @@ async fn a_chain_runs_in_order_and_its_drops_and_rejections_reconcile_from_the_d
     // anonymize-ip cut the address after enrich had located it.
     let expected_chain = format!("enrich@{},bot-filter@1.0.0,anonymize-ip@1.0.0,misbehave@0.0.1-misbehave", support::enrich_version());
     let rows: Vec<(String, String, String, String)> =
-        sqlx::query_as("SELECT chain, ip, country, device FROM events").fetch_all(&pool).await.unwrap();
+        sqlx::query_as("SELECT chain, ip, country, device FROM events").fetch_all(&f.pool).await.unwrap();
     assert!(rows.iter().all(|r| r.0 == expected_chain), "chains: {:?}", rows.iter().map(|r| &r.0).collect::<BTreeSet<_>>());
     assert!(rows.iter().all(|r| r.3 != "bot"), "bot-filter kept a bot");
     for (_, ip, _, _) in &rows {
@@ -212,30 +198,26 @@ async fn a_chain_runs_in_order_and_its_drops_and_rejections_reconcile_from_the_d
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapping_one_transform_of_the_chain_under_load_loses_and_duplicates_nothing() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("chain_swap");
-    let db = support::fresh_database("chain_swap").await;
-    let pool = pool(&db).await;
-    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
-    let files = [copy_plugin(dir.path(), "enrich"), copy_plugin(dir.path(), "bot-filter"), copy_plugin(dir.path(), "anonymize-ip")];
-    support::set_chain(&pipeline, &[("enrich", &files[0]), ("bot-filter", &files[1]), ("anonymize-ip", &files[2])]);
-    clickstream::kafka::ensure_topic(&support::brokers(), &topic, 4).await.unwrap();
-    let (running, live) = start(&pipeline).await;
+    let f = support::Fixture::new("chain_swap").await;
+    let files = [copy_plugin(f.dir.path(), "enrich"), copy_plugin(f.dir.path(), "bot-filter"), copy_plugin(f.dir.path(), "anonymize-ip")];
+    support::set_chain(&f.pipeline, &[("enrich", &files[0]), ("bot-filter", &files[1]), ("anonymize-ip", &files[2])]);
+    clickstream::kafka::ensure_topic(&support::brokers(), &f.topic, 4).await.unwrap();
+    let (running, live) = start(&f.pipeline).await;
     let before: Vec<_> = live.load().iter().cloned().collect();
 
     let records = generated(10_000, 52);
     let producing = tokio::spawn({
-        let (topic, records) = (topic.clone(), records.clone());
+        let (topic, records) = (f.topic.clone(), records.clone());
         async move { produce(&topic, &records, Some(2_500)).await }
     });
-    support::wait_until(WAIT, "events flowing", || async { support::count(&pool, "SELECT count(*) FROM events").await > 1_000 }).await;
+    support::wait_until(WAIT, "events flowing", || async { support::count(&f.pool, "SELECT count(*) FROM events").await > 1_000 }).await;
     install(&support::plugin("enrich-canary"), &files[0]);
     support::wait_until(WAIT, "the canary to serve", || async { before[0].current().info.version.ends_with("-canary") }).await;
     producing.await.unwrap();
     let tail = generated(500, 53);
-    produce(&topic, &tail, None).await;
+    produce(&f.topic, &tail, None).await;
     let total = records.len() + tail.len();
-    support::wait_until(WAIT, "everything stored or dropped", || support::reconciled(&pool, total)).await;
+    support::wait_until(WAIT, "everything stored or dropped", || support::reconciled(&f.pool, total)).await;
     let stats = running.stats.clone();
     running.stop().await;
 
@@ -244,9 +226,9 @@ async fn swapping_one_transform_of_the_chain_under_load_loses_and_duplicates_not
     assert!(before.iter().zip(after.iter()).all(|(a, b)| Arc::ptr_eq(a, b)), "the chain's slots were replaced");
     assert_eq!((stats.reloads_of("enrich", "accepted"), stats.reloads_of("bot-filter", "accepted")), (1, 0));
 
-    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&pool).await.unwrap();
+    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&f.pool).await.unwrap();
     let expected_drops: i64 = records.iter().chain(&tail).filter(|r| bot_reason(r).is_some()).count() as i64;
-    let dropped: i64 = dropped_by_transform(&pool).await.values().sum();
+    let dropped: i64 = dropped_by_transform(&f.pool).await.values().sum();
     assert_eq!(dropped, expected_drops, "bot-filter dropped every bot once");
     assert_eq!(ids.len() as i64 + dropped, total as i64, "nothing lost or doubled");
     let kept: BTreeSet<String> = records.iter().chain(&tail).filter(|r| bot_reason(r).is_none()).map(|r| r.event_id.clone()).collect();
@@ -255,7 +237,7 @@ async fn swapping_one_transform_of_the_chain_under_load_loses_and_duplicates_not
     // Per partition, in offset order: the old enrich, then the canary, never back.
     let (mut old, mut new) = (0, 0);
     let mut switched: BTreeMap<i32, bool> = BTreeMap::new();
-    for (partition, offset, chain) in chains(&pool).await {
+    for (partition, offset, chain) in chains(&f.pool).await {
         let is_new = chain.starts_with(&format!("enrich@{}-canary,", support::enrich_version()));
         assert!(chain.ends_with(",bot-filter@1.0.0,anonymize-ip@1.0.0"), "{chain}");
         let seen_new = switched.entry(partition).or_default();
@@ -273,20 +255,16 @@ async fn swapping_one_transform_of_the_chain_under_load_loses_and_duplicates_not
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transforms_added_reordered_replaced_and_removed_in_pipeline_toml_apply_under_load_without_loss() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("chain_edit");
-    let db = support::fresh_database("chain_edit").await;
-    let pool = pool(&db).await;
-    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("g"), &db, "");
+    let f = support::Fixture::new("chain_edit").await;
     let [enrich, bots, anonymize, legacy] = ["enrich", "bot-filter", "anonymize-ip", "legacy-enrich"].map(support::plugin);
-    clickstream::kafka::ensure_topic(&support::brokers(), &topic, 4).await.unwrap();
-    let (running, live) = start(&pipeline).await;
+    clickstream::kafka::ensure_topic(&support::brokers(), &f.topic, 4).await.unwrap();
+    let (running, live) = start(&f.pipeline).await;
 
     // More than the steps need: production stops once the last chain has stored some.
     let records = generated(200_000, 54);
     let stop = Arc::new(AtomicBool::new(false));
     let producing = tokio::spawn({
-        let (topic, records, stop) = (topic.clone(), records.clone(), stop.clone());
+        let (topic, records, stop) = (f.topic.clone(), records.clone(), stop.clone());
         async move { produce_until(&topic, &records, Some(2_000), &stop).await }
     });
     let v = support::enrich_version();
@@ -307,11 +285,11 @@ async fn transforms_added_reordered_replaced_and_removed_in_pipeline_toml_apply_
     let mut order = vec![format!("enrich@{v}")];
     for (n, (chain, stored_as)) in steps.iter().enumerate() {
         support::wait_until(WAIT, &format!("events stored by chain {n}"), || {
-            let (pool, last) = (pool.clone(), order.last().unwrap().clone());
+            let (pool, last) = (f.pool.clone(), order.last().unwrap().clone());
             async move { support::count(&pool, &format!("SELECT count(*) FROM events WHERE chain = '{last}'")).await > 200 }
         })
         .await;
-        support::set_chain(&pipeline, chain);
+        support::set_chain(&f.pipeline, chain);
         let stats = running.stats.clone();
         support::wait_until(WAIT, &format!("chain {} to apply", n + 1), || {
             let stats = stats.clone();
@@ -322,19 +300,19 @@ async fn transforms_added_reordered_replaced_and_removed_in_pipeline_toml_apply_
         order.push(stored_as.clone());
     }
     support::wait_until(WAIT, "events stored by the last chain", || {
-        let (pool, last) = (pool.clone(), order.last().unwrap().clone());
+        let (pool, last) = (f.pool.clone(), order.last().unwrap().clone());
         async move { support::count(&pool, &format!("SELECT count(*) FROM events WHERE chain = '{last}'")).await > 200 }
     })
     .await;
     stop.store(true, Ordering::Relaxed);
     let records = &records[..producing.await.unwrap()];
-    support::wait_until(WAIT, "everything stored or dropped", || support::reconciled(&pool, records.len())).await;
+    support::wait_until(WAIT, "everything stored or dropped", || support::reconciled(&f.pool, records.len())).await;
     let stats = running.stats.clone();
     running.stop().await;
     assert_eq!(stats.reloads_of("pipeline.toml", "rejected"), 0);
 
-    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&pool).await.unwrap();
-    let dropped = dropped_by_transform(&pool).await;
+    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&f.pool).await.unwrap();
+    let dropped = dropped_by_transform(&f.pool).await;
     assert_eq!(dropped.keys().collect::<Vec<_>>(), vec!["bot-filter"], "only bot-filter drops");
     assert_eq!(ids.len() as i64 + dropped["bot-filter"], records.len() as i64, "nothing lost or doubled");
     assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), ids.len());
@@ -344,7 +322,7 @@ async fn transforms_added_reordered_replaced_and_removed_in_pipeline_toml_apply_
     let rank: BTreeMap<&str, usize> = order.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
     let mut at: BTreeMap<i32, usize> = BTreeMap::new();
     let mut seen = BTreeSet::new();
-    for (partition, offset, chain) in chains(&pool).await {
+    for (partition, offset, chain) in chains(&f.pool).await {
         let r = *rank.get(chain.as_str()).unwrap_or_else(|| panic!("{chain} at {partition}/{offset} is none of the applied chains"));
         let current = at.entry(partition).or_default();
         assert!(r >= *current, "partition {partition} offset {offset} went back from chain {} to {chain}", order[*current]);
@@ -354,7 +332,7 @@ async fn transforms_added_reordered_replaced_and_removed_in_pipeline_toml_apply_
     assert_eq!(seen.len(), order.len(), "every chain stored events");
     // While bot-filter ran, no bot was stored; before and after, they were.
     let bots_stored: Vec<(String, i64)> =
-        sqlx::query_as("SELECT chain, count(*) FROM events WHERE device = 'bot' GROUP BY 1").fetch_all(&pool).await.unwrap();
+        sqlx::query_as("SELECT chain, count(*) FROM events WHERE device = 'bot' GROUP BY 1").fetch_all(&f.pool).await.unwrap();
     assert!(bots_stored.iter().all(|(chain, _)| !chain.contains("bot-filter")), "{bots_stored:?}");
 }
 

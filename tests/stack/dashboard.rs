@@ -80,27 +80,23 @@ const PANELS_JS: &str = r#"[...document.querySelectorAll("article.transform")].m
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_draws_every_chart_with_points_and_axis_labels_and_a_panel_per_transform() {
-    support::init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database("dashboard").await;
-    let topic = support::unique("dashboard_clicks");
+    let extra = format!("reload_token = \"{TOKEN}\"\n\n[aggregate]\ninterval_ms = 500\nallowed_lateness_secs = 0\n");
+    let f = support::Fixture::with("dashboard", &extra).await;
     let brokers = support::brokers();
-    clickstream::kafka::ensure_topic(&brokers, &topic, PARTITIONS)
+    clickstream::kafka::ensure_topic(&brokers, &f.topic, PARTITIONS)
         .await
         .unwrap_or_else(|e| panic!("broker at {brokers} refused ({e}): run `scripts/services up`"));
 
     // The chain of three bundled transforms; enrich is a copy the test
     // replaces, with a canary rollout that only the API decides.
-    let enrich = dir.path().join("enrich.wasm");
+    let enrich = f.dir.path().join("enrich.wasm");
     std::fs::copy(support::plugin("enrich"), &enrich).unwrap();
-    let extra = format!("reload_token = \"{TOKEN}\"\n\n[aggregate]\ninterval_ms = 500\nallowed_lateness_secs = 0\n");
-    let pipeline = support::write_pipeline(dir.path(), &topic, &support::unique("dashboard"), &db, &extra);
     let (bot_filter, anonymize) = (support::plugin("bot-filter"), support::plugin("anonymize-ip"));
-    support::set_chain(&pipeline, &[("enrich", &enrich), ("bot-filter", &bot_filter), ("anonymize-ip", &anonymize)]);
-    let text = std::fs::read_to_string(&pipeline).unwrap();
+    support::set_chain(&f.pipeline, &[("enrich", &enrich), ("bot-filter", &bot_filter), ("anonymize-ip", &anonymize)]);
+    let text = std::fs::read_to_string(&f.pipeline).unwrap();
     let rollout = "enrich.wasm\"\nrollout = \"canary\"\ncanary_fraction = 0.5\ncanary_batches = 1000000\n";
-    std::fs::write(&pipeline, text.replacen("enrich.wasm\"\n", rollout, 1)).unwrap();
-    let config = support::load_config(&pipeline);
+    std::fs::write(&f.pipeline, text.replacen("enrich.wasm\"\n", rollout, 1)).unwrap();
+    let config = support::load_config(&f.pipeline);
 
     // The API on its own thread, as `clickstream run` serves it, sharing
     // the pipeline's counters.
@@ -144,7 +140,7 @@ async fn the_dashboard_draws_every_chart_with_points_and_axis_labels_and_a_panel
     };
     // Paced over about ten seconds, so the throughput chart has a shape.
     let summary =
-        produce::to_kafka(Generator::new(generator), &brokers, &topic, Some(300), &Default::default(), &indicatif::ProgressBar::hidden())
+        produce::to_kafka(Generator::new(generator), &brokers, &f.topic, Some(300), &Default::default(), &indicatif::ProgressBar::hidden())
             .await
             .unwrap();
     let records = summary.records;

@@ -106,7 +106,7 @@ async fn an_event_past_the_retention_is_dead_lettered_as_expired_and_the_rest_of
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_from_before_day_partitions_keeps_its_events_and_dead_letters() {
     let db = support::fresh_database("partitions_upgrade").await;
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
+    let pool = support::pool(&db).await;
     // Migrations 0001–0005 only: the tables as the previous release left them.
     let mut before = sqlx::migrate!("./migrations");
     let first_five: Vec<_> = before.migrations.iter().filter(|m| m.version < 6).cloned().collect();

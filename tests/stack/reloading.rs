@@ -1,6 +1,6 @@
 //! What the hot-reload tests share: a running pipeline whose plugin is a
 //! copy the test replaces, and the API's reload requests.
-#![allow(dead_code)] // each test binary uses its own part
+#![allow(dead_code)] // each test module uses its own part
 
 use clickstream_testkit as support;
 
@@ -42,18 +42,19 @@ pub struct Running {
 /// them from slowing each other down.
 pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Runs a pipeline whose enrich plugin is a copy in `dir`, so the test can replace it.
-pub async fn start(dir: &Path, topic: &str, db: &str) -> Running {
-    install(&support::plugin("enrich"), &dir.join("enrich.wasm"));
-    start_chain(dir, topic, db, &[("enrich", &dir.join("enrich.wasm"))], 0).await
+/// Runs `f`'s pipeline with its enrich plugin a copy in `f.dir`, so the
+/// test can replace it.
+pub async fn start(f: &support::Fixture) -> Running {
+    let enrich = f.dir.path().join("enrich.wasm");
+    install(&support::plugin("enrich"), &enrich);
+    start_chain(f, &[("enrich", &enrich)], 0).await
 }
 
-/// Runs a pipeline with the chain `transforms`; the test replaces the
+/// Runs `f`'s pipeline with the chain `transforms`; the test replaces the
 /// one at `replaced`.
-pub async fn start_chain(dir: &Path, topic: &str, db: &str, transforms: &[(&str, &Path)], replaced: usize) -> Running {
-    support::init_logs();
-    clickstream::kafka::ensure_topic(&support::brokers(), topic, 4).await.unwrap();
-    let pipeline = support::write_pipeline(dir, topic, &support::unique("reload"), db, "");
+pub async fn start_chain(f: &support::Fixture, transforms: &[(&str, &Path)], replaced: usize) -> Running {
+    clickstream::kafka::ensure_topic(&support::brokers(), &f.topic, 4).await.unwrap();
+    let pipeline = f.pipeline.clone();
     support::set_chain(&pipeline, transforms);
     let config = support::load_config(&pipeline);
     let (stop, stopped) = tokio::sync::watch::channel(false);

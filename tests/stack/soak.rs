@@ -23,7 +23,6 @@ use clickstream::stages::index::{DocQuery, Indexer};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sqlx::postgres::PgPoolOptions;
 
 /// Records per second of the steady stream.
 const RATE: u64 = 400;
@@ -264,7 +263,7 @@ async fn a_chaos_soak_loses_and_duplicates_nothing() {
     let good: BTreeSet<&str> = records.iter().filter(|r| r.bad.is_none_or(|k| !k.is_dead_letter())).map(|r| r.event_id.as_str()).collect();
     let mut bad: Vec<&[u8]> = records.iter().filter(|r| r.bad.is_some_and(BadKind::is_dead_letter)).map(|r| r.payload.as_slice()).collect();
     bad.extend(poisoned.iter().map(Vec::as_slice));
-    let pool = PgPoolOptions::new().max_connections(2).connect(&pg.url).await.unwrap();
+    let pool = support::pool(&pg.url).await;
     let reconciled = || async {
         support::count(&pool, "SELECT count(*) FROM events").await as usize >= good.len()
             && support::count(&pool, "SELECT count(*) FROM dead_letters").await as usize >= bad.len()

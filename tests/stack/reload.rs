@@ -3,31 +3,27 @@
 
 use clickstream_testkit as support;
 
-mod reloading;
+use crate::reloading;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use reloading::{install, produce_to, start, stored, ONE_AT_A_TIME, WAIT};
-use sqlx::postgres::PgPoolOptions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_swaps_enrich_without_loss() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("reload_swap");
-    let db = support::fresh_database("reload_swap").await;
-    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
-    let running = start(dir.path(), &topic, &db).await;
+    let f = support::Fixture::new("reload_swap").await;
+    let running = start(&f).await;
     let old_version = running.slot.current().info.version.clone();
 
     let producing = tokio::spawn({
-        let topic = topic.clone();
+        let topic = f.topic.clone();
         async move { produce_to(&topic, 12_000, 31, Some(2_500)).await }
     });
-    support::wait_until(WAIT, "events flowing", || async { stored(&pool).await > 1_000 }).await;
+    support::wait_until(WAIT, "events flowing", || async { stored(&f.pool).await > 1_000 }).await;
     let written = Instant::now();
-    install(&support::plugin("enrich-canary"), &dir.path().join("enrich.wasm"));
+    install(&support::plugin("enrich-canary"), &f.dir.path().join("enrich.wasm"));
     while !running.slot.current().info.version.ends_with("-canary") {
         assert!(written.elapsed() < WAIT, "the new version never went live");
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -36,8 +32,8 @@ async fn reload_swaps_enrich_without_loss() {
     let mut expected = producing.await.unwrap();
     // Events after the swap for certain, however long compiling took on a
     // busy machine.
-    expected.extend(produce_to(&topic, 1_000, 32, None).await);
-    support::wait_until(WAIT, "everything stored", || async { stored(&pool).await as usize >= expected.len() }).await;
+    expected.extend(produce_to(&f.topic, 1_000, 32, None).await);
+    support::wait_until(WAIT, "everything stored", || async { stored(&f.pool).await as usize >= expected.len() }).await;
     running.stop.send(true).unwrap();
     running.task.await.unwrap().unwrap();
     eprintln!("swap went live {swap_took:?} after the file write");
@@ -45,7 +41,7 @@ async fn reload_swaps_enrich_without_loss() {
     let rows: Vec<(String, i32, i64, String, String)> = sqlx::query_as(
         "SELECT event_id, \"partition\", \"offset\", plugin_version, browser FROM events ORDER BY \"partition\", \"offset\"",
     )
-    .fetch_all(&pool)
+    .fetch_all(&f.pool)
     .await
     .unwrap();
     assert_eq!(rows.len(), expected.len(), "each event stored once");
@@ -78,14 +74,11 @@ async fn reload_swaps_enrich_without_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_plugin_files_leave_the_old_version_serving() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("reload_reject");
-    let db = support::fresh_database("reload_reject").await;
-    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
-    let running = start(dir.path(), &topic, &db).await;
+    let f = support::Fixture::new("reload_reject").await;
+    let running = start(&f).await;
     let serving = running.slot.current().info.clone();
-    let target = dir.path().join("enrich.wasm");
-    let corrupt = dir.path().join("corrupt.bin");
+    let target = f.dir.path().join("enrich.wasm");
+    let corrupt = f.dir.path().join("corrupt.bin");
     std::fs::write(&corrupt, b"\0asm\x0d\0\x01\0 definitely not a component").unwrap();
 
     for (n, bad) in [corrupt, support::plugin("aggregate"), support::plugin("misbehave-trap")].iter().enumerate() {
@@ -98,9 +91,9 @@ async fn rejected_plugin_files_leave_the_old_version_serving() {
         .await;
         assert_eq!(running.slot.current().info, serving, "the old version keeps serving after {}", bad.display());
     }
-    let expected = produce_to(&topic, 1_000, 32, None).await;
-    support::wait_until(WAIT, "events stored by the old version", || async { stored(&pool).await as usize >= expected.len() }).await;
-    let versions: Vec<String> = sqlx::query_scalar("SELECT DISTINCT plugin_version FROM events").fetch_all(&pool).await.unwrap();
+    let expected = produce_to(&f.topic, 1_000, 32, None).await;
+    support::wait_until(WAIT, "events stored by the old version", || async { stored(&f.pool).await as usize >= expected.len() }).await;
+    let versions: Vec<String> = sqlx::query_scalar("SELECT DISTINCT plugin_version FROM events").fetch_all(&f.pool).await.unwrap();
     assert_eq!(versions, vec![serving.version.clone()]);
     assert_eq!(running.stats.reloads_of("enrich", "accepted"), 0);
     running.stop.send(true).unwrap();
@@ -110,11 +103,8 @@ async fn rejected_plugin_files_leave_the_old_version_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipeline_toml_edits_apply_live_are_refused_when_invalid_and_reconnect_on_a_topic_change() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("reload_config");
-    let db = support::fresh_database("reload_config").await;
-    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
-    let running = start(dir.path(), &topic, &db).await;
+    let f = support::Fixture::new("reload_config").await;
+    let running = start(&f).await;
     let original = std::fs::read_to_string(&running.pipeline).unwrap();
     let accepted = |n: u64| {
         let stats = running.stats.clone();
@@ -135,8 +125,8 @@ async fn pipeline_toml_edits_apply_live_are_refused_when_invalid_and_reconnect_o
     std::fs::write(&running.pipeline, original.replace("batch_size = 500", "batch_size = 10")).unwrap();
     support::wait_until(WAIT, "the batch size edit to apply", accepted(1)).await;
     let before = running.stats.batches_written.get();
-    let first = produce_to(&topic, 600, 33, None).await;
-    support::wait_until(WAIT, "events stored", || async { stored(&pool).await as usize >= first.len() }).await;
+    let first = produce_to(&f.topic, 600, 33, None).await;
+    support::wait_until(WAIT, "events stored", || async { stored(&f.pool).await as usize >= first.len() }).await;
     let batches = running.stats.batches_written.get() - before;
     assert!(batches >= 60, "600 records in {batches} batches: the batch size of 10 did not apply");
 
@@ -154,33 +144,30 @@ async fn pipeline_toml_edits_apply_live_are_refused_when_invalid_and_reconnect_o
     // 4. A topic change drains, reconnects and consumes the new topic.
     let second_topic = support::unique("reload_config_2");
     let second = produce_to(&second_topic, 400, 34, None).await;
-    std::fs::write(&running.pipeline, original.replace(&topic, &second_topic)).unwrap();
+    std::fs::write(&running.pipeline, original.replace(&f.topic, &second_topic)).unwrap();
     support::wait_until(WAIT, "the new topic to be consumed", || async {
-        support::count(&pool, &format!("SELECT count(*) FROM events WHERE topic = '{second_topic}'")).await as usize >= second.len()
+        support::count(&f.pool, &format!("SELECT count(*) FROM events WHERE topic = '{second_topic}'")).await as usize >= second.len()
     })
     .await;
     running.stop.send(true).unwrap();
     running.task.await.unwrap().unwrap();
-    assert_eq!(stored(&pool).await as usize, first.len() + second.len(), "nothing lost or doubled across the restart");
+    assert_eq!(stored(&f.pool).await as usize, first.len() + second.len(), "nothing lost or doubled across the restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_never_seen_build_serves_from_the_baseline_tier_until_the_optimised_build_replaces_it_without_loss() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("reload_tier");
-    let db = support::fresh_database("reload_tier").await;
-    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
-    let running = start(dir.path(), &topic, &db).await;
+    let f = support::Fixture::new("reload_tier").await;
+    let running = start(&f).await;
 
     let producing = tokio::spawn({
-        let topic = topic.clone();
+        let topic = f.topic.clone();
         async move { produce_to(&topic, 8_000, 41, Some(2_000)).await }
     });
-    support::wait_until(WAIT, "events flowing", || async { stored(&pool).await > 500 }).await;
-    let build = dir.path().join("unseen.bin");
+    support::wait_until(WAIT, "events flowing", || async { stored(&f.pool).await > 500 }).await;
+    let build = f.dir.path().join("unseen.bin");
     std::fs::write(&build, support::unseen_build("enrich-canary", &support::unique("tier"))).unwrap();
-    install(&build, &dir.path().join("enrich.wasm"));
+    install(&build, &f.dir.path().join("enrich.wasm"));
     let written = Instant::now();
     while !running.slot.current().info.version.ends_with("-canary") {
         assert!(written.elapsed() < WAIT, "the new version never went live");
@@ -199,25 +186,22 @@ async fn a_never_seen_build_serves_from_the_baseline_tier_until_the_optimised_bu
     assert_eq!(running.stats.reloads_of("enrich", "accepted"), 1, "one swap from the file; the optimised build replaced it in place");
 
     let mut expected = producing.await.unwrap();
-    expected.extend(produce_to(&topic, 1_000, 42, None).await);
-    support::wait_until(WAIT, "everything stored", || async { stored(&pool).await as usize >= expected.len() }).await;
+    expected.extend(produce_to(&f.topic, 1_000, 42, None).await);
+    support::wait_until(WAIT, "everything stored", || async { stored(&f.pool).await as usize >= expected.len() }).await;
     running.stop.send(true).unwrap();
     running.task.await.unwrap().unwrap();
-    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&pool).await.unwrap();
+    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&f.pool).await.unwrap();
     assert_eq!(ids.len(), expected.len(), "each event stored once");
     assert_eq!(ids.into_iter().collect::<BTreeSet<_>>(), expected);
-    let canary: i64 = support::count(&pool, "SELECT count(*) FROM events WHERE browser LIKE '%+canary'").await;
+    let canary: i64 = support::count(&f.pool, "SELECT count(*) FROM events WHERE browser LIKE '%+canary'").await;
     assert!(canary >= 1_000, "the events produced after the swap went through the new build: {canary}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_toml_edit_whose_aggregate_fails_applies_nothing_and_its_fix_applies_whole_with_the_new_transform_watched() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("reload_whole");
-    let db = support::fresh_database("reload_whole").await;
-    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
-    let running = start(dir.path(), &topic, &db).await;
+    let f = support::Fixture::new("reload_whole").await;
+    let running = start(&f).await;
     let stats = running.stats.clone();
     let reloads = |what: &'static str, outcome: &'static str, n: u64| {
         let stats = stats.clone();
@@ -226,26 +210,26 @@ async fn a_pipeline_toml_edit_whose_aggregate_fails_applies_nothing_and_its_fix_
             async move { stats.reloads_of(what, outcome) >= n }
         }
     };
-    let bot = dir.path().join("bot-filter.wasm");
+    let bot = f.dir.path().join("bot-filter.wasm");
     install(&support::plugin("bot-filter"), &bot);
-    let broken = dir.path().join("broken-aggregate.wasm");
+    let broken = f.dir.path().join("broken-aggregate.wasm");
     std::fs::write(&broken, b"no component").unwrap();
     let aggregate = support::plugin("aggregate").display().to_string();
 
     // One edit: a new transform (fine) and an aggregate plugin that fails.
-    let draft = dir.path().join("draft.toml");
+    let draft = f.dir.path().join("draft.toml");
     std::fs::copy(&running.pipeline, &draft).unwrap();
-    support::set_chain(&draft, &[("enrich", &dir.path().join("enrich.wasm")), ("bot-filter", &bot)]);
+    support::set_chain(&draft, &[("enrich", &f.dir.path().join("enrich.wasm")), ("bot-filter", &bot)]);
     let with_chain = std::fs::read_to_string(&draft).unwrap();
-    let tmp = dir.path().join("next.toml");
+    let tmp = f.dir.path().join("next.toml");
     std::fs::write(&tmp, with_chain.replace(&aggregate, &broken.display().to_string())).unwrap();
     std::fs::rename(&tmp, &running.pipeline).unwrap();
     support::wait_until(WAIT, "the edit refused", reloads("pipeline.toml", "rejected", 1)).await;
     assert_eq!(running.stats.reloads_of("aggregate", "rejected"), 1);
     assert_eq!(running.stats.reloads_of("bot-filter", "accepted"), 0, "nothing of the refused edit applied");
-    let first = produce_to(&topic, 300, 43, None).await;
-    support::wait_until(WAIT, "events stored", || async { stored(&pool).await as usize >= first.len() }).await;
-    let chains: Vec<String> = sqlx::query_scalar("SELECT DISTINCT chain::text FROM events").fetch_all(&pool).await.unwrap();
+    let first = produce_to(&f.topic, 300, 43, None).await;
+    support::wait_until(WAIT, "events stored", || async { stored(&f.pool).await as usize >= first.len() }).await;
+    let chains: Vec<String> = sqlx::query_scalar("SELECT DISTINCT chain::text FROM events").fetch_all(&f.pool).await.unwrap();
     assert!(chains.iter().all(|c| !c.contains("bot-filter")), "the old chain served on: {chains:?}");
 
     // The fix applies whole, and the new transform's file is watched.
@@ -253,15 +237,15 @@ async fn a_pipeline_toml_edit_whose_aggregate_fails_applies_nothing_and_its_fix_
     std::fs::rename(&tmp, &running.pipeline).unwrap();
     support::wait_until(WAIT, "the fixed edit applied", reloads("pipeline.toml", "accepted", 1)).await;
     assert_eq!(running.stats.reloads_of("bot-filter", "accepted"), 1);
-    let build = dir.path().join("unseen.bin");
+    let build = f.dir.path().join("unseen.bin");
     std::fs::write(&build, support::unseen_build("bot-filter", &support::unique("whole"))).unwrap();
     install(&build, &bot);
     support::wait_until(WAIT, "the new bot-filter build hot-reloaded", reloads("bot-filter", "accepted", 2)).await;
 
     // bot-filter drops the bots' clicks: every event is stored or dropped, once.
-    let second = produce_to(&topic, 300, 44, None).await;
+    let second = produce_to(&f.topic, 300, 44, None).await;
     let done =
-        || async { stored(&pool).await + support::count(&pool, "SELECT coalesce(sum(dropped), 0)::bigint FROM dropped_events").await };
+        || async { stored(&f.pool).await + support::count(&f.pool, "SELECT coalesce(sum(dropped), 0)::bigint FROM dropped_events").await };
     support::wait_until(WAIT, "events stored or dropped", || async { done().await as usize >= first.len() + second.len() }).await;
     running.stop.send(true).unwrap();
     running.task.await.unwrap().unwrap();

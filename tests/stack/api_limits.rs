@@ -19,7 +19,6 @@ use clickstream::produce::{self, Generator, GeneratorConfig};
 use clickstream::runtime::api::Api;
 use clickstream::stats::Stats;
 use serde_json::Value;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -34,12 +33,10 @@ struct Served {
 }
 
 impl Served {
-    /// Runs a pipeline on `db` and `topic` with `api` as extra `[api]` keys,
-    /// and serves its API on a free loopback port; returns once the dead
-    /// letters endpoint answers.
-    async fn start(dir: &std::path::Path, db: &str, topic: &str, api: &str) -> Served {
-        let pipeline = support::write_pipeline(dir, topic, &support::unique("limits"), db, api);
-        let config = support::load_config(&pipeline);
+    /// Runs `pipeline` (on `topic`) and serves its API on a free loopback
+    /// port; returns once the dead letters endpoint answers.
+    async fn start(pipeline: &std::path::Path, topic: &str) -> Served {
+        let config = support::load_config(pipeline);
         clickstream::kafka::ensure_topic(&support::brokers(), topic, 2)
             .await
             .unwrap_or_else(|e| panic!("broker at {} refused ({e}): run `scripts/services up`", support::brokers()));
@@ -118,21 +115,13 @@ async fn lock_dead_letters(db: &str) -> PgConnection {
     conn
 }
 
-async fn count(pool: &PgPool, sql: &str) -> i64 {
-    support::count(pool, sql).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_flood_is_shed_without_touching_the_ingest_pool() {
-    support::init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database("api_flood").await;
-    let topic = support::unique("flood_clicks");
     // Long enough that held requests stay held until the lock is let go.
     let api = "max_concurrent_requests = 4\ndb_connections = 2\nstatement_timeout_ms = 300000\n";
-    let served = Arc::new(Served::start(dir.path(), &db, &topic, api).await);
-    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
-    let lock = lock_dead_letters(&db).await;
+    let f = support::Fixture::with("api_flood", api).await;
+    let served = Arc::new(Served::start(&f.pipeline, &f.topic).await);
+    let lock = lock_dead_letters(&f.db).await;
 
     // Twelve requests at once: four are let in and wait on the lock (two
     // on the API's two connections, two for one of them); eight are refused.
@@ -167,12 +156,15 @@ async fn a_request_flood_is_shed_without_touching_the_ingest_pool() {
          AND application_name = '{}'",
         clickstream::runtime::api::DB_APPLICATION_NAME
     );
-    support::wait_until(WAIT, "the API's two connections waiting on the lock", || async { count(&pool, &api_waiting).await == 2 }).await;
+    support::wait_until(WAIT, "the API's two connections waiting on the lock", || async {
+        support::count(&f.pool, &api_waiting).await == 2
+    })
+    .await;
     let api_connections = format!(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = '{}'",
         clickstream::runtime::api::DB_APPLICATION_NAME
     );
-    assert_eq!(count(&pool, &api_connections).await, 2);
+    assert_eq!(support::count(&f.pool, &api_connections).await, 2);
 
     // Ingest goes on meanwhile: every event produced is stored.
     let now = chrono::Utc::now().timestamp_millis();
@@ -187,9 +179,11 @@ async fn a_request_flood_is_shed_without_touching_the_ingest_pool() {
         bad_fraction: 0.0,
         ..GeneratorConfig::default()
     });
-    produce::to_kafka(generator, &support::brokers(), &topic, None, &Default::default(), &indicatif::ProgressBar::hidden()).await.unwrap();
+    produce::to_kafka(generator, &support::brokers(), &f.topic, None, &Default::default(), &indicatif::ProgressBar::hidden())
+        .await
+        .unwrap();
     support::wait_until(WAIT, "every event stored while the API is saturated", || async {
-        count(&pool, "SELECT count(*) FROM events").await == events as i64
+        support::count(&f.pool, "SELECT count(*) FROM events").await == events as i64
     })
     .await;
     let others_waiting = format!(
@@ -197,8 +191,8 @@ async fn a_request_flood_is_shed_without_touching_the_ingest_pool() {
          AND application_name <> '{}'",
         clickstream::runtime::api::DB_APPLICATION_NAME
     );
-    assert_eq!(count(&pool, &others_waiting).await, 0, "only the API's connections wait");
-    assert_eq!(count(&pool, &api_connections).await, 2, "the API never took more connections");
+    assert_eq!(support::count(&f.pool, &others_waiting).await, 0, "only the API's connections wait");
+    assert_eq!(support::count(&f.pool, &api_connections).await, 2, "the API never took more connections");
 
     // Let go: the held requests are answered.
     lock.close().await.unwrap();
@@ -212,11 +206,9 @@ async fn a_request_flood_is_shed_without_touching_the_ingest_pool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_api_query_is_cancelled_by_its_statement_timeout() {
-    support::init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database("api_timeout").await;
-    let served = Served::start(dir.path(), &db, &support::unique("timeout_clicks"), "statement_timeout_ms = 1000\n").await;
-    let lock = lock_dead_letters(&db).await;
+    let f = support::Fixture::with("api_timeout", "statement_timeout_ms = 1000\n").await;
+    let served = Served::start(&f.pipeline, &f.topic).await;
+    let lock = lock_dead_letters(&f.db).await;
     for path in ["/api/dead-letters", "/api/dead-letters?all=true&after=5"] {
         // Bounded, so a query left waiting fails the test instead of hanging it.
         let response = served.http.get(served.url(path)).timeout(Duration::from_secs(30)).send().await;
@@ -232,12 +224,9 @@ async fn a_slow_api_query_is_cancelled_by_its_statement_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_pages_return_every_row_once_while_rows_are_added_and_replayed() {
-    support::init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database("api_paging").await;
-    let served = Served::start(dir.path(), &db, &support::unique("paging_clicks"), "").await;
-    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
-    let mut expected = add_dead_letters(&pool, 25).await;
+    let f = support::Fixture::new("api_paging").await;
+    let served = Served::start(&f.pipeline, &f.topic).await;
+    let mut expected = add_dead_letters(&f.pool, 25).await;
 
     // Pending ones, seven a page. After each page, three new dead letters
     // arrive and the page's rows are replayed: an OFFSET would now skip
@@ -249,11 +238,11 @@ async fn dead_letter_pages_return_every_row_once_while_rows_are_added_and_replay
         assert!(page.get("total").is_none() && page.get("offset").is_none(), "no full count, no offset: {page}");
         let got = ids(&page);
         seen.extend(&got);
-        sqlx::query("UPDATE dead_letters SET replayed_at = now() WHERE id = ANY($1)").bind(&got).execute(&pool).await.unwrap();
+        sqlx::query("UPDATE dead_letters SET replayed_at = now() WHERE id = ANY($1)").bind(&got).execute(&f.pool).await.unwrap();
         let Some(next) = page["next"].as_i64() else { break };
         assert_eq!(Some(&next), got.last(), "the cursor is the page's last id");
         if pages <= 4 {
-            expected.extend(add_dead_letters(&pool, 3).await);
+            expected.extend(add_dead_letters(&f.pool, 3).await);
         }
         after = next;
         assert!(pages < 50, "paging ends");
@@ -292,13 +281,9 @@ async fn dead_letter_pages_return_every_row_once_while_rows_are_added_and_replay
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_previews_are_absent_by_default_and_present_when_configured() {
-    support::init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database("api_previews").await;
-    let topic = support::unique("previews_clicks");
-    let served = Served::start(dir.path(), &db, &topic, "").await;
-    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
-    add_dead_letters(&pool, 3).await;
+    let f = support::Fixture::new("api_previews").await;
+    let served = Served::start(&f.pipeline, &f.topic).await;
+    add_dead_letters(&f.pool, 3).await;
 
     let response = served.http.get(served.url("/api/dead-letters")).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -313,8 +298,10 @@ async fn dead_letter_previews_are_absent_by_default_and_present_when_configured(
     }
     served.stop().await;
 
+    // A second pipeline on the same database and topic, under a group of its own.
     let dir = tempfile::tempdir().unwrap();
-    let served = Served::start(dir.path(), &db, &topic, "dead_letter_previews = true\n").await;
+    let pipeline = support::write_pipeline(dir.path(), &f.topic, &support::unique("limits"), &f.db, "dead_letter_previews = true\n");
+    let served = Served::start(&pipeline, &f.topic).await;
     let page = served.ok("/api/dead-letters").await;
     assert_eq!(page["previews"], true);
     for item in page["items"].as_array().unwrap() {

@@ -10,11 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgPoolOptions;
-
-/// How long a failing host is given to exit: far more than it needs (the
-/// README promises seconds), so a loaded machine does not fail the test,
-/// while a host that hangs (the old behaviour: until SIGTERM) still does.
+/// How long a failing host is given to exit: far more than it needs
+/// (docs/commands.md promises seconds for `clickstream run`), so a loaded
+/// machine does not fail the test, while a host that hangs (the old
+/// behaviour: until SIGTERM) still does.
 const EXIT_WAIT: Duration = Duration::from_secs(60);
 
 /// A pipeline file for the test stack with `edit` applied to its text.
@@ -133,7 +132,7 @@ async fn validate_reports_the_migrations_a_database_lacks_without_applying_them(
     let known = clickstream::stages::store::migrations::MIGRATOR.iter().count();
     assert!(out.contains(&format!("store: 0 of {known} migrations applied")), "{out}");
     assert!(out.contains("store: pending migration 0001 "), "{out}");
-    let pool = PgPoolOptions::new().max_connections(1).connect(&db).await.unwrap();
+    let pool = support::pool(&db).await;
     let tables: i64 = support::count(&pool, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").await;
     assert_eq!(tables, 0, "validate applied nothing");
 
@@ -168,14 +167,11 @@ async fn produce(topic: &str, events: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stage_that_panics_stops_the_process_non_zero_and_a_restart_stores_every_event_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database("stage_panics").await;
-    let topic = support::unique("stage_panics");
-    let file = support::write_pipeline(dir.path(), &topic, &support::unique("stage_panics"), &db, "");
-    produce(&topic, 300).await;
+    let f = support::Fixture::new("stage_panics").await;
+    produce(&f.topic, 300).await;
 
     let (code, log) = tokio::task::spawn_blocking({
-        let file = file.clone();
+        let file = f.pipeline.clone();
         move || run_until_exit(&file, &[("CLICKSTREAM_TEST_FAULT", "panic:transform")])
     })
     .await
@@ -185,24 +181,21 @@ async fn a_stage_that_panics_stops_the_process_non_zero_and_a_restart_stores_eve
     assert_eq!(errors.len(), 1, "{log}");
     assert!(errors[0].contains("the transform stage panicked: CLICKSTREAM_TEST_FAULT"), "{}", errors[0]);
 
-    let pool = PgPoolOptions::new().max_connections(1).connect(&db).await.unwrap();
-    let host = support::Host::start(&file, &dir.path().join("again.log"));
+    let host = support::Host::start(&f.pipeline, &f.dir.path().join("again.log"));
     support::wait_until(Duration::from_secs(120), "every event stored after the restart", || async {
-        support::count(&pool, "SELECT count(*) FROM events").await >= 300
+        support::count(&f.pool, "SELECT count(*) FROM events").await >= 300
     })
     .await;
     host.stop().unwrap();
-    assert_eq!(support::count(&pool, "SELECT count(DISTINCT event_id) FROM events").await, 300);
-    assert_eq!(support::count(&pool, "SELECT count(*) FROM events").await, 300, "each once");
+    assert_eq!(support::count(&f.pool, "SELECT count(DISTINCT event_id) FROM events").await, 300);
+    assert_eq!(support::count(&f.pool, "SELECT count(*) FROM events").await, 300, "each once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_names_a_stage_that_holds_its_batch_past_the_stall_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = support::fresh_database("stage_stalls").await;
-    let topic = support::unique("stage_stalls");
-    let file = support::write_pipeline(dir.path(), &topic, &support::unique("stage_stalls"), &db, "ready_stall_secs = 1\n");
-    let host = support::Host::try_start(&file, &dir.path().join("host.log"), &[("CLICKSTREAM_TEST_FAULT", "stall:transform")]).unwrap();
+    let f = support::Fixture::with("stage_stalls", "ready_stall_secs = 1\n").await;
+    let host =
+        support::Host::try_start(&f.pipeline, &f.dir.path().join("host.log"), &[("CLICKSTREAM_TEST_FAULT", "stall:transform")]).unwrap();
     // The API binds port 0 and logs the address it got.
     const AT: &str = "HTTP API and dashboard at http://";
     support::wait_until(Duration::from_secs(60), "the API's address in the log", || async { host.log().contains(AT) }).await;
@@ -215,7 +208,7 @@ async fn ready_names_a_stage_that_holds_its_batch_past_the_stall_limit() {
         client.get(&ready).send().await.is_ok_and(|r| r.status() == 200)
     })
     .await;
-    produce(&topic, 50).await;
+    produce(&f.topic, 50).await;
     support::wait_until(Duration::from_secs(120), "/ready naming the stalled stage", || async {
         let Ok(response) = client.get(&ready).send().await else { return false };
         let status = response.status();

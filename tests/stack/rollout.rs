@@ -5,13 +5,12 @@
 
 use clickstream_testkit as support;
 
-mod reloading;
+use crate::reloading;
 
 use std::collections::BTreeMap;
 
 use clickstream::runtime::reload::ReloadAction;
 use reloading::{install, produce_to, request, start, stored, Running, ONE_AT_A_TIME, WAIT};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 /// Sets enrich's rollout keys in the running pipeline's pipeline.toml and
@@ -59,20 +58,18 @@ async fn in_canary(name: &str, keys: &str) -> InCanary {
 }
 
 async fn in_canary_of(name: &str, keys: &str, candidate: &str) -> InCanary {
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique(name);
-    let db = support::fresh_database(name).await;
-    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
-    let running = start(dir.path(), &topic, &db).await;
+    let f = support::Fixture::new(name).await;
+    let running = start(&f).await;
     let serving = running.slot.current().info.clone();
     set_rollout(&running, keys).await;
-    install(&support::plugin(candidate), &dir.path().join("enrich.wasm"));
+    install(&support::plugin(candidate), &f.dir.path().join("enrich.wasm"));
     let enrich = running.slot.clone();
     support::wait_until(WAIT, "the candidate in canary", || {
         let enrich = enrich.clone();
         async move { enrich.canary().is_some() }
     })
     .await;
+    let support::Fixture { dir, topic, pool, .. } = f;
     InCanary { dir, topic, pool, running, serving }
 }
 
@@ -161,17 +158,14 @@ async fn a_canary_promoted_by_hand_that_rejects_is_rolled_back_by_the_watch_to_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_canary_started_from_shadow_through_the_api_is_promoted_and_watched() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("canary_good");
-    let db = support::fresh_database("canary_good").await;
-    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
-    let running = start(dir.path(), &topic, &db).await;
+    let f = support::Fixture::new("canary_good").await;
+    let running = start(&f).await;
     let serving = running.slot.current().info.clone();
     set_rollout(&running, "rollout = \"shadow\"\ncanary_fraction = 0.5\ncanary_batches = 5\nwatch_batches = 5").await;
     let refused = request(&running, ReloadAction::Canary).await.unwrap_err();
     assert!(refused.contains("holds the build serving now"), "no new build yet: {refused}");
 
-    install(&support::plugin("enrich-canary"), &dir.path().join("enrich.wasm"));
+    install(&support::plugin("enrich-canary"), &f.dir.path().join("enrich.wasm"));
     let enrich = running.slot.clone();
     support::wait_until(WAIT, "the candidate in shadow", || {
         let enrich = enrich.clone();
@@ -182,20 +176,20 @@ async fn a_good_canary_started_from_shadow_through_the_api_is_promoted_and_watch
     assert!(candidate.version.ends_with("-canary"), "{candidate:?}");
     assert!(running.slot.shadow().is_none() && running.slot.canary().is_some(), "the canary replaces the shadow");
 
-    let mut expected = produce_to(&topic, 8_000, 62, Some(2_000)).await;
+    let mut expected = produce_to(&f.topic, 8_000, 62, Some(2_000)).await;
     let promoted = history_of(&running, "promoted").await;
     assert!(promoted.starts_with("its figures stayed within bounds"), "{promoted}");
     assert_eq!(running.slot.current().info.version, candidate.version);
     // The watch needs batches after the promotion.
-    expected.extend(produce_to(&topic, 6_000, 63, Some(2_000)).await);
+    expected.extend(produce_to(&f.topic, 6_000, 63, Some(2_000)).await);
     let watched = history_of(&running, "watch_ended").await;
     assert!(watched.starts_with("watch passed"), "{watched}");
     assert!(running.slot.canary().is_none());
-    support::wait_until(WAIT, "events stored", || async { stored(&pool).await as usize >= expected.len() }).await;
+    support::wait_until(WAIT, "events stored", || async { stored(&f.pool).await as usize >= expected.len() }).await;
     running.stop.send(true).unwrap();
     running.task.await.unwrap().unwrap();
 
-    let by_version = stored_once(&pool, &expected).await;
+    let by_version = stored_once(&f.pool, &expected).await;
     assert!(by_version.get(&serving.version).is_some_and(|n| *n >= 500), "the serving version kept its share: {by_version:?}");
     assert!(by_version.get(&candidate.version).is_some_and(|n| *n >= 2_000), "the canary's share, then all: {by_version:?}");
 }
@@ -204,17 +198,14 @@ async fn a_good_canary_started_from_shadow_through_the_api_is_promoted_and_watch
 async fn a_candidate_in_shadow_reports_exactly_its_field_differences_stores_nothing_and_serves_once_promoted() {
     use clickstream::runtime::reload::ReloadAction;
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("reload_shadow");
-    let db = support::fresh_database("reload_shadow").await;
-    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
-    let running = start(dir.path(), &topic, &db).await;
+    let f = support::Fixture::new("reload_shadow").await;
+    let running = start(&f).await;
     let serving = running.slot.current().info.clone();
 
     // The next build of enrich goes into shadow.
     set_rollout(&running, "rollout = \"shadow\"").await;
     assert_eq!(request(&running, ReloadAction::Promote).await.unwrap_err(), "transform `enrich` has no candidate in shadow or in canary");
-    install(&support::plugin("enrich-canary"), &dir.path().join("enrich.wasm"));
+    install(&support::plugin("enrich-canary"), &f.dir.path().join("enrich.wasm"));
     let enrich = running.slot.clone();
     support::wait_until(WAIT, "the candidate in shadow", || {
         let enrich = enrich.clone();
@@ -223,8 +214,8 @@ async fn a_candidate_in_shadow_reports_exactly_its_field_differences_stores_noth
     .await;
     assert_eq!(running.slot.current().info, serving, "a candidate in shadow does not serve");
 
-    let expected = produce_to(&topic, 2_000, 51, None).await;
-    support::wait_until(WAIT, "events stored", || async { stored(&pool).await as usize >= expected.len() }).await;
+    let expected = produce_to(&f.topic, 2_000, 51, None).await;
+    support::wait_until(WAIT, "events stored", || async { stored(&f.pool).await as usize >= expected.len() }).await;
     // The candidate runs on its own thread: its last batches may still be under way.
     let shadow = running.slot.shadow().unwrap();
     support::wait_until(WAIT, "the candidate compared a thousand events", || async { shadow.report().events >= 1_000 }).await;
@@ -237,20 +228,20 @@ async fn a_candidate_in_shadow_reports_exactly_its_field_differences_stores_noth
     for d in &report.sample {
         assert_eq!((d.field.as_str(), d.candidate.clone()), ("browser", format!("{}+canary", d.serving)), "{d:?}");
     }
-    let versions: Vec<String> = sqlx::query_scalar("SELECT DISTINCT plugin_version FROM events").fetch_all(&pool).await.unwrap();
+    let versions: Vec<String> = sqlx::query_scalar("SELECT DISTINCT plugin_version FROM events").fetch_all(&f.pool).await.unwrap();
     assert_eq!(versions, vec![serving.version.clone()], "nothing the candidate output was stored");
 
     let promoted = request(&running, ReloadAction::Promote).await.unwrap();
     assert!(promoted.version.ends_with("-canary"));
     assert!(running.slot.shadow().is_none() && running.slot.current().info.version == promoted.version);
-    let after = produce_to(&topic, 500, 52, None).await;
-    support::wait_until(WAIT, "events after the promotion", || async { stored(&pool).await as usize >= expected.len() + after.len() })
+    let after = produce_to(&f.topic, 500, 52, None).await;
+    support::wait_until(WAIT, "events after the promotion", || async { stored(&f.pool).await as usize >= expected.len() + after.len() })
         .await;
     running.stop.send(true).unwrap();
     running.task.await.unwrap().unwrap();
-    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&pool).await.unwrap();
+    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&f.pool).await.unwrap();
     assert_eq!(ids.len(), expected.len() + after.len(), "each event stored once");
-    let canary: i64 = support::count(&pool, "SELECT count(*) FROM events WHERE browser LIKE '%+canary'").await;
+    let canary: i64 = support::count(&f.pool, "SELECT count(*) FROM events WHERE browser LIKE '%+canary'").await;
     assert_eq!(canary as usize, after.len(), "the promoted build serves every event after the promotion, none before");
     let history = running.stats.reload_history();
     let promoted = history.iter().find(|r| r.outcome == "promoted").expect("the promotion is in the reload history");

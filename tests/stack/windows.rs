@@ -17,7 +17,6 @@ use clickstream::stages::index::{AggregateDoc, DocQuery, IndexOp, Indexer, Publi
 use clickstream::stages::record::{Device, Enrichment, Event, Provenance, RawEvent, WriteBatch};
 use clickstream::stages::store::Store;
 use clickstream::stats::Stats;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 
 const WINDOW_MS: i64 = 60_000;
@@ -37,7 +36,7 @@ async fn setup(name: &str, extra: &str) -> Setup {
     let file = support::write_pipeline(dir.path(), "clicks", &support::unique(name), &db, extra);
     let config = support::load_config(&file);
     let store = Store::connect(&db, config.windows()).await.unwrap();
-    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
+    let pool = support::pool(&db).await;
     Setup { config, store, pool, _dir: dir }
 }
 

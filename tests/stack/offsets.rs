@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use clickstream::produce::{self, Generator, GeneratorConfig};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -41,7 +40,7 @@ async fn a_new_database_under_the_same_group_id_gets_every_record() {
 
     for name in ["offsets_first", "offsets_second"] {
         let db = support::fresh_database(name).await;
-        let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
+        let pool = support::pool(&db).await;
         let pipeline = support::write_pipeline(dir.path(), &topic, &group, &db, "");
         run_until_stored(&pipeline, &pool, expected.len()).await;
         let stored: BTreeSet<String> =
@@ -101,7 +100,7 @@ async fn partitions_assigned_while_postgresql_is_down_wait_for_its_offsets_and_s
     assert_eq!(stats.consumed.get(), 0, "nothing is read from Kafka's committed offsets");
 
     postgres.start_again();
-    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
+    let pool = support::pool(&db).await;
     support::wait_until(WAIT, "every record stored", || support::reconciled(&pool, expected.len())).await;
     running.stop().await;
     let stored: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&pool).await.unwrap();

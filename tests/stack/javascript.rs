@@ -5,13 +5,12 @@
 
 use clickstream_testkit as support;
 
-mod reloading;
+use crate::reloading;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use reloading::{install, produce_to, start_chain, stored, ONE_AT_A_TIME, WAIT};
-use sqlx::postgres::PgPoolOptions;
 
 /// What plugins/utm should say of an event the generator made: its
 /// `utm_source` and referrer class (the generator's referrers are two search
@@ -29,21 +28,18 @@ fn expected_attribution(url: &str, referrer: Option<&str>) -> (Option<&'static s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_javascript_utm_transform_attributes_every_event_and_swaps_under_load_with_each_event_stored_once() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let topic = support::unique("js_utm");
-    let db = support::fresh_database("js_utm").await;
-    let pool = PgPoolOptions::new().max_connections(2).connect(&db).await.unwrap();
-    let utm = dir.path().join("utm.wasm");
+    let f = support::Fixture::new("js_utm").await;
+    let utm = f.dir.path().join("utm.wasm");
     install(&support::plugin("utm"), &utm);
-    let running = start_chain(dir.path(), &topic, &db, &[("enrich", &support::plugin("enrich")), ("utm", &utm)], 1).await;
+    let running = start_chain(&f, &[("enrich", &support::plugin("enrich")), ("utm", &utm)], 1).await;
     let old_version = running.slot.current().info.version.clone();
     assert_eq!(running.slot.current().info.name, "utm");
 
     let producing = tokio::spawn({
-        let topic = topic.clone();
+        let topic = f.topic.clone();
         async move { produce_to(&topic, 10_000, 41, Some(2_500)).await }
     });
-    support::wait_until(WAIT, "events flowing", || async { stored(&pool).await > 1_000 }).await;
+    support::wait_until(WAIT, "events flowing", || async { stored(&f.pool).await > 1_000 }).await;
     let written = Instant::now();
     install(&support::plugin("utm-next"), &utm);
     while !running.slot.current().info.version.ends_with("-next") {
@@ -52,8 +48,8 @@ async fn a_javascript_utm_transform_attributes_every_event_and_swaps_under_load_
     }
     eprintln!("utm-next went live {:?} after the file write", written.elapsed());
     let mut expected = producing.await.unwrap();
-    expected.extend(produce_to(&topic, 1_000, 42, None).await);
-    support::wait_until(WAIT, "everything stored", || async { stored(&pool).await as usize >= expected.len() }).await;
+    expected.extend(produce_to(&f.topic, 1_000, 42, None).await);
+    support::wait_until(WAIT, "everything stored", || async { stored(&f.pool).await as usize >= expected.len() }).await;
     running.stop.send(true).unwrap();
     running.task.await.unwrap().unwrap();
 
@@ -62,12 +58,12 @@ async fn a_javascript_utm_transform_attributes_every_event_and_swaps_under_load_
         "SELECT event_id, \"partition\", \"offset\", url, referrer, attributes->>'utm_source', attributes->>'referrer_class', \
          substring(chain from 'utm@([^,]*)') FROM events ORDER BY \"partition\", \"offset\"",
     )
-    .fetch_all(&pool)
+    .fetch_all(&f.pool)
     .await
     .unwrap();
     assert_eq!(rows.len(), expected.len(), "each event stored once");
     assert_eq!(rows.iter().map(|r| r.0.clone()).collect::<BTreeSet<_>>(), expected);
-    let dead: i64 = support::count(&pool, "SELECT count(*) FROM dead_letters").await;
+    let dead: i64 = support::count(&f.pool, "SELECT count(*) FROM dead_letters").await;
     let mut switched: BTreeMap<i32, bool> = BTreeMap::new();
     let (mut old, mut new, mut campaigns) = (0, 0, 0);
     for (id, partition, offset, url, referrer, source, class, version) in &rows {
