@@ -1,5 +1,5 @@
-"""Arm 5's Spark comparison: the README's aggregate metrics in Spark local
-mode, over the events `clickstream bench` exported to CSV.
+"""Arm 5's Spark comparison: the aggregate metrics of docs/aggregates.md in
+Spark local mode, over the events `clickstream bench` exported to CSV.
 
     python3 aggregate.py EVENTS.csv OUT.csv WINDOW_MS SESSION_TIMEOUT_MS
 

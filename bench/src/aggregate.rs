@@ -2,8 +2,8 @@
 //! plugin (the host's own path: `Aggregator::aggregate_windows`, which
 //! streams each run of windows from PostgreSQL through the plugin and writes
 //! the rows to `aggregates`; no indexing) against one PostgreSQL query with
-//! window functions computing the same metrics from the README's
-//! definitions. The row sets must be equal, or the arm fails.
+//! window functions computing the same metrics from the definitions in
+//! docs/aggregates.md. The row sets must be equal, or the arm fails.
 //!
 //! Also timed on the same sorted events held in memory: the plugin alone
 //! (`AggregateRun`) and the same logic compiled natively (`WindowRun`).
@@ -120,7 +120,7 @@ pub fn compare(left: &[AggRow], right: &[AggRow]) -> Comparison {
     c
 }
 
-/// The README's metrics in one query: `lead()` over each user's events by
+/// The metrics of docs/aggregates.md in one query: `lead()` over each user's events by
 /// (time, event id) gives the next event; its gap is a time-spent sample
 /// when at most the session timeout. URL normalisation as the plugin's
 /// `normalize_url` (keep_query = false): trim, cut at `#` then `?`, lower-case

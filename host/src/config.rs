@@ -10,6 +10,8 @@
 //! validates every section. Every error names the file, the key and the fix.
 //! No error quotes a source line (see `toml_error`): it may hold a secret.
 
+#[cfg(test)]
+mod reference_test;
 mod toml_error;
 
 use std::path::{Path, PathBuf};

@@ -26,7 +26,7 @@ const NOW_MS: i64 = 1_796_083_200_000;
 const LIMITS: DecodeLimits =
     DecodeLimits { max_record_bytes: 4 << 10, min_timestamp_ms: 946_684_800_000, max_future_ms: DAY_MS, max_past_ms: 400 * DAY_MS };
 
-/// Every dead-letter kind the decoder may give (the README's dead-letter table).
+/// Every dead-letter kind the decoder may give (the dead-letter table of docs/concepts.md).
 const DECODE_KINDS: &[&str] = &[
     "too_large",
     "not_json",

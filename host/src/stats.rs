@@ -237,7 +237,7 @@ impl Default for Stats {
 }
 
 impl Stats {
-    /// Registers every metric under its documented name (README, "Metrics").
+    /// Registers every metric under its documented name (docs/metrics.md).
     /// Counters get their `_total` suffix from the encoder.
     fn register(&self) -> Registry {
         let mut r = Registry::default();

@@ -1,5 +1,6 @@
-//! The README's metric definitions computed directly over the stored events,
-//! independently of the aggregate plugin, for the default windowing.
+//! The metric definitions of docs/aggregates.md, computed directly over
+//! the stored events, independently of the aggregate plugin, for the
+//! default windowing.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +11,7 @@ pub const WINDOW_MS: i64 = 60_000;
 /// Default session timeout.
 pub const SESSION_TIMEOUT_MS: i64 = 30 * 60_000;
 
-/// The reference: the README's metric definitions, computed directly.
+/// The reference: the metric definitions of docs/aggregates.md, computed directly.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Expected {
     /// Events in the group.

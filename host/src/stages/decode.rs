@@ -1,7 +1,7 @@
 //! Record bytes → [`RawEvent`]s, with a reason for every refusal. The
 //! second stage: what it refuses becomes a dead letter of stage `decode`.
 //!
-//! The event format (README, "Event format"): a JSON object with `user_id`
+//! The event format (docs/concepts.md, "Event format"): a JSON object with `user_id`
 //! (string), `timestamp` (epoch milliseconds as an integer, or an RFC 3339
 //! string) and `url` (string), all required; `event_id`, `ip`, `user_agent`,
 //! `referrer` and `session_id` (strings) are optional. Other keys are ignored,

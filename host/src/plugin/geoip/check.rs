@@ -106,7 +106,7 @@ fn open(path: &Path) -> Result<(Reader<Mmap>, FileStamp, u64), GeoIpError> {
     let metadata = file.metadata().map_err(|e| failed(MaxMindDbError::Io(e)))?;
     // SAFETY: as in maxminddb's own `open_mmap`: the mapping stays sound as
     // long as nobody writes this file in place. Databases are replaced by
-    // renaming a new file over the old one (README, "Live GeoIP refresh"),
+    // renaming a new file over the old one (docs/operations.md, "Live GeoIP refresh"),
     // which leaves this mapping on the old file.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| failed(MaxMindDbError::Mmap(e)))?;
     Ok((Reader::from_source(map).map_err(failed)?, FileStamp::from(&metadata), metadata.len()))

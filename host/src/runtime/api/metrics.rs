@@ -2,7 +2,7 @@
 //! encoded by `prometheus-client`. The process-wide metrics live in
 //! [`Stats::registry`]; what belongs to the running pipeline (its plugins,
 //! the partitions it consumes) is read at each scrape by [`Live`]. Every
-//! family is documented in README.md ("Metrics") and listed in
+//! family is documented in docs/metrics.md and listed in
 //! `tests/metrics/families.txt`, which a test compares with a scrape.
 
 use std::fmt;
@@ -368,7 +368,7 @@ mod tests {
 
     /// Metric names are an interface (dashboards and alerts use them):
     /// tests/metrics/families.txt lists them as they were before the move to
-    /// prometheus-client, and the README documents the same list.
+    /// prometheus-client, and docs/metrics.md documents the same list.
     #[test]
     fn every_family_keeps_its_documented_name_and_type() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -383,8 +383,8 @@ mod tests {
         let text = exposition(&stats, true, vec![transform("enrich")], vec![geoip("city.mmdb")]).unwrap();
         let exposed: BTreeSet<String> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(str::to_string).collect();
         assert_eq!(exposed, listed);
-        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-        let documented: BTreeSet<String> = readme
+        let page = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
+        let documented: BTreeSet<String> = page
             .lines()
             .filter_map(|l| {
                 let mut cells = l.strip_prefix("| `clickstream_")?.split('|');

@@ -155,9 +155,9 @@ impl Api {
             .route("/api/plugins/{name}/abort", post(abort))
             .route("/api/dead-letters", get(dead_letters))
             .route("/api/windows/failing", get(failing_windows))
-            .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see README.md, \"HTTP API\"") })
+            .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see docs/http-api.md") })
             .method_not_allowed_fallback(|| async {
-                ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint; see README.md, \"HTTP API\"")
+                ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint; see docs/http-api.md")
             })
             .layer(axum::middleware::from_fn_with_state(self.clone(), guard::check))
             .layer(DefaultBodyLimit::max(guard::MAX_BODY_BYTES))

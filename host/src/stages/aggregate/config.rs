@@ -32,7 +32,7 @@ pub struct AggregateConfig {
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     /// A partition whose newest stored record is older than this no longer
-    /// holds the watermark back (README, "Metrics": the watermark rule).
+    /// holds the watermark back (docs/aggregates.md: the watermark rule).
     #[serde(default = "default_idle_partition_secs")]
     pub idle_partition_secs: u64,
     /// Event times count toward the watermark at most this far ahead of

@@ -210,7 +210,7 @@ impl Aggregator {
 
     /// The lowest newest-event-time over the subscribed topics' partitions
     /// that are not idle, minus the allowed lateness: every window ending
-    /// before it has all its events (README, "Metrics", the watermark rule).
+    /// before it has all its events (docs/aggregates.md, the watermark rule).
     ///
     /// A partition is idle when nothing was stored from it for
     /// `idle_partition_secs`; when every partition is idle the stream is
