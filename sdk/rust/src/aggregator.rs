@@ -107,10 +107,19 @@ macro_rules! export_aggregator {
             }
 
             // Exported from the component only: a native build (the plugin's
-    // unit tests) has no use for the symbols, and its linker refuses
+            // unit tests) has no use for the symbols, and its linker refuses
             // the component model's export names.
             #[cfg(target_arch = "wasm32")]
-            $crate::v0_1::aggregator::__export_aggregator_v0_1!(Component with_types_in $crate::v0_1::aggregator);
+            $crate::__export_aggregator!(Component);
         };
+    };
+}
+
+/// The world's own export macro, as wit-bindgen generated it.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_aggregator {
+    ($component:ident) => {
+        $crate::v0_1::aggregator::__export_aggregator_v0_1!($component with_types_in $crate::v0_1::aggregator);
     };
 }

@@ -80,7 +80,16 @@ macro_rules! export_transformer {
             // unit tests) has no use for the symbols, and its linker refuses
             // the component model's export names.
             #[cfg(target_arch = "wasm32")]
-    $crate::v0_2::__export_transformer_v0_2!(Component with_types_in $crate::v0_2);
+            $crate::__export_transformer!(Component);
         };
+    };
+}
+
+/// The world's own export macro, as wit-bindgen generated it.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_transformer {
+    ($component:ident) => {
+        $crate::v0_2::__export_transformer_v0_2!($component with_types_in $crate::v0_2);
     };
 }
