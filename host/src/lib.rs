@@ -5,6 +5,8 @@
 //! - [`plugin`]: the WASM plugin host and the versioned contract;
 //! - [`runtime`]: the control plane (wiring, hot reload, HTTP API);
 //! - [`config`]: pipeline.toml, composed from each component's section;
+//!   [`section`] what every section shares (errors, range checks, how a
+//!   change applies), a leaf so the sections need not import `config`;
 //! - shared infrastructure: [`kafka`], [`postgres`], [`stats`], [`redact`]
 //!   (secrets out of URLs wherever they are shown), [`backoff`] (how retry
 //!   loops wait), and the load generator [`produce`];
@@ -21,5 +23,6 @@ pub mod postgres;
 pub mod produce;
 pub mod redact;
 pub mod runtime;
+pub mod section;
 pub mod stages;
 pub mod stats;

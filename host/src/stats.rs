@@ -4,9 +4,12 @@
 //! values for the dashboard's JSON.
 //!
 //! Counters and gauges are atomics; a labelled family takes a read lock per
-//! update, which the stages do once per batch at most.
+//! update, which the stages do once per batch at most. The reload history
+//! and its counts are in `stats/reloads.rs`.
 
-use std::collections::{BTreeMap, VecDeque};
+mod reloads;
+
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicI64;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -17,6 +20,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 pub use prometheus_client::metrics::counter::Counter;
+pub use reloads::{ReloadOutcome, ReloadRecord};
+
+use reloads::Reloads;
 
 /// A value that goes up and down.
 pub type Gauge = prometheus_client::metrics::gauge::Gauge<i64, AtomicI64>;
@@ -80,23 +86,6 @@ impl PartitionOffsets {
     }
 }
 
-/// One reload attempt, for the dashboard's history.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ReloadRecord {
-    /// When, Unix milliseconds.
-    pub at_ms: i64,
-    /// A plugin slot (`enrich`, `aggregate`) or `pipeline.toml`.
-    pub what: String,
-    /// `accepted` or `rejected`; for a plugin also `optimized` (its
-    /// optimised build replaced the baseline one) or `not_optimized`.
-    pub outcome: &'static str,
-    /// The version now serving, or why it was rejected.
-    pub detail: String,
-}
-
-/// How many reload attempts the history keeps.
-const RELOAD_HISTORY: usize = 50;
-
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StageLabel {
     stage: &'static str,
@@ -117,12 +106,6 @@ struct KindLabel {
 struct PartitionLabels {
     topic: String,
     partition: i32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ReloadLabels {
-    what: String,
-    outcome: String,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -176,15 +159,14 @@ pub struct Stats {
     batch_records: HistogramFamily<StageLabel>,
     batch_seconds: HistogramFamily<StageLabel>,
     dead_letters: Family<DeadLetterLabels, Counter>,
-    reloads: Family<ReloadLabels, Counter>,
     offset_gap_records: Family<PartitionLabels, Counter>,
     /// Assigned partitions paused until PostgreSQL answers for their
     /// offsets, now.
     pub partitions_awaiting_offsets: Gauge,
     /// Offsets per (topic, partition) this host consumes; read at each scrape.
     partitions: Mutex<BTreeMap<(String, i32), PartitionOffsets>>,
-    /// The latest reload attempts, oldest first.
-    reload_history: Mutex<VecDeque<ReloadRecord>>,
+    /// Reload attempts: their counts and the latest of them.
+    reloads: Reloads,
     /// Every metric above, registered under its documented name.
     registry: Registry,
     /// When the process started.
@@ -223,11 +205,10 @@ impl Default for Stats {
             batch_records,
             batch_seconds,
             dead_letters: Family::default(),
-            reloads: Family::default(),
             offset_gap_records: Family::default(),
             partitions_awaiting_offsets: Gauge::default(),
             partitions: Mutex::default(),
-            reload_history: Mutex::default(),
+            reloads: Reloads::default(),
             registry: Registry::default(),
             started_at: SystemTime::now(),
         };
@@ -282,7 +263,7 @@ impl Stats {
         r.register(
             "clickstream_reloads",
             "Reload attempts by what (a transform's name, aggregate, pipeline.toml, geoip:<file>) and outcome (accepted, rejected; for a plugin also optimized, not_optimized and its rollout's steps).",
-            self.reloads.clone(),
+            self.reloads.counts.clone(),
         );
         r.register(
             "clickstream_windows_failing",
@@ -391,24 +372,18 @@ impl Stats {
     }
 
     fn reload(&self, what: &str, accepted: bool, detail: String) {
-        self.reload_event(what, if accepted { "accepted" } else { "rejected" }, detail);
+        self.reload_event(what, if accepted { ReloadOutcome::Accepted } else { ReloadOutcome::Rejected }, detail);
     }
 
-    /// Records what happened to a plugin slot after a reload: `optimized`
-    /// (the optimised build replaced the baseline one), or why it did not.
+    /// Records what came of a reload of `what`, or of a step of its rollout.
     /// A URL in `detail` (an error quoting `store.database_url`, say) is
     /// recorded without its secrets: the history is served by the API.
-    pub fn reload_event(&self, what: &str, outcome: &'static str, detail: String) {
+    pub fn reload_event(&self, what: &str, outcome: ReloadOutcome, detail: String) {
         let detail = match crate::redact::in_text(&detail) {
             std::borrow::Cow::Borrowed(_) => detail,
             std::borrow::Cow::Owned(redacted) => redacted,
         };
-        self.reloads.get_or_create(&ReloadLabels { what: what.to_string(), outcome: outcome.to_string() }).inc();
-        let mut history = lock(&self.reload_history);
-        if history.len() == RELOAD_HISTORY {
-            history.pop_front();
-        }
-        history.push_back(ReloadRecord { at_ms: chrono::Utc::now().timestamp_millis(), what: what.to_string(), outcome, detail });
+        self.reloads.record(what, outcome, detail);
     }
 
     /// Counts a plugin reload; `detail` is the new version or the reason it
@@ -422,22 +397,23 @@ impl Stats {
         self.reload("pipeline.toml", accepted, detail);
     }
 
-    /// Reloads of `what` with `outcome` so far.
-    pub fn reloads_of(&self, what: &str, outcome: &str) -> u64 {
-        self.reloads.get(&ReloadLabels { what: what.to_string(), outcome: outcome.to_string() }).map_or(0, |c| c.get())
+    /// Reloads of `what` with `outcome` so far. `outcome` may be given by
+    /// its label, as a scrape shows it (the integration tests ask so).
+    pub fn reloads_of(&self, what: &str, outcome: impl AsRef<str>) -> u64 {
+        self.reloads.count_of(what, outcome.as_ref())
     }
 
     /// Makes `what`'s accepted and rejected reload counts visible before its
     /// first reload, so a scrape shows them at 0 rather than absent.
     pub fn expose_reloads_of(&self, what: &str) {
-        for outcome in ["accepted", "rejected"] {
-            drop(self.reloads.get_or_create(&ReloadLabels { what: what.to_string(), outcome: outcome.to_string() }));
+        for outcome in [ReloadOutcome::Accepted, ReloadOutcome::Rejected] {
+            self.reloads.expose(what, outcome);
         }
     }
 
     /// The latest reload attempts, oldest first.
     pub fn reload_history(&self) -> Vec<ReloadRecord> {
-        lock(&self.reload_history).iter().cloned().collect()
+        self.reloads.history()
     }
 }
 
@@ -467,6 +443,7 @@ mod tests {
 
     #[test]
     fn reload_history_keeps_the_latest_attempts() {
+        use super::reloads::RELOAD_HISTORY;
         let stats = Stats::default();
         for i in 0..(RELOAD_HISTORY + 5) {
             stats.plugin_reloads("enrich", i % 2 == 0, format!("v{i}"));
@@ -474,7 +451,9 @@ mod tests {
         let history = stats.reload_history();
         assert_eq!(history.len(), RELOAD_HISTORY);
         assert_eq!(history.last().unwrap().detail, format!("v{}", RELOAD_HISTORY + 4));
-        assert_eq!(stats.reloads_of("enrich", "accepted") + stats.reloads_of("enrich", "rejected"), (RELOAD_HISTORY + 5) as u64);
+        let (accepted, rejected) =
+            (stats.reloads_of("enrich", ReloadOutcome::Accepted), stats.reloads_of("enrich", ReloadOutcome::Rejected));
+        assert_eq!(accepted + rejected, (RELOAD_HISTORY + 5) as u64);
     }
 
     #[test]

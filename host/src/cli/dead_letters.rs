@@ -7,8 +7,7 @@ use anyhow::Context;
 use clickstream::config::PipelineConfig;
 use clickstream::plugin::geoip::GeoIp;
 use clickstream::runtime::dead_letters;
-use clickstream::runtime::pipeline::describe_chain;
-use clickstream::stages::transform::{load_chain, ChainRunner};
+use clickstream::stages::transform::{describe_chain, load_chain, ChainRunner};
 
 use super::connect_store;
 

@@ -10,15 +10,15 @@
 //! go on to the serving version, and only the serving version's verdict is
 //! stored. Every decision is recorded in the reload history with its figures.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
+use super::candidate::{own_slot, Sampler};
 use super::transform::{LoadedTransform, TransformRunner};
 use super::{PluginError, PluginInfo, Slot};
 use crate::stages::record::{Outcome, TransformEvent};
-use crate::stats::Stats;
+use crate::stats::{ReloadOutcome, Stats};
 
 /// What a canary must show, from the transform's table in pipeline.toml.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -174,9 +174,10 @@ pub struct Canary {
     pub candidate: Arc<Slot<LoadedTransform>>,
     /// What it must show.
     pub policy: CanaryPolicy,
-    picks: AtomicU64,
+    /// The batches it serves in the trial.
+    sampler: Sampler,
     /// The candidate's instance (the transform thread is its one user).
-    runner: Mutex<Option<TransformRunner>>,
+    runner: Mutex<TransformRunner>,
     state: Mutex<State>,
 }
 
@@ -187,11 +188,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Canary {
     /// A canary of `candidate` under `policy`.
     pub fn new(candidate: Arc<LoadedTransform>, policy: CanaryPolicy) -> Canary {
+        let (candidate, runner) = own_slot(candidate);
+        let sampler = Sampler::new(policy.fraction);
         Canary {
-            candidate: Arc::new(Slot::new(candidate)),
-            policy: CanaryPolicy { fraction: policy.fraction.clamp(f64::MIN_POSITIVE, 1.0), ..policy },
-            picks: AtomicU64::new(0),
-            runner: Mutex::new(None),
+            candidate,
+            policy: CanaryPolicy { fraction: sampler.fraction(), ..policy },
+            sampler,
+            runner: Mutex::new(runner),
             state: Mutex::new(State {
                 phase: Phase::Trial,
                 candidate: Rates::default(),
@@ -216,17 +219,12 @@ impl Canary {
     /// Whether the candidate serves the next batch: in the trial only, on
     /// `fraction` of the batches, evenly spread.
     pub fn takes_batch(&self) -> bool {
-        if lock(&self.state).phase != Phase::Trial {
-            return false;
-        }
-        let n = self.picks.fetch_add(1, Ordering::Relaxed) as f64;
-        ((n + 1.0) * self.policy.fraction).floor() > (n * self.policy.fraction).floor()
+        lock(&self.state).phase == Phase::Trial && self.sampler.selects()
     }
 
     /// Runs the candidate on a batch it takes.
     pub fn run(&self, events: &[TransformEvent]) -> Result<(Arc<LoadedTransform>, Vec<Outcome>), PluginError> {
-        let mut runner = lock(&self.runner);
-        runner.get_or_insert_with(|| TransformRunner::new(self.candidate.clone())).transform(events)
+        lock(&self.runner).transform(events)
     }
 
     /// Counts what the candidate did with a batch it took.
@@ -328,7 +326,7 @@ impl Canary {
         let watch = self.policy.watch_batches;
         let detail = format!("{why}: {}; watching {watch} batches", self.figures(state));
         tracing::info!(transform = %candidate.info.slot, old = %previous.info.version, new = %candidate.info.version, %detail, "canary promoted");
-        stats.reload_event(&candidate.info.slot, "promoted", detail);
+        stats.reload_event(&candidate.info.slot, ReloadOutcome::Promoted, detail);
         if watch == 0 {
             state.phase = Phase::Done;
             slot.clear_canary(self);
@@ -349,7 +347,7 @@ impl Canary {
         state.phase = Phase::Done;
         slot.clear_canary(self);
         tracing::warn!(transform = %name, %reason, %figures, "canary rolled back");
-        stats.reload_event(&name, "rolled_back", format!("{reason}: {figures}"));
+        stats.reload_event(&name, ReloadOutcome::RolledBack, format!("{reason}: {figures}"));
     }
 
     fn end_watch(self: &Arc<Self>, state: &mut State, slot: &Slot<LoadedTransform>, stats: &Stats, how: &str) {
@@ -357,7 +355,7 @@ impl Canary {
         state.previous = None;
         slot.clear_canary(self);
         let name = slot.current().info.slot.clone();
-        stats.reload_event(&name, "watch_ended", format!("watch {how}: {}", self.figures(state)));
+        stats.reload_event(&name, ReloadOutcome::WatchEnded, format!("watch {how}: {}", self.figures(state)));
     }
 }
 

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::canary::CanaryPolicy;
 use super::{PluginLimits, PluginSpec};
-use crate::config::{in_range, invalid, Apply, ConfigError};
+use crate::section::{in_range, invalid, Apply, ConfigError};
 
 /// `[plugins]`: the aggregate plugin, and (before 0.2.0) the enrich plugin.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -236,9 +236,9 @@ pub fn validate_chain(file: &Path, transforms: &[PluginConfig]) -> Result<(), Co
 impl PluginConfig {
     /// Resolves relative paths against `base`, the folder of pipeline.toml.
     pub fn resolve(&mut self, base: &Path) {
-        crate::config::resolve(base, &mut self.path);
+        crate::section::resolve(base, &mut self.path);
         if let Some(dir) = self.read_only_dir.as_mut() {
-            crate::config::resolve(base, dir);
+            crate::section::resolve(base, dir);
         }
     }
 

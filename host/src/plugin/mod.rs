@@ -14,6 +14,7 @@
 pub mod aggregate;
 pub mod artifact;
 pub mod canary;
+mod candidate;
 pub mod compiled;
 pub mod config;
 pub mod engine;

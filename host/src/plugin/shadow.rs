@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use super::candidate::{own_slot, Sampler};
 use super::transform::{LoadedTransform, TransformRunner};
 use super::{PluginInfo, Slot};
 use crate::stages::record::{attributes_json, Outcome, TransformEvent};
@@ -67,9 +68,8 @@ pub struct ShadowReport {
 pub struct Shadow {
     /// The candidate, in a slot of its own (its own counters).
     pub candidate: Arc<Slot<LoadedTransform>>,
-    /// The share of batches it runs on, in (0, 1].
-    pub fraction: f64,
-    batches: AtomicU64,
+    /// The batches it runs on.
+    sampler: Sampler,
     /// What the candidate's thread shares with the transform thread.
     shared: Arc<Shared>,
     /// The candidate's queue; its thread ends when this is dropped.
@@ -93,12 +93,12 @@ impl Shadow {
     /// A shadow of `candidate` on `fraction` of the batches, with the
     /// candidate's thread started.
     pub fn new(candidate: Arc<LoadedTransform>, fraction: f64) -> Shadow {
-        let candidate = Arc::new(Slot::new(candidate));
+        let (candidate, mut runner) = own_slot(candidate);
         let shared = Arc::new(Shared::default());
         let (queue, jobs) = sync_channel::<Job>(QUEUE);
         let name = format!("shadow {}", candidate.current().info.slot);
         let spawned = std::thread::Builder::new().name(name).spawn({
-            let (shared, mut runner) = (shared.clone(), TransformRunner::new(candidate.clone()));
+            let shared = shared.clone();
             move || {
                 for (events, serving) in jobs {
                     shared.compare(&mut runner, &events, &serving);
@@ -114,7 +114,7 @@ impl Shadow {
                 None
             }
         };
-        Shadow { candidate, fraction: fraction.clamp(f64::MIN_POSITIVE, 1.0), batches: AtomicU64::new(0), shared, queue }
+        Shadow { candidate, sampler: Sampler::new(fraction), shared, queue }
     }
 
     /// The candidate's identity.
@@ -127,11 +127,9 @@ impl Shadow {
         ShadowReport { skipped: self.shared.skipped.load(Ordering::Relaxed), ..self.shared.lock().clone() }
     }
 
-    /// Whether the next batch is one it runs on: evenly spread, `fraction`
-    /// of them.
-    fn selects(&self) -> bool {
-        let n = self.batches.fetch_add(1, Ordering::Relaxed) as f64;
-        ((n + 1.0) * self.fraction).floor() > (n * self.fraction).floor()
+    /// The share of batches it runs on, in (0, 1].
+    pub fn fraction(&self) -> f64 {
+        self.sampler.fraction()
     }
 
     /// Whether this batch is one for the candidate: selected, and with
@@ -139,7 +137,7 @@ impl Shadow {
     /// it over with [`Shadow::observe`]; asked first so a batch that is not
     /// taken costs no copy.
     pub fn takes_batch(&self) -> bool {
-        if !self.selects() {
+        if !self.sampler.selects() {
             return false;
         }
         if self.queue.is_none() || self.shared.queued.load(Ordering::Acquire) >= QUEUE {

@@ -24,7 +24,7 @@ use crate::stages::record::{Consumed, WriteBatch};
 use crate::stages::source::{self, SourceConsumer};
 use crate::stages::store::retry::connect_store;
 use crate::stages::store::{Store, StoreError};
-use crate::stages::transform::{load_chain, Chain, ChainRunner};
+use crate::stages::transform::{describe_chain, load_chain, Chain, ChainRunner};
 use crate::stats::{BatchStage, Stats};
 
 /// How often day partitions are created ahead and expired ones dropped.
@@ -324,12 +324,4 @@ impl Pipeline {
         all.push(view("aggregate", &self.aggregate.current().info, self.aggregate.counters()));
         all
     }
-}
-
-/// `enrich 0.2.0 → bot-filter 1.0.0`, for the log.
-pub fn describe_chain(chain: &Chain) -> String {
-    if chain.is_empty() {
-        return "(no transforms)".into();
-    }
-    chain.iter().map(|slot| format!("{} {}", slot.current().info.slot, slot.current().info.version)).collect::<Vec<_>>().join(" → ")
 }

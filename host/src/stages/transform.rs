@@ -32,6 +32,14 @@ pub fn load_chain(specs: Vec<PluginSpec>, geoip: &Arc<GeoIp>) -> Result<Chain, P
     specs.into_iter().map(|spec| LoadedTransform::load(spec, Some(geoip.clone())).map(|loaded| Arc::new(Slot::new(loaded)))).collect()
 }
 
+/// `enrich 0.2.0 → bot-filter 1.0.0`, for the log and the tools.
+pub fn describe_chain(chain: &Chain) -> String {
+    if chain.is_empty() {
+        return "(no transforms)".into();
+    }
+    chain.iter().map(|slot| format!("{} {}", slot.current().info.slot, slot.current().info.version)).collect::<Vec<_>>().join(" → ")
+}
+
 /// What the host keeps beside an event in flight through the chain.
 struct InFlight {
     origin: Consumed,

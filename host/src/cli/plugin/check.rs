@@ -13,10 +13,9 @@ use clickstream::plugin::geoip::GeoIp;
 use clickstream::plugin::instance::target_of;
 use clickstream::plugin::wit::{World, PACKAGE};
 use clickstream::plugin::{golden, PluginInfo, PluginLimits, PluginSpec, Slot};
-use clickstream::runtime::pipeline::describe_chain;
 use clickstream::stages::decode::{decode, DecodeLimits};
 use clickstream::stages::record::{attributes_json, AggregateRow, Consumed, Decoded, Provenance, RawEvent, WriteBatch};
-use clickstream::stages::transform::{load_chain, Chain, ChainRunner};
+use clickstream::stages::transform::{describe_chain, load_chain, Chain, ChainRunner};
 use clickstream::stats::Stats;
 
 /// Runs `clickstream plugin check`.

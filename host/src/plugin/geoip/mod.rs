@@ -53,11 +53,11 @@ impl Default for GeoIpConfig {
 impl GeoIpConfig {
     /// How a change to this section applies: the list of files is the
     /// pipeline's shape; the files' contents are refreshed by [`refresh`].
-    pub fn change(&self, next: &GeoIpConfig) -> crate::config::Apply {
+    pub fn change(&self, next: &GeoIpConfig) -> crate::section::Apply {
         if self == next {
-            crate::config::Apply::Unchanged
+            crate::section::Apply::Unchanged
         } else {
-            crate::config::Apply::Restart
+            crate::section::Apply::Restart
         }
     }
 }

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::stamp::FileStamp;
 use super::{check, rfc3339, Database, GeoIp, GeoIpError, Refusal, Serving};
-use crate::stats::Stats;
+use crate::stats::{ReloadOutcome, Stats};
 
 /// Quiet time after the last event before a file written in place without
 /// being closed is checked. A file renamed into place, or closed after
@@ -147,13 +147,13 @@ async fn refresh(database: &Database, stats: &Stats) {
             );
             database.serving.store(Arc::new(now));
             tracing::info!(database = %database.path.display(), "GeoIP database refreshed: {detail}");
-            stats.reload_event(&what, "accepted", detail);
+            stats.reload_event(&what, ReloadOutcome::Accepted, detail);
         }
         Err(refused) => {
             let reason = format!("{refused}; the loaded file keeps serving");
             tracing::warn!(database = %database.path.display(), "GeoIP database refused: {reason}");
             database.refused.store(Some(Arc::new(Refusal { at: SystemTime::now(), reason: reason.clone() })));
-            stats.reload_event(&what, "rejected", reason);
+            stats.reload_event(&what, ReloadOutcome::Rejected, reason);
         }
     }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::{in_range, invalid, Apply, ConfigError};
+use crate::section::{in_range, invalid, Apply, ConfigError};
 
 /// `[api]`. The server binds once per process: a new `listen` takes effect
 /// when the process restarts. Any other change restarts the pipeline, and

@@ -13,24 +13,25 @@ mod enrichment;
 mod guard;
 mod history;
 mod metrics;
+mod plugins;
 mod thread;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::plugin::PluginInfo;
-use crate::runtime::pipeline::{Pipeline, PluginView};
-use crate::runtime::reload::{ReloadAction, ReloadRequest};
+use crate::runtime::pipeline::Pipeline;
+use crate::runtime::reload::ReloadAction;
 use crate::stats::Stats;
 
 pub use aggregates::{AggregateGroup, AggregatesQuery, AggregatesResponse, SeriesPoint};
@@ -39,10 +40,6 @@ pub use metrics::render as render_metrics;
 
 /// How long `/ready` waits for each dependency.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// How long a forced reload may take before the request gives up waiting
-/// (the reload itself still completes or fails on its own).
-const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The page served at `/`: one file, no external assets.
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -138,7 +135,12 @@ impl Api {
 
     /// The routes.
     pub fn router(&self) -> Router {
-        Router::new()
+        // POST /api/plugins/{name}/reload, /shadow, /canary, /promote and
+        // /abort: one route per action, named as the reloader names it.
+        let actions = ReloadAction::ALL.into_iter().fold(Router::new(), |router, action| {
+            router.route(&format!("/api/plugins/{{name}}/{}", action.as_str()), plugins::action_route(action))
+        });
+        actions
             .route("/", get(dashboard))
             .route("/health", get(health))
             .route("/ready", get(ready))
@@ -146,13 +148,8 @@ impl Api {
             .route("/api/stats", get(stats))
             .route("/api/history", get(counter_history))
             .route("/api/aggregates", get(aggregates))
-            .route("/api/plugins", get(plugins))
+            .route("/api/plugins", get(plugins::list))
             .route("/api/enrichment-data", get(enrichment::enrichment_data))
-            .route("/api/plugins/{name}/reload", post(reload))
-            .route("/api/plugins/{name}/shadow", post(shadow))
-            .route("/api/plugins/{name}/canary", post(canary))
-            .route("/api/plugins/{name}/promote", post(promote))
-            .route("/api/plugins/{name}/abort", post(abort))
             .route("/api/dead-letters", get(dead_letters))
             .route("/api/windows/failing", get(failing_windows))
             .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see docs/http-api.md") })
@@ -339,166 +336,6 @@ async fn aggregates(State(api): State<Api>, Query(raw): Query<Vec<(String, Strin
     aggregates::run(&pipeline.indexer, &query, window_ms).await.map(Json).map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))
 }
 
-/// A shadow run's report as `/api/plugins` shows it: the sampled
-/// differences keep their serving and candidate values only for a request
-/// bearing `api.reload_token`. Those values are what clients sent and what
-/// the builds made of it (client IPs, URLs, user agents), and the endpoint
-/// answers anyone; whoever decides a rollout holds the token anyway. The
-/// counts by field are always shown.
-fn shadow_report_json(report: &crate::plugin::shadow::ShadowReport, values: bool) -> Value {
-    let mut report = json!(report);
-    if !values {
-        for difference in report["sample"].as_array_mut().into_iter().flatten() {
-            if let Some(difference) = difference.as_object_mut() {
-                difference.remove("serving");
-                difference.remove("candidate");
-            }
-        }
-    }
-    report
-}
-
-fn plugin_json(plugin: &PluginView, stats: &Stats, shadow_samples: bool) -> Value {
-    let (info, counters) = (&plugin.info, &plugin.counters);
-    let errors = counters.errors();
-    let mut body = json!({
-        "slot": info.slot,
-        "kind": plugin.kind,
-        "name": info.name,
-        "version": info.version,
-        "contract": info.contract,
-        "path": info.path,
-        "content_hash": info.content_hash,
-        "origin": info.origin,
-        "loaded_at": chrono::DateTime::<chrono::Utc>::from(info.loaded_at).to_rfc3339(),
-        "calls": counters.calls.get(),
-        "errors": errors.values().sum::<u64>(),
-        "errors_by_kind": errors,
-        "memory_high_water_bytes": counters.memory_high_water(),
-        "reloads_accepted": stats.reloads_of(&info.slot, "accepted"),
-        "reloads_rejected": stats.reloads_of(&info.slot, "rejected"),
-    });
-    if plugin.kind == "transform" {
-        let dropped = counters.dropped_by();
-        body["records_in"] = json!(counters.records_in.get());
-        body["kept"] = json!(counters.kept.get());
-        body["rejected"] = json!(counters.rejected.get());
-        body["dropped"] = json!(dropped.values().sum::<u64>());
-        body["dropped_by_reason"] = json!(dropped);
-        body["shadow"] = match &plugin.shadow {
-            Some(shadow) => {
-                let candidate = shadow.info();
-                json!({
-                    "candidate": { "name": candidate.name, "version": candidate.version, "content_hash": candidate.content_hash },
-                    "fraction": shadow.fraction,
-                    "samples": shadow_samples,
-                    "report": shadow_report_json(&shadow.report(), shadow_samples),
-                })
-            }
-            None => Value::Null,
-        };
-        body["canary"] = match &plugin.canary {
-            Some(canary) => {
-                let candidate = canary.info();
-                json!({
-                    "candidate": { "name": candidate.name, "version": candidate.version, "content_hash": candidate.content_hash },
-                    "report": canary.report(),
-                })
-            }
-            None => Value::Null,
-        };
-    }
-    body
-}
-
-/// The plugins, and the reload history. A request bearing the reload token
-/// also gets the values of shadow samples; one bearing a wrong token is
-/// refused rather than answered as if it bore none, so that a client with
-/// a stale token is told.
-async fn plugins(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<Value>> {
-    let pipeline = api.live()?;
-    let samples = match bearer(&headers) {
-        None => false,
-        Some(token) if pipeline.config.api.reload_token.as_deref().is_some_and(|t| constant_time_eq(token.as_bytes(), t.as_bytes())) => {
-            true
-        }
-        Some(_) => return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "wrong bearer token: send Authorization: Bearer <api.reload_token> for the values of shadow samples, or no token for the rest",
-        )),
-    };
-    let plugins: Vec<Value> = pipeline.plugins().iter().map(|p| plugin_json(p, &api.stats, samples)).collect();
-    Ok(Json(json!({ "plugins": plugins, "reload_history": api.stats.reload_history() })))
-}
-
-async fn reload(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
-    act(api, name, headers, ReloadAction::Reload).await
-}
-
-async fn shadow(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
-    act(api, name, headers, ReloadAction::Shadow).await
-}
-
-async fn canary(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
-    act(api, name, headers, ReloadAction::Canary).await
-}
-
-async fn promote(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
-    act(api, name, headers, ReloadAction::Promote).await
-}
-
-async fn abort(State(api): State<Api>, Path(name): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
-    act(api, name, headers, ReloadAction::Abort).await
-}
-
-/// A plugin action that needs the bearer token: reload; start a shadow or a
-/// canary of the file; promote or abort the candidate.
-async fn act(api: Api, name: String, headers: HeaderMap, action: ReloadAction) -> ApiResult<Json<Value>> {
-    let pipeline = api.live()?;
-    let Some(expected) = pipeline.config.api.reload_token.as_deref() else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "plugin reload through the API is disabled: set api.reload_token in pipeline.toml (16+ characters) to enable it",
-        ));
-    };
-    if !bearer(&headers).is_some_and(|token| constant_time_eq(token.as_bytes(), expected.as_bytes())) {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (Authorization: Bearer <api.reload_token>)"));
-    }
-    let known: Vec<String> = pipeline.plugins().into_iter().map(|p| p.info.slot).collect();
-    if !known.contains(&name) {
-        let known = known.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no plugin named `{name}`; the plugins are {known}")));
-    }
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    pipeline
-        .reload
-        .send(ReloadRequest { slot: name, action, reply })
-        .await
-        .map_err(|_| ApiError::unavailable("the pipeline is restarting; try again"))?;
-    match tokio::time::timeout(RELOAD_TIMEOUT, answer).await {
-        Ok(Ok(Ok(info))) => {
-            Ok(Json(json!({ "reloaded": action == ReloadAction::Reload, "action": format!("{action:?}").to_lowercase(), "plugin": {
-                "slot": info.slot, "name": info.name, "version": info.version, "content_hash": info.content_hash, "origin": info.origin,
-            }})))
-        }
-        Ok(Ok(Err(reason))) => {
-            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{action:?} refused; the serving version is unchanged: {reason}")))
-        }
-        Ok(Err(_)) => Err(ApiError::unavailable("the pipeline stopped before the reload finished")),
-        Err(_) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "the reload is still running; check GET /api/plugins")),
-    }
-}
-
-/// The token an `Authorization: Bearer <token>` header presents.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
-}
-
-/// Compares secrets without revealing through timing how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeadLetterParams {
@@ -589,13 +426,6 @@ async fn failing_windows(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(constant_time_eq(b"abcdefghijklmnop", b"abcdefghijklmnop"));
-        assert!(!constant_time_eq(b"abcdefghijklmnop", b"abcdefghijklmnoq"));
-        assert!(!constant_time_eq(b"abc", b"abcdefghijklmnop"));
-    }
 
     #[test]
     fn paging_parameters_are_checked() {

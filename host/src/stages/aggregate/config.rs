@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::{in_range, invalid, Apply, ConfigError};
+use crate::section::{in_range, invalid, Apply, ConfigError};
 use crate::stages::record::{AggregateParams, WindowSpec};
 
 /// `[aggregate]`. The window, the session timeout and query handling define

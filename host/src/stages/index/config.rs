@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::{in_range, invalid, Apply, ConfigError};
+use crate::section::{in_range, invalid, Apply, ConfigError};
 
 /// `[index]`. Any change needs a restart (a new client, maybe new indices).
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::{in_range, invalid, Apply, ConfigError};
+use crate::section::{in_range, invalid, Apply, ConfigError};
 
 /// librdkafka properties the pipeline sets itself because exactly-once
 /// storage depends on them: offsets are stored and committed by the store
@@ -166,7 +166,7 @@ impl SourceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Apply;
+    use crate::section::Apply;
 
     fn source(text: &str) -> SourceConfig {
         toml::from_str(text).unwrap()

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::{in_range, invalid, Apply, ConfigError};
+use crate::section::{in_range, invalid, Apply, ConfigError};
 
 /// `[store]`. Any change needs a restart (new connections, maybe new tables).
 #[derive(Debug, Clone, PartialEq, Deserialize)]

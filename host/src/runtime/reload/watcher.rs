@@ -1,0 +1,164 @@
+//! What sets a reload off: a plugin file or pipeline.toml changing on disk
+//! (notify, through their folders, so a file renamed into place is seen),
+//! SIGHUP, or a request of the API. One loop serves them all, so reloads
+//! never overlap.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch, Notify};
+
+use super::{ReloadRequest, Reloader};
+use crate::plugin::config::PluginConfig;
+
+/// Quiet time after the last file event before acting on a file written in
+/// place (editors truncate and write in several steps). A file renamed into
+/// place is complete and acted on at once. A file read half-written fails
+/// its load (logged, the old version serving) and the write's next event
+/// loads it whole.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+
+impl Reloader {
+    /// Watches files and `sighup` until `shutdown`. Files are watched through
+    /// their folders, so a file replaced by rename is seen too.
+    pub async fn run(mut self, sighup: Arc<Notify>, mut requests: mpsc::Receiver<ReloadRequest>, mut shutdown: watch::Receiver<bool>) {
+        // (path, whether the event renamed a file into place: a complete file).
+        let (tx, mut rx) = mpsc::unbounded_channel::<(PathBuf, bool)>();
+        let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            // Only writes, creations, renames and removals: reads (ours
+            // included, when hashing a file) must not look like changes.
+            if let Some(event) = event.ok().filter(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+                use notify::event::{ModifyKind, RenameMode};
+                let renamed_in = matches!(event.kind, notify::EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)));
+                let last = event.paths.len().saturating_sub(1);
+                for (i, path) in event.paths.into_iter().enumerate() {
+                    let _ = tx.send((path, renamed_in && i == last));
+                }
+            }
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch files; hot reload is off (SIGHUP still reloads)");
+                return self.run_without_watcher(sighup, requests, shutdown).await;
+            }
+        };
+        let mut watched = HashSet::new();
+        self.watch_folders(&mut watcher, &mut watched);
+        // From here on a changed file is seen (deploy scripts and the
+        // benchmark wait for this line before writing a new build).
+        tracing::info!(folders = watched.len(), "hot reload: watching the plugin files and pipeline.toml");
+        loop {
+            let changed: Vec<PathBuf> = tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = sighup.notified() => {
+                    tracing::info!("reload requested");
+                    let _ = self.reload_config().await;
+                    self.watch_folders(&mut watcher, &mut watched);
+                    continue;
+                }
+                Some(request) = requests.recv() => {
+                    self.forced(request).await;
+                    continue;
+                }
+                Some((first, mut complete)) = rx.recv() => {
+                    // A file renamed into place is whole: act at once (what
+                    // deploys and build tools do). Otherwise wait for quiet.
+                    let mut paths = vec![first];
+                    while !complete {
+                        match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                            Ok(Some((p, renamed_in))) => {
+                                paths.push(p);
+                                complete = renamed_in;
+                            }
+                            _ => break,
+                        }
+                    }
+                    while let Ok((p, _)) = rx.try_recv() {
+                        paths.push(p);
+                    }
+                    paths
+                }
+            };
+            let touched = |target: &Path| changed.iter().any(|p| same_file(p, target));
+            if touched(&self.config.file) {
+                let _ = self.reload_config().await;
+                // A transform added to the chain may live in a new folder.
+                self.watch_folders(&mut watcher, &mut watched);
+                continue;
+            }
+            for config in &self.config.transforms {
+                let serving = self.transform_slot(config.transform_name()).map(|slot| slot.current().info.clone());
+                if touched(&config.path) && serving.is_some_and(|info| self.differs(&config.path, &info)) && !self.is_candidate(config) {
+                    let _ = self.start_rollout(config, config.rollout).await;
+                }
+            }
+            if touched(&self.config.plugins.aggregate.path)
+                && self.differs(&self.config.plugins.aggregate.path, &self.aggregate.current().info)
+            {
+                let _ = self.swap_aggregate(self.config.aggregate_spec()).await;
+            }
+        }
+    }
+
+    /// Watches the folder of every file the pipeline reads that is not
+    /// watched yet.
+    fn watch_folders(&self, watcher: &mut RecommendedWatcher, watched: &mut HashSet<PathBuf>) {
+        for (what, path) in self.watched_files() {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+            if watched.contains(&dir) {
+                continue;
+            }
+            match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    watched.insert(dir);
+                }
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch {what}"),
+            }
+        }
+    }
+
+    async fn run_without_watcher(
+        mut self,
+        sighup: Arc<Notify>,
+        mut requests: mpsc::Receiver<ReloadRequest>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = sighup.notified() => { let _ = self.reload_config().await; }
+                Some(request) = requests.recv() => self.forced(request).await,
+            }
+        }
+    }
+
+    fn watched_files(&self) -> Vec<(String, PathBuf)> {
+        let mut files = vec![("pipeline.toml".to_string(), self.config.file.clone())];
+        for t in &self.config.transforms {
+            files.push((format!("the transform `{}`", t.transform_name()), t.path.clone()));
+        }
+        files.push(("the aggregate plugin".into(), self.config.plugins.aggregate.path.clone()));
+        files
+    }
+
+    /// Whether the file of `config` is already its transform's candidate in
+    /// canary or shadow: a second event for one rename must not restart the
+    /// rollout (that would reset its figures and record it as replaced).
+    fn is_candidate(&self, config: &PluginConfig) -> bool {
+        let Some(slot) = self.transform_slot(config.transform_name()) else { return false };
+        let candidate = slot.canary().map(|c| c.info()).or_else(|| slot.shadow().map(|s| s.info()));
+        candidate.is_some_and(|info| !self.differs(&config.path, &info))
+    }
+}
+
+fn same_file(event_path: &Path, target: &Path) -> bool {
+    let canon = |p: &Path| {
+        let name = p.file_name().map(|n| n.to_os_string());
+        let dir = p.parent().and_then(|d| std::fs::canonicalize(if d.as_os_str().is_empty() { Path::new(".") } else { d }).ok());
+        (dir, name)
+    };
+    canon(event_path) == canon(target)
+}
