@@ -33,9 +33,10 @@ impl Services {
         .collect();
         assert!(
             down.is_empty(),
-            "this test needs the dev stack, and {} does not answer: start it with `scripts/services up` \
+            "this test needs the dev stack, and {} {} not answer: start it with `scripts/services up` \
              (then `eval \"$(scripts/services env)\"`), or run only the tests that need no services with `cargo test`",
-            down.join(", ")
+            down.join(", "),
+            if down.len() == 1 { "does" } else { "do" }
         );
     }
 
