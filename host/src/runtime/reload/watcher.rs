@@ -3,7 +3,7 @@
 //! SIGHUP, or a request of the API. One loop serves them all, so reloads
 //! never overlap.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +46,7 @@ impl Reloader {
             }
         };
         let mut watched = HashSet::new();
+        let mut acted_on = ActedOn::default();
         self.watch_folders(&mut watcher, &mut watched);
         // From here on a changed file is seen (deploy scripts and the
         // benchmark wait for this line before writing a new build).
@@ -84,6 +85,9 @@ impl Reloader {
             };
             let touched = |target: &Path| changed.iter().any(|p| same_file(p, target));
             if touched(&self.config.file) {
+                if !acted_on.first_time(&self.config.file) {
+                    continue;
+                }
                 let _ = self.reload_config().await;
                 // A transform added to the chain may live in a new folder.
                 self.watch_folders(&mut watcher, &mut watched);
@@ -91,12 +95,17 @@ impl Reloader {
             }
             for config in &self.config.transforms {
                 let serving = self.transform_slot(config.transform_name()).map(|slot| slot.current().info.clone());
-                if touched(&config.path) && serving.is_some_and(|info| self.differs(&config.path, &info)) && !self.is_candidate(config) {
+                if touched(&config.path)
+                    && serving.is_some_and(|info| self.differs(&config.path, &info))
+                    && !self.is_candidate(config)
+                    && acted_on.first_time(&config.path)
+                {
                     let _ = self.start_rollout(config, config.rollout).await;
                 }
             }
             if touched(&self.config.plugins.aggregate.path)
                 && self.differs(&self.config.plugins.aggregate.path, &self.aggregate.current().info)
+                && acted_on.first_time(&self.config.plugins.aggregate.path)
             {
                 let _ = self.swap_aggregate(self.config.aggregate_spec()).await;
             }
@@ -151,6 +160,29 @@ impl Reloader {
         let Some(slot) = self.transform_slot(config.transform_name()) else { return false };
         let candidate = slot.canary().map(|c| c.info()).or_else(|| slot.shadow().map(|s| s.info()));
         candidate.is_some_and(|info| !self.differs(&config.path, &info))
+    }
+}
+
+/// The version of each file a reload last acted on. One rename reaches the
+/// watcher as several events (from, to, both), sometimes far enough apart
+/// to be two batches: a version already acted on, accepted or refused, is
+/// not reloaded (nor its refusal counted) again. A version is the file's
+/// inode, modification time, length and a hash of its bytes (two writes in
+/// one clock tick keep the time), so any write, touch or rename makes a new
+/// one; SIGHUP and the API retry regardless.
+#[derive(Default)]
+struct ActedOn(HashMap<PathBuf, (u64, std::time::SystemTime, u64, u64)>);
+
+impl ActedOn {
+    /// Whether `path` as it is now on disk was not acted on before; records it.
+    fn first_time(&mut self, path: &Path) -> bool {
+        use std::hash::{Hash, Hasher};
+        use std::os::unix::fs::MetadataExt;
+        let (Ok(meta), Ok(bytes)) = (std::fs::metadata(path), std::fs::read(path)) else { return true };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut hasher);
+        let version = (meta.ino(), meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len(), hasher.finish());
+        self.0.insert(path.to_path_buf(), version) != Some(version)
     }
 }
 
