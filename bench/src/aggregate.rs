@@ -1,4 +1,4 @@
-//! Arm 5, aggregation: the stored events aggregated through the aggregate
+//! `aggregation`, aggregation: the stored events aggregated through the aggregate
 //! plugin (the host's own path: `Aggregator::aggregate_windows`, which
 //! streams each run of windows from PostgreSQL through the plugin and writes
 //! the rows to `aggregates`; no indexing) against one PostgreSQL query with
@@ -175,11 +175,11 @@ fn from_plugin(rows: Vec<clickstream::stages::record::AggregateRow>) -> Vec<AggR
         .collect()
 }
 
-/// Runs arm 5.
+/// Runs `aggregation`.
 pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
     let (db, source) = match &state.ingest_db {
-        Some(db) => (db.clone(), "the events arm 1 stored through the pipeline"),
-        None => (copy_events(bench).await?, "events enriched natively and copied in (arm 1 did not run)"),
+        Some(db) => (db.clone(), "the events `ingest` stored through the pipeline"),
+        None => (copy_events(bench).await?, "events enriched natively and copied in (`ingest` did not run)"),
     };
     let pipeline = bench.write_pipeline("aggregate", "unused", &db, &bench.plugin("enrich")?)?;
     let config = bench.load_pipeline(&pipeline)?;
@@ -286,7 +286,7 @@ pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
     };
     anyhow::ensure!(spark["status"] != "failed", "Spark comparison failed: {}", spark["error"]);
 
-    // Documents for arm 7.
+    // Documents for `indexing`.
     let plugin = slot.current().info.clone();
     state.aggregates = plugin_rows
         .iter()
@@ -450,7 +450,7 @@ fn parse_csv_row(line: &str) -> anyhow::Result<AggRow> {
     })
 }
 
-/// A fresh database holding the natively enriched events, for when arm 1 did not run.
+/// A fresh database holding the natively enriched events, for when `ingest` did not run.
 async fn copy_events(bench: &Bench) -> anyhow::Result<String> {
     use sqlx::Connection;
     let geoip = bench.geoip()?;

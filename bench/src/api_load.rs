@@ -1,9 +1,9 @@
-//! Arm 14, ingest beside API load: arm 1's workload (the same topic, a
+//! `api-load`, ingest beside API load: `ingest`'s workload (the same topic, a
 //! fresh database) while `--api-clients` loopback clients hammer the host's
 //! HTTP API, each sending its next request as soon as the last one is
 //! answered: `/api/dead-letters` (paging through dead letters put in the
 //! database first, by cursor), `/api/aggregates` (the search server) and
-//! `/metrics`, in turn. Reported as steady events/s over arm 1's in the same
+//! `/metrics`, in turn. Reported as steady events/s over `ingest`'s in the same
 //! run, with what the clients got (requests, statuses, latency).
 //!
 //! What it shows: the API reads PostgreSQL through a pool of its own with a

@@ -1,12 +1,12 @@
-//! Arm 13, a careful batched design: what a careful consumer script does,
+//! `batched`, a careful batched design: what a careful consumer script does,
 //! written natively. One consumer reads the pre-filled topic (assigned, as
-//! arm 0), decodes each record with the host's decoder, enriches natively
+//! `broker`), decodes each record with the host's decoder, enriches natively
 //! (the enrich plugin's crate, the host's GeoIP), and every 5,000 events
 //! inserts them with one multi-row `INSERT … ON CONFLICT DO NOTHING` (rows
 //! as arrays: `UNNEST`, as 5,000 rows of 20 parameters would pass
 //! PostgreSQL's 65,535-parameter limit) and commits — one connection, one
 //! transaction per 5,000 rows, into the store's final `events` table.
-//! Arm 1 over this is what the pipeline's design is worth over the script.
+//! `ingest` over this is what the pipeline's design is worth over the script.
 
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use clickstream::stages::store::EVENT_COLUMNS;
 /// Rows per `INSERT` and transaction.
 const ROWS_PER_INSERT: usize = 5_000;
 
-/// Runs arm 13.
+/// Runs `batched`.
 pub async fn run(bench: &Bench, state: &State) -> anyhow::Result<Value> {
     let topic = state.topic.as_ref().context("the ingest topic was not produced")?;
     let db = bench.fresh_database("batched").await?;

@@ -1,4 +1,4 @@
-//! Arm 0, the broker ceiling: the ingest topic consumed by an rdkafka
+//! `broker`, the broker ceiling: the ingest topic consumed by an rdkafka
 //! consumer that does nothing with the records, with the same consumer
 //! settings as the pipeline's source. The fastest the broker and client
 //! deliver on this machine, so a broker limit is not mistaken for a pipeline
@@ -37,7 +37,7 @@ pub fn consumer_from_beginning(
     Ok((consumer, assignment))
 }
 
-/// Runs arm 0.
+/// Runs `broker`.
 pub async fn run(bench: &Bench, state: &State) -> anyhow::Result<Value> {
     let topic = state.topic.as_ref().context("the ingest topic was not produced")?;
     let (consumer, assignment) = consumer_from_beginning(bench, topic, "ceiling")?;

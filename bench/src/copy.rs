@@ -1,4 +1,4 @@
-//! Arm 2, the ingest limit: the same enriched rows written straight into a
+//! `copy-limit`, the ingest limit: the same enriched rows written straight into a
 //! fresh `events` table (the store's migrations, indexes included) with
 //! binary `COPY`, one `COPY` (one transaction) per batch of the pipeline's
 //! batch size — no Kafka, no plugin, no offsets. Then the same rows into
@@ -6,7 +6,7 @@
 //! partitioning (migrations 0001–0005), and that table with one change at a
 //! time, so each change to the schema is measured alone.
 //!
-//! Arm 4, the classic design: one `INSERT` and one commit per event, on a
+//! `classic-insert`, the classic design: one `INSERT` and one commit per event, on a
 //! subset, scaled to the full size.
 
 use std::time::{Duration, Instant};
@@ -45,7 +45,7 @@ const TABLE_BEFORE: &str = "CREATE TABLE {t} (
 CREATE INDEX ON {t} (ts_ms);
 CREATE INDEX ON {t} (user_id, ts_ms, event_id)";
 
-/// The shapes of `events` arm 2 copies into, each a change from
+/// The shapes of `events` `copy-limit` copies into, each a change from
 /// [`TABLE_BEFORE`]: (name, what changed, DDL, partitioned by day).
 fn shapes() -> Vec<(&'static str, &'static str, String, bool)> {
     let before = TABLE_BEFORE.to_string();
@@ -130,7 +130,7 @@ async fn day_partitions_for(conn: &mut sqlx::PgConnection, table: &str, rows: &[
     Ok(())
 }
 
-/// Runs arm 2.
+/// Runs `copy-limit`.
 pub async fn run_copy(bench: &Bench) -> anyhow::Result<Value> {
     let geoip = bench.geoip()?;
     let events = bench.sizes.events;
@@ -140,7 +140,7 @@ pub async fn run_copy(bench: &Bench) -> anyhow::Result<Value> {
     let mut conn = sqlx::PgConnection::connect(&url).await?;
     let (secs, bytes, encode) = copy_rows(bench, &mut conn, "events", &rows).await?;
     ensure_rows(&mut conn, "events", rows.len()).await?;
-    // The payload size the pipeline reads for these events, for MiB/s comparable with arms 0 and 1.
+    // The payload size the pipeline reads for these events, for MiB/s comparable with `broker` and `ingest`.
     let payload: u64 = super::data::generator(bench, events).map(|r| r.payload.len() as u64).sum();
     let r = rate(rows.len() as f64, secs);
     progress(format_args!("  binary COPY: {r:.0} events/s"));
@@ -166,7 +166,7 @@ pub async fn run_copy(bench: &Bench) -> anyhow::Result<Value> {
         "seconds": secs,
         "events_per_s": r,
         "mib_per_s": mib_per_s(payload as f64, secs),
-        "mib_per_s_means": "Kafka payload bytes of these events per second, comparable with arms 0 and 1",
+        "mib_per_s_means": "Kafka payload bytes of these events per second, comparable with `broker` and `ingest`",
         "copy_mib_per_s": mib_per_s(bytes as f64, secs),
         "encode_seconds": encode.as_secs_f64(),
         "measures": "encode + COPY ... FROM STDIN (FORMAT binary) per batch, each its own transaction, one connection, into the store's events table (day partitions, primary key (ts_ms, event_id), btree on (user_id, ts_ms, event_id)); then the same into each earlier shape of the table, one after the other, on the same connection",
@@ -208,7 +208,7 @@ pub async fn prefill(bench: &Bench, url: &str, events: u64) -> anyhow::Result<u6
     Ok(count as u64)
 }
 
-/// Runs arm 4.
+/// Runs `classic-insert`.
 pub async fn run_classic(bench: &Bench) -> anyhow::Result<Value> {
     let geoip = bench.geoip()?;
     let n = bench.sizes.classic_events;

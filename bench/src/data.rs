@@ -67,7 +67,7 @@ pub async fn produce(bench: &Bench, topic: &str, events: u64, rate: Option<u64>)
     Ok(summary)
 }
 
-/// Produces the ingest topic that arms 0 and 1 consume.
+/// Produces the ingest topic that `broker` and `ingest` consume.
 pub async fn produce_topic(bench: &Bench) -> anyhow::Result<Topic> {
     let name = format!("bench-{}-ingest", bench.unique);
     progress(format_args!("producing {} events to {name}", bench.sizes.events));

@@ -1,4 +1,4 @@
-//! Arm 3, native vs WASM enrich: the enrich transform's logic compiled
+//! `enrich-wasm`, native vs WASM enrich: the enrich transform's logic compiled
 //! natively into the bench (`clickstream_enrich::transform_batch`, the same
 //! crate) against the component through the host's runner
 //! (`TransformRunner` over `LoadedTransform`), both with the real GeoIP
@@ -26,7 +26,7 @@ pub fn batch_sizes(default: usize) -> Vec<usize> {
     sizes
 }
 
-/// Runs arm 3.
+/// Runs `enrich-wasm`.
 pub async fn run(bench: &Bench) -> anyhow::Result<Value> {
     tokio::task::block_in_place(|| run_blocking(bench))
 }

@@ -1,4 +1,4 @@
-//! Arm 7, indexing: aggregate documents (arm 5's rows) sent to the search
+//! `indexing`, indexing: aggregate documents (`aggregation`'s rows) sent to the search
 //! server through the index module's bulk path (`Indexer::index`: `_bulk`
 //! requests of at most `bulk_max_bytes`, deterministic ids, retries) at bulk
 //! sizes of 1, 5 and 10 MB, each into a fresh index deleted afterwards.
@@ -16,8 +16,8 @@ use clickstream::stages::index::{AggregateDoc, Indexer};
 /// Bulk sizes of the sweep, in MiB.
 pub const BULK_MIB: [usize; 3] = [1, 5, 10];
 
-/// `n` documents: arm 5's rows, repeated on later days when there are fewer
-/// (distinct ids), or synthetic ones when arm 5 did not run.
+/// `n` documents: `aggregation`'s rows, repeated on later days when there are fewer
+/// (distinct ids), or synthetic ones when `aggregation` did not run.
 pub fn documents(from: &[AggregateDoc], n: usize) -> Vec<AggregateDoc> {
     const DAY_MS: i64 = 86_400_000;
     let synthetic = |i: usize| AggregateDoc {
@@ -49,7 +49,7 @@ pub fn documents(from: &[AggregateDoc], n: usize) -> Vec<AggregateDoc> {
         .collect()
 }
 
-/// Runs arm 7.
+/// Runs `indexing`.
 pub async fn run(bench: &Bench, state: &State) -> anyhow::Result<Value> {
     let docs = documents(&state.aggregates, bench.sizes.index_docs as usize);
     let doc_bytes: usize = docs.iter().map(|d| serde_json::to_vec(d).map_or(0, |v| v.len()) + 100).sum();
@@ -91,7 +91,7 @@ pub async fn run(bench: &Bench, state: &State) -> anyhow::Result<Value> {
     Ok(json!({
         "documents": docs.len(),
         "approx_bulk_bytes_total": doc_bytes,
-        "source": if state.aggregates.is_empty() { "synthetic documents (arm 5 did not run)" } else { "arm 5's aggregate rows (repeated on later days when fewer)" },
+        "source": if state.aggregates.is_empty() { "synthetic documents (`aggregation` did not run)" } else { "`aggregation`'s aggregate rows (repeated on later days when fewer)" },
         "sweep": sweep,
         "measures": "Indexer::index over all documents (bulk requests of at most the size), into a fresh index with the clickstream mapping; time to the last bulk response",
     }))

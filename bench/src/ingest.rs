@@ -1,25 +1,25 @@
-//! Arm 1, the full pipeline: the release binary's `clickstream run` as a
+//! `ingest`, the full pipeline: the release binary's `clickstream run` as a
 //! subprocess on a fresh database, consuming the pre-filled topic (Kafka →
 //! WASM enrich → PostgreSQL). Progress is polled from `ingest_offsets` (the
 //! records stored, dead-lettered or dropped, maintained in each batch's
 //! transaction); peak RSS from `/proc/<pid>/status`.
 //!
-//! Arm 8 is arm 1 with the demo's three-transform chain (enrich →
+//! `chain` is `ingest` with the demo's three-transform chain (enrich →
 //! bot-filter → anonymize-ip), run right after it on the same topic: its
-//! rate over arm 1's is what a longer chain costs. Arm 10 is arm 1 with the
+//! rate over `ingest`'s is what a longer chain costs. `chain-js` is `ingest` with the
 //! JavaScript transform `utm` after enrich: what a JavaScript link costs in
 //! the whole pipeline.
 //!
-//! Arm 1 also measures latency below capacity: a second host on a fresh
-//! topic while events are produced at half of arm 1's rate. Arm 11 is arm 1
-//! with two hosts in one consumer group; arm 12 is arm 1 on a table that
+//! `ingest` also measures latency below capacity: a second host on a fresh
+//! topic while events are produced at half of `ingest`'s rate. `two-hosts` is `ingest`
+//! with two hosts in one consumer group; `prefilled` is `ingest` on a table that
 //! already holds four times the topic's events in the same day partition
-//! (the rate at 4–5M stored events against arm 1's 0–1M). Arm 14 is arm 1
+//! (the rate at 4–5M stored events against `ingest`'s 0–1M). `api-load` is `ingest`
 //! while loopback clients hammer the host's API ([`super::api_load`]).
-//! Arm 15 is arm 1 with a candidate in shadow beside enrich that sleeps 900
+//! `slow-shadow` is `ingest` with a candidate in shadow beside enrich that sleeps 900
 //! ms of its 1000 ms deadline on every batch (`misbehave-slow`): the
 //! shadow runs on its own thread and skips what it cannot keep up with, so
-//! its rate over arm 1's is what a slow shadow costs the stream.
+//! its rate over `ingest`'s is what a slow shadow costs the stream.
 
 use std::time::{Duration, Instant};
 
@@ -91,7 +91,7 @@ pub fn final_counters(log: &str) -> Value {
     })
 }
 
-/// Runs arm 1: saturated on the pre-filled topic, then below capacity.
+/// Runs `ingest`: saturated on the pre-filled topic, then below capacity.
 pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
     let (mut figures, db) = run_pipeline(bench, state, "ingest", &Shape::default()).await?;
     state.ingest_db = Some(db);
@@ -100,21 +100,21 @@ pub async fn run(bench: &Bench, state: &mut State) -> anyhow::Result<Value> {
     Ok(figures)
 }
 
-/// Runs arm 8 (or 10: enrich and the transforms `after`), and its ratio to
-/// arm 1 when arm 1 ran.
+/// Runs `chain` (or `chain-js`: enrich and the transforms `after`), and its ratio to
+/// `ingest` when `ingest` ran.
 pub async fn run_chain(bench: &Bench, state: &State, arm1: Option<f64>, after: &[&str]) -> anyhow::Result<Value> {
     let name = format!("chain_{}", after.join("_").replace('-', "_"));
     let (figures, _) = run_pipeline(bench, state, &name, &Shape { after, ..Shape::default() }).await?;
     Ok(over_arm_1(figures, arm1))
 }
 
-/// Runs arm 11: two hosts in one group.
+/// Runs `two-hosts`: two hosts in one group.
 pub async fn run_two_hosts(bench: &Bench, state: &State, arm1: Option<f64>) -> anyhow::Result<Value> {
     let (figures, _) = run_pipeline(bench, state, "two_hosts", &Shape { hosts: 2, ..Shape::default() }).await?;
     Ok(over_arm_1(figures, arm1))
 }
 
-/// Runs arm 12: arm 1 on a table already holding four times the topic's
+/// Runs `prefilled`: `ingest` on a table already holding four times the topic's
 /// events, in the same day partition.
 pub async fn run_prefilled(bench: &Bench, state: &State, arm1: Option<f64>) -> anyhow::Result<Value> {
     let prefill = 4 * state.topic.as_ref().context("the ingest topic was not produced")?.records;
@@ -122,13 +122,13 @@ pub async fn run_prefilled(bench: &Bench, state: &State, arm1: Option<f64>) -> a
     Ok(over_arm_1(figures, arm1))
 }
 
-/// Runs arm 15: arm 1 with a slow candidate in shadow.
+/// Runs `slow-shadow`: `ingest` with a slow candidate in shadow.
 pub async fn run_beside_slow_shadow(bench: &Bench, state: &State, arm1: Option<f64>) -> anyhow::Result<Value> {
     let (figures, _) = run_pipeline(bench, state, "slow_shadow", &Shape { shadow: Some("misbehave-slow"), ..Shape::default() }).await?;
     Ok(over_arm_1(figures, arm1))
 }
 
-/// Runs arm 14: arm 1 beside `--api-clients` clients on the host's API.
+/// Runs `api-load`: `ingest` beside `--api-clients` clients on the host's API.
 pub async fn run_beside_api_load(bench: &Bench, state: &State, arm1: Option<f64>) -> anyhow::Result<Value> {
     let (figures, _) =
         run_pipeline(bench, state, "api_load", &Shape { api_clients: bench.args.api_clients.max(1), ..Shape::default() }).await?;
@@ -384,7 +384,7 @@ async fn run_pipeline(bench: &Bench, state: &State, name: &str, shape: &Shape<'_
         "shadow": shadow,
         "batch_size": bench.sizes.batch_size,
         "max_in_flight_batches": 4,
-        "aggregation": "on, with aggregate.interval_ms = 3600000: no pass runs during the measurement (arm 5 measures aggregation)",
+        "aggregation": "on, with aggregate.interval_ms = 3600000: no pass runs during the measurement (`aggregation` measures aggregation)",
         "pipeline_file": pipeline,
         "host_log": log,
     });
@@ -398,8 +398,8 @@ const WINDOWS: clickstream::stages::record::WindowSpec =
 /// `batch_max_wait_ms` in the bench's pipeline files.
 const BATCH_MAX_WAIT_MS: f64 = 200.0;
 
-/// Arm 1 below capacity: a host on a fresh topic and database while events
-/// are produced at `rate` per second (half of arm 1's steady rate), for
+/// `ingest` below capacity: a host on a fresh topic and database while events
+/// are produced at `rate` per second (half of `ingest`'s steady rate), for
 /// between 5 and 30 s by the run's size; latency from the stored rows.
 async fn below_capacity(bench: &Bench, rate: f64) -> anyhow::Result<Value> {
     let name = "steady";
@@ -455,7 +455,7 @@ async fn below_capacity(bench: &Bench, rate: f64) -> anyhow::Result<Value> {
         "latency": latency,
         "target_p99_ms": 2.0 * BATCH_MAX_WAIT_MS,
         "met": p99.map(|p| p <= 2.0 * BATCH_MAX_WAIT_MS),
-        "measures": "a second host on a fresh topic and database, events produced at half of arm 1's steady rate; latency per event from the stored rows, as for arm 1",
+        "measures": "a second host on a fresh topic and database, events produced at half of `ingest`'s steady rate; latency per event from the stored rows, as for `ingest`",
     }))
 }
 

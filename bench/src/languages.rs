@@ -1,4 +1,4 @@
-//! Arm 9, a transform in JavaScript against the same logic in Rust:
+//! `languages`, a transform in JavaScript against the same logic in Rust:
 //! plugins/utm (JavaScript, componentize-qjs: QuickJS) and its Rust twin
 //! tests/plugins/utm-rust, and the same JavaScript built with jco's other
 //! engine, StarlingMonkey, when `scripts/bench` built it
@@ -28,7 +28,7 @@ const BUILDS: [(&str, &str); 3] = [
     ("utm-starlingmonkey", "JavaScript, StarlingMonkey (componentize-js)"),
 ];
 
-/// Runs arm 9.
+/// Runs `languages`.
 pub async fn run(bench: &Bench) -> anyhow::Result<Value> {
     tokio::task::block_in_place(|| run_blocking(bench))
 }
@@ -110,7 +110,7 @@ fn run_blocking(bench: &Bench) -> anyhow::Result<Value> {
             "memory_high_water_mib": runner.memory_high_water as f64 / 1048576.0,
         }));
     }
-    anyhow::ensure!(builds.len() >= 2, "arm 9 needs utm and utm-rust: run scripts/build-plugins");
+    anyhow::ensure!(builds.len() >= 2, "`languages` needs utm and utm-rust: run scripts/build-plugins");
     let rust = builds[0]["events_per_s"].as_f64();
     for build in &mut builds {
         build["over_rust"] = json!(ratio(build["events_per_s"].as_f64(), rust));

@@ -18,7 +18,7 @@
 //! 7. [`index`]: aggregate documents → search server by bulk size.
 //!
 //! Arms 8 to 14 are in docs/BENCHMARKS.md ("What each arm measures"); 14,
-//! [`api_load`], is arm 1 beside loopback clients hammering the host's API.
+//! [`api_load`], is `ingest` beside loopback clients hammering the host's API.
 //!
 //! This file holds what every arm shares: the options, the run's state
 //! (services, fresh databases, work folders), the result format and the
@@ -26,6 +26,7 @@
 
 pub mod aggregate;
 pub mod api_load;
+pub mod arms;
 pub mod batched;
 pub mod broker;
 pub mod copy;
@@ -53,13 +54,13 @@ pub struct BenchArgs {
     /// CI smoke test: small sizes (about 1–2 minutes); timings are reported, never asserted.
     #[arg(long)]
     pub quick: bool,
-    /// Events produced for the ingest arms (0, 1, 2, 5) [default: 1000000, quick 20000].
+    /// Events produced for the ingest arms (`broker`, `ingest`, `copy-limit`, `aggregation`) [default: 1000000, quick 20000].
     #[arg(long)]
     pub events: Option<u64>,
     /// Events enriched per batch size in the native/WASM sweep [default: 50000, quick 5000].
     #[arg(long)]
     pub enrich_events: Option<u64>,
-    /// Batch sizes of arm 3's sweep, e.g. `4096` to profile one [default: 1, 64, 512, 4096 and --batch-size].
+    /// Batch sizes of `enrich-wasm`'s sweep, e.g. `4096` to profile one [default: 1, 64, 512, 4096 and --batch-size].
     #[arg(long, value_delimiter = ',')]
     pub sweep: Option<Vec<usize>>,
     /// Events inserted one by one in the classic arm [default: 3000, quick 300].
@@ -68,7 +69,7 @@ pub struct BenchArgs {
     /// Plugin swaps under load [default: 20, quick 4].
     #[arg(long)]
     pub swaps: Option<u32>,
-    /// Events/s produced during the swap arm [default: half of arm 1's rate, at most 10000; quick 2000].
+    /// Events/s produced during the swap arm [default: half of `ingest`'s rate, at most 10000; quick 2000].
     #[arg(long)]
     pub swap_rate: Option<u64>,
     /// Pause between two swaps, in milliseconds.
@@ -83,17 +84,17 @@ pub struct BenchArgs {
     /// Same seed, same events, for every arm.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Loopback clients hammering the host's API in arm 14.
+    /// Loopback clients hammering the host's API in `api-load`.
     #[arg(long, default_value_t = 4)]
     pub api_clients: usize,
-    /// Requests per second the clients of arm 14 send together at most (0: each as fast as it is answered).
+    /// Requests per second the clients of `api-load` send together at most (0: each as fast as it is answered).
     #[arg(long, default_value_t = 0)]
     pub api_rate: u64,
-    /// `store.writers` in the pipeline files of the host arms (1, 6, 8, 10, 11, 12, 14).
+    /// `store.writers` in the pipeline files of the host arms (`ingest`, `swap`, `chain`, `chain-js`, `two-hosts`, `prefilled`, `api-load`).
     #[arg(long, default_value_t = 4)]
     pub writers: usize,
-    /// Arms to run, e.g. `0,1,3` (default: all).
-    #[arg(long, value_delimiter = ',')]
+    /// Arms to run by name, e.g. `ingest,enrich-wasm,swap` (their numbers work too; default: all).
+    #[arg(long, value_delimiter = ',', value_parser = arms::parse)]
     pub arms: Option<Vec<u8>>,
     /// Where the JSON and Markdown results go.
     #[arg(long, default_value = "bench/results")]
@@ -123,7 +124,7 @@ pub struct Sizes {
     pub classic_events: u64,
     /// Swaps.
     pub swaps: u32,
-    /// Produce rate during swaps (None: derived from arm 1).
+    /// Produce rate during swaps (None: derived from `ingest`).
     pub swap_rate: Option<u64>,
     /// Pause between swaps.
     pub swap_interval_ms: u64,
@@ -378,9 +379,11 @@ fn git(root: &Path, args: &[&str]) -> Option<String> {
 /// One arm's outcome: its JSON figures, or why it failed or was skipped.
 #[derive(Debug, Clone, Serialize)]
 pub struct ArmResult {
-    /// `0` – `7`.
+    /// Its number (older results use it).
     pub arm: u8,
-    /// Short name.
+    /// Its name (`arms::ARMS`).
+    pub slug: &'static str,
+    /// What it measures.
     pub name: &'static str,
     /// `ok`, `failed`, `skipped`.
     pub status: String,
@@ -487,25 +490,27 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
     let mut state = State::default();
 
     macro_rules! arm {
-        ($n:expr, $name:expr, $body:expr) => {{
+        ($n:expr, $body:expr) => {{
+            let arm = arms::by_number($n);
             if bench.runs($n) {
-                progress(format_args!("arm {}: {}", $n, $name));
+                progress(format_args!("arm {}: {}", arm.name, arm.title));
                 let t = Instant::now();
                 let result: anyhow::Result<Value> = $body.await;
                 let seconds = t.elapsed().as_secs_f64();
                 let (status, figures, error) = match result {
                     Ok(v) => ("ok".to_string(), v, None),
                     Err(e) => {
-                        progress(format_args!("arm {} FAILED: {e:#}", $n));
+                        progress(format_args!("arm {} FAILED: {e:#}", arm.name));
                         ("failed".to_string(), Value::Null, Some(format!("{e:#}")))
                     }
                 };
-                progress(format_args!("arm {} done in {seconds:.1} s: {status}", $n));
-                arms.push(ArmResult { arm: $n, name: $name, status, seconds, figures, error });
+                progress(format_args!("arm {} done in {seconds:.1} s: {status}", arm.name));
+                arms.push(ArmResult { arm: $n, slug: arm.name, name: arm.title, status, seconds, figures, error });
             } else {
                 arms.push(ArmResult {
                     arm: $n,
-                    name: $name,
+                    slug: arm.name,
+                    name: arm.title,
                     status: "skipped".into(),
                     seconds: 0.0,
                     figures: Value::Null,
@@ -515,31 +520,31 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
         }};
     }
 
-    // The topic arms 0, 1, 8, 10, 11, 12, 13 and 14 read, produced once.
+    // The topic the broker, ingest, chain, chain-js, two-hosts, prefilled, batched and api-load arms read, produced once.
     if [0, 1, 8, 10, 11, 12, 13, 14].into_iter().any(|n| bench.runs(n)) {
         match data::produce_topic(&bench).await {
             Ok(t) => state.topic = Some(t),
             Err(e) => progress(format_args!("producing the bench topic FAILED: {e:#}")),
         }
     }
-    arm!(0, "broker ceiling", broker::run(&bench, &state));
-    arm!(1, "full pipeline", ingest::run(&bench, &mut state));
-    // Right after arm 1, on the same topic, so the two compare side by side.
+    arm!(0, broker::run(&bench, &state));
+    arm!(1, ingest::run(&bench, &mut state));
+    // Right after `ingest`, on the same topic, so the two compare side by side.
     let arm1_rate = arms.iter().find(|a| a.arm == 1 && a.status == "ok").and_then(|a| a.figures.pointer("/steady/events_per_s")?.as_f64());
-    arm!(8, "full pipeline, three-transform chain", ingest::run_chain(&bench, &state, arm1_rate, &["bot-filter", "anonymize-ip"]));
-    arm!(10, "full pipeline, enrich → utm (JavaScript)", ingest::run_chain(&bench, &state, arm1_rate, &["utm"]));
-    arm!(11, "full pipeline, two hosts in one group", ingest::run_two_hosts(&bench, &state, arm1_rate));
-    arm!(12, "full pipeline on a table holding 4× the topic", ingest::run_prefilled(&bench, &state, arm1_rate));
-    arm!(14, "full pipeline beside API load", ingest::run_beside_api_load(&bench, &state, arm1_rate));
-    arm!(15, "full pipeline beside a slow candidate in shadow", ingest::run_beside_slow_shadow(&bench, &state, arm1_rate));
-    arm!(13, "careful batched design (multi-row INSERT per 5,000)", batched::run(&bench, &state));
-    arm!(2, "ingest limit (binary COPY)", copy::run_copy(&bench));
-    arm!(3, "native vs WASM enrich", enrich::run(&bench));
-    arm!(4, "classic INSERT + COMMIT per event", copy::run_classic(&bench));
-    arm!(5, "aggregation: plugin vs SQL", aggregate::run(&bench, &mut state));
-    arm!(6, "hot swap under load", swap::run(&bench, arm1_rate));
-    arm!(7, "indexing by bulk size", index::run(&bench, &state));
-    arm!(9, "a transform in JavaScript vs Rust", languages::run(&bench));
+    arm!(8, ingest::run_chain(&bench, &state, arm1_rate, &["bot-filter", "anonymize-ip"]));
+    arm!(10, ingest::run_chain(&bench, &state, arm1_rate, &["utm"]));
+    arm!(11, ingest::run_two_hosts(&bench, &state, arm1_rate));
+    arm!(12, ingest::run_prefilled(&bench, &state, arm1_rate));
+    arm!(14, ingest::run_beside_api_load(&bench, &state, arm1_rate));
+    arm!(15, ingest::run_beside_slow_shadow(&bench, &state, arm1_rate));
+    arm!(13, batched::run(&bench, &state));
+    arm!(2, copy::run_copy(&bench));
+    arm!(3, enrich::run(&bench));
+    arm!(4, copy::run_classic(&bench));
+    arm!(5, aggregate::run(&bench, &mut state));
+    arm!(6, swap::run(&bench, arm1_rate));
+    arm!(7, index::run(&bench, &state));
+    arm!(9, languages::run(&bench));
 
     if let Some(t) = &state.topic {
         data::delete_topic(&bench, &t.name).await;
@@ -583,7 +588,8 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
     std::fs::write(&md_path, &markdown)?;
     println!("{markdown}");
     progress(format_args!("wrote {} and {}", json_path.display(), md_path.display()));
-    let failed: Vec<String> = results.arms.iter().filter(|a| a.status == "failed").map(|a| format!("arm {} ({})", a.arm, a.name)).collect();
+    let failed: Vec<String> =
+        results.arms.iter().filter(|a| a.status == "failed").map(|a| format!("arm {} ({})", a.slug, a.name)).collect();
     anyhow::ensure!(failed.is_empty(), "{} failed; see {}", failed.join(", "), json_path.display());
     Ok(())
 }
@@ -591,11 +597,11 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
 /// What one arm hands to a later one.
 #[derive(Default)]
 pub struct State {
-    /// The pre-filled topic of arms 0 and 1.
+    /// The pre-filled topic of `broker` and `ingest`.
     pub topic: Option<data::Topic>,
-    /// Arm 1's database (events stored by the real pipeline), for arm 5.
+    /// `ingest`'s database (events stored by the real pipeline), for `aggregation`.
     pub ingest_db: Option<String>,
-    /// Aggregate rows computed in arm 5, for arm 7.
+    /// Aggregate rows computed in `aggregation`, for `indexing`.
     pub aggregates: Vec<clickstream::stages::index::AggregateDoc>,
 }
 

@@ -25,7 +25,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
     };
     vec![
         Target::new(
-            "Arm 1 sustained throughput",
+            "`ingest` sustained throughput",
             arm1,
             Goal::AtLeast,
             50_000.0,
@@ -33,13 +33,13 @@ pub fn targets(r: &Results) -> Vec<Target> {
             "steady state (10%→90% of the events stored)".into(),
         ),
         Target::new(
-            "Arm 1 / min(arm 0, arm 2)",
+            "`ingest` / min(`broker`, `copy-limit`)",
             ratio(arm1, limit),
             Goal::AtLeast,
             0.5,
             "×",
             format!(
-                "arm 1 {} events/s; broker ceiling {}; binary COPY {}",
+                "`ingest` {} events/s; broker ceiling {}; binary COPY {}",
                 arm1.map_or("n/a".into(), format_number),
                 arm0.map_or("n/a".into(), format_number),
                 arm2.map_or("n/a".into(), format_number)
@@ -54,7 +54,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
             format!("batch size {}", r.sizes.batch_size),
         ),
         Target::new(
-            "Arm 8 (enrich → bot-filter → anonymize-ip) / arm 1 (enrich alone)",
+            "`chain` (enrich → bot-filter → anonymize-ip) / `ingest` (enrich alone)",
             r.num(8, "/over_arm_1"),
             Goal::AtLeast,
             0.9,
@@ -65,7 +65,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
             ),
         ),
         Target::new(
-            "Arm 1 / arm 4 (classic)",
+            "`ingest` / `classic-insert` (classic)",
             ratio(arm1, arm4),
             Goal::AtLeast,
             50.0,
@@ -92,7 +92,10 @@ pub fn targets(r: &Results) -> Vec<Target> {
                     r.num(5, "/spark/aggregate_seconds").unwrap_or(0.0),
                     r.num(5, "/spark/startup_seconds").unwrap_or(0.0)
                 ),
-                _ => format!("Spark not run: {}", r.arm(5).and_then(|v| v["spark"]["reason"].as_str()).unwrap_or("arm 5 did not run")),
+                _ => format!(
+                    "Spark not run: {}",
+                    r.arm(5).and_then(|v| v["spark"]["reason"].as_str()).unwrap_or("`aggregation` did not run")
+                ),
             },
         ),
         Target::new(
@@ -140,15 +143,15 @@ pub fn targets(r: &Results) -> Vec<Target> {
             "every produced event id stored exactly once, in all four swap cases".into(),
         ),
         Target::new(
-            "Arm 1 / arm 2 (binary COPY into the final schema)",
+            "`ingest` / `copy-limit` (binary COPY into the final schema)",
             ratio(arm1, arm2),
             Goal::AtLeast,
             0.8,
             "×",
-            format!("arm 1 {} events/s, arm 2 {} events/s", f(arm1), f(arm2)),
+            format!("`ingest` {} events/s, `copy-limit` {} events/s", f(arm1), f(arm2)),
         ),
         Target::new(
-            "Arm 2: COPY into the final schema / into the schema before partitions",
+            "`copy-limit`: COPY into the final schema / into the schema before partitions",
             r.num(2, "/final_over_before"),
             Goal::AtLeast,
             1.5,
@@ -156,7 +159,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
             format!("before: {} events/s", f(r.num(2, "/by_shape/before/events_per_s"))),
         ),
         Target::new(
-            "Arm 1 / arm 13 (careful batched design)",
+            "`ingest` / `batched` (careful batched design)",
             ratio(arm1, r.num(13, "/events_per_s")),
             Goal::AtLeast,
             3.0,
@@ -164,7 +167,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
             format!("multi-row INSERT of 5,000 per transaction: {} events/s", f(r.num(13, "/events_per_s"))),
         ),
         Target::new(
-            "Arm 12 (table holding 4–5× the topic) / arm 1 (0–1×)",
+            "`prefilled` (table holding 4–5× the topic) / `ingest` (0–1×)",
             r.num(12, "/over_arm_1"),
             Goal::AtLeast,
             0.9,
@@ -172,7 +175,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
             format!("{} events/s from {} rows at start", f(r.num(12, "/steady/events_per_s")), f(r.num(12, "/table_rows_at_start"))),
         ),
         Target::new(
-            "Arm 14 (beside API load) / arm 1",
+            "`api-load` (beside API load) / `ingest`",
             r.num(14, "/over_arm_1"),
             Goal::AtLeast,
             0.9,
@@ -186,7 +189,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
             ),
         ),
         Target::new(
-            "Arm 15 (a candidate in shadow sleeping 900 ms of its 1,000 ms deadline per batch) / arm 1",
+            "`slow-shadow` (a candidate in shadow sleeping 900 ms of its 1,000 ms deadline per batch) / `ingest`",
             r.num(15, "/over_arm_1"),
             Goal::AtLeast,
             0.95,
@@ -199,7 +202,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
             ),
         ),
         Target::new(
-            "Latency at half of arm 1's rate, p99 receipt → stored",
+            "Latency at half of `ingest`'s rate, p99 receipt → stored",
             r.num(1, "/below_capacity/latency/per_event_ms/p99"),
             Goal::AtMost,
             400.0,
@@ -216,7 +219,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
             Goal::AtMost,
             300.0,
             "MiB",
-            "VmHWM of the host process, arms 1, 6 and 8".into(),
+            "VmHWM of the host process, `ingest`, `swap` and `chain`".into(),
         ),
     ]
 }
@@ -284,12 +287,12 @@ pub fn markdown(r: &Results) -> String {
                 f(r.num(1, "/below_capacity/latency/per_event_ms/p99")),
             ),
             ("ok", 11) => format!(
-                "{} events/s steady, {} of arm 1 (two hosts on two cores)",
+                "{} events/s steady, {} of `ingest` (two hosts on two cores)",
                 f(r.num(11, "/steady/events_per_s")),
                 format_ratio(r.num(11, "/over_arm_1")),
             ),
             ("ok", 12) => format!(
-                "{} events/s steady from {} to {} stored rows, {} of arm 1",
+                "{} events/s steady from {} to {} stored rows, {} of `ingest`",
                 f(r.num(12, "/steady/events_per_s")),
                 f(r.num(12, "/table_rows_at_start")),
                 f(r.num(12, "/table_rows_at_end")),
@@ -297,7 +300,7 @@ pub fn markdown(r: &Results) -> String {
             ),
             ("ok", 13) => format!("{} events/s", f(r.num(13, "/events_per_s"))),
             ("ok", 15) => format!(
-                "{} events/s steady, {} of arm 1, beside a candidate in shadow sleeping {} ms per batch: it ran on {} batches ({} events compared, {} errors), {} skipped",
+                "{} events/s steady, {} of `ingest`, beside a candidate in shadow sleeping {} ms per batch: it ran on {} batches ({} events compared, {} errors), {} skipped",
                 f(r.num(15, "/steady/events_per_s")),
                 format_ratio(r.num(15, "/over_arm_1")),
                 f(r.num(15, "/shadow/sleeps_ms_per_batch")),
@@ -307,7 +310,7 @@ pub fn markdown(r: &Results) -> String {
                 f(r.num(15, "/shadow/report/report/skipped")),
             ),
             ("ok", 14) => format!(
-                "{} events/s steady, {} of arm 1, beside {} clients: {} API requests/s (dead letters p99 {} ms, aggregates p99 {} ms, metrics p99 {} ms; {} shed)",
+                "{} events/s steady, {} of `ingest`, beside {} clients: {} API requests/s (dead letters p99 {} ms, aggregates p99 {} ms, metrics p99 {} ms; {} shed)",
                 f(r.num(14, "/steady/events_per_s")),
                 format_ratio(r.num(14, "/over_arm_1")),
                 f(r.num(14, "/api_load/clients")),
@@ -318,13 +321,13 @@ pub fn markdown(r: &Results) -> String {
                 f(r.num(14, "/api_load/shed_503")),
             ),
             ("ok", 10) => format!(
-                "{} events/s steady, {} of arm 1; peak RSS {} MiB",
+                "{} events/s steady, {} of `ingest`; peak RSS {} MiB",
                 f(r.num(10, "/steady/events_per_s")),
                 format_ratio(r.num(10, "/over_arm_1")),
                 f(r.num(10, "/host_peak_rss_mib")),
             ),
             ("ok", 8) => format!(
-                "{} events/s steady, {} of arm 1; {} stored, {} dropped by bot-filter; peak RSS {} MiB",
+                "{} events/s steady, {} of `ingest`; {} stored, {} dropped by bot-filter; peak RSS {} MiB",
                 f(r.num(8, "/steady/events_per_s")),
                 format_ratio(r.num(8, "/over_arm_1")),
                 f(r.num(8, "/stored")),
@@ -392,7 +395,7 @@ pub fn markdown(r: &Results) -> String {
                 .unwrap_or_default(),
             _ => format!("{}: {}", a.status, a.error.as_deref().unwrap_or("").lines().next().unwrap_or("")),
         };
-        let _ = writeln!(s, "| {} | {} | {} | {:.0} s |", a.arm, a.name, result.replace('|', "\\|"), a.seconds);
+        let _ = writeln!(s, "| `{}` ({}) | {} | {} | {:.0} s |", a.slug, a.arm, a.name, result.replace('|', "\\|"), a.seconds);
     }
 
     if let Some(swap) = r.arm(6) {

@@ -108,7 +108,7 @@ pub enum Goal {
 /// One target of the issue, with what was measured and the verdict.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Target {
-    /// What is compared, e.g. "arm 1 events/s".
+    /// What is compared, e.g. "`ingest` events/s".
     pub name: String,
     /// The measured value (a ratio or an absolute figure, see `unit`).
     pub measured: Option<f64>,

@@ -1,4 +1,4 @@
-//! Arm 6, hot swap under load: the release binary runs as in arm 1 while
+//! `swap`, hot swap under load: the release binary runs as in `ingest` while
 //! events are produced at a steady rate; the enrich plugin file is replaced
 //! (a temporary file in the same folder renamed over it, as a deploy does)
 //! alternately by the canary and the normal build. Per swap:
@@ -69,7 +69,7 @@ fn ms(d: chrono::TimeDelta) -> f64 {
     d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0
 }
 
-/// How the host gets the new build's code in a run of arm 6.
+/// How the host gets the new build's code in a run of `swap`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Case {
     /// A sealed `.cwasm` written beside each `.wasm` (`clickstream plugin
@@ -107,7 +107,7 @@ impl Case {
     }
 }
 
-/// Runs arm 6 once per [`Case`]. The default's (`cache`) figures are at
+/// Runs `swap` once per [`Case`]. The default's (`cache`) figures are at
 /// the top level, every case's under `cases`. `arm1_rate` (events/s) sizes
 /// the produce rate when not given.
 pub async fn run(bench: &Bench, arm1_rate: Option<f64>) -> anyhow::Result<Value> {
@@ -350,7 +350,7 @@ async fn run_once(bench: &Bench, rate: u64, case: Case) -> anyhow::Result<Value>
         "latency_ms": {
             "near_swaps": Spread::of(&lat_during),
             "elsewhere": Spread::of(&lat_outside),
-            "measures": "stored_at − received_at per event (see arm 1)",
+            "measures": "stored_at − received_at per event (see `ingest`)",
         },
         "host_log": log,
     }))

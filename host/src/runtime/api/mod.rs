@@ -50,7 +50,7 @@ const PENDING_COUNT_CAP: i64 = 10_000;
 
 /// How long a pending count is reused. Bounded as it is, a count per
 /// request at thousands of requests a second would be most of the
-/// database's work (docs/BENCHMARKS.md, arm 14).
+/// database's work (docs/BENCHMARKS.md, arm `api-load`).
 const PENDING_COUNT_TTL: Duration = Duration::from_secs(1);
 
 /// The API's state: process-wide metrics, the current pipeline, if any,

@@ -2,7 +2,7 @@
 //!
 //! Requests cost CPU: on a small machine, clients hammering the API would
 //! take cores from the transform thread and the writers (docs/BENCHMARKS.md,
-//! arm 14). On its own thread with a higher nice value, the API gets the
+//! arm `api-load`). On its own thread with a higher nice value, the API gets the
 //! CPU ingest leaves, and under contention its latency grows instead of
 //! ingest slowing down (the concurrency limit then sheds the excess). The
 //! threads it starts (blocking tasks) inherit the priority.
