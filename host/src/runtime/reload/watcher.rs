@@ -194,3 +194,27 @@ fn same_file(event_path: &Path, target: &Path) -> bool {
     };
     canon(event_path) == canon(target)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ActedOn;
+
+    #[test]
+    fn a_version_of_a_file_is_acted_on_once_and_any_new_write_or_rename_is_a_new_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pipeline.toml");
+        let mut acted = ActedOn::default();
+        std::fs::write(&file, "a = 1\n").unwrap();
+        assert!(acted.first_time(&file));
+        assert!(!acted.first_time(&file), "the second event of one write is the same version");
+        // Same length, same clock tick, other bytes.
+        std::fs::write(&file, "a = 2\n").unwrap();
+        assert!(acted.first_time(&file));
+        // The same bytes renamed into place: a new file.
+        let next = dir.path().join("next.toml");
+        std::fs::write(&next, "a = 2\n").unwrap();
+        std::fs::rename(&next, &file).unwrap();
+        assert!(acted.first_time(&file));
+        assert!(!acted.first_time(&file));
+    }
+}
