@@ -72,9 +72,9 @@ pub struct BenchArgs {
     /// Events/s produced during the swap arm [default: half of `ingest`'s rate, at most 10000; quick 2000].
     #[arg(long)]
     pub swap_rate: Option<u64>,
-    /// Pause between two swaps, in milliseconds.
-    #[arg(long, default_value_t = 2500)]
-    pub swap_interval_ms: u64,
+    /// Pause between two swaps, in milliseconds [default: 2500, quick 2000].
+    #[arg(long)]
+    pub swap_interval_ms: Option<u64>,
     /// Documents indexed per bulk size [default: 25000 (about 10 MiB), quick 500].
     #[arg(long)]
     pub index_docs: Option<u64>,
@@ -128,6 +128,8 @@ pub struct Sizes {
     pub swap_rate: Option<u64>,
     /// Pause between swaps.
     pub swap_interval_ms: u64,
+    /// Steady load before the first swap, seconds (and 3/5 of it after the last).
+    pub swap_warmup_secs: u64,
     /// Documents per bulk size.
     pub index_docs: u64,
     /// Batch size.
@@ -152,7 +154,8 @@ impl Sizes {
             classic_events: args.classic_events.unwrap_or(if q { 300 } else { 3_000 }),
             swaps: args.swaps.unwrap_or(if q { 4 } else { 20 }),
             swap_rate: args.swap_rate.or(q.then_some(2_000)),
-            swap_interval_ms: args.swap_interval_ms,
+            swap_interval_ms: args.swap_interval_ms.unwrap_or(if q { 2_000 } else { 2_500 }),
+            swap_warmup_secs: if q { 2 } else { 5 },
             index_docs: args.index_docs.unwrap_or(if q { 500 } else { 25_000 }),
             batch_size: args.batch_size,
             users: (events / 100).clamp(500, 20_000),

@@ -158,8 +158,8 @@ async fn run_once(bench: &Bench, rate: u64, case: Case) -> anyhow::Result<Value>
     let variant = format!("swap-{}", case.name().replace('_', "-"));
     let swaps = bench.sizes.swaps as usize;
     let interval = Duration::from_millis(bench.sizes.swap_interval_ms);
-    let warmup = Duration::from_secs(5);
-    let duration = warmup + interval * swaps as u32 + Duration::from_secs(3);
+    let warmup = Duration::from_secs(bench.sizes.swap_warmup_secs);
+    let duration = warmup + interval * swaps as u32 + warmup * 3 / 5;
     let total = rate * duration.as_secs();
     let normal = bench.plugin("enrich")?;
     let canary = bench.plugin("enrich-canary")?;

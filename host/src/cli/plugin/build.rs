@@ -39,7 +39,9 @@ fn build_rust(project: &Project, out: &Path) -> anyhow::Result<()> {
         eprintln!("installing the wasm32-wasip2 target (rustup target add wasm32-wasip2)...");
         run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]), "rustup target add wasm32-wasip2")?;
     }
-    let target_dir = project.file("target");
+    // Cargo's own convention: a CARGO_TARGET_DIR the author set is where
+    // cargo builds (several projects then share their dependencies' builds).
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| project.file("target"));
     eprintln!("cargo build --release --target wasm32-wasip2 in {}...", project.dir.display());
     run(
         Command::new("cargo")
