@@ -295,6 +295,25 @@ path = "plugins/aggregate.wasm"
         assert!(errors[3].contains("line 10, column 7: `index.url`: invalid type: sequence"), "{}", errors[3]);
     }
 
+    /// A configuration printed with `{:?}` (a log line, a failed
+    /// assertion) shows where each secret is, never its value.
+    #[test]
+    fn a_configuration_printed_for_debugging_shows_no_secret() {
+        let text = MINIMAL
+            .replacen("[source]\n", "[source]\nkafka = { \"sasl.password\" = \"s3cret-kafka\", \"security.protocol\" = \"SASL_SSL\" }\n", 1)
+            .replacen("[plugins.enrich]\n", "[plugins.enrich]\nsettings = { api_key = \"s3cret-plugin\", mode = \"fast\" }\n", 1)
+            + "[api]\nreload_token = \"s3cret-token-0123456789\"\n"
+            + "[store]\ndatabase_url = \"postgres://u:s3cret-pg@db.example/clicks\"\n"
+            + "[index]\nurl = \"http://elastic:s3cret-es@search.example:9200\"\n";
+        let shown = format!("{:?}", parse(&text).unwrap());
+        assert!(!shown.contains("s3cret"), "{shown}");
+        for visible in
+            ["SASL_SSL", "\"fast\"", "postgres://u:***@db.example/clicks", "elastic:***@search.example", "reload_token: Some(\"***\")"]
+        {
+            assert!(shown.contains(visible), "{visible} is missing from {shown}");
+        }
+    }
+
     /// A secret's line broken in each way the parser refuses: the error
     /// names the file, line, column and what is wrong, never the secret
     /// (the parser's own message quotes the line).

@@ -87,6 +87,13 @@ pub fn url(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// A table of settings with keys of the user's choosing (`[source.kafka]`,
+/// a plugin's `settings`) as Debug may show it: the value of every secret
+/// key ([`is_secret_key`]) hidden, URLs in the rest passed through [`url`].
+pub fn settings(map: &std::collections::BTreeMap<String, String>) -> std::collections::BTreeMap<&str, Cow<'_, str>> {
+    map.iter().map(|(k, v)| (k.as_str(), if is_secret_key(k) { Cow::Borrowed(HIDDEN) } else { in_text(v) })).collect()
+}
+
 /// Free text (an error message, a broker list, a reload's detail) with
 /// every `scheme://...` in it passed through [`url`]. A URL runs to the next
 /// whitespace; quotes and punctuation closing it are kept after it.

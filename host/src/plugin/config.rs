@@ -24,7 +24,7 @@ pub struct PluginsConfig {
 
 /// `[plugins.NAME]` or one `[[transforms]]` entry. A change swaps the plugin
 /// live (golden batch first).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// A transform's name in the chain: unique, lower-case letters, digits,
@@ -288,5 +288,39 @@ impl PluginConfig {
         } else {
             Apply::Live
         }
+    }
+}
+
+/// Debug shows no secret setting (`api_key`, ...).
+impl std::fmt::Debug for PluginConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let PluginConfig {
+            name,
+            path,
+            memory_mib,
+            deadline_ms,
+            read_only_dir,
+            settings,
+            rollout,
+            shadow_fraction,
+            canary_fraction,
+            canary_batches,
+            canary_tolerance,
+            watch_batches,
+        } = self;
+        f.debug_struct("PluginConfig")
+            .field("name", name)
+            .field("path", path)
+            .field("memory_mib", memory_mib)
+            .field("deadline_ms", deadline_ms)
+            .field("read_only_dir", read_only_dir)
+            .field("settings", &crate::redact::settings(settings))
+            .field("rollout", rollout)
+            .field("shadow_fraction", shadow_fraction)
+            .field("canary_fraction", canary_fraction)
+            .field("canary_batches", canary_batches)
+            .field("canary_tolerance", canary_tolerance)
+            .field("watch_batches", watch_batches)
+            .finish()
     }
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use crate::section::{in_range, invalid, Apply, ConfigError};
 
 /// `[index]`. Any change needs a restart (a new client, maybe new indices).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IndexConfig {
     /// Base URL; `user:password@` in it is sent as basic auth. Env: `ELASTICSEARCH_URL`.
@@ -82,5 +82,18 @@ impl IndexConfig {
         } else {
             Apply::Restart
         }
+    }
+}
+
+/// Debug shows the URL without its password.
+impl std::fmt::Debug for IndexConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let IndexConfig { url, index, time_suffix, bulk_max_bytes } = self;
+        f.debug_struct("IndexConfig")
+            .field("url", &crate::redact::url(url))
+            .field("index", index)
+            .field("time_suffix", time_suffix)
+            .field("bulk_max_bytes", bulk_max_bytes)
+            .finish()
     }
 }

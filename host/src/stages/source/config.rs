@@ -24,7 +24,7 @@ pub const RESERVED_KAFKA_KEYS: [&str; 8] = [
 
 /// `[source]`. Brokers, topics, group and librdkafka properties need a
 /// restart; batching and the record limits apply live.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Bootstrap brokers, comma-separated `host:port`. Env: `KAFKA_BROKERS`.
@@ -181,5 +181,35 @@ mod tests {
         let err = source("max_past_days = 40000").validate(file).unwrap_err().to_string();
         assert!(err.contains("source.max_past_days") && err.contains("0 to 36500") && err.contains("default 400"), "{err}");
         assert_eq!(default.change(&source("max_past_days = 30")), Apply::Live);
+    }
+}
+
+/// Debug shows no secret client property (`sasl.password`, ...).
+impl std::fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let SourceConfig {
+            brokers,
+            topics,
+            group_id,
+            max_record_bytes,
+            batch_size,
+            batch_max_wait_ms,
+            kafka,
+            max_future_secs,
+            min_event_time,
+            max_past_days,
+        } = self;
+        f.debug_struct("SourceConfig")
+            .field("brokers", &crate::redact::in_text(brokers))
+            .field("topics", topics)
+            .field("group_id", group_id)
+            .field("max_record_bytes", max_record_bytes)
+            .field("batch_size", batch_size)
+            .field("batch_max_wait_ms", batch_max_wait_ms)
+            .field("kafka", &crate::redact::settings(kafka))
+            .field("max_future_secs", max_future_secs)
+            .field("min_event_time", min_event_time)
+            .field("max_past_days", max_past_days)
+            .finish()
     }
 }

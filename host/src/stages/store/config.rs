@@ -7,7 +7,7 @@ use serde::Deserialize;
 use crate::section::{in_range, invalid, Apply, ConfigError};
 
 /// `[store]`. Any change needs a restart (new connections, maybe new tables).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// Connection URL. Env: `DATABASE_URL`.
@@ -74,5 +74,18 @@ impl StoreConfig {
         } else {
             Apply::Restart
         }
+    }
+}
+
+/// Debug shows the URL without its password.
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let StoreConfig { database_url, max_in_flight_batches, writers, retention_days } = self;
+        f.debug_struct("StoreConfig")
+            .field("database_url", &crate::redact::url(database_url))
+            .field("max_in_flight_batches", max_in_flight_batches)
+            .field("writers", writers)
+            .field("retention_days", retention_days)
+            .finish()
     }
 }
