@@ -108,9 +108,8 @@ async fn a_database_from_before_day_partitions_keeps_its_events_and_dead_letters
     let db = support::fresh_database("partitions_upgrade").await;
     let pool = support::pool(&db).await;
     // Migrations 0001–0005 only: the tables as the previous release left them.
-    let mut before = sqlx::migrate!("./migrations");
-    let first_five: Vec<_> = before.migrations.iter().filter(|m| m.version < 6).cloned().collect();
-    before.migrations = std::borrow::Cow::Owned(first_five);
+    let first_five: Vec<_> = clickstream::stages::store::migrations::MIGRATOR.iter().filter(|m| m.version < 6).cloned().collect();
+    let before = sqlx::migrate::Migrator { migrations: std::borrow::Cow::Owned(first_five), ..sqlx::migrate::Migrator::DEFAULT };
     before.run(&pool).await.unwrap();
     for (id, ts) in [("a", ago(30)), ("b", ago(1)), ("c", ago(1) + 1)] {
         sqlx::query(

@@ -14,7 +14,7 @@ const MAX_RETRY_SECS: f64 = 3600.0;
 const MAX_ERROR_BYTES: usize = 4096;
 
 /// A window whose last aggregation failed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FailingWindow {
     /// Window start, Unix milliseconds.
     pub window_start_ms: i64,
@@ -26,6 +26,21 @@ pub struct FailingWindow {
     pub failed_at: DateTime<Utc>,
     /// When it is tried again (on the first pass after this).
     pub retry_at: DateTime<Utc>,
+}
+
+// By hand rather than derived: sqlx's derive macros would build a second
+// copy of sqlx and its PostgreSQL driver for the compiler, in every build.
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for FailingWindow {
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        Ok(FailingWindow {
+            window_start_ms: row.try_get("window_start_ms")?,
+            failures: row.try_get("failures")?,
+            last_error: row.try_get("last_error")?,
+            failed_at: row.try_get("failed_at")?,
+            retry_at: row.try_get("retry_at")?,
+        })
+    }
 }
 
 impl Aggregator {

@@ -2,11 +2,40 @@
 //! applying any (what `clickstream validate` reports; the pipeline applies
 //! the pending ones when it starts).
 
-use sqlx::migrate::Migrator;
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Connection, Row};
 
-/// This host's migrations, embedded at build time.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+/// The files of `host/migrations/`, embedded at build time: (file name, SQL).
+/// Listed by hand instead of `sqlx::migrate!`, whose macro crate builds a
+/// second copy of sqlx and its PostgreSQL driver in every build; a test
+/// checks that the list and the folder agree.
+const EMBEDDED: [(&str, &str); 6] = [
+    ("0001_ingest.sql", include_str!("../../../migrations/0001_ingest.sql")),
+    ("0002_aggregate.sql", include_str!("../../../migrations/0002_aggregate.sql")),
+    ("0003_newest_event.sql", include_str!("../../../migrations/0003_newest_event.sql")),
+    ("0004_isolation.sql", include_str!("../../../migrations/0004_isolation.sql")),
+    ("0005_chain.sql", include_str!("../../../migrations/0005_chain.sql")),
+    ("0006_partitions.sql", include_str!("../../../migrations/0006_partitions.sql")),
+];
+
+/// This host's migrations, as `sqlx::migrate!` would read them: the version
+/// from the file name's number, the description from the rest (`_` as a
+/// space), the checksum of the SQL, no transaction when the file starts
+/// with `-- no-transaction`.
+pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| Migrator {
+    migrations: Cow::Owned(EMBEDDED.iter().map(|(file, sql)| migration(file, sql)).collect()),
+    ..Migrator::DEFAULT
+});
+
+fn migration(file: &str, sql: &'static str) -> Migration {
+    let (version, rest) = file.split_once('_').expect("migration files are named NNNN_description.sql");
+    let description = rest.trim_end_matches(".sql").replace('_', " ");
+    let version = version.parse().expect("migration files start with their version number");
+    Migration::new(version, Cow::Owned(description), MigrationType::Simple, Cow::Borrowed(sql), sql.starts_with("-- no-transaction"))
+}
 
 /// Where a database stands against this host's migrations.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +125,23 @@ mod tests {
 
     fn all_applied() -> Vec<(i64, Vec<u8>, bool)> {
         MIGRATOR.iter().map(|m| (m.version, m.checksum.to_vec(), true)).collect()
+    }
+
+    #[test]
+    fn every_file_of_the_migrations_folder_is_embedded_in_order() {
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<(String, String)> = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+            .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+            .collect();
+        files.sort();
+        let embedded: Vec<(String, String)> = EMBEDDED.iter().map(|(f, sql)| (f.to_string(), sql.to_string())).collect();
+        assert_eq!(embedded, files, "list each file of host/migrations/ in EMBEDDED");
+        let versions: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+        assert_eq!(versions, (1..=files.len() as i64).collect::<Vec<_>>());
+        assert_eq!(MIGRATOR.iter().nth(2).unwrap().description, "newest event");
     }
 
     #[test]
