@@ -66,7 +66,7 @@ pub struct BenchArgs {
     /// Events inserted one by one in the classic arm [default: 3000, quick 300].
     #[arg(long)]
     pub classic_events: Option<u64>,
-    /// Plugin swaps under load [default: 20, quick 4].
+    /// Plugin swaps under load [default: 20, quick 3].
     #[arg(long)]
     pub swaps: Option<u32>,
     /// Events/s produced during the swap arm [default: half of `ingest`'s rate, at most 10000; quick 2000].
@@ -152,7 +152,7 @@ impl Sizes {
             events,
             enrich_events: args.enrich_events.unwrap_or(if q { 5_000 } else { 50_000 }),
             classic_events: args.classic_events.unwrap_or(if q { 300 } else { 3_000 }),
-            swaps: args.swaps.unwrap_or(if q { 4 } else { 20 }),
+            swaps: args.swaps.unwrap_or(if q { 3 } else { 20 }),
             swap_rate: args.swap_rate.or(q.then_some(2_000)),
             swap_interval_ms: args.swap_interval_ms.unwrap_or(if q { 2_000 } else { 2_500 }),
             swap_warmup_secs: if q { 2 } else { 5 },
