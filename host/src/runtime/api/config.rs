@@ -128,6 +128,32 @@ fn is_host_name(host: &str) -> bool {
         || (!host.is_empty() && host.len() <= 253 && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
 }
 
+/// Debug shows no token (a config printed in a log or a failed assertion).
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ApiConfig {
+            listen,
+            reload_token,
+            db_connections,
+            statement_timeout_ms,
+            max_concurrent_requests,
+            allowed_hosts,
+            dead_letter_previews,
+            ready_stall_secs,
+        } = self;
+        f.debug_struct("ApiConfig")
+            .field("listen", listen)
+            .field("reload_token", &reload_token.as_ref().map(|_| crate::redact::HIDDEN))
+            .field("db_connections", db_connections)
+            .field("statement_timeout_ms", statement_timeout_ms)
+            .field("max_concurrent_requests", max_concurrent_requests)
+            .field("allowed_hosts", allowed_hosts)
+            .field("dead_letter_previews", dead_letter_previews)
+            .field("ready_stall_secs", ready_stall_secs)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,31 +180,5 @@ mod tests {
         ] {
             assert!(config.validate(file).is_err(), "{config:?}");
         }
-    }
-}
-
-/// Debug shows no token (a config printed in a log or a failed assertion).
-impl std::fmt::Debug for ApiConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ApiConfig {
-            listen,
-            reload_token,
-            db_connections,
-            statement_timeout_ms,
-            max_concurrent_requests,
-            allowed_hosts,
-            dead_letter_previews,
-            ready_stall_secs,
-        } = self;
-        f.debug_struct("ApiConfig")
-            .field("listen", listen)
-            .field("reload_token", &reload_token.as_ref().map(|_| crate::redact::HIDDEN))
-            .field("db_connections", db_connections)
-            .field("statement_timeout_ms", statement_timeout_ms)
-            .field("max_concurrent_requests", max_concurrent_requests)
-            .field("allowed_hosts", allowed_hosts)
-            .field("dead_letter_previews", dead_letter_previews)
-            .field("ready_stall_secs", ready_stall_secs)
-            .finish()
     }
 }

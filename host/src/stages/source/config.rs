@@ -163,27 +163,6 @@ impl SourceConfig {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::section::Apply;
-
-    fn source(text: &str) -> SourceConfig {
-        toml::from_str(text).unwrap()
-    }
-
-    #[test]
-    fn max_past_days_defaults_to_400_is_checked_by_its_key_and_applies_live() {
-        let file = Path::new("pipeline.toml");
-        let default = source("");
-        assert_eq!((default.max_past_days, default.max_past_ms()), (400, 400 * 86_400_000));
-        assert_eq!(source("max_past_days = 0").max_past_ms(), i64::MAX, "0 is off");
-        let err = source("max_past_days = 40000").validate(file).unwrap_err().to_string();
-        assert!(err.contains("source.max_past_days") && err.contains("0 to 36500") && err.contains("default 400"), "{err}");
-        assert_eq!(default.change(&source("max_past_days = 30")), Apply::Live);
-    }
-}
-
 /// Debug shows no secret client property (`sasl.password`, ...).
 impl std::fmt::Debug for SourceConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -211,5 +190,26 @@ impl std::fmt::Debug for SourceConfig {
             .field("min_event_time", min_event_time)
             .field("max_past_days", max_past_days)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::section::Apply;
+
+    fn source(text: &str) -> SourceConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn max_past_days_defaults_to_400_is_checked_by_its_key_and_applies_live() {
+        let file = Path::new("pipeline.toml");
+        let default = source("");
+        assert_eq!((default.max_past_days, default.max_past_ms()), (400, 400 * 86_400_000));
+        assert_eq!(source("max_past_days = 0").max_past_ms(), i64::MAX, "0 is off");
+        let err = source("max_past_days = 40000").validate(file).unwrap_err().to_string();
+        assert!(err.contains("source.max_past_days") && err.contains("0 to 36500") && err.contains("default 400"), "{err}");
+        assert_eq!(default.change(&source("max_past_days = 30")), Apply::Live);
     }
 }
