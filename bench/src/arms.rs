@@ -36,11 +36,6 @@ pub fn by_number(n: u8) -> &'static Arm {
     ARMS.iter().find(|a| a.n == n).expect("every arm is in ARMS")
 }
 
-/// The name of arm `n`.
-pub fn name(n: u8) -> &'static str {
-    by_number(n).name
-}
-
 /// Reads one `--arms` entry: a name or its number.
 pub fn parse(text: &str) -> Result<u8, String> {
     let text = text.trim();
