@@ -115,13 +115,9 @@ impl Drop for PrivateBroker {
     }
 }
 
-/// The nisshi binary: on PATH, else where `cargo install` puts it.
+/// The nisshi binary, found as `scripts/services` finds it.
 fn nisshi_bin() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).map(|dir| dir.join("nisshi")).collect::<Vec<_>>())
-        .unwrap_or_default();
-    let installed = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo/bin/nisshi"));
-    on_path.into_iter().chain(installed).find(|path| path.is_file()).unwrap_or_else(|| {
+    xtask::tools::nisshi_bin().unwrap_or_else(|| {
         panic!(
             "the nisshi broker is not installed (not on PATH, not in ~/.cargo/bin): run `scripts/services up`, \
              which installs it, or `cargo +nightly install nisshi --locked` (it needs rustc >= 1.96)"
@@ -129,18 +125,6 @@ fn nisshi_bin() -> PathBuf {
     })
 }
 
-/// Whether a Kafka broker answers on `port`: an ApiVersions v0 request whose
-/// reply carries its correlation id, so a bound port that does not serve yet
-/// is not mistaken for a broker (the same check as `scripts/services`).
 fn kafka_answers(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let timeout = std::time::Duration::from_secs(2);
-    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(timeout));
-    // size 14, api key 18 (ApiVersions), version 0, correlation id 42, client id "svcs".
-    let request = b"\x00\x00\x00\x0e\x00\x12\x00\x00\x00\x00\x00\x2a\x00\x04svcs";
-    let mut reply = [0u8; 8];
-    stream.write_all(request).is_ok() && stream.read_exact(&mut reply).is_ok() && reply[4..] == [0, 0, 0, 42]
+    xtask::probe::kafka_answers("127.0.0.1", port)
 }

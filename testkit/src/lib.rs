@@ -32,7 +32,10 @@ pub use db::{aggregation_caught_up, connect_server, count, create_database, drop
 pub use fixture::{pool, Fixture};
 pub use host::{host_binary, Host, HostError};
 pub use logs::{init_logs, tail};
-pub use pipeline::{city_db, load_config, set_chain, set_source_key, try_load_config, use_plugin, write_pipeline, GEOIP_DATABASES};
+pub use pipeline::{
+    city_db, downloaded_geoip_databases, load_config, set_chain, set_source_key, try_load_config, use_plugin, write_pipeline,
+    GEOIP_DATABASES,
+};
 pub use plugins::{enrich_version, plugin, unseen_build};
 pub use postgres::PrivatePostgres;
 pub use running::InProcess;

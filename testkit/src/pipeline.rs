@@ -21,6 +21,26 @@ pub fn city_db() -> PathBuf {
     path
 }
 
+/// The databases of pipeline.toml, in its order, downloaded first when
+/// missing, as `scripts/services up geoip` does (the same code, under the
+/// same lock).
+pub fn downloaded_geoip_databases() -> Vec<PathBuf> {
+    let stack = xtask::services::Stack::here();
+    let files = GEOIP_DATABASES.map(|f| stack.geoip_dir().join(f));
+    if !files.iter().all(|f| f.exists()) {
+        let downloaded = stack.lock("up").and_then(|_lock| stack.up("geoip"));
+        if let Err(failure) = downloaded {
+            panic!(
+                "downloading the GeoIP databases into {} failed: {}; fix: {}",
+                stack.geoip_dir().display(),
+                failure.what,
+                failure.fix.unwrap_or_default()
+            );
+        }
+    }
+    files.to_vec()
+}
+
 /// Writes a pipeline.toml for the test stack into `dir`.
 ///
 /// `source.max_past_days` is off (0): fixtures carry fixed event times

@@ -18,10 +18,8 @@ impl PrivatePostgres {
     /// `initdb` and `pg_ctl start` under /tmp, as the `postgres` user when run
     /// as root (initdb refuses root).
     pub fn start() -> PrivatePostgres {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()
-            .and_then(|versions| versions.filter_map(|v| v.ok()).map(|v| v.path().join("bin")).filter(|b| b.join("initdb").exists()).max())
-            .expect("PostgreSQL server binaries (initdb, pg_ctl) are missing: apt-get install -y postgresql");
+        let bin =
+            xtask::tools::pg_bindir().expect("PostgreSQL server binaries (initdb, pg_ctl) are missing: apt-get install -y postgresql");
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
@@ -42,8 +40,7 @@ impl PrivatePostgres {
     }
 
     fn as_postgres(&self, command: &str) {
-        let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
-        let status = if is_root {
+        let status = if xtask::tools::is_root() {
             Command::new("runuser").args(["-u", "postgres", "--", "sh", "-c", command]).stdout(std::process::Stdio::null()).status()
         } else {
             Command::new("sh").args(["-c", command]).stdout(std::process::Stdio::null()).status()

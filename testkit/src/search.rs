@@ -1,6 +1,5 @@
 //! A search server an outage test may freeze.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 /// An osmem search server of a test's own on a spare port, for outage tests
@@ -14,12 +13,7 @@ pub struct PrivateSearch {
 impl PrivateSearch {
     /// Starts `osmem-server` and waits until it answers.
     pub fn start() -> PrivateSearch {
-        let package = Command::new("python3")
-            .args(["-c", "import osmem_server,os;print(os.path.dirname(osmem_server.__file__))"])
-            .output()
-            .expect("python3");
-        assert!(package.status.success(), "osmem-server is not installed: run `scripts/services up` (pip install osmem-server)");
-        let bin = PathBuf::from(String::from_utf8_lossy(&package.stdout).trim()).join("bin/osmem-server");
+        let bin = xtask::tools::osmem_bin().expect("osmem-server is not installed: run `scripts/services up` (pip install osmem-server)");
         // Port 0: the server binds a free port itself and says which. A port
         // picked here and bound later could be taken meanwhile by another
         // test's listener, which would then answer (and not freeze) for it.

@@ -22,14 +22,18 @@ impl Services {
     /// Panics at once, naming each service that does not answer and the
     /// command that starts them, instead of letting a test time out on it.
     pub fn require(&self) {
+        use xtask::probe::{tcp_open, url_host_port};
         let down: Vec<String> = [
-            ("kafka", self.brokers.split(',').next().unwrap_or_default().to_string()),
-            ("postgres", address_of(&self.database_url, 5432)),
-            ("search", address_of(&self.search_url, 9200)),
+            ("kafka", url_host_port(self.brokers.split(',').next().unwrap_or_default(), 9092)),
+            ("postgres", url_host_port(&self.database_url, 5432)),
+            ("search", url_host_port(&self.search_url, 9200)),
         ]
         .into_iter()
-        .filter(|(_, address)| !answers(address))
-        .map(|(name, address)| format!("{name} at {address}"))
+        .filter(|(_, address)| !address.as_ref().is_some_and(|(host, port)| tcp_open(host, *port)))
+        .map(|(name, address)| match address {
+            Some((host, port)) => format!("{name} at {host}:{port}"),
+            None => format!("{name} (no host and port in its address)"),
+        })
         .collect();
         assert!(
             down.is_empty(),
@@ -44,9 +48,9 @@ impl Services {
     pub fn from_env() -> Services {
         let get = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
         Services {
-            brokers: get("KAFKA_BROKERS", "127.0.0.1:9092"),
-            database_url: get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
-            search_url: get("ELASTICSEARCH_URL", "http://127.0.0.1:9200"),
+            brokers: get("KAFKA_BROKERS", xtask::DEFAULT_BROKERS),
+            database_url: get("DATABASE_URL", xtask::DEFAULT_DATABASE_URL),
+            search_url: get("ELASTICSEARCH_URL", xtask::DEFAULT_SEARCH_URL),
         }
     }
 }
@@ -79,46 +83,4 @@ pub fn database_url() -> String {
 /// The search server of the test stack.
 pub fn search_url() -> String {
     services().search_url.clone()
-}
-
-/// `host:port` of a URL such as `postgres://user@host:port/db`, with the
-/// scheme's default port when it names none.
-fn address_of(url: &str, default_port: u16) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-    if host.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
-        host.to_string()
-    } else {
-        format!("{host}:{default_port}")
-    }
-}
-
-/// Whether something accepts a TCP connection at `address` within 2 s.
-fn answers(address: &str) -> bool {
-    use std::net::{TcpStream, ToSocketAddrs};
-    let Ok(addresses) = address.to_socket_addrs() else { return false };
-    addresses.into_iter().any(|a| TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).is_ok())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_services_address_is_read_from_its_url_with_the_default_port_when_none_is_named() {
-        assert_eq!(address_of("postgres://postgres@127.0.0.1:5432/test", 1), "127.0.0.1:5432");
-        assert_eq!(address_of("postgres://u:p@db.example/test?sslmode=off", 5432), "db.example:5432");
-        assert_eq!(address_of("http://127.0.0.1:9200", 9200), "127.0.0.1:9200");
-        assert_eq!(address_of("https://search.example/", 9200), "search.example:9200");
-    }
-
-    #[test]
-    fn a_port_nothing_listens_on_does_not_answer() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        assert!(answers(&address));
-        drop(listener);
-        assert!(!answers(&address));
-    }
 }

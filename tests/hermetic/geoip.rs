@@ -8,7 +8,6 @@ use clickstream_testkit as support;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
-use std::process::Command;
 
 use clickstream::plugin::geoip::{GeoIp, GeoLocation};
 use rand::{Rng, SeedableRng};
@@ -287,18 +286,6 @@ fn answers_match_maxminds_own_reader_for_both_layouts() {
     }
 }
 
-/// The databases of pipeline.toml, in its order, downloaded once.
-fn downloaded_databases() -> Vec<PathBuf> {
-    let dir = support::root().join("data/geoip");
-    let files = support::GEOIP_DATABASES.map(|f| dir.join(f));
-    if !files.iter().all(|f| f.exists()) {
-        let status =
-            Command::new(support::root().join("scripts/services")).args(["up", "geoip"]).status().expect("run scripts/services up geoip");
-        assert!(status.success(), "`scripts/services up geoip` failed: it downloads {} with npm", dir.display());
-    }
-    files.to_vec()
-}
-
 /// Random public addresses, the same on every run: IPv4 outside the
 /// private, shared, loopback, link-local, multicast and reserved ranges;
 /// IPv6 in the blocks the regional registries allocate from, so that many
@@ -335,7 +322,7 @@ fn random_public_addresses(count: usize) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
 
 #[test]
 fn answers_match_maxminds_own_reader_on_the_downloaded_databases() {
-    let databases = downloaded_databases();
+    let databases = support::downloaded_geoip_databases();
     let geoip = GeoIp::open(&databases).unwrap();
 
     // DB-IP's IPv6 database; the IPv4 one answers US/Ashburn for 32.1.72.96.
