@@ -137,13 +137,18 @@ impl Reloader {
     /// touching a file, or a build rewriting the same bytes, is not a change.
     pub(super) fn differs(&self, path: &Path, serving: &PluginInfo) -> bool {
         match std::fs::read(path) {
-            Ok(bytes) => {
-                crate::plugin::artifact::named_source(&bytes).unwrap_or_else(|| crate::plugin::content_hash(&bytes)) != serving.content_hash
-            }
+            Ok(bytes) => compared_hash(&bytes) != serving.content_hash,
             // Mid-rename: the next event brings the new file.
             Err(_) => false,
         }
     }
+}
+
+/// What a plugin file is compared with the serving one by: an artifact's
+/// source hash (a precompiled build of the same source is no change), else
+/// the bytes' SHA-256.
+pub(super) fn compared_hash(bytes: &[u8]) -> String {
+    crate::plugin::artifact::named_source(bytes).unwrap_or_else(|| crate::plugin::content_hash(bytes))
 }
 
 /// What rollout the transform of `slot` is in, if any, as an error names it.

@@ -85,7 +85,8 @@ impl Reloader {
             };
             let touched = |target: &Path| changed.iter().any(|p| same_file(p, target));
             if touched(&self.config.file) {
-                if !acted_on.first_time(&self.config.file) {
+                // Unreadable (mid-rename): the reload says why, or the next event brings it.
+                if OnDisk::read(&self.config.file).is_some_and(|file| !acted_on.first_time(&self.config.file, &file)) {
                     continue;
                 }
                 let _ = self.reload_config().await;
@@ -94,20 +95,21 @@ impl Reloader {
                 continue;
             }
             for config in &self.config.transforms {
-                let serving = self.transform_slot(config.transform_name()).map(|slot| slot.current().info.clone());
-                if touched(&config.path)
-                    && serving.is_some_and(|info| self.differs(&config.path, &info))
-                    && !self.is_candidate(config)
-                    && acted_on.first_time(&config.path)
+                // Mid-rename the file is missing: the next event brings it.
+                let Some(file) = OnDisk::read(&config.path).filter(|_| touched(&config.path)) else { continue };
+                let serving = self.transform_slot(config.transform_name()).map(|slot| slot.current().info.content_hash.clone());
+                if serving.is_some_and(|hash| hash != file.content_hash)
+                    && !self.is_candidate(config, &file.content_hash)
+                    && acted_on.first_time(&config.path, &file)
                 {
                     let _ = self.start_rollout(config, config.rollout).await;
                 }
             }
-            if touched(&self.config.plugins.aggregate.path)
-                && self.differs(&self.config.plugins.aggregate.path, &self.aggregate.current().info)
-                && acted_on.first_time(&self.config.plugins.aggregate.path)
-            {
-                let _ = self.swap_aggregate(self.config.aggregate_spec()).await;
+            let aggregate = &self.config.plugins.aggregate.path;
+            if let Some(file) = OnDisk::read(aggregate).filter(|_| touched(aggregate)) {
+                if file.content_hash != self.aggregate.current().info.content_hash && acted_on.first_time(aggregate, &file) {
+                    let _ = self.swap_aggregate(self.config.aggregate_spec()).await;
+                }
             }
         }
     }
@@ -156,10 +158,29 @@ impl Reloader {
     /// Whether the file of `config` is already its transform's candidate in
     /// canary or shadow: a second event for one rename must not restart the
     /// rollout (that would reset its figures and record it as replaced).
-    fn is_candidate(&self, config: &PluginConfig) -> bool {
+    fn is_candidate(&self, config: &PluginConfig, content_hash: &str) -> bool {
         let Some(slot) = self.transform_slot(config.transform_name()) else { return false };
         let candidate = slot.canary().map(|c| c.info()).or_else(|| slot.shadow().map(|s| s.info()));
-        candidate.is_some_and(|info| !self.differs(&config.path, &info))
+        candidate.is_some_and(|info| info.content_hash == content_hash)
+    }
+}
+
+/// A watched file as it is on disk now, read once per event: the hash a
+/// plugin is compared by (`swap::compared_hash`) and the file's identity.
+struct OnDisk {
+    content_hash: String,
+    identity: (u64, std::time::SystemTime, u64),
+}
+
+impl OnDisk {
+    fn read(path: &Path) -> Option<OnDisk> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        let bytes = std::fs::read(path).ok()?;
+        Some(OnDisk {
+            content_hash: super::swap::compared_hash(&bytes),
+            identity: (meta.ino(), meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len()),
+        })
     }
 }
 
@@ -167,22 +188,17 @@ impl Reloader {
 /// watcher as several events (from, to, both), sometimes far enough apart
 /// to be two batches: a version already acted on, accepted or refused, is
 /// not reloaded (nor its refusal counted) again. A version is the file's
-/// inode, modification time, length and a hash of its bytes (two writes in
-/// one clock tick keep the time), so any write, touch or rename makes a new
+/// inode, modification time, length and content hash (two writes in one
+/// clock tick keep the time), so any write, touch or rename makes a new
 /// one; SIGHUP and the API retry regardless.
 #[derive(Default)]
-struct ActedOn(HashMap<PathBuf, (u64, std::time::SystemTime, u64, u64)>);
+struct ActedOn(HashMap<PathBuf, ((u64, std::time::SystemTime, u64), String)>);
 
 impl ActedOn {
-    /// Whether `path` as it is now on disk was not acted on before; records it.
-    fn first_time(&mut self, path: &Path) -> bool {
-        use std::hash::{Hash, Hasher};
-        use std::os::unix::fs::MetadataExt;
-        let (Ok(meta), Ok(bytes)) = (std::fs::metadata(path), std::fs::read(path)) else { return true };
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        bytes.hash(&mut hasher);
-        let version = (meta.ino(), meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len(), hasher.finish());
-        self.0.insert(path.to_path_buf(), version) != Some(version)
+    /// Whether `file`, read from `path`, was not acted on before; records it.
+    fn first_time(&mut self, path: &Path, file: &OnDisk) -> bool {
+        let version = (file.identity, file.content_hash.clone());
+        self.0.insert(path.to_path_buf(), version.clone()) != Some(version)
     }
 }
 
@@ -197,24 +213,25 @@ fn same_file(event_path: &Path, target: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::ActedOn;
+    use super::{ActedOn, OnDisk};
 
     #[test]
     fn a_version_of_a_file_is_acted_on_once_and_any_new_write_or_rename_is_a_new_version() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pipeline.toml");
         let mut acted = ActedOn::default();
+        let mut first_time = |path: &std::path::Path| acted.first_time(path, &OnDisk::read(path).unwrap());
         std::fs::write(&file, "a = 1\n").unwrap();
-        assert!(acted.first_time(&file));
-        assert!(!acted.first_time(&file), "the second event of one write is the same version");
+        assert!(first_time(&file));
+        assert!(!first_time(&file), "the second event of one write is the same version");
         // Same length, same clock tick, other bytes.
         std::fs::write(&file, "a = 2\n").unwrap();
-        assert!(acted.first_time(&file));
+        assert!(first_time(&file));
         // The same bytes renamed into place: a new file.
         let next = dir.path().join("next.toml");
         std::fs::write(&next, "a = 2\n").unwrap();
         std::fs::rename(&next, &file).unwrap();
-        assert!(acted.first_time(&file));
-        assert!(!acted.first_time(&file));
+        assert!(first_time(&file));
+        assert!(!first_time(&file));
     }
 }
