@@ -397,10 +397,9 @@ impl Stats {
         self.reload("pipeline.toml", accepted, detail);
     }
 
-    /// Reloads of `what` with `outcome` so far. `outcome` may be given by
-    /// its label, as a scrape shows it (the integration tests ask so).
-    pub fn reloads_of(&self, what: &str, outcome: impl AsRef<str>) -> u64 {
-        self.reloads.count_of(what, outcome.as_ref())
+    /// Reloads of `what` with `outcome` so far.
+    pub fn reloads_of(&self, what: &str, outcome: ReloadOutcome) -> u64 {
+        self.reloads.count_of(what, outcome.as_str())
     }
 
     /// Makes `what`'s accepted and rejected reload counts visible before its

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clickstream::produce::{self, Generator, GeneratorConfig};
+use clickstream::stats::ReloadOutcome;
 use serde_json::Value;
 use sqlx::PgPool;
 use support::reference::{reference, WINDOW_MS};
@@ -508,7 +509,7 @@ async fn a_search_url_password_never_reaches_ready() {
     std::fs::write(&pipeline, text.replace(&search, "ftp://elastic:search-s3cret@search.example")).unwrap();
     support::wait_until(Duration::from_secs(60), "the edit refused", || {
         let stats = stats.clone();
-        async move { stats.reloads_of("pipeline.toml", "rejected") > 0 }
+        async move { stats.reloads_of("pipeline.toml", ReloadOutcome::Rejected) > 0 }
     })
     .await;
     let (status, _, plugins) = client.text("/api/plugins").await;

@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use clickstream::produce::{Generator, GeneratorConfig, Record};
 use clickstream::runtime::pipeline::Pipeline;
 use clickstream::stages::transform::Chain;
+use clickstream::stats::ReloadOutcome;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
 
@@ -224,7 +225,7 @@ async fn swapping_one_transform_of_the_chain_under_load_loses_and_duplicates_not
     // The swap happened in enrich's slot; the other two kept theirs.
     let after = live.load();
     assert!(before.iter().zip(after.iter()).all(|(a, b)| Arc::ptr_eq(a, b)), "the chain's slots were replaced");
-    assert_eq!((stats.reloads_of("enrich", "accepted"), stats.reloads_of("bot-filter", "accepted")), (1, 0));
+    assert_eq!((stats.reloads_of("enrich", ReloadOutcome::Accepted), stats.reloads_of("bot-filter", ReloadOutcome::Accepted)), (1, 0));
 
     let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&f.pool).await.unwrap();
     let expected_drops: i64 = records.iter().chain(&tail).filter(|r| bot_reason(r).is_some()).count() as i64;
@@ -293,7 +294,7 @@ async fn transforms_added_reordered_replaced_and_removed_in_pipeline_toml_apply_
         let stats = running.stats.clone();
         support::wait_until(WAIT, &format!("chain {} to apply", n + 1), || {
             let stats = stats.clone();
-            async move { stats.reloads_of("pipeline.toml", "accepted") > n as u64 }
+            async move { stats.reloads_of("pipeline.toml", ReloadOutcome::Accepted) > n as u64 }
         })
         .await;
         assert_eq!(live.load().len(), chain.len());
@@ -309,7 +310,7 @@ async fn transforms_added_reordered_replaced_and_removed_in_pipeline_toml_apply_
     support::wait_until(WAIT, "everything stored or dropped", || support::reconciled(&f.pool, records.len())).await;
     let stats = running.stats.clone();
     running.stop().await;
-    assert_eq!(stats.reloads_of("pipeline.toml", "rejected"), 0);
+    assert_eq!(stats.reloads_of("pipeline.toml", ReloadOutcome::Rejected), 0);
 
     let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events").fetch_all(&f.pool).await.unwrap();
     let dropped = dropped_by_transform(&f.pool).await;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use clickstream::plugin::geoip::{check, GeoIp, GeoIpError};
 use clickstream::runtime::pipeline::{run_until_stopped, Pipeline, PipelineError};
+use clickstream::stats::ReloadOutcome;
 use clickstream::stats::Stats;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
@@ -210,7 +211,10 @@ async fn a_database_renamed_over_under_load_answers_with_the_new_file_from_the_s
         assert!(!*seen_second || second, "{id} (partition {partition}) went back to the first file");
         *seen_second |= second;
     }
-    assert_eq!((stats.reloads_of("geoip:geo.mmdb", "accepted"), stats.reloads_of("geoip:geo.mmdb", "rejected")), (1, 0));
+    assert_eq!(
+        (stats.reloads_of("geoip:geo.mmdb", ReloadOutcome::Accepted), stats.reloads_of("geoip:geo.mmdb", ReloadOutcome::Rejected)),
+        (1, 0)
+    );
     let between = produced.len() - stored_before.len() - after.len();
     eprintln!(
         "the new file served {:?} after the rename; events: {} stored before it, {between} in flight, {} produced after it served",
@@ -226,7 +230,7 @@ fn with_probe(country: &str) -> Value {
 }
 
 /// How often the reload history says `outcome` for the test's database.
-fn outcomes(running: &Running, outcome: &str) -> u64 {
+fn outcomes(running: &Running, outcome: ReloadOutcome) -> u64 {
     running.stats.reloads_of("geoip:geo.mmdb", outcome)
 }
 
@@ -260,7 +264,10 @@ async fn broken_files_are_refused_visibly_and_the_loaded_database_keeps_answerin
     ];
     for (n, (broken, reason)) in refusals.iter().enumerate() {
         std::fs::rename(broken, &geo).unwrap();
-        support::wait_until(WAIT, &format!("{} refused", broken.display()), || async { outcomes(&running, "rejected") > n as u64 }).await;
+        support::wait_until(WAIT, &format!("{} refused", broken.display()), || async {
+            outcomes(&running, ReloadOutcome::Rejected) > n as u64
+        })
+        .await;
         assert_eq!(running.country_of_the_client().as_deref(), Some(FIRST.0), "the loaded file answers after {}", broken.display());
         let served = &running.get("/api/enrichment-data").await["geoip"][0];
         assert_eq!((served["name"].as_str(), served["build_epoch"].as_u64()), (Some("geo.mmdb"), Some(FIRST.1)));
@@ -269,11 +276,11 @@ async fn broken_files_are_refused_visibly_and_the_loaded_database_keeps_answerin
     }
     // Written in place (over the last refused file, which nothing maps).
     std::fs::write(&geo, &whole[..whole.len() / 2]).unwrap();
-    support::wait_until(WAIT, "the file written in place refused", || async { outcomes(&running, "rejected") == 6 }).await;
+    support::wait_until(WAIT, "the file written in place refused", || async { outcomes(&running, ReloadOutcome::Rejected) == 6 }).await;
     // Gone: the loaded file keeps serving, and a removal is no refusal.
     std::fs::remove_file(&geo).unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!((outcomes(&running, "rejected"), outcomes(&running, "accepted")), (6, 0));
+    assert_eq!((outcomes(&running, ReloadOutcome::Rejected), outcomes(&running, ReloadOutcome::Accepted)), (6, 0));
     assert_eq!(running.country_of_the_client().as_deref(), Some(FIRST.0));
     // The enrich transform still gets the loaded file's answers.
     let stop = Arc::new(AtomicBool::new(false));
@@ -287,7 +294,7 @@ async fn broken_files_are_refused_visibly_and_the_loaded_database_keeps_answerin
 
     // A whole file written in place is taken.
     std::fs::write(&geo, &whole).unwrap();
-    support::wait_until(WAIT, "the whole file taken", || async { outcomes(&running, "accepted") == 1 }).await;
+    support::wait_until(WAIT, "the whole file taken", || async { outcomes(&running, ReloadOutcome::Accepted) == 1 }).await;
     assert_eq!(running.country_of_the_client().as_deref(), Some(SECOND.0));
     let served = running.get("/api/enrichment-data").await["geoip"][0].clone();
     assert_eq!(served["built_at"], "2027-01-15T08:00:00Z");

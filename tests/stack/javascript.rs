@@ -10,6 +10,7 @@ use crate::reloading;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use clickstream::stats::ReloadOutcome;
 use reloading::{install, produce_to, start_chain, stored, ONE_AT_A_TIME, WAIT};
 
 /// What plugins/utm should say of an event the generator made: its
@@ -88,7 +89,7 @@ async fn a_javascript_utm_transform_attributes_every_event_and_swaps_under_load_
         "{} events: {old} by utm {old_version}, {new} by the next build, {campaigns} with a campaign; {dead} dead letters",
         rows.len()
     );
-    assert_eq!(running.stats.reloads_of("utm", "accepted"), 1);
+    assert_eq!(running.stats.reloads_of("utm", ReloadOutcome::Accepted), 1);
 }
 
 /// Events whose URLs and referrers take the parsing paths the generator

@@ -8,6 +8,7 @@ use crate::reloading;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use clickstream::stats::ReloadOutcome;
 use reloading::{install, produce_to, start, stored, ONE_AT_A_TIME, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,7 +65,7 @@ async fn reload_swaps_enrich_without_loss() {
         }
     }
     assert!(old > 0 && new > 0, "events on both sides of the swap: {old} old, {new} new");
-    assert_eq!(running.stats.reloads_of("enrich", "accepted"), 1);
+    assert_eq!(running.stats.reloads_of("enrich", ReloadOutcome::Accepted), 1);
     // Swap latency is a benchmark figure (about 0.7 s on an idle 2-core
     // machine, most of it compiling the component); this only bounds it
     // loosely, since a shared CI machine's timing is not the product's.
@@ -86,7 +87,7 @@ async fn rejected_plugin_files_leave_the_old_version_serving() {
         let stats = running.stats.clone();
         support::wait_until(WAIT, &format!("rejection of {}", bad.display()), || {
             let stats = stats.clone();
-            async move { stats.reloads_of("enrich", "rejected") as usize > n }
+            async move { stats.reloads_of("enrich", ReloadOutcome::Rejected) as usize > n }
         })
         .await;
         assert_eq!(running.slot.current().info, serving, "the old version keeps serving after {}", bad.display());
@@ -95,7 +96,7 @@ async fn rejected_plugin_files_leave_the_old_version_serving() {
     support::wait_until(WAIT, "events stored by the old version", || async { stored(&f.pool).await as usize >= expected.len() }).await;
     let versions: Vec<String> = sqlx::query_scalar("SELECT DISTINCT plugin_version FROM events").fetch_all(&f.pool).await.unwrap();
     assert_eq!(versions, vec![serving.version.clone()]);
-    assert_eq!(running.stats.reloads_of("enrich", "accepted"), 0);
+    assert_eq!(running.stats.reloads_of("enrich", ReloadOutcome::Accepted), 0);
     running.stop.send(true).unwrap();
     running.task.await.unwrap().unwrap();
 }
@@ -110,14 +111,14 @@ async fn pipeline_toml_edits_apply_live_are_refused_when_invalid_and_reconnect_o
         let stats = running.stats.clone();
         move || {
             let stats = stats.clone();
-            async move { stats.reloads_of("pipeline.toml", "accepted") >= n }
+            async move { stats.reloads_of("pipeline.toml", ReloadOutcome::Accepted) >= n }
         }
     };
     let rejected = |n: u64| {
         let stats = running.stats.clone();
         move || {
             let stats = stats.clone();
-            async move { stats.reloads_of("pipeline.toml", "rejected") >= n }
+            async move { stats.reloads_of("pipeline.toml", ReloadOutcome::Rejected) >= n }
         }
     };
 
@@ -178,12 +179,16 @@ async fn a_never_seen_build_serves_from_the_baseline_tier_until_the_optimised_bu
     let stats = running.stats.clone();
     support::wait_until(WAIT, "the optimised build", || {
         let stats = stats.clone();
-        async move { stats.reloads_of("enrich", "optimized") == 1 }
+        async move { stats.reloads_of("enrich", ReloadOutcome::Optimized) == 1 }
     })
     .await;
     let now = running.slot.current().info.clone();
     assert_eq!((now.origin, &now.content_hash, &now.version), (clickstream::plugin::Origin::Compiled, &first.content_hash, &first.version));
-    assert_eq!(running.stats.reloads_of("enrich", "accepted"), 1, "one swap from the file; the optimised build replaced it in place");
+    assert_eq!(
+        running.stats.reloads_of("enrich", ReloadOutcome::Accepted),
+        1,
+        "one swap from the file; the optimised build replaced it in place"
+    );
 
     let mut expected = producing.await.unwrap();
     expected.extend(produce_to(&f.topic, 1_000, 42, None).await);
@@ -203,7 +208,7 @@ async fn a_pipeline_toml_edit_whose_aggregate_fails_applies_nothing_and_its_fix_
     let f = support::Fixture::new("reload_whole").await;
     let running = start(&f).await;
     let stats = running.stats.clone();
-    let reloads = |what: &'static str, outcome: &'static str, n: u64| {
+    let reloads = |what: &'static str, outcome: ReloadOutcome, n: u64| {
         let stats = stats.clone();
         move || {
             let stats = stats.clone();
@@ -224,9 +229,9 @@ async fn a_pipeline_toml_edit_whose_aggregate_fails_applies_nothing_and_its_fix_
     let tmp = f.dir.path().join("next.toml");
     std::fs::write(&tmp, with_chain.replace(&aggregate, &broken.display().to_string())).unwrap();
     std::fs::rename(&tmp, &running.pipeline).unwrap();
-    support::wait_until(WAIT, "the edit refused", reloads("pipeline.toml", "rejected", 1)).await;
-    assert_eq!(running.stats.reloads_of("aggregate", "rejected"), 1);
-    assert_eq!(running.stats.reloads_of("bot-filter", "accepted"), 0, "nothing of the refused edit applied");
+    support::wait_until(WAIT, "the edit refused", reloads("pipeline.toml", ReloadOutcome::Rejected, 1)).await;
+    assert_eq!(running.stats.reloads_of("aggregate", ReloadOutcome::Rejected), 1);
+    assert_eq!(running.stats.reloads_of("bot-filter", ReloadOutcome::Accepted), 0, "nothing of the refused edit applied");
     let first = produce_to(&f.topic, 300, 43, None).await;
     support::wait_until(WAIT, "events stored", || async { stored(&f.pool).await as usize >= first.len() }).await;
     let chains: Vec<String> = sqlx::query_scalar("SELECT DISTINCT chain::text FROM events").fetch_all(&f.pool).await.unwrap();
@@ -235,12 +240,12 @@ async fn a_pipeline_toml_edit_whose_aggregate_fails_applies_nothing_and_its_fix_
     // The fix applies whole, and the new transform's file is watched.
     std::fs::write(&tmp, &with_chain).unwrap();
     std::fs::rename(&tmp, &running.pipeline).unwrap();
-    support::wait_until(WAIT, "the fixed edit applied", reloads("pipeline.toml", "accepted", 1)).await;
-    assert_eq!(running.stats.reloads_of("bot-filter", "accepted"), 1);
+    support::wait_until(WAIT, "the fixed edit applied", reloads("pipeline.toml", ReloadOutcome::Accepted, 1)).await;
+    assert_eq!(running.stats.reloads_of("bot-filter", ReloadOutcome::Accepted), 1);
     let build = f.dir.path().join("unseen.bin");
     std::fs::write(&build, support::unseen_build("bot-filter", &support::unique("whole"))).unwrap();
     install(&build, &bot);
-    support::wait_until(WAIT, "the new bot-filter build hot-reloaded", reloads("bot-filter", "accepted", 2)).await;
+    support::wait_until(WAIT, "the new bot-filter build hot-reloaded", reloads("bot-filter", ReloadOutcome::Accepted, 2)).await;
 
     // bot-filter drops the bots' clicks: every event is stored or dropped, once.
     let second = produce_to(&f.topic, 300, 44, None).await;

@@ -10,6 +10,7 @@ use crate::reloading;
 use std::collections::BTreeMap;
 
 use clickstream::runtime::reload::ReloadAction;
+use clickstream::stats::ReloadOutcome;
 use reloading::{install, produce_to, request, start, stored, Running, ONE_AT_A_TIME, WAIT};
 use sqlx::PgPool;
 
@@ -17,14 +18,14 @@ use sqlx::PgPool;
 /// waits until they apply.
 async fn set_rollout(running: &Running, keys: &str) {
     let text = std::fs::read_to_string(&running.pipeline).unwrap();
-    let before = running.stats.reloads_of("pipeline.toml", "accepted");
+    let before = running.stats.reloads_of("pipeline.toml", ReloadOutcome::Accepted);
     let path = "enrich.wasm\"\n";
     assert!(text.contains(path), "enrich's path line in {text}");
     std::fs::write(&running.pipeline, text.replace(path, &format!("{path}{keys}\n"))).unwrap();
     let stats = running.stats.clone();
     support::wait_until(WAIT, "pipeline.toml applied", || {
         let stats = stats.clone();
-        async move { stats.reloads_of("pipeline.toml", "accepted") > before }
+        async move { stats.reloads_of("pipeline.toml", ReloadOutcome::Accepted) > before }
     })
     .await;
 }

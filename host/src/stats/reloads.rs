@@ -75,13 +75,6 @@ impl ReloadOutcome {
     }
 }
 
-/// Lets a reader that holds the label (a test, a scrape) ask by it.
-impl AsRef<str> for ReloadOutcome {
-    fn as_ref(&self) -> &str {
-        self.as_str()
-    }
-}
-
 /// Compares with a label as the metrics and the JSON show it.
 impl PartialEq<&str> for ReloadOutcome {
     fn eq(&self, label: &&str) -> bool {
