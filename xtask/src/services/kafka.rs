@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::process::{log_tail, stop_pid, Running};
+use super::process::{log_tail, Running};
 use super::{fail, is_local_host, listen_host, say, status_line, Failure, Result, Stack};
 use crate::probe::{kafka_answers, split_host_port, tcp_open};
 use crate::tools::{nisshi_bin, version_at_least};
@@ -203,14 +203,7 @@ fn ensure_nisshi() -> Result<PathBuf> {
 }
 
 pub(super) fn down(stack: &Stack) -> Result<()> {
-    match stack.recorded_pid("kafka", "nisshi") {
-        Some(pid) => {
-            stop_pid("kafka", pid)?;
-            stack.forget("kafka");
-        }
-        None => say!("kafka: not started by this script; nothing to stop"),
-    }
-    Ok(())
+    stack.stop_recorded("kafka", "nisshi")
 }
 
 pub(super) fn status(stack: &Stack) -> String {

@@ -40,6 +40,18 @@ impl Stack {
         let _ = std::fs::remove_file(self.state().join(format!("{name}.addr")));
     }
 
+    /// Stops the `name` this stack started, if it runs.
+    pub(crate) fn stop_recorded(&self, name: &str, pattern: &str) -> Result<()> {
+        match self.recorded_pid(name, pattern) {
+            Some(pid) => {
+                stop_pid(name, pid)?;
+                self.forget(name);
+            }
+            None => say!("{name}: not started by this script; nothing to stop"),
+        }
+        Ok(())
+    }
+
     /// Fails when this stack's running `name` listens elsewhere than
     /// `address` (the address asked for changed since `up`).
     pub(crate) fn check_recorded_address(&self, name: &str, pid: u32, address: &str) -> Result<()> {

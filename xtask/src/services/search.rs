@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use super::process::{stop_pid, Running};
+use super::process::Running;
 use super::{fail, is_local_host, listen_host, say, status_line, Result, Stack};
 use crate::probe::{http_answers, tcp_open, url_host_port};
 use crate::tools::{on_path, osmem_bin, osmem_dir};
@@ -87,14 +87,7 @@ pub(super) fn up(stack: &Stack) -> Result<()> {
 }
 
 pub(super) fn down(stack: &Stack) -> Result<()> {
-    match stack.recorded_pid("search", "osmem-server") {
-        Some(pid) => {
-            stop_pid("search", pid)?;
-            stack.forget("search");
-        }
-        None => say!("search: not started by this script; nothing to stop"),
-    }
-    Ok(())
+    stack.stop_recorded("search", "osmem-server")
 }
 
 pub(super) fn status(stack: &Stack) -> String {
