@@ -20,6 +20,7 @@
 mod changes;
 pub mod config;
 mod failures;
+pub mod rollup;
 mod run;
 
 use std::sync::Arc;
