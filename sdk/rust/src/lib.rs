@@ -40,6 +40,7 @@
 pub mod aggregator;
 #[cfg(feature = "transformer")]
 pub mod attributes;
+pub mod hll;
 pub mod settings;
 #[cfg(feature = "transformer")]
 pub mod transformer;
