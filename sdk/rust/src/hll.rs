@@ -112,8 +112,9 @@ impl Hll {
             Registers::Sparse(map) => {
                 let slot = map.entry(index).or_insert(0);
                 *slot = (*slot).max(value);
-                // Past this many registers the map costs more than the array.
-                if map.len() > M / 8 {
+                // A map entry costs about 10 bytes with its share of the
+                // tree's nodes: past M/16 entries the 16 KiB array is smaller.
+                if map.len() > M / 16 {
                     let mut full = Box::new([0u8; M]);
                     for (&i, &v) in map.iter() {
                         full[i as usize] = v;
