@@ -76,6 +76,7 @@ const RUST_SDK: &[(&str, &str)] = &[
     ("clickstream-plugin/src/lib.rs", include_str!("../../../../sdk/rust/src/lib.rs")),
     ("clickstream-plugin/src/aggregator.rs", include_str!("../../../../sdk/rust/src/aggregator.rs")),
     ("clickstream-plugin/src/attributes.rs", include_str!("../../../../sdk/rust/src/attributes.rs")),
+    ("clickstream-plugin/src/hll.rs", include_str!("../../../../sdk/rust/src/hll.rs")),
     ("clickstream-plugin/src/settings.rs", include_str!("../../../../sdk/rust/src/settings.rs")),
     ("clickstream-plugin/src/transformer.rs", include_str!("../../../../sdk/rust/src/transformer.rs")),
     ("clickstream-plugin/wit/v0.1.0/pipeline.wit", include_str!("../../../../sdk/rust/wit/v0.1.0/pipeline.wit")),
