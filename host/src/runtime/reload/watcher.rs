@@ -95,8 +95,9 @@ impl Reloader {
                 continue;
             }
             for config in &self.config.transforms {
-                // Mid-rename the file is missing: the next event brings it.
-                let Some(file) = OnDisk::read(&config.path).filter(|_| touched(&config.path)) else { continue };
+                // Only a file this event touched is read. Mid-rename it is
+                // missing: the next event brings it.
+                let Some(file) = touched(&config.path).then(|| OnDisk::read(&config.path)).flatten() else { continue };
                 let serving = self.transform_slot(config.transform_name()).map(|slot| slot.current().info.content_hash.clone());
                 if serving.is_some_and(|hash| hash != file.content_hash)
                     && !self.is_candidate(config, &file.content_hash)
@@ -106,7 +107,7 @@ impl Reloader {
                 }
             }
             let aggregate = &self.config.plugins.aggregate.path;
-            if let Some(file) = OnDisk::read(aggregate).filter(|_| touched(aggregate)) {
+            if let Some(file) = touched(aggregate).then(|| OnDisk::read(aggregate)).flatten() {
                 if file.content_hash != self.aggregate.current().info.content_hash && acted_on.first_time(aggregate, &file) {
                     let _ = self.swap_aggregate(self.config.aggregate_spec()).await;
                 }
